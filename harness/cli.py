@@ -1,0 +1,260 @@
+"""The ``bench`` command line. It knows no plugin by name: it asks the registries."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import BenchError, ConfigError, UnknownName
+from .manager import KINDS, get_plugins
+
+EPILOG_RUN = """\b
+Examples:
+  bench run                                   # the embedded default matrix
+  bench run -b resnet18 -b mobilenetv2_100 -s frozen -s finetune
+  bench run -s discriminative,factor=2.6 --weights resnet18=file:r18.pth
+  bench run --matrix my_matrix.toml --out runs
+"""
+
+
+def _fail_usage(ctx: click.Context, exc: Exception) -> None:
+    click.echo(f"Error: {exc}", err=True)
+    ctx.exit(2)
+
+
+class BenchGroup(click.Group):
+    """Adds plugin commands lazily and turns user errors into clean messages."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._plugin_commands_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if not self._plugin_commands_added:
+            self._plugin_commands_added = True
+            try:
+                get_plugins().add_commands(self)
+            except Exception as exc:  # never let a plugin break the CLI
+                click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            self._add_plugin_commands()
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="\b\nExample:\n  bench run\n  bench list backbones\n  bench plugins")
+@click.version_option(__version__, prog_name="transfer-bench")
+@click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
+              help="Leave a plugin out (also: TRANSFER_BENCH_DISABLE_PLUGINS=a,b).")
+def cli(disable):
+    """transfer-bench: which backbone, which way to adapt it, and what it costs."""
+    if disable:
+        get_plugins(disable=disable)
+
+
+# -- bench list -----------------------------------------------------------------------------
+@cli.command("list", epilog="\b\nExamples:\n  bench list\n  bench list strategies")
+@click.argument("kind", required=False, type=click.Choice(sorted(KINDS)))
+def list_cmd(kind):
+    """List what the plugins registered (all kinds, or one KIND)."""
+    from tabulate import tabulate
+
+    plugins = get_plugins()
+    kinds = [kind] if kind else sorted(KINDS)
+    for k in kinds:
+        reg = plugins.registries[k]
+        click.echo(f"{k} ({len(reg)}):")
+        rows = [[s.name, _describe(k, s), reg.provider(s.name).split(" (")[0]] for s in reg]
+        click.echo(tabulate(rows, headers=["name", "description", "plugin"], tablefmt="simple")
+                   if rows else "  (none)")
+        click.echo()
+
+
+def _describe(kind: str, spec) -> str:
+    text = spec.description or ""
+    if kind == "backbones":
+        text = f"[{spec.device_class}, weights: {spec.default_weights}] {text}"
+    elif kind == "strategies":
+        params = spec.cls.parameters()
+        if params:
+            text += " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+    elif kind == "datasets":
+        text = f"[{', '.join(spec.tasks)}{'; synthetic' if spec.synthetic else ''}] {text}"
+    elif kind == "profiles":
+        text = (f"batch {spec.batch_size}, threads {spec.threads or 'all'}, "
+                f"{'/'.join(spec.precisions)}, {spec.device}")
+    elif kind == "runtimes":
+        ok, why = spec.available()
+        text += "" if ok else f" (unavailable here: {why})"
+    return text
+
+
+# -- bench plugins --------------------------------------------------------------------------
+@cli.command("plugins", epilog="\b\nExample:\n  bench plugins\n  bench plugins --json")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json):
+    """Show every plugin: where it comes from, its status and what it registers."""
+    from tabulate import tabulate
+
+    infos = list(get_plugins().infos.values())
+    if as_json:
+        click.echo(json.dumps([{"name": i.name, "origin": i.origin, "status": i.status,
+                                "registers": i.registers, "error": i.error} for i in infos],
+                              indent=2))
+        return
+    rows = []
+    for i in infos:
+        regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(i.registers.items()))
+        rows.append([i.name, i.origin, i.status, (regs or "-") if not i.error else i.error])
+    click.echo(tabulate(rows, headers=["plugin", "from", "status", "registers"],
+                        tablefmt="simple", maxcolwidths=[None, None, None, 90]))
+
+
+# -- bench run ------------------------------------------------------------------------------
+def _weights_option(values) -> dict:
+    out = {}
+    for v in values:
+        if "=" in v:
+            bb, src = v.split("=", 1)
+            out[bb.strip()] = src.strip()
+        else:
+            out["*"] = v.strip()
+    return out
+
+
+@cli.command("run", epilog=EPILOG_RUN)
+@click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
+              help="Backbone axis (repeat for more).")
+@click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]", help="Task axis.")
+@click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
+              help="Dataset axis.")
+@click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]",
+              help="Strategy axis; parameters after commas: -s chain_thaw,patience=1.")
+@click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME",
+              help="Latency runtimes.")
+@click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME",
+              help="Latency profiles (mobile, server, or one defined in the matrix file).")
+@click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
+              help="Weights for pretrained strategies: imagenet, packaged, file:PATH, ...")
+@click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
+              help="A TOML or YAML matrix file.")
+@click.option("--preset", default=None, help="A registered preset matrix (see bench list presets).")
+@click.option("--epochs", type=int, help="Maximum epochs per phase.")
+@click.option("--batch-size", type=int, help="Training batch size.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule.")
+@click.option("--image-size", type=int, help="Input size in pixels.")
+@click.option("--seeds", type=int, help="Repeat every cell with this many seeds.")
+@click.option("--out", "out_root", default="runs", show_default=True,
+              type=click.Path(file_okay=False), help="Folder that holds run folders.")
+@click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
+@click.option("--executor", default="inprocess", show_default=True, help="How cells run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON at the end.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, weights,
+            matrix_file, preset, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
+            fresh, executor, as_json, quiet):
+    """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
+
+    With no option it runs the embedded default matrix (offline, a few minutes on 2 CPU
+    cores). Options replace the axis or setting they name; the rest comes from the
+    matrix file, the preset, or the default.
+    """
+    from .config import load_matrix_file
+    from .runner import build_matrix, run_matrix
+    from .table import summary_table
+
+    plugins = get_plugins()
+    try:
+        if matrix_file and preset:
+            raise ConfigError("give --matrix or --preset, not both")
+        if matrix_file:
+            base = load_matrix_file(Path(matrix_file))
+            base = _kwargs_to_mapping(base)
+        else:
+            base = plugins.presets.get(preset or "default").resolve()
+        train = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                                   ("schedule", schedule)) if v is not None}
+        overrides = {"backbones": backbones, "tasks": tasks, "datasets": datasets,
+                     "strategies": strategies, "runtimes": runtimes, "profiles": profiles,
+                     "weights": _weights_option(weights), "train": train,
+                     "image_size": image_size, "seeds": seeds}
+        matrix = build_matrix(base, overrides)
+        store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
+                           fresh=fresh, show_progress=not quiet)
+    except (UnknownName, ConfigError) as exc:
+        _fail_usage(ctx, exc)
+        return
+    except BenchError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(1)
+        return
+    records = store.records()
+    if as_json:
+        click.echo(json.dumps(records, indent=2, default=str))
+    else:
+        click.echo(summary_table(records))
+        click.echo(f"\nresults: {store.path}")
+    failed = [r for r in records if r.get("status") != "ok"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
+                   f"table and in {store.path}/cells/", err=True)
+        ctx.exit(1)
+
+
+def _kwargs_to_mapping(kw: dict) -> dict:
+    """matrix_kwargs() output back to the plain mapping build_matrix() validates."""
+    from dataclasses import asdict
+    out = dict(kw)
+    for k in ("train", "latency"):
+        if k in out and not isinstance(out[k], dict):
+            out[k] = asdict(out[k])
+    if "custom_profiles" in out:
+        out["profile"] = out.pop("custom_profiles")
+    return out
+
+
+# -- bench report ---------------------------------------------------------------------------
+@cli.command("report", epilog="\b\nExample:\n  bench report runs/default-1a2b3c4d5e\n"
+                               "  bench report RUN --format markdown > results.md")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", default="table", show_default=True,
+              help="A registered reporter (see bench list reporters).")
+@click.option("--out", type=click.Path(), default=None, help="Write to this file/folder.")
+@click.pass_context
+def report_cmd(ctx, run, fmt, out):
+    """Show a finished (or interrupted) run."""
+    from .results import RunStore
+
+    try:
+        reporter = get_plugins().reporters.get(fmt)
+    except UnknownName as exc:
+        _fail_usage(ctx, exc)
+        return
+    text = reporter.write(RunStore(Path(run)), Path(out) if out else None)
+    if text:
+        click.echo(text)
+
+
+def main() -> None:  # console-script entry point
+    try:
+        cli(prog_name="bench")
+    except BenchError as exc:  # pragma: no cover - safety net
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

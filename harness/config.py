@@ -1,0 +1,269 @@
+"""Matrix configuration: axes, per-item parameters, settings; parsing of matrix files.
+
+An axis item is a name with optional parameters. On the command line it is written
+``NAME`` or ``NAME,key=value,key=value`` (``--strategy discriminative,factor=2.6``); in a
+matrix file either that string or a table ``{name = "discriminative", factor = 2.6}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .latency import MeasureSettings
+from .train import TrainSettings
+
+AXES = ("backbones", "tasks", "datasets", "strategies")
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.1' -> 0.1, 'true' -> True, 'a' -> 'a'."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class AxisItem:
+    """A name on one axis of the matrix with its parameters."""
+
+    name: str
+    params: tuple = ()  # sorted (key, value) pairs, hashable
+
+    @classmethod
+    def parse(cls, value: Any, where: str = "") -> "AxisItem":
+        if isinstance(value, AxisItem):
+            return value
+        if isinstance(value, dict):
+            if "name" not in value or not isinstance(value["name"], str):
+                raise ConfigError(f"{where}: an item given as a table needs a string 'name'")
+            params = {k: v for k, v in value.items() if k != "name"}
+            return cls(value["name"], tuple(sorted(params.items())))
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected a name or a table, got {value!r}")
+        name, *rest = [p.strip() for p in value.split(",")]
+        params = {}
+        for part in rest:
+            if "=" not in part:
+                raise ConfigError(f"{where}: parameter {part!r} in {value!r} must be key=value")
+            k, v = part.split("=", 1)
+            params[k.strip()] = parse_value(v.strip())
+        return cls(name, tuple(sorted(params.items())))
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
+
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + "," + ",".join(f"{k}={v}" for k, v in self.params)
+
+
+@dataclass
+class MatrixConfig:
+    """Everything ``bench run`` needs to expand and run a matrix."""
+
+    backbones: list = field(default_factory=list)
+    tasks: list = field(default_factory=lambda: [AxisItem("classification")])
+    datasets: list = field(default_factory=list)
+    strategies: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)  # backbone name or "*" -> weights string
+    runtimes: list = field(default_factory=list)
+    profiles: list = field(default_factory=lambda: ["mobile"])
+    custom_profiles: dict = field(default_factory=dict)  # name -> ProfileSpec kwargs
+    seeds: int = 1
+    image_size: int = 64
+    train: TrainSettings = field(default_factory=TrainSettings)
+    latency: MeasureSettings = field(default_factory=MeasureSettings)
+    name: str = "matrix"
+
+    def __post_init__(self) -> None:
+        for axis in AXES:
+            setattr(self, axis, [AxisItem.parse(v, axis) for v in getattr(self, axis)])
+        if self.seeds < 1:
+            raise ConfigError("seeds must be >= 1")
+        if self.image_size < 8:
+            raise ConfigError("image_size must be >= 8")
+
+    def cells(self) -> list["CellConfig"]:
+        out = []
+        for ds, task, bb, st, seed in itertools.product(
+                self.datasets, self.tasks, self.backbones, self.strategies, range(self.seeds)):
+            out.append(CellConfig(
+                backbone=bb, task=task, dataset=ds, strategy=st,
+                weights=self.weights.get(bb.name, self.weights.get("*")),
+                seed=self.train.seed + seed, image_size=self.image_size,
+                train=asdict(self.train), runtimes=tuple(self.runtimes),
+                profiles=tuple(self.profiles), latency=asdict(self.latency)))
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for axis in AXES:
+            d[axis] = [i.label() for i in getattr(self, axis)]
+        return d
+
+
+@dataclass
+class CellConfig:
+    """One cell of the matrix, fully resolved except for plugin defaults."""
+
+    backbone: AxisItem
+    task: AxisItem
+    dataset: AxisItem
+    strategy: AxisItem
+    weights: Optional[str]
+    seed: int
+    image_size: int
+    train: dict
+    runtimes: tuple
+    profiles: tuple
+    latency: dict
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("backbone", "task", "dataset", "strategy"):
+            d[k] = getattr(self, k).label()
+        d["runtimes"], d["profiles"] = list(self.runtimes), list(self.profiles)
+        return d
+
+    def key(self, versions: dict) -> str:
+        """Hash of the whole configuration plus code and library versions."""
+        blob = json.dumps({"cell": self.to_dict(), "versions": versions}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return (f"{self.backbone.label()} / {self.task.label()} / {self.dataset.label()} / "
+                f"{self.strategy.label()} / seed {self.seed}")
+
+
+# -- matrix files -------------------------------------------------------------------------
+_TOP_KEYS = {
+    "name": str, "backbones": list, "tasks": list, "datasets": list, "strategies": list,
+    "runtimes": list, "profiles": list, "weights": dict, "seeds": int, "image_size": int,
+    "train": dict, "latency": dict, "profile": dict, "description": str,
+}
+_PROFILE_KEYS = {"batch_size": int, "threads": int, "precisions": list, "device": str,
+                 "description": str}
+
+
+def _find_line(text: str, key: str, section: Optional[str] = None) -> Optional[int]:
+    """Line number (1-based) where ``key`` is set in a TOML or YAML text, if found."""
+    cur = None
+    pat = re.compile(r"^\s*(?:-\s*)?[\"']?" + re.escape(key) + r"[\"']?\s*[=:]")
+    sec_pat = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    for i, line in enumerate(text.splitlines(), 1):
+        m = sec_pat.match(line)
+        if m:
+            cur = m.group(1)
+            if section is None and cur == key:
+                return i
+            continue
+        if pat.match(line) and (section is None or cur == section or
+                                (cur is None and section is not None)):
+            return i
+    return None
+
+
+def _type_name(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", list: "a list",
+            dict: "a table", bool: "true or false"}[t]
+
+
+def _check(value: Any, expected: type, key: str, text: str, path: Path,
+           section: Optional[str] = None) -> None:
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        line = _find_line(text, key, section)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: key {key!r} must be {_type_name(expected)}, "
+                          f"got {type(value).__name__} {value!r}")
+
+
+def _unknown(key: str, allowed, text: str, path: Path, section: Optional[str] = None):
+    import difflib
+    line = _find_line(text, key, section)
+    where = f"{path}:{line}" if line else str(path)
+    close = difflib.get_close_matches(key, list(allowed), n=2)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    scope = f" in [{section}]" if section else ""
+    return ConfigError(f"{where}: unknown key {key!r}{scope}.{hint} "
+                       f"Allowed: {', '.join(sorted(allowed))}")
+
+
+def load_matrix_file(path: Path) -> dict:
+    """Read a TOML or YAML matrix file into the keyword arguments of :class:`MatrixConfig`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read matrix file {path}: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    else:
+        import tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return matrix_kwargs(data, text, path)
+
+
+def matrix_kwargs(data: dict, text: str = "", path: Path = Path("<matrix>")) -> dict:
+    """Validate a parsed matrix mapping; return :class:`MatrixConfig` keyword arguments."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table/mapping")
+    kw: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _TOP_KEYS:
+            raise _unknown(key, _TOP_KEYS, text, path)
+        _check(value, _TOP_KEYS[key], key, text, path)
+    for key in ("name", "backbones", "tasks", "datasets", "strategies", "runtimes",
+                "profiles", "weights", "seeds", "image_size"):
+        if key in data:
+            kw[key] = data[key]
+    for key in ("runtimes", "profiles"):
+        for v in data.get(key, []):
+            if not isinstance(v, str):
+                _check(v, str, key, text, path)
+    for k, v in data.get("weights", {}).items():
+        _check(v, str, k, text, path, "weights")
+    for section, cls in (("train", TrainSettings), ("latency", MeasureSettings)):
+        if section in data:
+            allowed = {f.name: f.type for f in fields(cls)}
+            for key, value in data[section].items():
+                if key not in allowed:
+                    raise _unknown(key, allowed, text, path, section)
+                default = getattr(cls(), key)
+                _check(value, type(default), key, text, path, section)
+            try:
+                kw[section] = cls(**data[section])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}: [{section}] {exc}") from None
+    for pname, pdef in data.get("profile", {}).items():
+        _check(pdef, dict, pname, text, path, "profile")
+        for key, value in pdef.items():
+            if key not in _PROFILE_KEYS:
+                raise _unknown(key, _PROFILE_KEYS, text, path, f"profile.{pname}")
+            _check(value, _PROFILE_KEYS[key], key, text, path, f"profile.{pname}")
+        kw.setdefault("custom_profiles", {})[pname] = dict(pdef)
+    return kw

@@ -1,0 +1,65 @@
+"""The environment saved beside every result: versions, CPU, threads, GPU."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import sys
+
+from . import __version__
+
+PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
+            "tensorrt", "numpy", "scikit-learn", "pluggy")
+
+
+def package_versions() -> dict:
+    out = {"transfer-bench": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info() -> dict:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return {"cuda": True, "name": torch.cuda.get_device_name(0),
+                    "count": torch.cuda.device_count(), "cuda_version": torch.version.cuda}
+        return {"cuda": False, "reason": "torch.cuda.is_available() is False"}
+    except Exception as exc:  # pragma: no cover
+        return {"cuda": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def environment() -> dict:
+    import torch
+    return {
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu_info(),
+        "argv": sys.argv,
+    }
+
+
+def machine_fingerprint(env: dict) -> dict:
+    """The facts that make two latency numbers comparable."""
+    return {k: env.get(k) for k in ("cpu", "cpu_count", "machine")} | {
+        "gpu": (env.get("gpu") or {}).get("name")}

@@ -1,0 +1,211 @@
+"""Every hook a transfer-bench plugin can implement.
+
+A plugin is any module (or object) with functions decorated by ``harness.hookimpl``
+whose names match the specs below. Built-in plugins under ``plugins/`` use exactly
+these hooks; third-party distributions declare an entry point in the group
+``transfer_bench``.
+
+Registration hooks are called once, when the plugin manager builds its registries
+(at the start of every ``bench`` command). Each returns a list of small typed specs
+from :mod:`harness.specs`; the core files them in a registry keyed by name, and a
+name claimed by two plugins is an error that names both.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("transfer_bench")
+
+
+@hookspec
+def register_backbones() -> list:
+    """Register backbones that can be built by name.
+
+    Called once when the registries are built. Receives nothing.
+
+    Returns:
+        A list of :class:`harness.specs.BackboneSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_backbones():
+            return [BackboneSpec("tinynet", build=lambda: TinyBackbone(), device_class="mobile")]
+    """
+
+
+@hookspec
+def register_tasks() -> list:
+    """Register target tasks (a head, a loss and metrics).
+
+    Called once when the registries are built. Receives nothing.
+
+    Returns:
+        A list of :class:`harness.specs.TaskSpec` whose ``factory`` returns a
+        :class:`harness.task.Task`.
+
+    Example::
+
+        @hookimpl
+        def register_tasks():
+            return [TaskSpec("counting", factory=CountingTask, description="count objects")]
+    """
+
+
+@hookspec
+def register_strategies() -> list:
+    """Register fine-tune strategies.
+
+    Called once when the registries are built. Receives nothing.
+
+    Returns:
+        A list of :class:`harness.specs.StrategySpec` whose ``cls`` subclasses
+        :class:`harness.strategy.Strategy` and overrides its lifecycle methods.
+
+    Example::
+
+        @hookimpl
+        def register_strategies():
+            return [StrategySpec("head_only", cls=HeadOnly, description="train the head")]
+    """
+
+
+@hookspec
+def register_datasets() -> list:
+    """Register datasets.
+
+    Called once when the registries are built. Receives nothing. Loading happens later,
+    per cell, through the spec's ``load`` callable.
+
+    Returns:
+        A list of :class:`harness.specs.DatasetSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_datasets():
+            return [DatasetSpec("my_folder", load=load_my_folder, tasks=("classification",))]
+    """
+
+
+@hookspec
+def register_weight_sources() -> list:
+    """Register sources of backbone weights (``imagenet``, ``packaged``, ``file``...).
+
+    Called once when the registries are built. Receives nothing. A weights string
+    ``"NAME:ARG"`` selects the source ``NAME`` and passes it ``ARG``.
+
+    Returns:
+        A list of :class:`harness.specs.WeightSourceSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_weight_sources():
+            return [WeightSourceSpec("zeros", load=zero_all_weights, pretrained=False)]
+    """
+
+
+@hookspec
+def register_runtimes() -> list:
+    """Register inference runtimes whose latency is measured.
+
+    Called once when the registries are built. Receives nothing. Each runtime must say
+    whether it can run here (``available()``) and why not.
+
+    Returns:
+        A list of :class:`harness.specs.RuntimeSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_runtimes():
+            return [RuntimeSpec("tvm", available=tvm_available, measure=measure_tvm)]
+    """
+
+
+@hookspec
+def register_profiles() -> list:
+    """Register deployment profiles (batch size, threads, precisions, device).
+
+    Called once when the registries are built. Receives nothing. Users can also define
+    profiles in a matrix file.
+
+    Returns:
+        A list of :class:`harness.specs.ProfileSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_profiles():
+            return [ProfileSpec("edge", batch_size=1, threads=4, precisions=("fp32", "int8"))]
+    """
+
+
+@hookspec
+def register_reporters() -> list:
+    """Register report writers used by ``bench report --format NAME``.
+
+    Called once when the registries are built. Receives nothing.
+
+    Returns:
+        A list of :class:`harness.specs.ReporterSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_reporters():
+            return [ReporterSpec("latex", write=write_latex_table)]
+    """
+
+
+@hookspec
+def register_executors() -> list:
+    """Register executors that run the cells of a matrix (in process, processes, cluster).
+
+    Called once when the registries are built. Receives nothing.
+
+    Returns:
+        A list of :class:`harness.specs.ExecutorSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_executors():
+            return [ExecutorSpec("slurm", factory=SlurmExecutor)]
+    """
+
+
+@hookspec
+def register_presets() -> list:
+    """Register named matrices for ``bench run --preset NAME``.
+
+    Called once when the registries are built. Receives nothing. The preset named
+    ``default`` is what ``bench run`` runs when given no axis.
+
+    Returns:
+        A list of :class:`harness.specs.PresetSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_presets():
+            return [PresetSpec("tiny", matrix={"backbones": ["resnet18"], "strategies": ["frozen"]})]
+    """
+
+
+@hookspec
+def register_commands(cli) -> None:
+    """Add commands to the ``bench`` command line.
+
+    Called once when the CLI is built, with the top-level :class:`click.Group`.
+    Returns nothing; attach commands with ``cli.add_command`` or ``@cli.command``.
+
+    Example::
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def hello():
+                click.echo("hello from my plugin")
+    """

@@ -1,0 +1,96 @@
+"""Latency measurement shared by every runtime plugin.
+
+The rule follows MLPerf LoadGen and trtexec: warm up by count *and* by time, then time
+single calls until both a minimum count and a minimum duration are met. Statistics are
+those trusted tools report: mean, p50, p90, p95, p99, standard deviation, coefficient of
+variation, IQR, throughput; the raw timings are kept for later tests.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+
+@dataclass
+class MeasureSettings:
+    """How long to warm up and to measure.
+
+    Attributes:
+        warmup_count: at least this many untimed calls...
+        warmup_s: ...and at least this many seconds of them.
+        min_count: at least this many timed calls...
+        min_s: ...and at least this many seconds of them.
+        max_s: stop measuring after this long even if ``min_count`` is not reached
+            (recorded as ``truncated``), so a very slow model cannot stall a run.
+    """
+
+    warmup_count: int = 10
+    warmup_s: float = 0.2
+    min_count: int = 30
+    min_s: float = 1.0
+    max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1 or self.min_s < 0 or self.max_s <= 0:
+            raise ValueError("min_count must be >= 1, min_s >= 0 and max_s > 0")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(times_s: list[float], batch_size: int) -> dict:
+    """Statistics (milliseconds) of per-call timings in seconds."""
+    ms = sorted(t * 1000.0 for t in times_s)
+    mean = statistics.fmean(ms)
+    std = statistics.stdev(ms) if len(ms) > 1 else 0.0
+    p50 = percentile(ms, 50)
+    return {
+        "count": len(ms),
+        "mean_ms": mean,
+        "p50_ms": p50,
+        "p90_ms": percentile(ms, 90),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "min_ms": ms[0],
+        "max_ms": ms[-1],
+        "std_ms": std,
+        "cv": std / mean if mean > 0 else 0.0,
+        "iqr_ms": percentile(ms, 75) - percentile(ms, 25),
+        "throughput_per_s": batch_size * 1000.0 / p50 if p50 > 0 else 0.0,
+    }
+
+
+def measure(fn: Callable[[], object], batch_size: int,
+            settings: MeasureSettings = MeasureSettings()) -> dict:
+    """Time ``fn`` (one inference call) and return :func:`summarize` plus the raw timings."""
+    clock = time.perf_counter
+    start = clock()
+    n = 0
+    while n < settings.warmup_count or clock() - start < settings.warmup_s:
+        fn()
+        n += 1
+        if clock() - start > settings.max_s:
+            break
+    times: list[float] = []
+    begin = clock()
+    truncated = False
+    while len(times) < settings.min_count or clock() - begin < settings.min_s:
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+        if clock() - begin > settings.max_s:
+            truncated = len(times) < settings.min_count
+            break
+    out = summarize(times, batch_size)
+    out.update(warmup_calls=n, measured_s=clock() - begin, truncated=truncated,
+               settings=asdict(settings), raw_ms=[t * 1000.0 for t in times])
+    return out

@@ -1,0 +1,195 @@
+"""The results store: one folder per run, one JSON file per cell, written atomically.
+
+Layout of a run folder::
+
+    RUN/
+      config.json        the resolved matrix
+      environment.json   package versions, CPU, threads, GPU
+      cells/KEY.json     one record per cell (status, metrics, curves, latency, error)
+      results.json       every cell record, aggregated (rewritten after each cell)
+      results.csv        one row per cell x runtime x profile x precision
+
+Every file is written to a temporary file and ``os.replace``d, so a killed process
+leaves either the old file or the new one, never half of one. Cells are keyed by a
+hash of their configuration and the versions; a cell whose file says ``ok`` is not
+run again.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+
+def _clean(obj: Any) -> Any:
+    """JSON cannot hold NaN/inf: store them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def new_run_dir(root: Path, name: str = "run") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{name}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+# -- flattening a cell record into table rows -----------------------------------------------
+ROW_FIELDS = [
+    "status", "backbone", "device_class", "task", "dataset", "synthetic", "strategy", "weights",
+    "pretrained", "seed", "metric", "test_metric", "best_val_metric", "start_metric",
+    "train_s", "params", "trainable_params", "gmacs", "runtime", "profile", "precision",
+    "batch_size", "threads", "p50_ms", "p90_ms", "mean_ms", "cv", "throughput_per_s",
+    "latency_note", "error", "key",
+]
+
+
+def cell_rows(rec: dict) -> list[dict]:
+    """One row per runtime x profile x precision measurement of a cell (at least one row)."""
+    cfg = rec.get("config", {})
+    base = {
+        "status": rec.get("status"), "key": rec.get("key"),
+        "backbone": cfg.get("backbone"), "task": cfg.get("task"), "dataset": cfg.get("dataset"),
+        "strategy": cfg.get("strategy"), "seed": cfg.get("seed"),
+        "device_class": rec.get("backbone_facts", {}).get("device_class"),
+        "weights": rec.get("weights", {}).get("description"),
+        "pretrained": rec.get("weights", {}).get("pretrained"),
+        "synthetic": rec.get("data", {}).get("synthetic"),
+        "metric": rec.get("metric_name"),
+        "test_metric": rec.get("test_metrics", {}).get(rec.get("metric_name", ""), None),
+        "best_val_metric": rec.get("benefits", {}).get("asymptote"),
+        "start_metric": rec.get("benefits", {}).get("start"),
+        "train_s": rec.get("train_seconds"),
+        "params": rec.get("backbone_facts", {}).get("params_total"),
+        "trainable_params": rec.get("trainable_params"),
+        "gmacs": rec.get("backbone_facts", {}).get("gmacs"),
+        "error": rec.get("error"),
+    }
+    rows = []
+    for lat in rec.get("latency", []):
+        row = dict(base)
+        row.update({k: lat.get(k) for k in ("runtime", "profile", "precision", "batch_size",
+                                            "threads")})
+        stats = lat.get("stats") or {}
+        row.update({k: stats.get(k) for k in ("p50_ms", "p90_ms", "mean_ms", "cv",
+                                              "throughput_per_s")})
+        row["latency_note"] = lat.get("unavailable") or lat.get("error") or lat.get("note")
+        rows.append(row)
+    return rows or [base]
+
+
+class RunStore:
+    """Reads and writes one run folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.cells_dir = self.path / "cells"
+
+    @classmethod
+    def create(cls, root: Path, name: str, config: dict, environment: dict) -> "RunStore":
+        store = cls(new_run_dir(root, name))
+        store.write_meta(config, environment)
+        return store
+
+    def write_meta(self, config: dict, environment: dict) -> None:
+        atomic_write_json(self.path / "config.json", config)
+        atomic_write_json(self.path / "environment.json", environment)
+
+    def cell_path(self, key: str) -> Path:
+        return self.cells_dir / f"{key}.json"
+
+    def finished(self, key: str) -> Optional[dict]:
+        """The cell's record if it finished ok, else None (failed cells run again)."""
+        p = self.cell_path(key)
+        if not p.exists():
+            return None
+        try:
+            rec = read_json(p)
+        except (OSError, json.JSONDecodeError):
+            return None
+        return rec if rec.get("status") == "ok" else None
+
+    def write_cell(self, rec: dict) -> None:
+        atomic_write_json(self.cell_path(rec["key"]), rec)
+
+    def records(self) -> list[dict]:
+        out = []
+        for p in sorted(self.cells_dir.glob("*.json")):
+            try:
+                out.append(read_json(p))
+            except (OSError, json.JSONDecodeError) as exc:
+                out.append({"key": p.stem, "status": "corrupt", "error": f"{p}: {exc}"})
+        order = {k: i for i, k in enumerate(self.order())}
+        out.sort(key=lambda r: order.get(r.get("key"), len(order)))
+        return out
+
+    def order(self) -> list[str]:
+        try:
+            return read_json(self.path / "config.json").get("cell_keys", [])
+        except (OSError, json.JSONDecodeError):
+            return []
+
+    def config(self) -> dict:
+        return read_json(self.path / "config.json")
+
+    def environment(self) -> dict:
+        return read_json(self.path / "environment.json")
+
+    def aggregate(self) -> list[dict]:
+        """Rewrite results.json and results.csv from the cell files; return the rows."""
+        recs = self.records()
+        rows = [r for rec in recs for r in cell_rows(rec)]
+        atomic_write_json(self.path / "results.json", recs)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+        atomic_write_text(self.path / "results.csv", buf.getvalue())
+        return rows
+
+
+def iter_rows(records: Iterable[dict]) -> list[dict]:
+    return [r for rec in records for r in cell_rows(rec)]

@@ -1,0 +1,88 @@
+"""Base class of fine-tune strategies: lifecycle methods with no-op defaults.
+
+A strategy is a class (registered through ``register_strategies``) instantiated per
+cell with the user's parameters. The default :meth:`Strategy.fit` calls, in order:
+
+1. :meth:`freeze_before_training` - once, before anything is trained;
+2. :meth:`phases` - the list of :class:`harness.train.Phase` to run;
+3. for each phase, :meth:`on_epoch_start` before every epoch.
+
+Override :meth:`fit` only for strategies that do not train by gradient descent on the
+model (e.g. a shallow model on extracted features) or that train on cached features.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from .data import DataSplits
+from .model import LayerGroup, TransferModel
+from .train import History, Phase, TrainContext, run_phase
+
+
+class Strategy:
+    """A way of adapting a (pretrained) backbone plus a new head to a target task.
+
+    Class attributes:
+        pretrained: whether the strategy starts from pretrained weights (False for
+            training from scratch, which uses random initialisation).
+        bn_policy: ``"freeze"`` (batch-norm layers of frozen groups keep their
+            statistics) or ``"train"`` (they update).
+
+    Args:
+        **params: strategy parameters from the command line or matrix file; each must
+            be a keyword of the subclass's ``__init__``.
+    """
+
+    pretrained: bool = True
+    bn_policy: str = "freeze"
+
+    def __init__(self, **params: Any):
+        if params:
+            raise TypeError(f"{type(self).__name__} takes no parameter(s) {sorted(params)}")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def freeze_before_training(self, model: TransferModel) -> None:
+        """Called once before training. Default: nothing."""
+
+    def phases(self, model: TransferModel, ctx: TrainContext) -> list[Phase]:
+        """The phases to train. Default: everything, in one phase."""
+        return [Phase("all", [g.name for g in model.layer_groups()])]
+
+    def on_epoch_start(self, model: TransferModel, phase: Phase, epoch: int) -> None:
+        """Called before every epoch of every phase. Default: nothing."""
+
+    # -- driver -------------------------------------------------------------------------
+    def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
+        """Train ``model`` on ``data``; return its learning curves."""
+        history = History()
+        self.freeze_before_training(model)
+        for phase in self.phases(model, ctx):
+            run_phase(model, phase, data.train, data.val, ctx, history,
+                      on_epoch_start=lambda e, p: self.on_epoch_start(model, p, e),
+                      bn_policy=self.bn_policy)
+        return history
+
+    @classmethod
+    def parameters(cls) -> dict:
+        """Parameters the strategy accepts, with their defaults (for ``bench list``)."""
+        sig = inspect.signature(cls.__init__)
+        return {n: (p.default if p.default is not inspect.Parameter.empty else None)
+                for n, p in sig.parameters.items()
+                if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+class HeadOnly(nn.Module):
+    """A model's head seen as a model of its own, for training on cached features."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head(x)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        return [LayerGroup("head", [f"head.{n}" for n, _ in self.head.named_parameters()])]

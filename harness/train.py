@@ -1,0 +1,242 @@
+"""The training loop every strategy shares: phases, early stopping, learning curves.
+
+A strategy describes *what* to train (a list of :class:`Phase`); this module does the
+training. Each phase trains the named layer groups with their learning rates, stops
+early when the validation loss has not improved for ``patience`` epochs ("until
+validation loss starts to increase", as the lecture says) and, by default, restores
+the weights of its best epoch before the next phase starts.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .data import DataInfo, TensorSplit
+from .model import TransferModel, group_modules, set_trainable
+from .schedules import stlr_multiplier
+from .task import Task
+
+
+@dataclass
+class TrainSettings:
+    """Settings shared by every strategy; strategies may override per phase.
+
+    Attributes:
+        epochs: maximum epochs of a phase.
+        batch_size: training batch size.
+        lr: maximum learning rate.
+        weight_decay: AdamW weight decay.
+        patience: epochs without a better validation loss before a phase stops.
+        schedule: ``"constant"`` or ``"stlr"`` (slanted triangular, ULMFiT).
+        cut_frac, ratio: STLR parameters (defaults from the ULMFiT paper).
+        seed: seeds weight init of new layers and batch order.
+        device: torch device string.
+        augment: horizontal flips during training (images only).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 2
+    schedule: str = "constant"
+    cut_frac: float = 0.1
+    ratio: float = 32.0
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.schedule not in ("constant", "stlr"):
+            raise ValueError(f"schedule must be 'constant' or 'stlr', not {self.schedule!r}")
+
+
+@dataclass
+class Phase:
+    """One stretch of training.
+
+    Attributes:
+        name: shown in learning curves ("new layers", "backbone.layer1", "all"...).
+        groups: names of the layer groups trained in this phase.
+        lr: one learning rate for all groups, or a mapping group name -> rate.
+        epochs: maximum epochs (``None``: the settings' ``epochs``).
+        restore_best: load the best-validation-loss weights when the phase ends.
+        early_stopping: stop when validation loss stops improving.
+    """
+
+    name: str
+    groups: list
+    lr: object = None
+    epochs: Optional[int] = None
+    restore_best: bool = True
+    early_stopping: bool = True
+
+    def lr_for(self, group: str, default: float) -> float:
+        if isinstance(self.lr, dict):
+            return float(self.lr.get(group, default))
+        return float(self.lr) if self.lr is not None else default
+
+
+@dataclass
+class EpochRecord:
+    phase: str
+    epoch: int
+    train_loss: float
+    train_metric: float
+    val_loss: float
+    val_metric: float
+    lr: float
+    seconds: float
+    trainable_groups: list = field(default_factory=list)
+
+
+@dataclass
+class History:
+    """Per-epoch learning curves and the phases that produced them."""
+
+    epochs: list = field(default_factory=list)
+    phases: list = field(default_factory=list)  # [{name, groups, epochs_run, best_epoch, ...}]
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"epochs": [vars(e) for e in self.epochs], "phases": self.phases,
+                "seconds": self.seconds}
+
+
+class TrainContext:
+    """Everything a strategy needs besides the model and the data."""
+
+    def __init__(self, task: Task, info: DataInfo, settings: TrainSettings,
+                 progress: Optional[Callable[[str], None]] = None):
+        self.task = task
+        self.info = info
+        self.settings = settings
+        self.progress = progress or (lambda msg: None)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+
+def _flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+    mask = torch.rand(len(x), generator=g) < 0.5
+    x[mask] = x[mask].flip(-1)
+    return x, y
+
+
+@torch.no_grad()
+def predict(module: nn.Module, split: TensorSplit, batch_size: int = 256) -> torch.Tensor:
+    """Outputs of ``module`` on a whole split, in eval mode."""
+    was_training = module.training
+    module.eval()
+    outs = [module(x) for x, _ in split.batches(batch_size)]
+    module.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(module: nn.Module, split: TensorSplit, ctx: TrainContext) -> tuple[float, dict]:
+    """(loss, metrics) of ``module`` on ``split``."""
+    out = predict(module, split)
+    with torch.no_grad():
+        loss = float(ctx.task.loss(out, split.targets))
+    return loss, ctx.task.metrics(out, split.targets, ctx.info)
+
+
+def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSplit,
+              ctx: TrainContext, history: History, groups_model: Optional[TransferModel] = None,
+              on_epoch_start: Optional[Callable] = None, bn_policy: str = "freeze") -> float:
+    """Train one phase; return its best validation loss.
+
+    Args:
+        model: the module trained (the full model, or a head on cached features).
+        phase: what to train.
+        groups_model: the model whose layer groups ``phase.groups`` names (defaults to
+            ``model``).
+        on_epoch_start: ``f(epoch, phase)`` called before each epoch (gradual unfreezing).
+        bn_policy: ``"freeze"`` keeps batch-norm layers of frozen groups in eval mode, so
+            their running statistics stay those of the pretrained weights; ``"train"``
+            lets them update.
+    """
+    s = ctx.settings
+    gm = groups_model if groups_model is not None else model
+    set_trainable(gm, phase.groups)
+    param_groups = []
+    for g in gm.layer_groups():
+        params = [p for n, p in gm.named_parameters() if n in set(g.params)]
+        if params:
+            param_groups.append({"params": params, "lr": phase.lr_for(g.name, s.lr),
+                                 "group": g.name})
+    for pg in param_groups:
+        pg["max_lr"] = pg["lr"]
+    opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
+    max_epochs = phase.epochs or s.epochs
+    steps_per_epoch = max(1, -(-len(train) // s.batch_size))
+    total_steps = max_epochs * steps_per_epoch
+    step = 0
+    best_loss, best_state, best_epoch, wait = float("inf"), None, -1, 0
+    augment = _flip if s.augment and train.images.dtype == torch.uint8 else None
+    t_phase = time.perf_counter()
+    epochs_run = 0
+    for epoch in range(max_epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch, phase)
+        trainable = [g.name for g in gm.layer_groups()
+                     if any(dict(gm.named_parameters())[p].requires_grad for p in g.params)]
+        model.train()
+        if bn_policy == "freeze":
+            for g in gm.layer_groups():
+                if g.name not in trainable:
+                    for m in group_modules(gm, g):
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
+        t0 = time.perf_counter()
+        tot_loss, n_seen, outs, tgts = 0.0, 0, [], []
+        for x, y in train.batches(s.batch_size, shuffle=True, generator=ctx.generator,
+                                  augment=augment):
+            if s.schedule == "stlr":
+                mult = stlr_multiplier(step, total_steps, s.cut_frac, s.ratio)
+                for pg in opt.param_groups:
+                    pg["lr"] = pg["max_lr"] * mult
+            out = model(x)
+            loss = ctx.task.loss(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tot_loss += float(loss.detach()) * len(x)
+            n_seen += len(x)
+            outs.append(out.detach())
+            tgts.append(y)
+        train_metric = ctx.task.metrics(torch.cat(outs), torch.cat(tgts), ctx.info)
+        val_loss, val_metrics = evaluate(model, val, ctx)
+        pm = ctx.task.primary_metric
+        rec = EpochRecord(phase=phase.name, epoch=len(history.epochs), train_loss=tot_loss / max(n_seen, 1),
+                          train_metric=float(train_metric[pm]), val_loss=val_loss,
+                          val_metric=float(val_metrics[pm]),
+                          lr=float(opt.param_groups[-1]["lr"]), seconds=time.perf_counter() - t0,
+                          trainable_groups=trainable)
+        history.epochs.append(rec)
+        epochs_run += 1
+        ctx.progress(f"{phase.name} epoch {epoch + 1}/{max_epochs} val_loss={val_loss:.4f} "
+                     f"val_{pm}={rec.val_metric:.4f}")
+        if val_loss < best_loss - 1e-7:
+            best_loss, best_epoch, wait = val_loss, epoch, 0
+            if phase.restore_best:
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            wait += 1
+            if phase.early_stopping and wait >= s.patience:
+                break
+    if phase.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    history.phases.append({"name": phase.name, "groups": list(phase.groups),
+                           "epochs_run": epochs_run, "best_epoch": best_epoch,
+                           "best_val_loss": best_loss, "restored_best": bool(phase.restore_best),
+                           "seconds": time.perf_counter() - t_phase})
+    return best_loss

@@ -1,0 +1,53 @@
+"""Built-in backbones: VGG, ResNet and MobileNet families through timm, and any timm CNN.
+
+``timm:NAME`` builds any timm architecture by name (``timm:convnext_nano``), so users are
+not limited to this list.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from harness import BackboneSpec, hookimpl
+
+from ._timm_backbone import TimmBackbone
+
+# name -> (family, device class, default weights, pooling, description)
+_FAMILIES = {
+    **{f"vgg{d}{bn}": ("vgg", "server", "imagenet", "avg",
+                       f"VGG-{d}{' with batch norm' if bn else ''} (Simonyan & Zisserman 2015)")
+       for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+    **{f"resnet{d}": ("resnet", "server", "imagenet", "head", f"ResNet-{d} (He et al. 2016)")
+       for d in (18, 34, 50, 101)},
+    "mobilenetv2_100": ("mobilenet", "mobile", "packaged", "head",
+                        "MobileNetV2 1.0 (Sandler et al. 2018)"),
+    "mobilenetv3_small_100": ("mobilenet", "mobile", "imagenet", "head",
+                              "MobileNetV3-Small 1.0 (Howard et al. 2019)"),
+    "mobilenetv3_large_100": ("mobilenet", "mobile", "imagenet", "head",
+                              "MobileNetV3-Large 1.0 (Howard et al. 2019)"),
+}
+
+
+def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
+    if not arg:
+        raise ValueError("write timm:ARCHITECTURE, e.g. timm:convnext_nano")
+    import timm
+    if not timm.is_model(arg):
+        import difflib
+        close = difflib.get_close_matches(arg, timm.list_models(), n=3)
+        raise ValueError(f"timm has no architecture {arg!r}"
+                         + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return TimmBackbone(arg, pool=pool)
+
+
+@hookimpl
+def register_backbones():
+    specs = [
+        BackboneSpec(name, build=partial(TimmBackbone, model_name=name, pool=pool),
+                     family=family, device_class=dclass, default_weights=weights,
+                     description=desc)
+        for name, (family, dclass, weights, pool, desc) in _FAMILIES.items()
+    ]
+    specs.append(BackboneSpec("timm", build=_build_any, family="timm", device_class="server",
+                              default_weights="imagenet",
+                              description="any timm CNN by name: timm:ARCHITECTURE"))
+    return specs

@@ -1,0 +1,106 @@
+"""Built-in datasets that install offline: Fashion-MNIST (Debian) and scikit-learn digits."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import torch
+
+from harness import DatasetSpec, hookimpl
+from harness.data import DataInfo, DataSplits, TensorSplit, stratified_split, to_rgb_resized
+from harness.errors import DataUnavailable
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an IDX file (the MNIST format), gzip-compressed or not."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataUnavailable(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataUnavailable(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    n = 1
+    for d in dims:
+        n *= d
+    body = raw[4 + 4 * ndim:]
+    if len(body) != n:
+        raise DataUnavailable(f"{path} is truncated: {len(body)} bytes of data, header says {n}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
+
+
+def _subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    idx, _ = stratified_split(labels, (n / len(labels), 1 - n / len(labels)), seed)
+    return idx
+
+
+def load_fashion_mnist(task: str, image_size: int, seed: int, cache_dir: Path,
+                       root: str | None = None, n_train: int = 1000, n_val: int = 500,
+                       n_test: int = 1000) -> DataSplits:
+    """Fashion-MNIST (Xiao et al. 2017): a few-shot subset, resized to ``image_size``.
+
+    Train and validation come from the official training set (disjoint, stratified),
+    test from the official test set. Subsets are deterministic by seed.
+    """
+    root = Path(root or os.environ.get("FASHION_MNIST_DIR", FASHION_DIR))
+    files = {k: root / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
+             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise DataUnavailable(
+            f"Fashion-MNIST files not found: {', '.join(missing)}. Install them with "
+            f"'apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or put the four "
+            f"*-ubyte.gz files from the Fashion-MNIST release in a folder and pass "
+            f"--dataset fashion_mnist,root=FOLDER (or set FASHION_MNIST_DIR)")
+    xtr, ytr = read_idx(files["train-images"]), read_idx(files["train-labels"]).long()
+    xte, yte = read_idx(files["t10k-images"]), read_idx(files["t10k-labels"]).long()
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataUnavailable(f"Fashion-MNIST in {root}: image and label counts differ")
+    pool = _subset(ytr, n_train + n_val, seed)
+    tr_rel, va_rel = stratified_split(ytr[pool], (n_train / (n_train + n_val),
+                                                  n_val / (n_train + n_val)), seed + 1)
+    tr, va = pool[tr_rel], pool[va_rel]
+    te = _subset(yte, n_test, seed + 2)
+    info = DataInfo("fashion_mnist", num_classes=10, class_names=FASHION_CLASSES,
+                    source=str(root))
+    return DataSplits(
+        TensorSplit(to_rgb_resized(xtr[tr], image_size), ytr[tr]),
+        TensorSplit(to_rgb_resized(xtr[va], image_size), ytr[va]),
+        TensorSplit(to_rgb_resized(xte[te], image_size), yte[te]), info)
+
+
+def load_digits(task: str, image_size: int, seed: int, cache_dir: Path,
+                val_frac: float = 0.2, test_frac: float = 0.2) -> DataSplits:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), resized."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round()).to(torch.uint8)
+    y = torch.from_numpy(d.target).long()
+    tr, va, te = stratified_split(y, (1 - val_frac - test_frac, val_frac, test_frac), seed)
+    info = DataInfo("digits", num_classes=10, class_names=[str(i) for i in range(10)],
+                    source="sklearn.datasets.load_digits")
+    return DataSplits(*(TensorSplit(to_rgb_resized(x[i], image_size), y[i]) for i in (tr, va, te)),
+                      info)
+
+
+@hookimpl
+def register_datasets():
+    return [
+        DatasetSpec("fashion_mnist", load=load_fashion_mnist, tasks=("classification",),
+                    offline=True, description="Fashion-MNIST, 10 classes, real photos of "
+                    "clothing (Debian dataset-fashion-mnist); few-shot subsets"),
+        DatasetSpec("digits", load=load_digits, tasks=("classification",), offline=True,
+                    description="scikit-learn digits, 1,797 8x8 images, 10 classes"),
+    ]
