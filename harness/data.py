@@ -6,7 +6,9 @@ model normalizes them itself (see :class:`harness.model.TransferModel`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
@@ -115,3 +117,93 @@ def stratified_split(labels: torch.Tensor, fractions: tuple, seed: int) -> list[
             parts[i].append(idx[start:end])
             start = end
     return [torch.cat(p).sort().values for p in parts]
+
+
+# -- image files: decode and resize once, into a cache -------------------------------------
+
+CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+
+
+class BadData(ValueError):
+    """A data file or annotation that cannot be used; the message names the file and the fix."""
+
+
+def decode_image(path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file as uint8 ``(3, size, size)`` RGB, plus its original ``(width, height)``.
+
+    The image is stretched to a square (no crop), so coordinates normalized to [0, 1]
+    (boxes, keypoints) stay valid. Grey, palette, CMYK and alpha images become RGB.
+
+    Raises:
+        BadData: the file is missing, truncated or not an image; the message names it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            orig = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
+            im = im.convert("RGB")
+            im.load()
+            im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
+            arr = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except FileNotFoundError:
+        raise BadData(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadData(f"image file {path} is corrupt or truncated ({exc}); replace it with "
+                      f"an intact copy or remove it from the dataset") from None
+    return arr.reshape(size, size, 3).permute(2, 0, 1).contiguous(), orig
+
+
+def files_key(paths: list, size: int, extra: str = "") -> str:
+    """SHA-256 of the file list, each file's size and mtime, the image size and ``extra``."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{CACHE_FORMAT}|{size}|{extra}".encode())
+    for p in paths:
+        st = os.stat(p) if os.path.exists(p) else None
+        h.update(f"|{p}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}".encode())
+    return h.hexdigest()
+
+
+def decode_cached(paths: list, size: int, cache_dir: Optional[Path],
+                  extra: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 3, size, size)`` uint8 and original sizes ``(N, 2)`` (width, height).
+
+    The first call decodes every file and writes ``cache_dir/images-<key>.npz``; later
+    calls (later epochs, later runs) load that file instead of decoding JPEGs again. The key
+    is :func:`files_key`, so a changed, added or removed file, or another image size, makes
+    a new entry. The file is written to a temporary name and renamed, so an interrupted run
+    never leaves a half-written cache.
+    """
+    import numpy as np
+
+    paths = [str(p) for p in paths]
+    target = None
+    if cache_dir is not None:
+        target = Path(cache_dir) / "decoded" / f"images-{files_key(paths, size, extra)}.npz"
+        if target.exists():
+            try:
+                with np.load(target) as z:
+                    return torch.from_numpy(z["images"].copy()), torch.from_numpy(z["sizes"].copy())
+            except Exception:  # an unreadable cache entry is rebuilt, never trusted
+                target.unlink(missing_ok=True)
+    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    sizes = torch.empty((len(paths), 2), dtype=torch.long)
+    for i, p in enumerate(paths):
+        img, (w, h) = decode_image(p, size)
+        images[i] = img
+        sizes[i, 0], sizes[i, 1] = w, h
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".{os.getpid()}.part")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images.numpy(), sizes=sizes.numpy())
+        os.replace(tmp, target)
+    return images, sizes
+
+
+def split_by_indices(images: torch.Tensor, targets: torch.Tensor, parts: list) -> list:
+    """:class:`TensorSplit` for each index tensor in ``parts``."""
+    return [TensorSplit(images[i], targets[i]) for i in parts]

@@ -1,0 +1,199 @@
+"""Verified, cached downloads and safe extraction for dataset plugins.
+
+Reliability rules (see ``shared/MEASUREMENT.md``):
+
+* a file is downloaded to ``NAME.part`` and renamed into place only after its checksum
+  (SHA-256 or MD5) matched, so an interrupted or corrupt download is never taken as the file;
+* an archive is extracted into ``FOLDER.part`` and renamed, then a marker file is written;
+  a folder without the marker is an interrupted extraction and is extracted again;
+* extraction refuses members whose path leaves the folder (``../``, absolute paths, links);
+* the host is given ``connect_timeout`` seconds: offline, the error says which file to
+  download from where and where to put it, so the next run finds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import BenchError, DataUnavailable
+
+MARKER = ".extracted-ok"
+CHUNK = 1 << 20
+
+
+class ChecksumMismatch(BenchError):
+    """A downloaded or user-supplied file whose checksum is not the published one."""
+
+
+class UnsafeArchive(BenchError):
+    """An archive member that would land outside the extraction folder."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One published file.
+
+    Attributes:
+        filename: the published file name (what the user puts in the cache folder).
+        url: the official address.
+        sha256, md5: expected checksum (one is enough; SHA-256 is preferred).
+    """
+
+    filename: str
+    url: str
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+
+
+def file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path, res: Resource) -> None:
+    """Raise :class:`ChecksumMismatch` naming the file when its checksum is wrong."""
+    for algo in ("sha256", "md5"):
+        want = getattr(res, algo)
+        if want:
+            got = file_digest(path, algo)
+            if got.lower() != want.lower():
+                raise ChecksumMismatch(
+                    f"{path}: {algo} is {got}, expected {want} (the published {res.filename} "
+                    f"from {res.url}). The file is corrupt, truncated or a different version; "
+                    f"delete it and download it again.")
+            return
+
+
+def _offline_message(res: Resource, dest: Path, reason: str) -> str:
+    return (f"cannot download {res.filename} from {res.url} ({reason}). Download it on a "
+            f"machine with internet access and put it at {dest} (the cache folder is set by "
+            f"--cache-dir or TRANSFER_BENCH_CACHE); it is verified on the next run.")
+
+
+def fetch(res: Resource, folder: Path, base_url: Optional[str] = None,
+          connect_timeout: float = 10.0, progress: bool = True) -> Path:
+    """The verified file ``folder/res.filename``, downloaded only when absent.
+
+    Args:
+        res: what to get.
+        folder: the cache folder for this dataset.
+        base_url: replaces everything before the file name in ``res.url`` (tests serve
+            archives from a loopback server; mirrors work the same way).
+        connect_timeout: seconds to wait for the host (and for each read).
+        progress: show a tqdm progress bar on stderr.
+
+    Raises:
+        DataUnavailable: the host cannot be reached; says which file to put where.
+        ChecksumMismatch: the download (or a file already there) is not the published one;
+            nothing is left in the cache.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / res.filename
+    if dest.exists():
+        verify(dest, res)  # a user-supplied file is checked too; it is not deleted
+        return dest
+    url = res.url if base_url is None else base_url.rstrip("/") + "/" + res.filename
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=connect_timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            bar = _bar(total, res.filename, progress)
+            got = 0
+            with open(part, "wb") as out:
+                while True:
+                    block = resp.read(CHUNK)
+                    if not block:
+                        break
+                    out.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+            bar.close()
+        if total is not None and got != total:
+            raise DataUnavailable(f"download of {url} was interrupted: {got} of {total} bytes; "
+                                  f"run again to retry")
+        verify(part, res)
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise DataUnavailable(_offline_message(res, dest, str(reason))) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _bar(total, desc, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled,
+                leave=False)
+
+
+def _check_member(name: str, root: Path, archive: Path) -> Path:
+    target = (root / name).resolve()
+    if os.path.isabs(name) or (target != root and root not in target.parents):
+        raise UnsafeArchive(f"{archive}: member {name!r} would be written outside "
+                            f"{root}; refusing to extract this archive")
+    return target
+
+
+def extract(archive: Path, folder: Path) -> Path:
+    """Extract ``archive`` (tar, tar.gz, tgz, zip) into ``folder``, once.
+
+    ``folder`` counts as extracted only when it holds the marker written after the last
+    member; otherwise it is removed and extracted again. Members with absolute paths,
+    ``..`` or links pointing outside are refused before anything is written.
+    """
+    if (folder / MARKER).exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.mkdir(parents=True)
+    root = tmp.resolve()
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    _check_member(name, root, archive)
+                zf.extractall(tmp)
+        else:
+            try:
+                tf = tarfile.open(archive)
+            except tarfile.TarError as exc:
+                raise DataUnavailable(f"{archive} is not a readable tar/zip archive ({exc}); "
+                                      f"delete it and download it again") from None
+            with tf:
+                members = tf.getmembers()
+                for m in members:
+                    _check_member(m.name, root, archive)
+                    if m.issym() or m.islnk():
+                        link = m.linkname if m.islnk() else os.path.join(
+                            os.path.dirname(m.name), m.linkname)
+                        _check_member(link, root, archive)
+                    if m.isdev():
+                        raise UnsafeArchive(f"{archive}: member {m.name!r} is a device file")
+                try:
+                    tf.extractall(tmp, members=members, filter="data")
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    raise DataUnavailable(f"{archive} is truncated or corrupt ({exc}); delete "
+                                          f"it and download it again") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, folder)
+    (folder / MARKER).write_text(f"extracted from {archive.name}\n")
+    return folder
