@@ -1,11 +1,10 @@
-"""Built-in tasks. Classification: the lecture's head of two dense layers and an output."""
+"""Classification: the lecture's head of two dense layers and an output layer."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import TaskSpec, hookimpl
 from harness.task import Task
 
 
@@ -74,8 +73,3 @@ class Classification(Task):
             "confusion_matrix": cm.tolist(),
         }
 
-
-@hookimpl
-def register_tasks():
-    return [TaskSpec("classification", factory=Classification,
-                     description="top-1/top-5/macro-F1; head: 2 dense layers + output")]

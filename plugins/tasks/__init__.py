@@ -1,0 +1,26 @@
+"""Built-in tasks: classification, localization (box regression) and pose (keypoints).
+
+One module per task; this package registers them through ``register_tasks``.
+"""
+from __future__ import annotations
+
+from harness import TaskSpec, hookimpl
+
+from .classification import Classification, dense_head
+from .localization import Localization
+from .pose import Pose
+
+__all__ = ["Classification", "Localization", "Pose", "dense_head"]
+
+
+@hookimpl
+def register_tasks():
+    return [
+        TaskSpec("classification", factory=Classification,
+                 description="top-1/top-5/macro-F1; head: 2 dense layers + output"),
+        TaskSpec("localization", factory=Localization,
+                 description="one box (xmin,ymin,xmax,ymax in [0,1]); smooth-L1 + GIoU; "
+                             "mean IoU, acc@IoU>=0.5"),
+        TaskSpec("pose", factory=Pose,
+                 description="K keypoints: heatmaps on the spatial map + soft-argmax; PCK@0.2"),
+    ]

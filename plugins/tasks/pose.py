@@ -1,0 +1,126 @@
+"""Pose: K keypoints read from heatmaps on the backbone's spatial feature map.
+
+The head follows Simple Baselines (Xiao et al., "Simple Baselines for Human Pose
+Estimation and Tracking", ECCV 2018): transposed convolutions upsample the last feature
+map, a 1x1 convolution gives one heatmap per keypoint. Coordinates are read from the
+heatmaps with a differentiable soft-argmax (Sun et al., "Integral Human Pose
+Regression", ECCV 2018), so the model outputs coordinates directly and exports to ONNX.
+
+Targets are ``(N, K, 3)``: ``x, y`` normalized to [0, 1] by the image width and height,
+and visibility ``v`` (0 = not labelled; > 0 = labelled). Outputs are ``(N, K, 2)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.task import Task
+
+REFERENCES = ("bbox", "image")
+
+
+class SoftArgmaxHead(nn.Module):
+    """3x3 conv -> ``upsample`` x (stride-2 transposed conv) -> 1x1 conv to K heatmaps ->
+    soft-argmax to ``(B, K, 2)`` coordinates in [0, 1]."""
+
+    def __init__(self, in_channels: int, num_keypoints: int, hidden: int = 128,
+                 upsample: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+        for _ in range(upsample):
+            layers += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.heatmaps = nn.Conv2d(hidden, num_keypoints, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.heatmaps(self.body(x))  # (B, K, H, W)
+        b, k, hh, ww = h.shape
+        prob = h.flatten(2).softmax(-1).view(b, k, hh, ww)
+        # corner-aligned grid, so the whole [0, 1] range is reachable
+        xs = torch.linspace(0.0, 1.0, ww, device=x.device, dtype=prob.dtype)
+        ys = torch.linspace(0.0, 1.0, hh, device=x.device, dtype=prob.dtype)
+        px = (prob.sum(2) * xs).sum(-1)
+        py = (prob.sum(3) * ys).sum(-1)
+        return torch.stack([px, py], -1)
+
+
+def pck(pred: torch.Tensor, target: torch.Tensor, alpha: float, reference: str) -> float:
+    """Percentage of Correct Keypoints (Yang & Ramanan, PAMI 2013).
+
+    A labelled keypoint is correct when its distance to the ground truth is at most
+    ``alpha * max(h, w)``, where ``(w, h)`` is the size of the tight box around the
+    image's labelled ground-truth keypoints (``reference="bbox"``) or of the whole image
+    (``reference="image"``, i.e. 1 in normalized coordinates).
+    """
+    vis = target[..., 2] > 0
+    if not vis.any():
+        return float("nan")
+    xy = target[..., :2]
+    if reference == "bbox":
+        big = torch.finfo(xy.dtype).max
+        lo = torch.where(vis[..., None], xy, torch.full_like(xy, big)).amin(1)
+        hi = torch.where(vis[..., None], xy, torch.full_like(xy, -big)).amax(1)
+        ref = (hi - lo).amax(-1).clamp(min=1e-6)[:, None]
+    else:
+        ref = torch.ones(xy.shape[0], 1, dtype=xy.dtype)
+    dist = (pred[..., :2] - xy).norm(dim=-1)
+    return float((dist <= alpha * ref)[vis].float().mean())
+
+
+class Pose(Task):
+    """Keypoint localization from the spatial feature map.
+
+    Args:
+        hidden: channels of the head's convolutions.
+        upsample: number of stride-2 transposed convolutions (heatmap = map x 2**upsample).
+        alpha: PCK threshold (default 0.2, "PCK@0.2").
+        reference: ``bbox`` (tight box of the labelled ground-truth keypoints) or ``image``.
+
+    Loss: mean L1 distance over labelled keypoints (Sun et al. 2018 train integral
+    regression with L1). Metrics: ``pck`` (primary, PCK@alpha against ``reference``),
+    ``pck_image`` (PCK@alpha against the image size), ``mean_error`` (normalized units).
+    """
+
+    name = "pose"
+    head_input = "spatial"
+    primary_metric = "pck"
+    higher_is_better = True
+
+    def __init__(self, hidden: int = 128, upsample: int = 2, alpha: float = 0.2,
+                 reference: str = "bbox"):
+        if reference not in REFERENCES:
+            raise ValueError(f"pose reference {reference!r} is not one of {', '.join(REFERENCES)}")
+        if int(upsample) < 0:
+            raise ValueError("pose upsample must be >= 0")
+        self.hidden = int(hidden)
+        self.upsample = int(upsample)
+        self.alpha = float(alpha)
+        self.reference = reference
+
+    def build_head(self, backbone, info):
+        if info.num_keypoints < 1:
+            raise ValueError(f"pose needs keypoints; dataset {info.name} has none "
+                             f"(DataInfo.num_keypoints = 0)")
+        return SoftArgmaxHead(backbone.feature_channels, info.num_keypoints, self.hidden,
+                              self.upsample)
+
+    def loss(self, outputs, targets):
+        vis = (targets[..., 2] > 0).to(outputs.dtype)
+        err = (outputs - targets[..., :2].to(outputs.dtype)).abs().sum(-1)
+        return (err * vis).sum() / vis.sum().clamp(min=1.0)
+
+    def metrics(self, outputs, targets, info):
+        if len(targets) == 0:
+            return {"pck": float("nan")}
+        pred, tgt = outputs.detach().float(), targets.float()
+        vis = tgt[..., 2] > 0
+        err = (pred - tgt[..., :2]).norm(dim=-1)
+        return {
+            "pck": pck(pred, tgt, self.alpha, self.reference),
+            "pck_image": pck(pred, tgt, self.alpha, "image"),
+            "mean_error": float(err[vis].mean()) if vis.any() else float("nan"),
+            "pck_reference": f"PCK@{self.alpha:g} of max(w, h) of the {self.reference}"
+                             + (" of the labelled keypoints" if self.reference == "bbox" else ""),
+        }
