@@ -59,8 +59,13 @@ class BenchGroup(click.Group):
               help="Leave a plugin out (also: TRANSFER_BENCH_DISABLE_PLUGINS=a,b).")
 def cli(disable):
     """transfer-bench: which backbone, which way to adapt it, and what it costs."""
-    if disable:
-        get_plugins(disable=disable)
+    plugins = get_plugins(disable=disable) if disable else get_plugins()
+    # a broken plugin is left out and the others work; say so once, on stderr
+    for info in plugins.broken():
+        click.echo(f"warning: {info.message}", err=True)
+    for name in plugins.unknown_disabled:
+        click.echo(f"warning: cannot disable {name!r}: no such plugin. Plugins: "
+                   f"{', '.join(sorted(i.name for i in plugins.infos.values()))}", err=True)
 
 
 # -- bench list -----------------------------------------------------------------------------
@@ -110,7 +115,8 @@ def plugins_cmd(as_json):
     infos = list(get_plugins().infos.values())
     if as_json:
         click.echo(json.dumps([{"name": i.name, "origin": i.origin, "status": i.status,
-                                "registers": i.registers, "error": i.error} for i in infos],
+                                "registers": i.registers, "error": i.error,
+                                "message": i.message} for i in infos],
                               indent=2))
         return
     rows = []

@@ -18,7 +18,6 @@ from typing import Any, Iterable, Optional
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateName
 from .registry import Registry
 from .specs import SPEC_TYPES
 
@@ -56,7 +55,14 @@ KINDS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class PluginInfo:
-    """What ``bench plugins`` shows about one plugin."""
+    """What ``bench plugins`` shows about one plugin.
+
+    Attributes:
+        name: the plugin's name (entry-point name, or module name for built-ins).
+        origin: ``"built-in"`` or ``"DIST VERSION"`` of the distribution that declared it.
+        registers: kind -> names it registered (empty when broken).
+        error: why it is broken, or ``None``.
+    """
 
     name: str
     origin: str  # "built-in" or "DIST VERSION"
@@ -71,10 +77,23 @@ class PluginInfo:
             return "disabled"
         return "broken" if self.error else "ok"
 
+    @property
+    def label(self) -> str:
+        """``plugin 'NAME' (DIST VERSION)``: how messages name a plugin."""
+        return f"plugin {self.name!r} ({self.origin})"
+
+    @property
+    def message(self) -> Optional[str]:
+        """A self-contained sentence naming the plugin, its distribution and the error."""
+        if not self.error:
+            return None
+        return (f"{self.label} is broken and was left out: {self.error}. Fix or uninstall it, "
+                f"or disable it with --disable-plugin {self.name} or {DISABLE_ENV}={self.name}")
+
 
 def _disabled_names(extra: Iterable[str] = ()) -> set[str]:
     names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
-    return names | set(extra)
+    return names | {n.strip() for e in extra for n in e.split(",") if n.strip()}
 
 
 def _module_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
@@ -89,8 +108,17 @@ def _module_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     return out
 
 
+def _known_hooks() -> list[str]:
+    return sorted(k for k, v in vars(hookspecs).items()
+                  if callable(v) and hasattr(v, "transfer_bench_spec"))
+
+
 class PluginSystem:
     """A pluggy manager plus the registries it fills.
+
+    A broken plugin contributes nothing: if any of its hooks fails, or one of its names is
+    already held by an earlier plugin, none of its specs are registered and its
+    :class:`PluginInfo` says why. Built-ins register first, so they keep their names.
 
     Args:
         builtins: dotted module names of the built-in plugins to register.
@@ -111,10 +139,27 @@ class PluginSystem:
         self.registries: dict[str, Registry] = {}
         self._build_registries()
 
+    @property
+    def unknown_disabled(self) -> list[str]:
+        """Names asked to be disabled that match no plugin (probably a typo)."""
+        return sorted(n for n in self._disabled if n not in self.infos)
+
     # -- registration ------------------------------------------------------------------
+    def _new_info(self, name: str, origin: str) -> PluginInfo:
+        if name in self.infos:
+            first = self.infos[name]
+            key = f"{name} [{origin}]"
+            info = self.infos[key] = PluginInfo(name=name, origin=origin)
+            info.error = (f"the plugin name {name!r} is already used by {first.label}; "
+                          "rename the entry point in one of the two distributions")
+            return info
+        info = self.infos[name] = PluginInfo(name=name, origin=origin)
+        return info
+
     def _register_import(self, name: str, target: str, origin: str, loader=None) -> None:
-        info = PluginInfo(name=name, origin=origin)
-        self.infos[name] = info
+        info = self._new_info(name, origin)
+        if info.error:
+            return
         if name in self._disabled:
             info.disabled = True
             return
@@ -122,23 +167,31 @@ class PluginSystem:
             plugin = loader() if loader else importlib.import_module(target)
         except Exception as exc:
             info.error = f"failed to import {target}: {type(exc).__name__}: {exc}"
+            info.traceback = traceback.format_exc()
             return
         self.register(plugin, name=name, origin=origin)
 
     def register(self, plugin: Any, name: Optional[str] = None, origin: str = "built-in") -> None:
-        """Register a plugin object (module, class or instance), checking its hooks."""
+        """Register a plugin object (module, class or instance), checking its hooks.
+
+        A problem is recorded on the plugin's :class:`PluginInfo` instead of raised, so
+        one bad plugin never stops the others. Call :meth:`_build_registries` afterwards
+        (the ``register_plugin`` fixture does).
+        """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         info = self.infos.setdefault(name, PluginInfo(name=name, origin=origin))
-        unknown = [h for h in _module_hooks(self.pm, plugin) if not hasattr(hookspecs, h)]
+        known = _known_hooks()
+        unknown = [h for h in _module_hooks(self.pm, plugin) if h not in known]
         if unknown:
-            known = ", ".join(sorted(k for k in dir(hookspecs) if k.startswith("register_")))
             info.error = (f"implements hook(s) that do not exist: {', '.join(unknown)}. "
-                          f"Known hooks: {known}")
+                          f"Known hooks: {', '.join(known)}")
             return
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            info.error = f"hook with wrong arguments: {exc}"
+            hook = next((h for h in _module_hooks(self.pm, plugin) if h in str(exc)), None)
+            expected = f"; the hook takes {hook}{hook_signature(hook)}" if hook else ""
+            info.error = f"hook with wrong arguments: {exc}{expected}"
         except ValueError as exc:
             info.error = str(exc)
 
@@ -157,38 +210,67 @@ class PluginSystem:
 
     # -- registries --------------------------------------------------------------------
     def _build_registries(self) -> None:
+        """Call every plugin's registration hooks and file the specs by kind and name."""
         self.registries = {kind: Registry(noun) for kind, (_, noun) in KINDS.items()}
         for info in self.infos.values():
             info.registers = {}
+        # pass 1: call each plugin's hooks; a hook that raises breaks its plugin
+        collected: dict[str, list] = {}  # plugin name -> [(kind, spec)], registration order
         for kind, (hook, _noun) in KINDS.items():
             caller = getattr(self.pm.hook, hook)
-            # call plugin by plugin so a failure or a duplicate is attributed to its plugin
-            for impl in reversed(caller.get_hookimpls()):
-                self._collect(kind, impl)
+            for impl in caller.get_hookimpls():  # registration order: built-ins first
+                specs = self._call(kind, impl)
+                if specs is not None:
+                    collected.setdefault(impl.plugin_name, []).extend((kind, s) for s in specs)
+        # pass 2: file the specs of healthy plugins; a name already held breaks the newcomer
+        for name in [n for n, _ in self.pm.list_name_plugin()]:
+            info = self.infos.get(name)
+            items = collected.get(name, [])
+            if info is None or info.error:
+                continue
+            clash = self._first_clash(info, items)
+            if clash:
+                info.error = clash
+                continue
+            for kind, spec in items:
+                self.registries[kind].add(spec, provider=f"{name} ({info.origin})")
+                info.registers.setdefault(kind, []).append(spec.name)
 
-    def _collect(self, kind: str, impl) -> None:
+    def _call(self, kind: str, impl) -> Optional[list]:
         name = impl.plugin_name
         info = self.infos.setdefault(name, PluginInfo(name=name, origin="built-in"))
         if info.error:
-            return
+            return None
         spec_type = SPEC_TYPES[kind]
         try:
-            specs = impl.function() or []
+            specs = list(impl.function() or [])
             for spec in specs:
                 if not isinstance(spec, spec_type):
                     raise TypeError(f"{impl.function.__name__} returned {type(spec).__name__}, "
-                                    f"expected {spec_type.__name__}")
+                                    f"expected {spec_type.__name__} (from harness.specs)")
         except Exception as exc:
             info.error = f"{impl.function.__name__} raised {type(exc).__name__}: {exc}"
             info.traceback = traceback.format_exc()
-            return
-        for spec in specs:
-            try:
-                self.registries[kind].add(spec, provider=f"{name} ({info.origin})")
-            except DuplicateName as exc:
-                info.error = str(exc)
-                continue
-            info.registers.setdefault(kind, []).append(spec.name)
+            return None
+        return specs
+
+    def _first_clash(self, info: PluginInfo, items: list) -> Optional[str]:
+        """The message for the first name in ``items`` that is already taken, if any."""
+        seen: set = set()
+        for kind, spec in items:
+            noun = KINDS[kind][1]
+            if (kind, spec.name) in seen:
+                return f"{noun} {spec.name!r} is registered twice by {info.label} itself"
+            seen.add((kind, spec.name))
+            reg = self.registries[kind]
+            if spec.name in reg:
+                holder = reg.provider(spec.name)
+                holder_name, _, holder_origin = holder.partition(" (")
+                return (f"{noun} {spec.name!r} is registered twice: it is held by plugin "
+                        f"{holder_name!r} ({holder_origin.rstrip(')')}) and {info.label} "
+                        f"registers it again. Rename it, or disable one of the two plugins "
+                        f"(--disable-plugin NAME or {DISABLE_ENV})")
+        return None
 
     def __getattr__(self, kind: str) -> Registry:
         regs = self.__dict__.get("registries")
@@ -197,15 +279,20 @@ class PluginSystem:
         raise AttributeError(kind)
 
     def broken(self) -> list[PluginInfo]:
+        """Plugins that were left out because of an error."""
         return [i for i in self.infos.values() if i.error]
 
     def add_commands(self, cli) -> None:
+        """Let plugins attach commands (``register_commands``); a failing plugin is recorded."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            info = self.infos.get(impl.plugin_name)
+            if info is not None and info.error:
+                continue
             try:
                 impl.function(cli=cli)
             except Exception as exc:
-                self.infos[impl.plugin_name].error = (
-                    f"register_commands raised {type(exc).__name__}: {exc}")
+                if info is not None:
+                    info.error = f"register_commands raised {type(exc).__name__}: {exc}"
 
 
 _SYSTEM: Optional[PluginSystem] = None
