@@ -9,16 +9,23 @@ cell with the user's parameters. The default :meth:`Strategy.fit` calls, in orde
 
 Override :meth:`fit` only for strategies that do not train by gradient descent on the
 model (e.g. a shallow model on extracted features) or that train on cached features.
+
+Parameters: a strategy's parameters are the keywords of its ``__init__``; an unknown one
+is an error that lists the accepted ones. :class:`TrainingStrategy` adds the two every
+gradient-trained strategy takes: ``lr`` and ``schedule`` (``constant`` or ``stlr``,
+overriding the run's ``--schedule`` for this strategy only).
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
 from .data import DataSplits
 from .model import LayerGroup, TransferModel
+from .schedules import SCHEDULES
 from .train import History, Phase, TrainContext, run_phase
 
 
@@ -38,10 +45,36 @@ class Strategy:
 
     pretrained: bool = True
     bn_policy: str = "freeze"
+    schedule: Optional[str] = None
 
     def __init__(self, **params: Any):
         if params:
             raise TypeError(f"{type(self).__name__} takes no parameter(s) {sorted(params)}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked(self, *args: Any, **params: Any) -> None:
+            if self.__dict__.get("_checking_params"):  # a super().__init__ call
+                init(self, *args, **params)
+                return
+            allowed = type(self).parameters()
+            unknown = sorted(set(params) - set(allowed))
+            if unknown:
+                raise TypeError(
+                    f"strategy {type(self).__name__} has no parameter(s) {', '.join(unknown)}; "
+                    f"it takes: {', '.join(sorted(allowed)) or 'no parameters'}")
+            self._checking_params = True
+            try:
+                init(self, *args, **params)
+            finally:
+                del self._checking_params
+
+        cls.__init__ = checked
 
     # -- lifecycle ----------------------------------------------------------------------
     def freeze_before_training(self, model: TransferModel) -> None:
@@ -60,6 +93,8 @@ class Strategy:
         history = History()
         self.freeze_before_training(model)
         for phase in self.phases(model, ctx):
+            if phase.schedule is None:
+                phase.schedule = self.schedule
             run_phase(model, phase, data.train, data.val, ctx, history,
                       on_epoch_start=lambda e, p: self.on_epoch_start(model, p, e),
                       bn_policy=self.bn_policy)
@@ -72,6 +107,28 @@ class Strategy:
         return {n: (p.default if p.default is not inspect.Parameter.empty else None)
                 for n, p in sig.parameters.items()
                 if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+class TrainingStrategy(Strategy):
+    """Base of strategies trained by gradient descent; takes ``lr`` and ``schedule``.
+
+    Args:
+        lr: maximum learning rate (default: the run's ``lr``).
+        schedule: ``"constant"`` or ``"stlr"`` (slanted triangular, Howard & Ruder 2018);
+            default: the run's ``--schedule``.
+    """
+
+    def __init__(self, lr: Optional[float] = None, schedule: Optional[str] = None):
+        if lr is not None and float(lr) <= 0:
+            raise ValueError(f"lr must be > 0, not {lr!r}")
+        if schedule is not None and schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+        self.lr = float(lr) if lr is not None else None
+        self.schedule = schedule
+
+    def base_lr(self, ctx: TrainContext) -> float:
+        """This strategy's maximum learning rate."""
+        return self.lr if self.lr is not None else ctx.settings.lr
 
 
 class HeadOnly(nn.Module):

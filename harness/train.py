@@ -18,7 +18,7 @@ from torch import nn
 
 from .data import DataInfo, TensorSplit
 from .model import TransferModel, group_modules, set_trainable
-from .schedules import stlr_multiplier
+from .schedules import SCHEDULES, stlr_multiplier
 from .task import Task
 
 
@@ -56,8 +56,9 @@ class TrainSettings:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
-        if self.schedule not in ("constant", "stlr"):
-            raise ValueError(f"schedule must be 'constant' or 'stlr', not {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"not {self.schedule!r}")
 
 
 @dataclass
@@ -71,6 +72,11 @@ class Phase:
         epochs: maximum epochs (``None``: the settings' ``epochs``).
         restore_best: load the best-validation-loss weights when the phase ends.
         early_stopping: stop when validation loss stops improving.
+        schedule: ``"constant"`` or ``"stlr"``; ``None`` uses the settings' schedule.
+        min_epochs: early stopping cannot end the phase before this many epochs (gradual
+            unfreezing must reach the bottom group first).
+        eval_modules: names of submodules kept in eval mode while training (a frozen
+            backbone whose dropout and batch norm must behave as at inference).
     """
 
     name: str
@@ -79,6 +85,14 @@ class Phase:
     epochs: Optional[int] = None
     restore_best: bool = True
     early_stopping: bool = True
+    schedule: Optional[str] = None
+    min_epochs: int = 0
+    eval_modules: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"phase {self.name!r}: schedule must be one of "
+                             f"{', '.join(SCHEDULES)}, not {self.schedule!r}")
 
     def lr_for(self, group: str, default: float) -> float:
         if isinstance(self.lr, dict):
@@ -175,6 +189,7 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
     for pg in param_groups:
         pg["max_lr"] = pg["lr"]
     opt = torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
+    schedule = phase.schedule or s.schedule
     max_epochs = phase.epochs or s.epochs
     steps_per_epoch = max(1, -(-len(train) // s.batch_size))
     total_steps = max_epochs * steps_per_epoch
@@ -195,11 +210,13 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
                     for m in group_modules(gm, g):
                         if isinstance(m, nn.modules.batchnorm._BatchNorm):
                             m.eval()
+        for name in phase.eval_modules:
+            model.get_submodule(name).eval()
         t0 = time.perf_counter()
         tot_loss, n_seen, outs, tgts = 0.0, 0, [], []
         for x, y in train.batches(s.batch_size, shuffle=True, generator=ctx.generator,
                                   augment=augment):
-            if s.schedule == "stlr":
+            if schedule == "stlr":
                 mult = stlr_multiplier(step, total_steps, s.cut_frac, s.ratio)
                 for pg in opt.param_groups:
                     pg["lr"] = pg["max_lr"] * mult
@@ -231,12 +248,14 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
                 best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-            if phase.early_stopping and wait >= s.patience:
+            if phase.early_stopping and wait >= s.patience and epochs_run >= phase.min_epochs:
                 break
     if phase.restore_best and best_state is not None:
         model.load_state_dict(best_state)
     history.phases.append({"name": phase.name, "groups": list(phase.groups),
                            "epochs_run": epochs_run, "best_epoch": best_epoch,
                            "best_val_loss": best_loss, "restored_best": bool(phase.restore_best),
+                           "schedule": schedule,
+                           "lrs": {pg["group"]: pg["max_lr"] for pg in opt.param_groups},
                            "seconds": time.perf_counter() - t_phase})
     return best_loss

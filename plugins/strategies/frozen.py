@@ -1,0 +1,68 @@
+"""The lecture's model 2: a frozen pretrained backbone as a feature extractor."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from harness.data import DataSplits, TensorSplit
+from harness.model import TransferModel
+from harness.strategy import HeadOnly, TrainingStrategy
+from harness.train import History, Phase, TrainContext, run_phase
+
+
+@torch.inference_mode()
+def extract_features(model: TransferModel, split: TensorSplit,
+                     batch_size: int = 256) -> TensorSplit:
+    """Run the (frozen, eval-mode) backbone once over ``split``; keep the targets."""
+    was = model.backbone.training
+    model.backbone.eval()
+    chunks = [model.features(x) for x, _ in split.batches(batch_size)]
+    model.backbone.train(was)
+    return TensorSplit(torch.cat(chunks).clone(), split.targets)
+
+
+class Frozen(TrainingStrategy):
+    """Model 2: frozen pretrained backbone; only the new head (two dense layers and an
+    output layer) trains (lecture, "Model 2 ... Feature extractor concept. Freeze weights").
+
+    The backbone runs once over the train and validation splits and the head trains on
+    the cached features. That equals the naive loop (``cache_features=False``), where the
+    frozen backbone is kept in eval mode and runs every epoch: same head init, same batch
+    order (the run's seeded generator), same dropout draws (the global RNG is seeded with
+    the run's seed before training in both paths). Augmentation is therefore not applied.
+
+    Early stopping: one phase on validation loss, best epoch restored. Batch norm: frozen;
+    the whole backbone stays in eval mode (statistics and any dropout as at inference).
+
+    Args:
+        lr: learning rate of the head (default: the run's ``lr``).
+        cache_features: False trains through the frozen backbone every epoch (the naive
+            loop; ``benchmarks/bench_frozen_cache.py`` compares both).
+        schedule: ``constant`` or ``stlr`` (default: the run's ``--schedule``).
+    """
+
+    bn_policy = "freeze"
+
+    def __init__(self, lr: Optional[float] = None, cache_features: bool = True,
+                 schedule: Optional[str] = None):
+        super().__init__(lr=lr, schedule=schedule)
+        self.cache_features = bool(cache_features)
+
+    def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
+        history = History()
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        phase = Phase("head", ["head"], lr=self.lr, schedule=self.schedule,
+                      eval_modules=("backbone",))
+        if not self.cache_features:
+            torch.manual_seed(ctx.settings.seed)
+            run_phase(model, phase, data.train, data.val, ctx, history, bn_policy="freeze")
+            return history
+        feats = {split: extract_features(model, getattr(data, split))
+                 for split in ("train", "val")}
+        ctx.progress("features cached")
+        phase.eval_modules = ()
+        torch.manual_seed(ctx.settings.seed)
+        run_phase(HeadOnly(model.head), phase, feats["train"], feats["val"], ctx, history)
+        return history
