@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.reporters",
     "plugins.executors",
     "plugins.presets",
+    "plugins.regression",
 )
 
 #: registry kind -> (hook name, singular noun for messages)

@@ -1,0 +1,239 @@
+"""`bench baseline` / `bench check`: exit codes, verdicts, reports, broken baselines.
+
+Baselines are real measurements of a tiny CNN; planted regressions scale those real samples
+or slow the runtime through a plugin, so the expected verdicts do not depend on luck.
+"""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from harness import BackboneSpec, DatasetSpec, hookimpl
+from harness.cli import cli
+from harness.data import DataInfo, DataSplits, TensorSplit
+from harness.model import Backbone, LayerGroup
+from harness import regression as rg
+
+ROUNDS = ["--rounds", "6", "--calls", "5"]
+
+
+class _Tiny(Backbone):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.stage = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU())
+        self.num_features = self.feature_channels = 16
+
+    def forward_spatial(self, x):
+        return self.stage(self.stem(x))
+
+    def forward(self, x):
+        return self.forward_spatial(x).mean(dim=(2, 3))
+
+    def layer_groups(self):
+        return [LayerGroup(m, [f"{m}.{n}" for n, _ in getattr(self, m).named_parameters()])
+                for m in ("stem", "stage")]
+
+
+def _load(task, image_size, seed, cache_dir, **kw):
+    def make(n, s):
+        g = torch.Generator().manual_seed(s)
+        y = torch.randint(0, 4, (n,), generator=g)
+        x = (torch.rand(n, 3, image_size, image_size, generator=g) * 60).to(torch.uint8)
+        h = image_size // 2
+        for i, c in enumerate(y.tolist()):
+            r, col = divmod(c, 2)
+            x[i, :, r * h:(r + 1) * h, col * h:(col + 1) * h] += 150
+        return TensorSplit(x, y)
+    info = DataInfo("quads", num_classes=4, class_names=list("abcd"), synthetic=True)
+    return DataSplits(make(96, seed), make(32, seed + 1), make(32, seed + 2), info)
+
+
+class _TinyParts:
+    @staticmethod
+    @hookimpl
+    def register_backbones():
+        return [BackboneSpec("rg_tiny", build=_Tiny, device_class="mobile",
+                             default_weights="random")]
+
+    @staticmethod
+    @hookimpl
+    def register_datasets():
+        return [DatasetSpec("rg_quads", load=_load, synthetic=True)]
+
+
+MATRIX = """
+name = "rgtest"
+backbones = ["rg_tiny"]
+datasets = ["rg_quads"]
+strategies = ["scratch"]
+runtimes = ["pytorch"]
+profiles = ["one"]
+image_size = 16
+[train]
+epochs = 1
+batch_size = 32
+[profile.one]
+batch_size = 1
+threads = 1
+precisions = ["fp32"]
+"""
+
+
+@pytest.fixture
+def tiny(register_plugin, tmp_path):
+    register_plugin(_TinyParts(), name="rg-tiny-parts")
+    (tmp_path / "m.toml").write_text(MATRIX)
+    return tmp_path
+
+
+def bench(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def baseline(tiny):
+    """A real latency-only baseline of the tiny CNN (PyTorch, 1 thread)."""
+    out = tiny / "base.json"
+    r = bench("baseline", "create", "--out", out, "-m", tiny / "m.toml", "--latency-only",
+              "-q", *ROUNDS)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _scale(path, factor):
+    """Rewrite the baseline as if the old code had been ``factor`` x as slow."""
+    data = json.loads(path.read_text())
+    for cell in data["cells"]:
+        for lat in cell["latency"].values():
+            lat["round_ms"] = [v * factor for v in lat["round_ms"]]
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_baseline_records_config_samples_and_machine(baseline):
+    data = json.loads(baseline.read_text())
+    (cell,) = data["cells"]
+    assert cell["config"]["backbone"] == "rg_tiny"
+    lat = cell["latency"]["pytorch/one/fp32"]
+    assert len(lat["round_ms"]) == 6 and len(lat["probe_ms"]) == 6
+    assert [len(r) for r in lat["raw_ms"]] == [5] * 6
+    assert data["fingerprint"]["cpu"] and data["environment"]["versions"]["torch"]
+    assert data["check"]["latency_tolerance"] == pytest.approx(0.10)
+
+
+def test_pass_exits_0_and_writes_reports(baseline, tmp_path):
+    _scale(baseline, 3.0)  # the old code was 3x slower: the fresh one must hold
+    md, xml = tmp_path / "c.md", tmp_path / "c.xml"
+    r = bench("check", "--baseline", baseline, "-q", "--markdown", md, "--junit", xml, *ROUNDS)
+    assert r.exit_code == 0, r.output
+    assert "improved" in r.output and "all checks hold" in r.output
+    assert "all checks hold" in md.read_text() and "| latency pytorch/one/fp32 |" in md.read_text()
+    suite = ET.parse(xml).getroot()
+    assert suite.get("failures") == "0" and suite.get("errors") == "0"
+
+
+def test_scaled_regression_exits_1(baseline, tmp_path):
+    _scale(baseline, 1 / 3)  # the fresh code is 3x slower than the baseline
+    xml = tmp_path / "c.xml"
+    r = bench("check", "--baseline", baseline, "-q", "--junit", xml, *ROUNDS)
+    assert r.exit_code == 1, r.output
+    assert "REGRESSION" in r.output and "confirmed" in r.output
+    assert ET.parse(xml).getroot().find("testcase/failure") is not None
+
+
+def test_tolerance_from_baseline_check_table_and_option(baseline):
+    data = _scale(baseline, 1 / 3)
+    data["check"]["latency_tolerance"] = 5.0  # a 3x slowdown is within 500%
+    baseline.write_text(json.dumps(data))
+    assert bench("check", "--baseline", baseline, "-q", *ROUNDS).exit_code == 0
+    r = bench("check", "--baseline", baseline, "-q", "--latency-tolerance", "0.1", *ROUNDS)
+    assert r.exit_code == 1, r.output
+
+
+def test_planted_slow_runtime_plugin_is_caught(baseline, plugin_system):
+    from plugins.regression import slowdown_plugin
+    spec = plugin_system.runtimes.get("pytorch")
+    provider = plugin_system.runtimes.provider("pytorch").split(" (")[0]
+    plugin_system.unregister(provider)
+    plugin_system.register(slowdown_plugin(spec, extra=2.0), name="slow-pytorch", origin="test")
+    plugin_system._build_registries()
+    r = bench("check", "--baseline", baseline, "-q", *ROUNDS)
+    assert r.exit_code == 1, r.output
+    assert "REGRESSION" in r.output
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{not json", "is not valid JSON"),
+    ('{"format": "something-else"}', "is not a transfer-bench baseline"),
+    ('{"format": "transfer-bench-baseline", "version": 1, "cells": [], "check": {}, '
+     '"measure": {}}', "has no cells"),
+    ('{"format": "transfer-bench-baseline", "version": 1, "cells": [{}], "check": '
+     '{"tolerance": 1}, "measure": {}}', "unknown key(s) ['tolerance'] in [check]"),
+])
+def test_broken_baseline_exits_2_naming_file(tiny, content, message):
+    path = tiny / "broken.json"
+    if content is not None:
+        path.write_text(content)
+    r = CliRunner().invoke(cli, ["check", "--baseline", str(path)])
+    assert r.exit_code == 2
+    assert str(path) in r.output and message in r.output
+
+
+def test_accuracy_regression_from_fresh_run(tiny):
+    run = bench("run", "-m", tiny / "m.toml", "--out", tiny / "runs", "-q", "-r", "pytorch")
+    assert run.exit_code == 0, run.output
+    run_dir = next((tiny / "runs").iterdir())
+    out = tiny / "acc.json"
+    r = bench("baseline", "create", "--out", out, "--from-run", run_dir, "-q", *ROUNDS)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    acc = data["cells"][0]["metric"]
+    assert 0.0 <= acc <= 1.0
+    assert bench("check", "--baseline", out, "--run", run_dir, "--no-latency").exit_code == 0
+    data["cells"][0]["metric"] = acc + 0.05  # the baseline was 5 points better
+    out.write_text(json.dumps(data))
+    r = bench("check", "--baseline", out, "--run", run_dir, "--no-latency")
+    assert r.exit_code == 1 and "accuracy (accuracy)" in r.output and "REGRESSION" in r.output
+    r = bench("check", "--baseline", out, "--run", run_dir, "--no-latency",
+              "--accuracy-drop", "0.1")
+    assert r.exit_code == 0, r.output
+
+
+def test_other_machine_warns(baseline):
+    data = json.loads(baseline.read_text())
+    data["fingerprint"]["cpu"] = "Some Other CPU @ 1.0GHz"
+    baseline.write_text(json.dumps(data))
+    r = CliRunner().invoke(cli, ["check", "--baseline", str(baseline), "-q", *ROUNDS])
+    assert "another kind of machine" in r.output and "Some Other CPU" in r.output
+
+
+def test_too_few_rounds_for_alpha_is_an_error(baseline):
+    r = bench("check", "--baseline", baseline, "-q", "--rounds", "3")
+    assert r.exit_code == 2 and "can never reach" in r.output
+
+
+@pytest.mark.parametrize("x, y", [
+    ([5, 6, 7, 8, 9], [1, 2, 3, 4, 4.5]),
+    ([1, 3, 5, 7, 9, 11], [2, 4, 6, 8, 10, 12]),
+    ([1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 2.0, 1.0, 0.5, 0.7, 0.2]),  # ties: normal approximation
+])
+def test_mann_whitney_matches_scipy(x, y):
+    stats = pytest.importorskip("scipy.stats")
+    has_ties = len(set(x + y)) < len(x + y)
+    ref = stats.mannwhitneyu(x, y, alternative="greater",
+                             method="asymptotic" if has_ties else "exact").pvalue
+    assert rg.mann_whitney_greater(x, y) == pytest.approx(ref, rel=1e-9)
+
+
+def test_ratio_without_significance_is_not_a_regression():
+    base = {"round_ms": [1.0, 1.0, 3.0, 1.0, 3.0, 1.0]}
+    fresh = {"round_ms": [3.0, 1.0, 3.0, 1.0, 3.0, 1.1]}  # median up 2x, but only noise
+    v = rg.compare_latency("c", "k", base, fresh, rg.CheckSettings(), calibrate=False)
+    assert v.detail["ratio"] > 1.1 and v.status == "pass" and "not significant" in v.note
