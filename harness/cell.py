@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -15,6 +16,7 @@ from .config import CellConfig
 from .data import DataSplits
 from .errors import BenchError
 from .export import export_onnx, parity_check
+from .isolate import measure_in_worker
 from .latency import MeasureSettings
 from .manager import PluginSystem
 from .model import TransferModel, count_parameters
@@ -172,9 +174,22 @@ def _trained_param_count(model: TransferModel, history) -> int:
 
 
 def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec) -> list:
+    """Latency rows of every (profile, runtime, precision); each runtime runs in its own
+    worker process (:mod:`harness.isolate`). Outputs a runtime returns on the test images
+    (``test_outputs``, for lower precisions) become ``accuracy_after`` here, scored by the
+    task's own metrics."""
     if not cfg.runtimes:
         return []
     workdir = Path(tempfile.mkdtemp(prefix="tb-cell-"))
+    try:
+        return _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
+                             workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
+                  workdir: Path) -> list:
     task = ctx.task
     test_x = data.test.images[:512]
     test_y = data.test.targets[:512]
@@ -207,10 +222,20 @@ def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, 
                 continue
             progress(f"latency {rt.name} {profile.name}")
             try:
-                results = rt.measure(art, profile, settings) or []
+                results = measure_in_worker(rt.measure, art, profile, settings,
+                                            label=f"{rt.name}-{profile.name}")
             except Exception as exc:
                 out.append({**base, "precision": "-", "error": f"{type(exc).__name__}: {exc}"})
                 continue
             for r in results:
+                r = dict(r)
+                outputs = r.pop("test_outputs", None)
+                if outputs is not None:
+                    metrics = art.evaluate_outputs(outputs)
+                    r["accuracy_after"] = metrics.get(task.primary_metric)
+                    r["metric_after"] = task.primary_metric
+                    r["metrics_after"] = {k: v for k, v in metrics.items()
+                                          if isinstance(v, (int, float))}
+                    r["evaluated_on"] = int(len(outputs))
                 out.append({**base, **r})
     return out

@@ -4,9 +4,14 @@ The rule follows MLPerf LoadGen and trtexec: warm up by count *and* by time, the
 single calls until both a minimum count and a minimum duration are met. Statistics are
 those trusted tools report: mean, p50, p90, p95, p99, standard deviation, coefficient of
 variation, IQR, throughput; the raw timings are kept for later tests.
+
+:class:`PeakMemory` gives the peak resident memory of a block of code (model load, session
+creation and the timed runs), read from Linux's ``VmHWM`` after resetting it.
 """
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +29,11 @@ class MeasureSettings:
         min_s: ...and at least this many seconds of them.
         max_s: stop measuring after this long even if ``min_count`` is not reached
             (recorded as ``truncated``), so a very slow model cannot stall a run.
+        isolate: measure each runtime in its own worker process (see
+            :mod:`harness.isolate`); ONNX Runtime's spinning threads can slow PyTorch in
+            the same process up to 50x (onnxruntime issue 13808).
+        worker_timeout_s: a worker that has not answered after this long is stopped and
+            its runtime recorded as failed with ``timeout``.
     """
 
     warmup_count: int = 10
@@ -31,10 +41,16 @@ class MeasureSettings:
     min_count: int = 30
     min_s: float = 1.0
     max_s: float = 60.0
+    isolate: bool = True
+    worker_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.min_count < 1 or self.min_s < 0 or self.max_s <= 0:
             raise ValueError("min_count must be >= 1, min_s >= 0 and max_s > 0")
+        if self.warmup_count < 0 or self.warmup_s < 0:
+            raise ValueError("warmup_count and warmup_s must be >= 0")
+        if self.worker_timeout_s <= 0:
+            raise ValueError("worker_timeout_s must be > 0")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -94,3 +110,59 @@ def measure(fn: Callable[[], object], batch_size: int,
     out.update(warmup_calls=n, measured_s=clock() - begin, truncated=truncated,
                settings=asdict(settings), raw_ms=[t * 1000.0 for t in times])
     return out
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak resident memory (RSS) of this process while a block runs.
+
+    On Linux the kernel's high-water mark ``VmHWM`` is reset by writing ``5`` to
+    ``/proc/self/clear_refs`` on entry and read on exit, so the peak belongs to the block
+    only. Where that is not possible the process-lifetime peak ``ru_maxrss`` is used and
+    the method says so (it can then include earlier work in the same process).
+
+    Example::
+
+        with PeakMemory() as mem:
+            sess = make_session(); run_many(sess)
+        mem.as_dict()  # {"peak_rss_mb": ..., "baseline_rss_mb": ..., "delta_mb": ..., ...}
+    """
+
+    def __enter__(self) -> "PeakMemory":
+        self.method = "ru_maxrss (process-lifetime peak; not reset)"
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            if _proc_status_kb("VmHWM") is not None:
+                self.method = "VmHWM after reset via /proc/self/clear_refs"
+        except OSError:
+            pass
+        rss = _proc_status_kb("VmRSS")
+        self.baseline_kb = rss if rss is not None else self._maxrss_kb()
+        self.peak_kb = self.baseline_kb
+        return self
+
+    @staticmethod
+    def _maxrss_kb() -> int:
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+    def __exit__(self, *exc) -> None:
+        hwm = _proc_status_kb("VmHWM") if self.method.startswith("VmHWM") else None
+        self.peak_kb = hwm if hwm is not None else self._maxrss_kb()
+
+    def as_dict(self) -> dict:
+        """``peak_rss_mb`` (the process), ``baseline_rss_mb`` (before the block) and
+        ``delta_mb`` (what the block added at its peak), with the ``method``."""
+        return {"peak_rss_mb": self.peak_kb / 1024, "baseline_rss_mb": self.baseline_kb / 1024,
+                "delta_mb": max(0, self.peak_kb - self.baseline_kb) / 1024,
+                "method": self.method, "pid": os.getpid()}

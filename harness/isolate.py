@@ -1,0 +1,218 @@
+"""Measuring a runtime in its own worker process.
+
+ONNX Runtime's worker threads spin after a run and can slow PyTorch in the same process
+by up to 50x (onnxruntime issue 13808; see MEASUREMENT.md), and one runtime's allocator
+keeps memory another would be charged for. So each (runtime, profile) pair of a cell is
+measured by a fresh ``python -m harness.isolate JOB_DIR`` process:
+
+1. the parent writes the job folder once per cell: ``model.pt`` (``torch.save`` of the
+   whole trained model, loaded in the worker only if a runtime asks for ``art.model``),
+   ``calibration.npy`` and ``test_images.npy``, and per job ``job.json`` naming the
+   runtime's ``measure`` function by module and qualified name, the profile and settings;
+2. the worker imports that function (not the whole plugin system: an ONNX Runtime worker
+   never imports torch and starts in about 0.4 s), runs it and writes ``result.json``;
+   arrays a runtime returns (``test_outputs``) go beside it as ``.npy`` files;
+3. the parent reads the result; a worker that fails sends its traceback back, and one that
+   does not answer within ``settings.worker_timeout_s`` is killed.
+
+Records carry ``isolation: "process"``, or ``"in-process"`` with the reason when the
+user turned isolation off or the runtime's ``measure`` cannot be imported by name.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .latency import MeasureSettings
+from .specs import ProfileSpec
+
+
+class WorkerError(RuntimeError):
+    """The worker process failed; the message carries its error and traceback tail."""
+
+
+def _qualified_name(fn: Callable) -> Optional[str]:
+    """``module:qualname`` when ``fn`` can be imported back by that name, else None."""
+    mod, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not mod or "<" in qual or mod == "__main__":
+        return None
+    try:
+        obj = importlib.import_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return f"{mod}:{qual}" if obj is fn else None
+
+
+def _resolve(name: str) -> Callable:
+    mod, qual = name.split(":", 1)
+    obj: Any = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _as_numpy(x) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _cell_files(art) -> dict:
+    """Write the model and sample images of a cell once; reuse them for every job."""
+    files = art.extra.get("isolate_files")
+    if files:
+        return files
+    folder = Path(art.workdir) / "worker"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if getattr(art, "model", None) is not None:
+        import torch
+        files["model"] = str(folder / "model.pt")
+        torch.save(art.model, files["model"])
+    for key in ("calibration", "test_images"):
+        arr = _as_numpy(getattr(art, key, None))
+        if arr is not None:
+            files[key] = str(folder / f"{key}.npy")
+            np.save(files[key], arr)
+    art.extra["isolate_files"] = files
+    return files
+
+
+@dataclass
+class WorkerArtifacts:
+    """What a runtime's ``measure`` sees inside the worker (duck-types ``cell.Artifacts``).
+
+    ``model`` is loaded from ``model.pt`` on first use, so runtimes that only read the
+    ONNX file never import torch. ``calibration`` and ``test_images`` are float32 numpy
+    arrays in [0, 1] of shape ``(N, 3, S, S)``.
+    """
+
+    image_size: int
+    workdir: Path
+    onnx_path: Optional[Path] = None
+    model_path: Optional[str] = None
+    calibration: Optional[np.ndarray] = None
+    test_images: Optional[np.ndarray] = None
+    evaluate_outputs: Optional[Callable] = None  # evaluated by the parent, not here
+    extra: dict = field(default_factory=dict)
+    _model: Any = None
+
+    @property
+    def model(self):
+        if self._model is None and self.model_path:
+            import torch
+            self._model = torch.load(self.model_path, weights_only=False).eval()
+        return self._model
+
+
+def _write_job(folder: Path, measure_name: str, art, profile: ProfileSpec,
+               settings: MeasureSettings) -> None:
+    files = _cell_files(art)
+    job = {"measure": measure_name, "profile": asdict(profile), "settings": asdict(settings),
+           "image_size": art.image_size, "workdir": str(folder),
+           "onnx_path": str(art.onnx_path) if art.onnx_path else None,
+           "model_path": files.get("model"), "calibration": files.get("calibration"),
+           "test_images": files.get("test_images")}
+    (folder / "job.json").write_text(json.dumps(job))
+
+
+def _read_result(folder: Path) -> list[dict]:
+    data = json.loads((folder / "result.json").read_text())
+    if "error" in data:
+        raise WorkerError(f"{data['error']}\n--- worker traceback ---\n"
+                          f"{data.get('traceback', '')[-2000:]}")
+    out = []
+    for rec in data["results"]:
+        for k, v in list(rec.items()):
+            if isinstance(v, dict) and set(v) == {"__npy__"}:
+                rec[k] = np.load(folder / v["__npy__"])
+        out.append(rec)
+    return out
+
+
+def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
+                      settings: MeasureSettings, label: str = "job") -> list[dict]:
+    """Run ``measure_fn(art, profile, settings)`` in a fresh process; return its results.
+
+    Each result gets ``isolation: "process"``. Falls back to this process, saying why in
+    ``isolation``, only when ``settings.isolate`` is off or ``measure_fn`` cannot be
+    imported by name (a lambda or a function defined inside another).
+
+    Raises:
+        WorkerError: the worker raised, crashed or timed out.
+    """
+    name = _qualified_name(measure_fn)
+    if not settings.isolate or name is None:
+        why = ("in-process (isolation turned off in [latency] isolate)" if not settings.isolate
+               else "in-process (the runtime's measure function cannot be imported by name)")
+        return [{**r, "isolation": why} for r in (measure_fn(art, profile, settings) or [])]
+    folder = Path(art.workdir) / f"job-{label}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").unlink(missing_ok=True)
+    _write_job(folder, name, art, profile, settings)
+    env = dict(os.environ)
+    # The worker must import what the parent imported (plugins from tests, editable paths).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness.isolate", str(folder)], env=env,
+                              capture_output=True, text=True, timeout=settings.worker_timeout_s)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"timeout: the {label} worker did not finish within "
+                          f"{settings.worker_timeout_s:.0f} s ([latency] worker_timeout_s)") from None
+    if not (folder / "result.json").exists():
+        raise WorkerError(f"the {label} worker exited with code {proc.returncode} and no result"
+                          f"; its stderr ends:\n{proc.stderr[-2000:]}")
+    return [{**r, "isolation": "process"} for r in _read_result(folder)]
+
+
+def _worker(folder: Path) -> int:
+    job = json.loads((folder / "job.json").read_text())
+    try:
+        measure_fn = _resolve(job["measure"])
+        load = (lambda p: np.load(p) if p else None)
+        art = WorkerArtifacts(image_size=job["image_size"], workdir=folder,
+                              onnx_path=Path(job["onnx_path"]) if job["onnx_path"] else None,
+                              model_path=job["model_path"],
+                              calibration=load(job["calibration"]),
+                              test_images=load(job["test_images"]))
+        pdict = dict(job["profile"])
+        pdict["precisions"] = tuple(pdict["precisions"])
+        profile = ProfileSpec(**pdict)
+        known = {f.name for f in fields(MeasureSettings)}
+        settings = MeasureSettings(**{k: v for k, v in job["settings"].items() if k in known})
+        results = measure_fn(art, profile, settings) or []
+        clean = []
+        for i, rec in enumerate(results):
+            rec = dict(rec)
+            for k, v in list(rec.items()):
+                if isinstance(v, np.ndarray) or hasattr(v, "detach"):
+                    fname = f"{k}-{i}.npy"
+                    np.save(folder / fname, _as_numpy(v))
+                    rec[k] = {"__npy__": fname}
+            clean.append(rec)
+        payload: dict = {"results": clean}
+    except Exception as exc:  # sent back to the parent, which records it in the cell
+        payload = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(payload, default=str))
+    os.replace(tmp, folder / "result.json")
+    return 0 if "results" in payload else 1
+
+
+if __name__ == "__main__":  # python -m harness.isolate JOB_DIR
+    if len(sys.argv) != 2 or not Path(sys.argv[1], "job.json").exists():
+        sys.exit("usage: python -m harness.isolate JOB_DIR (a folder holding job.json)")
+    sys.exit(_worker(Path(sys.argv[1])))

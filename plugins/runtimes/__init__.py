@@ -1,0 +1,43 @@
+"""Built-in runtimes: PyTorch eager (CPU, CUDA), ONNX Runtime (CPU, CUDA and TensorRT
+execution providers) and TensorRT itself.
+
+Each runtime says whether it can run here and why not (``available()``); the cell shows
+that reason instead of a number. Each is measured in its own worker process by default
+(:mod:`harness.isolate`), because ONNX Runtime's spinning threads slow PyTorch in the same
+process (onnxruntime issue 13808); ONNX Runtime sessions also turn spinning off.
+No submodule imports torch at import time, so ONNX Runtime workers start fast.
+"""
+from __future__ import annotations
+
+from harness import RuntimeSpec, hookimpl
+
+from .onnxruntime import (ort_available, ort_cuda_available, ort_cuda_measure, ort_measure,
+                          ort_session, ort_trt_available, ort_trt_measure)
+from .pytorch import (pytorch_available, pytorch_cuda_available, pytorch_cuda_measure,
+                      pytorch_measure)
+from .tensorrt import tensorrt_available, tensorrt_measure
+
+__all__ = ["register_runtimes", "ort_session"]
+
+
+@hookimpl
+def register_runtimes():
+    return [
+        RuntimeSpec("pytorch", available=pytorch_available, measure=pytorch_measure,
+                    description="PyTorch eager, CPU, fp32"),
+        RuntimeSpec("pytorch-cuda", available=pytorch_cuda_available,
+                    measure=pytorch_cuda_measure,
+                    description="PyTorch eager on a CUDA GPU, fp32 and fp16"),
+        RuntimeSpec("onnxruntime", available=ort_available, measure=ort_measure,
+                    needs_onnx=True,
+                    description="ONNX Runtime CPU provider, spinning off; fp32, int8 static "
+                                "QDQ, int8-dynamic"),
+        RuntimeSpec("onnxruntime-cuda", available=ort_cuda_available, measure=ort_cuda_measure,
+                    needs_onnx=True, description="ONNX Runtime CUDA execution provider, fp32"),
+        RuntimeSpec("onnxruntime-tensorrt", available=ort_trt_available,
+                    measure=ort_trt_measure, needs_onnx=True,
+                    description="ONNX Runtime TensorRT execution provider, fp32 and fp16"),
+        RuntimeSpec("tensorrt", available=tensorrt_available, measure=tensorrt_measure,
+                    needs_onnx=True,
+                    description="TensorRT engine built from the ONNX file; fp32, fp16, int8"),
+    ]
