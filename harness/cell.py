@@ -207,6 +207,8 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                            "parity": parity_check(model, art.onnx_path, cfg.image_size)}
         except Exception as exc:
             rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
+            if getattr(exc, "result", None):  # ParityError: keep how far off the export was
+                rec["onnx"]["parity"] = exc.result
             raise
     settings = MeasureSettings(**cfg.latency)
     out = []

@@ -11,7 +11,16 @@ from .errors import BenchError
 
 
 class ParityError(BenchError):
-    """The exported model disagrees with PyTorch beyond tolerance."""
+    """The exported model disagrees with PyTorch beyond tolerance.
+
+    Attributes:
+        result: the comparison (``max_abs_diff``, ``max_rel_diff``, ``atol``, ``rtol``,
+            ``ok``), so a failed cell still records how far off the export was.
+    """
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result or {}
 
 
 def export_onnx(model: torch.nn.Module, image_size: int, path: Path, opset: int = 17) -> Path:
@@ -66,5 +75,6 @@ def parity_check(model: torch.nn.Module, onnx_path: Path, image_size: int,
               "ok": ok}
     if not ok:
         raise ParityError(f"ONNX export of {onnx_path.name} disagrees with PyTorch: max abs "
-                          f"difference {max_abs:.3g} > atol {atol} + rtol {rtol} x |ref|")
+                          f"difference {max_abs:.3g} > atol {atol} + rtol {rtol} x |ref|",
+                          result)
     return result

@@ -1,0 +1,193 @@
+"""Runtimes: each says whether it runs here and why not; the CPU ones measure in their own
+worker process with statistics, memory, file size; int8 carries its accuracy after
+quantization; profiles (built-in and from a matrix file) set batch, threads, precisions.
+
+This module is also a plugin (a tiny backbone and a synthetic dataset): the worker
+processes import it by name, as they would a third-party plugin.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from harness import BackboneSpec, DatasetSpec, RuntimeSpec, hookimpl
+from harness.cell import run_cell
+from harness.config import MatrixConfig, matrix_kwargs
+from harness.data import DataInfo, DataSplits, TensorSplit
+from harness.model import Backbone, LayerGroup
+
+FAST = {"warmup_count": 2, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}
+
+
+class LatNet(Backbone):
+    num_features = feature_channels = 8
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward_spatial(self, x):
+        return self.stem(x)
+
+    def forward(self, x):
+        return self.pool(self.stem(x)).flatten(1)
+
+    def layer_groups(self):
+        return [LayerGroup("stem", [f"stem.{n}" for n, _ in self.stem.named_parameters()])]
+
+
+def load_quadrants(task, image_size, seed, cache_dir):
+    half = image_size // 2
+
+    def make(n, s):
+        g = torch.Generator().manual_seed(s)
+        y = torch.randint(0, 4, (n,), generator=g)
+        x = (torch.rand(n, 3, image_size, image_size, generator=g) * 60).to(torch.uint8)
+        for i, c in enumerate(y.tolist()):
+            r, col = divmod(c, 2)
+            x[i, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 150
+        return TensorSplit(x, y)
+
+    info = DataInfo("latquad", num_classes=4, class_names=list("abcd"), synthetic=True)
+    return DataSplits(make(96, seed), make(32, seed + 1), make(48, seed + 2), info)
+
+
+def broken_measure(art, profile, settings):
+    raise RuntimeError("the runtime blew up on purpose")
+
+
+@hookimpl
+def register_backbones():
+    return [BackboneSpec("latnet", build=LatNet, device_class="mobile", default_weights="random")]
+
+
+@hookimpl
+def register_datasets():
+    return [DatasetSpec("latquad", load=load_quadrants, synthetic=True)]
+
+
+@hookimpl
+def register_runtimes():
+    return [RuntimeSpec("broken-rt", available=lambda: (True, ""), measure=broken_measure)]
+
+
+@pytest.fixture
+def plugins(register_plugin):
+    return register_plugin(sys.modules[__name__], name="test-runtimes")
+
+
+def cell(runtimes, profiles=("mobile",), latency=None, data=None):
+    kw = matrix_kwargs({"backbones": ["latnet"], "datasets": ["latquad"],
+                        "strategies": ["scratch"], "runtimes": list(runtimes),
+                        "profiles": list(profiles), "image_size": 16,
+                        "train": {"epochs": 1, "batch_size": 32},
+                        "latency": {**FAST, **(latency or {})}, **(data or {})})
+    m = MatrixConfig(**kw)
+    return m.cells()[0], m.custom_profiles
+
+
+def rows_of(rec):
+    assert rec["status"] == "ok", rec.get("traceback") or rec.get("error")
+    return {(r["runtime"], r["precision"]): r for r in rec["latency"]}
+
+
+# -- every registered runtime -----------------------------------------------------------------
+def _runtime_names():
+    from harness.manager import PluginSystem
+    return PluginSystem(entry_points=False).runtimes.names()
+
+
+@pytest.mark.parametrize("name", _runtime_names())
+def test_runtime_says_whether_it_runs_here_and_why_not(plugin_system, name):
+    spec = plugin_system.runtimes.get(name)
+    ok, reason = spec.available()
+    assert isinstance(ok, bool) and isinstance(reason, str)
+    if not ok:
+        assert len(reason) > 15  # a reason a user can act on
+        pytest.skip(f"{name} unavailable here: {reason}")
+    assert spec.description
+
+
+def test_unavailable_runtimes_show_their_reason_instead_of_a_number(plugins):
+    gpu = [n for n in plugins.runtimes.names() if not plugins.runtimes.get(n).available()[0]]
+    if not gpu:
+        pytest.skip("every runtime is available on this machine")
+    cfg, custom = cell(gpu)
+    rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
+    for name in gpu:
+        row = rows[(name, "-")]
+        assert "stats" not in row
+        assert row["unavailable"] == plugins.runtimes.get(name).available()[1]
+
+
+# -- CPU runtimes in worker processes ---------------------------------------------------------
+def test_cpu_runtimes_measure_in_their_own_processes_with_stats_memory_size(plugins):
+    cfg, custom = cell(["pytorch", "onnxruntime"])
+    rec = run_cell(plugins, cfg, "k", custom_profiles=custom)
+    rows = rows_of(rec)
+    pids = set()
+    for rt in ("pytorch", "onnxruntime"):
+        row = rows[(rt, "fp32")]
+        st = row["stats"]
+        for k in ("mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms", "cv",
+                  "throughput_per_s"):
+            assert st[k] >= 0, k
+        assert st["count"] >= 5 and 0 < st["p50_ms"] <= st["p99_ms"]
+        assert row["isolation"] == "process" and row["batch_size"] == 1 and row["threads"] == 2
+        assert row["file_mb"] > 0 and row["memory"]["peak_rss_mb"] > 0
+        assert row["memory"]["pid"] != os.getpid()
+        pids.add(row["memory"]["pid"])
+    assert len(pids) == 2                          # one worker per runtime
+    assert rows[("onnxruntime", "fp32")]["spinning"] == "off"
+    # the mobile profile allows int8: ONNX Runtime measures it and scores it on the test set
+    int8 = rows[("onnxruntime", "int8")]
+    assert int8["stats"]["p50_ms"] > 0 and "quantize_static" in int8["method"]
+    assert 0.0 <= int8["accuracy_after"] <= 1.0 and int8["evaluated_on"] == 48
+    assert int8["file_mb"] < rows[("onnxruntime", "fp32")]["file_mb"] * 2
+    assert "int8" in rows[("pytorch", "int8")]["unavailable"]
+    assert rec["onnx"]["parity"]["ok"] and rec["onnx"]["file_mb"] > 0
+
+
+def test_user_profile_from_matrix_sets_batch_threads_precisions(plugins):
+    cfg, custom = cell(["onnxruntime"], profiles=["edge"], data={"profile": {"edge": {
+        "batch_size": 4, "threads": 1, "precisions": ["fp32", "int8-dynamic", "fp16"]}}})
+    rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
+    fp32 = rows[("onnxruntime", "fp32")]
+    assert fp32["profile"] == "edge" and fp32["batch_size"] == 4 and fp32["threads"] == 1
+    assert fp32["stats"]["throughput_per_s"] == pytest.approx(4000 / fp32["stats"]["p50_ms"])
+    assert 0.0 <= rows[("onnxruntime", "int8-dynamic")]["accuracy_after"] <= 1.0
+    assert "fp16 is not" in rows[("onnxruntime", "fp16")]["unavailable"]
+
+
+def test_cpu_runtimes_refuse_a_gpu_profile_with_a_reason(plugins):
+    cfg, custom = cell(["pytorch", "onnxruntime"], profiles=["g"], data={"profile": {"g": {
+        "batch_size": 2, "device": "gpu", "precisions": ["fp32"]}}})
+    rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
+    assert "pytorch-cuda" in rows[("pytorch", "fp32")]["unavailable"]
+    assert "onnxruntime-cuda" in rows[("onnxruntime", "fp32")]["unavailable"]
+
+
+def test_worker_error_comes_back_into_the_record(plugins):
+    cfg, custom = cell(["broken-rt", "pytorch"])
+    rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
+    err = rows[("broken-rt", "-")]["error"]
+    assert "WorkerError" in err and "blew up on purpose" in err
+    assert rows[("pytorch", "fp32")]["stats"]["p50_ms"] > 0   # the others go on
+
+
+def test_isolation_can_be_turned_off_and_says_so(plugins):
+    cfg, custom = cell(["pytorch"], latency={"isolate": False})
+    row = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))[("pytorch", "fp32")]
+    assert row["isolation"].startswith("in-process") and row["memory"]["pid"] == os.getpid()
+
+
+def test_builtin_profiles_mobile_and_server(plugin_system):
+    mobile, server = plugin_system.profiles.get("mobile"), plugin_system.profiles.get("server")
+    assert (mobile.batch_size, mobile.threads) == (1, 2) and "int8" in mobile.precisions
+    assert server.batch_size >= 16 and server.threads == 0
