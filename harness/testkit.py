@@ -1,0 +1,371 @@
+"""The plugin test kit: pytest fixtures and conformance checks for plugin authors.
+
+Installed with transfer-bench as a pytest plugin (entry point ``pytest11`` named
+``transfer_bench``), so a plugin package's tests can use, with no import:
+
+- ``plugin_system``: a fresh :class:`harness.manager.PluginSystem` with the built-ins and
+  every installed entry-point plugin (yours included), installed as the process-wide one;
+- ``register_plugin``: register a plugin object for one test (gone afterwards);
+- ``tiny_splits``: a learnable 4-class problem of 16x16 images.
+
+and call the conformance checks against what the plugin registers::
+
+    from harness.testkit import check_backbone, check_strategy
+
+    def test_my_backbone(plugin_system):
+        check_backbone(plugin_system.backbones.get("my_net"))
+
+Each check raises :class:`ConformanceError` (an ``AssertionError``) with a message that
+names the spec and what to fix, and returns a small dict of what it measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+import torch
+from torch import nn
+
+from .data import DataInfo, DataSplits, TensorSplit
+from .model import Backbone, LayerGroup, TransferModel
+from .specs import BackboneSpec, RuntimeSpec, StrategySpec, TaskSpec
+
+
+class ConformanceError(AssertionError):
+    """A plugin part does not behave as the harness expects; the message says how."""
+
+
+def _require(cond: bool, what: str, msg: str) -> None:
+    if not cond:
+        raise ConformanceError(f"{what}: {msg}")
+
+
+# -- tiny data and a tiny backbone ------------------------------------------------------------
+def make_tiny_splits(image_size: int = 16, n_train: int = 160, seed: int = 0) -> DataSplits:
+    """A learnable 4-class problem: a bright quadrant of a dim noisy image gives the class.
+
+    Images are uint8 ``(N, 3, image_size, image_size)`` as real datasets give them.
+    """
+    half = image_size // 2
+
+    def make(n: int, s: int) -> TensorSplit:
+        g = torch.Generator().manual_seed(s)
+        y = torch.randint(0, 4, (n,), generator=g)
+        x = (torch.rand(n, 3, image_size, image_size, generator=g) * 60).to(torch.uint8)
+        for i, c in enumerate(y.tolist()):
+            r, col = divmod(c, 2)
+            x[i, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 150
+        return TensorSplit(x, y)
+
+    info = DataInfo("quadrants", num_classes=4, class_names=list("abcd"), synthetic=True)
+    return DataSplits(make(n_train, seed), make(64, seed + 1), make(64, seed + 2), info)
+
+
+class TinyBackbone(Backbone):
+    """Two conv stages (about 1,000 parameters): a stand-in backbone for testing strategies,
+    tasks and runtimes without a real CNN."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU())
+        self.stage = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, stride=2),
+                                   nn.BatchNorm2d(width), nn.ReLU())
+        self.feature_channels = width
+        self.num_features = 4 * width  # 2x2 pooling keeps where things are, even when frozen
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def forward_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(self.forward_spatial(x), 2).flatten(1)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        return [LayerGroup(m, [f"{m}.{n}" for n, _ in getattr(self, m).named_parameters()])
+                for m in ("stem", "stage")]
+
+
+def tiny_backbone_spec() -> BackboneSpec:
+    return BackboneSpec("testkit_tiny", build=TinyBackbone, device_class="mobile",
+                        default_weights="random", description="test kit stand-in")
+
+
+# -- conformance checks -----------------------------------------------------------------------
+def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
+                   weights: Optional[str] = None, plugins: Any = None, onnx: bool = True,
+                   **build_params: Any) -> dict:
+    """Check that a backbone builds, runs, and describes its layers as the harness needs.
+
+    Checked: ``build(**build_params)`` returns a :class:`harness.model.Backbone`; ``forward``
+    gives ``(batch, num_features)`` and ``forward_spatial`` ``(batch, feature_channels, h, w)``;
+    ``layer_groups()`` is non-empty, has unique names, and holds every parameter exactly
+    once; one training step through a :class:`TransferModel` gives every parameter a
+    gradient; with ``onnx`` the model exports to ONNX (the slowest check). With ``weights`` (e.g. ``"packaged"``) and
+    ``plugins``, that weight source also loads into the backbone and changes it.
+
+    Returns:
+        ``{"num_features", "feature_channels", "params", "groups"}``.
+    """
+    what = f"backbone {spec.name!r}"
+    _require(isinstance(spec, BackboneSpec), what, "is not a harness.specs.BackboneSpec")
+    torch.manual_seed(0)
+    bb = spec.build(**build_params)
+    _require(isinstance(bb, Backbone), what,
+             f"build() returned {type(bb).__name__}; subclass harness.model.Backbone")
+    for attr in ("num_features", "feature_channels"):
+        _require(isinstance(getattr(bb, attr, None), int) and getattr(bb, attr) > 0, what,
+                 f"set {attr} to a positive int")
+    for attr in ("mean", "std"):
+        _require(len(tuple(getattr(bb, attr))) == 3, what, f"{attr} must have 3 values")
+    bb.eval()
+    x = torch.rand(batch, 3, image_size, image_size)
+    with torch.no_grad():
+        pooled = bb(x)
+        spatial = bb.forward_spatial(x)
+    _require(tuple(pooled.shape) == (batch, bb.num_features), what,
+             f"forward gave {tuple(pooled.shape)}, expected ({batch}, {bb.num_features})")
+    _require(spatial.dim() == 4 and spatial.shape[:2] == (batch, bb.feature_channels), what,
+             f"forward_spatial gave {tuple(spatial.shape)}, expected "
+             f"({batch}, {bb.feature_channels}, h, w)")
+    _require(bool(torch.isfinite(pooled).all()), what, "forward gave non-finite values")
+
+    groups = bb.layer_groups()
+    names = [g.name for g in groups]
+    _require(len(groups) > 0, what, "layer_groups() is empty")
+    _require(len(set(names)) == len(names), what, f"layer group names repeat: {names}")
+    _require("head" not in names, what, "a layer group may not be called 'head' (the task's)")
+    all_params = [n for n, _ in bb.named_parameters()]
+    listed = [p for g in groups for p in g.params]
+    missing = sorted(set(all_params) - set(listed))
+    extra = sorted(set(listed) - set(all_params))
+    twice = sorted({p for p in listed if listed.count(p) > 1})
+    _require(not missing, what, f"parameters in no layer group: {missing[:5]}")
+    _require(not extra, what, f"layer groups name parameters that do not exist: {extra[:5]}")
+    _require(not twice, what, f"parameters in more than one layer group: {twice[:5]}")
+
+    model = TransferModel(bb, nn.Linear(bb.num_features, 3)).train()
+    loss = model(torch.rand(batch + 2, 3, image_size, image_size)).logsumexp(1).mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    _require(not no_grad, what, f"parameters got no gradient (unused?): {no_grad[:5]}")
+
+    if onnx:
+        from .export import export_onnx
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                export_onnx(model.eval(), image_size, Path(tmp) / "m.onnx")
+            except Exception as exc:
+                raise ConformanceError(f"{what}: ONNX export failed: {type(exc).__name__}: "
+                                       f"{exc}") from exc
+
+    if weights is not None:
+        _require(plugins is not None, what, "pass plugins=plugin_system to check weights")
+        ws, arg = plugins.weights.resolve(weights)
+        fresh = spec.build(**build_params)
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        info = ws.load(spec, fresh, arg, {"cache_dir": Path(tempfile.gettempdir()),
+                                         "plugins": plugins}) or {}
+        _require(isinstance(info, dict), what, f"weight source {ws.name!r} must return a dict")
+        changed = sum(not torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+        _require(changed > 0 or not ws.pretrained, what,
+                 f"weight source {ws.name!r} loaded but changed no tensor")
+    return {"num_features": bb.num_features, "feature_channels": bb.feature_channels,
+            "params": len(all_params), "groups": names}
+
+
+def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
+               backbone: Optional[Backbone] = None, **params: Any) -> dict:
+    """Check that a task builds a head, a differentiable loss and JSON-able metrics.
+
+    Args:
+        spec: the task's spec.
+        splits: a few labelled examples in the task's target format; the default (the
+            tiny 4-class images) fits classification-style tasks only.
+        backbone: defaults to :class:`TinyBackbone`.
+        **params: passed to ``spec.factory``.
+
+    Returns:
+        ``{"primary_metric", "value"}`` on the untrained model.
+    """
+    what = f"task {spec.name!r}"
+    _require(isinstance(spec, TaskSpec), what, "is not a harness.specs.TaskSpec")
+    splits = splits or make_tiny_splits()
+    task = spec.factory(**params)
+    _require(task.head_input in ("pooled", "spatial"), what,
+             f"head_input is {task.head_input!r}; use 'pooled' or 'spatial'")
+    torch.manual_seed(0)
+    bb = backbone or TinyBackbone()
+    head = task.build_head(bb, splits.info)
+    _require(isinstance(head, nn.Module), what, "build_head must return an nn.Module")
+    model = TransferModel(bb, head, task.head_input).train()
+    x, y = next(iter(splits.train.batches(8)))
+    out = model(x)
+    loss = task.loss(out, y)
+    _require(torch.is_tensor(loss) and loss.dim() == 0, what, "loss must be a scalar tensor")
+    _require(bool(torch.isfinite(loss)), what, f"loss is {float(loss.detach())}")
+    loss.backward()
+    _require(any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()),
+             what, "the loss gives the head no gradient")
+    from .train import predict
+    metrics = task.metrics(predict(model, splits.test), splits.test.targets, splits.info)
+    _require(task.primary_metric in metrics, what,
+             f"metrics() lacks the primary metric {task.primary_metric!r}: {sorted(metrics)}")
+    value = metrics[task.primary_metric]
+    _require(isinstance(value, (int, float)), what,
+             f"primary metric {task.primary_metric!r} must be a number, got {value!r}")
+    try:
+        json.dumps(metrics)
+    except TypeError as exc:
+        raise ConformanceError(f"{what}: metrics must be JSON-able: {exc}") from exc
+    return {"primary_metric": task.primary_metric, "value": float(value)}
+
+
+def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
+                   backbone_spec: Optional[BackboneSpec] = None, epochs: int = 6,
+                   margin: float = 0.15, **params: Any) -> dict:
+    """Check that a strategy trains a model that beats chance on a tiny problem.
+
+    The default problem is the 4-class quadrant images (chance 0.25) on
+    :class:`TinyBackbone` at random init (there are no pretrained weights for it, so a
+    "pretrained" strategy starts from the same random backbone). The strategy must
+    return a :class:`harness.train.History` with at least one epoch, and test accuracy
+    must beat chance by ``margin``.
+
+    Returns:
+        ``{"accuracy", "chance", "epochs"}``.
+    """
+    from .train import History, TrainContext, TrainSettings, evaluate
+    from .strategy import Strategy
+
+    what = f"strategy {spec.name!r}"
+    _require(isinstance(spec, StrategySpec), what, "is not a harness.specs.StrategySpec")
+    _require(isinstance(spec.cls, type) and issubclass(spec.cls, Strategy), what,
+             "cls must subclass harness.strategy.Strategy")
+    _require(spec.cls.bn_policy in ("freeze", "train"), what,
+             f"bn_policy is {spec.cls.bn_policy!r}; use 'freeze' or 'train'")
+    spec.cls.parameters()  # must be introspectable for `bench list`
+    splits = splits or make_tiny_splits()
+    task = _ClassificationForChecks()
+    torch.manual_seed(0)
+    bb = (backbone_spec.build() if backbone_spec else TinyBackbone())
+    model = TransferModel(bb, task.build_head(bb, splits.info))
+    ctx = TrainContext(task, splits.info, TrainSettings(epochs=epochs, batch_size=32, lr=1e-2,
+                                                        patience=epochs))
+    history = spec.cls(**params).fit(model, splits, ctx)
+    _require(isinstance(history, History) and len(history.epochs) > 0, what,
+             "fit() must return a harness.train.History with at least one epoch")
+    _, metrics = evaluate(model.eval(), splits.test, ctx)
+    chance = 1.0 / splits.info.num_classes
+    acc = float(metrics["accuracy"])
+    _require(acc >= chance + margin, what,
+             f"test accuracy {acc:.3f} after {len(history.epochs)} epochs does not beat chance "
+             f"{chance:.2f} by {margin}; the strategy does not seem to train the model")
+    return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs)}
+
+
+class _ClassificationForChecks:
+    """Plain cross-entropy classification, so strategy checks need no task plugin."""
+
+    name = "classification"
+    head_input = "pooled"
+    primary_metric = "accuracy"
+    higher_is_better = True
+
+    def build_head(self, backbone, info):
+        return nn.Linear(backbone.num_features, info.num_classes)
+
+    def loss(self, outputs, targets):
+        return nn.functional.cross_entropy(outputs, targets)
+
+    def metrics(self, outputs, targets, info):
+        return {"accuracy": float((outputs.argmax(1) == targets).float().mean())}
+
+
+def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -> dict:
+    """Check that a runtime says whether it can run here and, if it can, measures latency.
+
+    ``available()`` must return ``(bool, str)`` with a reason when False. When available,
+    ``measure`` runs on a :class:`TinyBackbone` model (exported to ONNX first if
+    ``needs_onnx``) under the ``mobile``-like profile and must return a list of dicts, each
+    with a ``precision`` and either ``stats`` (positive ``p50_ms``) or an ``unavailable``
+    reason.
+
+    Returns:
+        ``{"available", "reason", "results"}``.
+    """
+    from .cell import Artifacts
+    from .latency import MeasureSettings
+    from .specs import ProfileSpec
+
+    what = f"runtime {spec.name!r}"
+    _require(isinstance(spec, RuntimeSpec), what, "is not a harness.specs.RuntimeSpec")
+    ok_reason = spec.available()
+    _require(isinstance(ok_reason, tuple) and len(ok_reason) == 2, what,
+             "available() must return (bool, reason)")
+    ok, reason = ok_reason
+    _require(ok or (isinstance(reason, str) and reason.strip() != ""), what,
+             "available() returned False without a reason")
+    if not ok:
+        return {"available": False, "reason": reason, "results": []}
+    torch.manual_seed(0)
+    model = TransferModel(TinyBackbone(), nn.Linear(32, 4)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        art = Artifacts(model=model, image_size=image_size, workdir=Path(tmp),
+                        calibration=torch.rand(8, 3, image_size, image_size),
+                        test_images=torch.rand(8, 3, image_size, image_size))
+        if spec.needs_onnx:
+            from .export import export_onnx
+            art.onnx_path = export_onnx(model, image_size, Path(tmp) / "model.onnx")
+        profile = ProfileSpec("testkit", batch_size=1, threads=1)
+        settings = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=min_count, min_s=0.0)
+        results = spec.measure(art, profile, settings)
+    _require(isinstance(results, list) and results, what,
+             "measure() must return a non-empty list of dicts")
+    for r in results:
+        _require(isinstance(r, dict) and "precision" in r, what,
+                 f"each result needs a 'precision': {r!r}")
+        if "unavailable" in r:
+            _require(bool(str(r["unavailable"]).strip()), what, "an unavailable result needs a reason")
+            continue
+        stats = r.get("stats") or {}
+        _require(stats.get("p50_ms", 0) > 0 and math.isfinite(stats["p50_ms"]), what,
+                 f"result {r.get('precision')} has no positive stats['p50_ms']")
+    return {"available": True, "reason": reason, "results": results}
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture
+def plugin_system() -> Iterator[Any]:
+    """A fresh plugin system (built-ins and installed entry-point plugins), process-wide."""
+    from .manager import PluginSystem, set_plugins
+    system = PluginSystem(entry_points=True)
+    set_plugins(system)
+    yield system
+    set_plugins(None)
+
+
+@pytest.fixture
+def register_plugin(plugin_system) -> Iterator[Any]:
+    """``register_plugin(obj, name=...)`` registers a plugin for one test; returns the system."""
+    names: list[str] = []
+
+    def _register(plugin: Any, name: str = "test-plugin"):
+        plugin_system.register(plugin, name=name, origin="test")
+        plugin_system._build_registries()
+        names.append(name)
+        return plugin_system
+
+    yield _register
+    for n in names:
+        plugin_system.unregister(n)
+
+
+@pytest.fixture
+def tiny_splits() -> DataSplits:
+    """A learnable 4-class problem of 16x16 images: a bright quadrant gives the class."""
+    return make_tiny_splits()
