@@ -167,41 +167,61 @@ def files_key(paths: list, size: int, extra: str = "") -> str:
     return h.hexdigest()
 
 
-def decode_cached(paths: list, size: int, cache_dir: Optional[Path],
-                  extra: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``(N, 3, size, size)`` uint8 and original sizes ``(N, 2)`` (width, height).
+def decode_cached(paths: list, size: int, cache_dir: Optional[Path], extra: str = "",
+                  skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Decode and resize image files once; later calls read the cache.
 
-    The first call decodes every file and writes ``cache_dir/images-<key>.npz``; later
-    calls (later epochs, later runs) load that file instead of decoding JPEGs again. The key
+    Returns:
+        ``(images, sizes, bad)``: uint8 ``(N, 3, size, size)``, original ``(N, 2)``
+        (width, height) and a list of ``(index, message)`` for files that could not be
+        decoded (only with ``skip_bad``; their rows are zeros and the caller drops them).
+
+    The first call decodes every file and writes ``cache_dir/decoded/images-<key>.npz``;
+    later calls (later epochs, later runs) load it instead of decoding JPEGs again. The key
     is :func:`files_key`, so a changed, added or removed file, or another image size, makes
-    a new entry. The file is written to a temporary name and renamed, so an interrupted run
-    never leaves a half-written cache.
+    a new entry. The file is written under a temporary name and renamed, so an interrupted
+    run never leaves a half-written cache.
+
+    Raises:
+        BadData: a file cannot be decoded and ``skip_bad`` is False (names the file).
     """
     import numpy as np
 
     paths = [str(p) for p in paths]
     target = None
     if cache_dir is not None:
-        target = Path(cache_dir) / "decoded" / f"images-{files_key(paths, size, extra)}.npz"
+        key = files_key(paths, size, f"{extra}|skip={skip_bad}")
+        target = Path(cache_dir) / "decoded" / f"images-{key}.npz"
         if target.exists():
             try:
                 with np.load(target) as z:
-                    return torch.from_numpy(z["images"].copy()), torch.from_numpy(z["sizes"].copy())
+                    bad = [(int(i), f"image file {paths[int(i)]} could not be decoded (cached "
+                            f"verdict; change the file to retry)") for i in z["bad"]]
+                    return (torch.from_numpy(z["images"].copy()),
+                            torch.from_numpy(z["sizes"].copy()), bad)
             except Exception:  # an unreadable cache entry is rebuilt, never trusted
                 target.unlink(missing_ok=True)
-    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    sizes = torch.empty((len(paths), 2), dtype=torch.long)
+    images = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8)
+    sizes = torch.zeros((len(paths), 2), dtype=torch.long)
+    bad: list = []
     for i, p in enumerate(paths):
-        img, (w, h) = decode_image(p, size)
+        try:
+            img, (w, h) = decode_image(p, size)
+        except BadData as exc:
+            if not skip_bad:
+                raise
+            bad.append((i, str(exc)))
+            continue
         images[i] = img
         sizes[i, 0], sizes[i, 1] = w, h
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + f".{os.getpid()}.part")
         with open(tmp, "wb") as f:
-            np.savez(f, images=images.numpy(), sizes=sizes.numpy())
+            np.savez(f, images=images.numpy(), sizes=sizes.numpy(),
+                     bad=np.array([i for i, _ in bad], dtype=np.int64))
         os.replace(tmp, target)
-    return images, sizes
+    return images, sizes, bad
 
 
 def split_by_indices(images: torch.Tensor, targets: torch.Tensor, parts: list) -> list:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from harness import DatasetSpec, hookimpl
 from harness.data import DataInfo, DataSplits, TensorSplit, stratified_split, to_rgb_resized
 from harness.errors import DataUnavailable
 
@@ -94,13 +93,3 @@ def load_digits(task: str, image_size: int, seed: int, cache_dir: Path,
     return DataSplits(*(TensorSplit(to_rgb_resized(x[i], image_size), y[i]) for i in (tr, va, te)),
                       info)
 
-
-@hookimpl
-def register_datasets():
-    return [
-        DatasetSpec("fashion_mnist", load=load_fashion_mnist, tasks=("classification",),
-                    offline=True, description="Fashion-MNIST, 10 classes, real photos of "
-                    "clothing (Debian dataset-fashion-mnist); few-shot subsets"),
-        DatasetSpec("digits", load=load_digits, tasks=("classification",), offline=True,
-                    description="scikit-learn digits, 1,797 8x8 images, 10 classes"),
-    ]

@@ -1,0 +1,38 @@
+"""Built-in datasets: real offline ones, published ones that download, the user's own,
+and a generated one (labelled synthetic). One module per dataset."""
+from __future__ import annotations
+
+from harness import DatasetSpec, hookimpl
+
+from .flowers import load_flowers17
+from .imagefolder import load_imagefolder
+from .offline import load_digits, load_fashion_mnist, read_idx
+from .pets import load_pets
+from .synthetic import load_shapes
+
+__all__ = ["load_digits", "load_fashion_mnist", "load_flowers17", "load_imagefolder",
+           "load_pets", "load_shapes", "read_idx"]
+
+
+@hookimpl
+def register_datasets():
+    return [
+        DatasetSpec("fashion_mnist", load=load_fashion_mnist, tasks=("classification",),
+                    offline=True, description="Fashion-MNIST, 10 classes, real photos of "
+                    "clothing (Debian dataset-fashion-mnist); few-shot subsets"),
+        DatasetSpec("digits", load=load_digits, tasks=("classification",), offline=True,
+                    description="scikit-learn digits, 1,797 8x8 images, 10 classes"),
+        DatasetSpec("oxford_flowers17", load=load_flowers17, tasks=("classification",),
+                    description="Oxford 17 Flowers, 1,360 photos, official splits "
+                    "(download 58 MB, or root=PATH; split=1|2|3)"),
+        DatasetSpec("oxford_pets", load=load_pets, tasks=("classification", "localization"),
+                    description="Oxford-IIIT Pets, 7,349 photos: labels=breed|species, head "
+                    "boxes (download 800 MB, or root=PATH)"),
+        DatasetSpec("imagefolder", load=load_imagefolder,
+                    tasks=("classification", "localization", "pose"),
+                    description="your images: root=PATH, one subfolder per class; "
+                    "boxes.csv / keypoints.csv for localization / pose"),
+        DatasetSpec("shapes", load=load_shapes, tasks=("localization", "pose"), synthetic=True,
+                    offline=True, description="SYNTHETIC kites with a box and 4 keypoints "
+                    "(default localization and pose cells)"),
+    ]

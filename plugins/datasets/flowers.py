@@ -1,0 +1,91 @@
+"""Oxford 17 Flowers (Nilsback & Zisserman, CVPR 2006) in its published layout.
+
+``17flowers.tgz`` holds ``jpg/image_0001.jpg`` ... ``jpg/image_1360.jpg``: 17 classes, 80
+images each, in class order (images 1-80 are class 0, ...). ``datasplits.mat`` holds the
+three official splits ``trn1/val1/tst1`` ... ``trn3/val3/tst3`` as 1-based image numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from harness.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.download import Resource, fetch
+from harness.errors import DataUnavailable
+
+from ._common import mirror_url, fetch_and_extract, require_files, splits_from
+
+NUM_IMAGES, PER_CLASS = 1360, 80
+# Class order as listed on the dataset page (images 1-80, 81-160, ...).
+CLASSES = ["Daffodil", "Snowdrop", "LilyValley", "Bluebell", "Crocus", "Iris", "Tigerlily",
+           "Tulip", "Fritillary", "Sunflower", "Daisy", "ColtsFoot", "Dandelion", "Cowslip",
+           "Buttercup", "Windflower", "Pansy"]
+PAGE = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
+# MD5s as recorded by other loaders of the same files (autods); the site publishes none.
+RESOURCES = {
+    "images": Resource("17flowers.tgz", PAGE + "17flowers.tgz",
+                       md5="b59a65d8d1a99cd66944d474e1289eab"),
+    "splits": Resource("datasplits.mat", PAGE + "datasplits.mat",
+                       md5="4828cddfd0d803c5abbdebcb1e148a1e"),
+}
+
+
+def read_splits(mat_path: Path, split: int) -> list[torch.Tensor]:
+    """0-based indices of ``trn{split}``, ``val{split}``, ``tst{split}`` from datasplits.mat."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(mat_path))
+    except Exception as exc:
+        raise BadData(f"{mat_path} is not a readable MATLAB file ({exc}); delete it and "
+                      f"download datasplits.mat again") from None
+    out = []
+    for key in (f"trn{split}", f"val{split}", f"tst{split}"):
+        if key not in mat:
+            have = sorted(k for k in mat if not k.startswith("__"))
+            raise BadData(f"{mat_path} has no split {key!r} (it has {', '.join(have)}); "
+                          f"the official file has trn1..3, val1..3, tst1..3")
+        idx = torch.as_tensor(mat[key].astype("int64").ravel())
+        if len(idx) == 0 or idx.min() < 1 or idx.max() > NUM_IMAGES:
+            raise BadData(f"{mat_path}: split {key} holds image numbers outside 1..{NUM_IMAGES}")
+        out.append(idx - 1)
+    return out
+
+
+def load_flowers17(task: str, image_size: int, seed: int, cache_dir: Path,
+                   root: Optional[str] = None, base_url: Optional[str] = None,
+                   split: int = 1) -> DataSplits:
+    """Oxford 17 Flowers with an official split (``split=1|2|3``).
+
+    Args:
+        root: a folder with ``jpg/`` and ``datasplits.mat`` already in place (no download).
+        base_url: a mirror serving ``17flowers.tgz`` and ``datasplits.mat`` (also
+            ``$TRANSFER_BENCH_MIRROR``); default: the official address.
+        split: which of the three official splits (trn/val/tst) to use.
+
+    ``seed`` does not change the official splits; it is recorded with the run.
+    """
+    mirror = mirror_url(base_url)
+    if int(split) not in (1, 2, 3):
+        raise ValueError(f"oxford_flowers17 split must be 1, 2 or 3, not {split!r}")
+    folder = Path(cache_dir) / "oxford_flowers17"
+    if root:
+        base, mat_path = Path(root), Path(root) / "datasplits.mat"
+        if not mat_path.exists():
+            raise DataUnavailable(f"{mat_path} not found: put the official datasplits.mat "
+                                  f"({RESOURCES['splits'].url}) in {root}")
+    else:
+        base = fetch_and_extract(RESOURCES["images"], folder, mirror, "17flowers")
+        mat_path = fetch(RESOURCES["splits"], folder, base_url=mirror)
+    files = [base / "jpg" / f"image_{i:04d}.jpg" for i in range(1, NUM_IMAGES + 1)]
+    require_files(files, "Oxford 17 Flowers",
+                  f"The published 17flowers.tgz has jpg/image_0001.jpg ... image_{NUM_IMAGES}.jpg; "
+                  f"delete {base} and run again to re-extract it")
+    images, _, _ = decode_cached(files, image_size, cache_dir)
+    labels = torch.arange(NUM_IMAGES) // PER_CLASS
+    parts = read_splits(mat_path, int(split))
+    info = DataInfo("oxford_flowers17", num_classes=len(CLASSES), class_names=list(CLASSES),
+                    source=f"{base} (official split {split})")
+    return splits_from(images, labels, parts, info)

@@ -1,0 +1,131 @@
+"""The user's own images: one subfolder per class, optional CSV of boxes or keypoints.
+
+Layout::
+
+    ROOT/<class_a>/*.jpg|png|...     classification labels = sorted subfolder names
+    ROOT/<class_b>/...
+    ROOT/boxes.csv                   optional: file,xmin,ymin,xmax,ymax (pixels)
+    ROOT/keypoints.csv               optional: file,<kp>_x,<kp>_y[,<kp>_v] ... (pixels)
+
+``file`` is relative to ROOT. Pass ``annotations=NAME.csv`` to pick another CSV. Images
+without a row in the CSV are counted and reported skips for localization and pose.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from harness.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.errors import DataUnavailable
+
+from ._common import check_box, seeded_split, splits_from
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEFAULT_CSV = {"localization": "boxes.csv", "pose": "keypoints.csv"}
+
+
+def scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files, their class index and the class names (sorted subfolders)."""
+    if not root.is_dir():
+        raise DataUnavailable(f"imagefolder root {root} is not a folder; pass "
+                              f"--dataset imagefolder,root=PATH with one subfolder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise BadData(f"imagefolder root {root} has no class subfolders; put the images of "
+                      f"each class in ROOT/<class name>/")
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in EXTENSIONS)
+        if not found:
+            raise BadData(f"class folder {root / name} holds no images ({', '.join(sorted(EXTENSIONS))}); "
+                          f"add images or remove the folder")
+        files += found
+        labels += [c] * len(found)
+    return files, labels, classes
+
+
+def read_csv(path: Path, root: Path, task: str) -> tuple[dict, list[str]]:
+    """``{resolved file: values}`` and the keypoint names (pose)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "file" not in cols:
+            raise BadData(f"{path}: first row must name the columns, with a 'file' column")
+        if task == "localization":
+            need = ["xmin", "ymin", "xmax", "ymax"]
+            if any(c not in cols for c in need):
+                raise BadData(f"{path}: localization needs columns file,{','.join(need)}")
+            kps = []
+        else:
+            kps = [c[:-2] for c in cols if c.endswith("_x") and f"{c[:-2]}_y" in cols]
+            if not kps:
+                raise BadData(f"{path}: pose needs columns <name>_x,<name>_y[,<name>_v]")
+        out = {}
+        for n, row in enumerate(reader, 2):
+            img = (root / row["file"]).resolve()
+            if not img.is_file():
+                raise BadData(f"{path} line {n}: image {row['file']!r} does not exist "
+                              f"(looked for {img})")
+            try:
+                if task == "localization":
+                    out[img] = [float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax")]
+                else:
+                    out[img] = [[float(row[f"{k}_x"]), float(row[f"{k}_y"]),
+                                 float(row.get(f"{k}_v") or 2)] for k in kps]
+            except (TypeError, ValueError):
+                raise BadData(f"{path} line {n}: a coordinate is not a number") from None
+    return out, kps
+
+
+def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
+                     root: Optional[str] = None, annotations: Optional[str] = None,
+                     val_frac: float = 0.2, test_frac: float = 0.2) -> DataSplits:
+    """Images of the user's own; splits are stratified by class and drawn by seed.
+
+    Args:
+        root: the folder (one subfolder per class).
+        annotations: CSV under ``root`` (default ``boxes.csv`` / ``keypoints.csv``).
+        val_frac, test_frac: shares held out for validation and test.
+    """
+    if not root:
+        raise DataUnavailable("imagefolder needs a folder: --dataset imagefolder,root=PATH")
+    rootp = Path(root).expanduser().resolve()
+    files, labels, classes = scan(rootp)
+    notes: list[str] = []
+    y: torch.Tensor = torch.tensor(labels)
+    kps: list[str] = []
+    if task in DEFAULT_CSV:
+        csv_path = rootp / (annotations or DEFAULT_CSV[task])
+        if not csv_path.is_file():
+            raise DataUnavailable(f"{task} on imagefolder needs {csv_path} (see "
+                                  f"'bench list datasets' and the README for its columns)")
+        table, kps = read_csv(csv_path, rootp, task)
+        kept = [i for i, f in enumerate(files) if f.resolve() in table]
+        if len(kept) < len(files):
+            notes.append(f"{len(files) - len(kept)} of {len(files)} images have no row in "
+                         f"{csv_path.name} and were skipped")
+        files = [files[i] for i in kept]
+        y = y[kept]
+        values = [table[f.resolve()] for f in files]
+    imgs, sizes, _ = decode_cached(files, image_size, cache_dir)
+    if task == "localization":
+        for f, v, (w, h) in zip(files, values, sizes.tolist()):
+            check_box(tuple(v), w, h, f"{csv_path} row for {f.relative_to(rootp)}")
+        t = torch.tensor(values) / sizes.repeat(1, 2).float()
+    elif task == "pose":
+        t = torch.tensor(values)
+        for f, kp, (w, h) in zip(files, t, sizes.tolist()):
+            vis = kp[:, 2] > 0
+            if ((kp[vis, 0] < 0) | (kp[vis, 0] > w) | (kp[vis, 1] < 0) | (kp[vis, 1] > h)).any():
+                raise BadData(f"{csv_path} row for {f.relative_to(rootp)}: a keypoint lies "
+                              f"outside its {w}x{h} image")
+        t[..., :2] /= sizes[:, None, :].float()
+    else:
+        t = y
+    parts = seeded_split(len(files), (1 - val_frac - test_frac, val_frac, test_frac), seed, y)
+    info = DataInfo(f"imagefolder:{rootp.name}", num_classes=len(classes), class_names=classes,
+                    num_keypoints=len(kps), source=str(rootp), notes=notes)
+    return splits_from(imgs, t, parts, info)
