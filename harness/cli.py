@@ -57,8 +57,14 @@ class BenchGroup(click.Group):
 @click.version_option(__version__, prog_name="transfer-bench")
 @click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
               help="Leave a plugin out (also: TRANSFER_BENCH_DISABLE_PLUGINS=a,b).")
-def cli(disable):
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Downloads, decoded images and weights (also: TRANSFER_BENCH_CACHE; "
+                   "default ~/.cache/transfer-bench).")
+def cli(disable, cache_dir):
     """transfer-bench: which backbone, which way to adapt it, and what it costs."""
+    if cache_dir:  # harness.cell.cache_dir() reads the variable, also in worker processes
+        import os
+        os.environ["TRANSFER_BENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
     plugins = get_plugins(disable=disable) if disable else get_plugins()
     # a broken plugin is left out and the others work; say so once, on stderr
     for info in plugins.broken():
