@@ -191,3 +191,18 @@ def test_builtin_profiles_mobile_and_server(plugin_system):
     mobile, server = plugin_system.profiles.get("mobile"), plugin_system.profiles.get("server")
     assert (mobile.batch_size, mobile.threads) == (1, 2) and "int8" in mobile.precisions
     assert server.batch_size >= 16 and server.threads == 0
+
+
+def test_gpu_check_script_reports_gpu_runtimes_unavailable_with_reasons(tmp_path):
+    import subprocess
+    from harness.manager import PluginSystem
+    reg = PluginSystem(entry_points=False).runtimes
+    if reg.get("tensorrt").available()[0] or reg.get("onnxruntime-cuda").available()[0]:
+        pytest.skip("a GPU runtime is available here; the script would measure")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, os.path.join(root, "scripts", "gpu_check.py"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "nothing was measured" in res.stderr
+    assert f"UNAVAILABLE: {reg.get('tensorrt').available()[1]}" in res.stdout
+    assert not list(tmp_path.iterdir())
