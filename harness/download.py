@@ -13,6 +13,7 @@ Reliability rules (see ``shared/MEASUREMENT.md``):
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -124,6 +126,10 @@ def fetch(res: Resource, folder: Path, base_url: Optional[str] = None,
             raise DataUnavailable(f"download of {url} was interrupted: {got} of {total} bytes; "
                                   f"run again to retry")
         verify(part, res)
+    except http.client.IncompleteRead as exc:
+        part.unlink(missing_ok=True)
+        raise DataUnavailable(f"download of {url} was interrupted after {len(exc.partial)} "
+                              f"bytes; nothing was kept, run again to retry") from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
@@ -172,25 +178,20 @@ def extract(archive: Path, folder: Path) -> Path:
                 zf.extractall(tmp)
         else:
             try:
-                tf = tarfile.open(archive)
-            except tarfile.TarError as exc:
-                raise DataUnavailable(f"{archive} is not a readable tar/zip archive ({exc}); "
-                                      f"delete it and download it again") from None
-            with tf:
-                members = tf.getmembers()
-                for m in members:
-                    _check_member(m.name, root, archive)
-                    if m.issym() or m.islnk():
-                        link = m.linkname if m.islnk() else os.path.join(
-                            os.path.dirname(m.name), m.linkname)
-                        _check_member(link, root, archive)
-                    if m.isdev():
-                        raise UnsafeArchive(f"{archive}: member {m.name!r} is a device file")
-                try:
+                with tarfile.open(archive) as tf:
+                    members = tf.getmembers()
+                    for m in members:
+                        _check_member(m.name, root, archive)
+                        if m.issym() or m.islnk():
+                            link = m.linkname if m.islnk() else os.path.join(
+                                os.path.dirname(m.name), m.linkname)
+                            _check_member(link, root, archive)
+                        if m.isdev():
+                            raise UnsafeArchive(f"{archive}: member {m.name!r} is a device file")
                     tf.extractall(tmp, members=members, filter="data")
-                except (tarfile.TarError, EOFError, OSError) as exc:
-                    raise DataUnavailable(f"{archive} is truncated or corrupt ({exc}); delete "
-                                          f"it and download it again") from None
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                raise DataUnavailable(f"{archive} is not a complete tar/zip archive ({exc}); "
+                                      f"delete it and download it again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,3 +53,43 @@ def tiny_splits():
 
     info = DataInfo("quadrants", num_classes=4, class_names=list("abcd"), synthetic=True)
     return DataSplits(make(160, 0), make(64, 1), make(64, 2), info)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A loopback HTTP server (127.0.0.1, free port) serving ``root`` in a thread.
+
+    Yields ``(base_url, root)``. A file named ``NAME.truncate`` next to ``NAME`` makes the
+    server announce the full length of NAME but close the connection after half of it.
+    """
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):  # keep test output clean
+            pass
+
+        def do_GET(self):
+            path = root / self.path.lstrip("/")
+            if path.with_name(path.name + ".truncate").exists():
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
