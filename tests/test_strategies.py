@@ -324,3 +324,29 @@ def test_layer_transfer_n_out_of_range_names_the_groups(tiny_splits):
     model, task = make_model()
     with pytest.raises(ValueError, match="3 layer groups.*n=0..3"):
         LayerTransfer(n=4).fit(model, tiny_splits, make_ctx(task, tiny_splits))
+
+
+# -- the three benefits (Torrey & Shavlik) ----------------------------------------------------
+def _rec(strategy, curve, key, seed=0, status="ok"):
+    return {"key": key, "status": status, "higher_is_better": True, "metric_name": "accuracy",
+            "config": {"backbone": "b", "task": "t", "dataset": "d", "seed": seed,
+                       "strategy": strategy},
+            "history": {"epochs": [{"val_metric": v} for v in curve]}}
+
+
+def test_transfer_benefits_against_scratch():
+    from harness.benefits import normalized_auc, transfer_benefits
+    cells = [_rec("scratch", [0.2, 0.4, 0.6, 0.7], "s"),
+             _rec("finetune,lr=0.01", [0.6, 0.8], "f"),
+             _rec("frozen", [0.1, 0.2, 0.3, 0.4], "z", seed=1)]
+    out = {e["key"]: e for e in transfer_benefits(cells)}
+    f = out["f"]
+    assert f["baseline_key"] == "s"
+    assert f["start"] == {"value": 0.6, "baseline": 0.2, "gain": pytest.approx(0.4),
+                          "better": True}
+    assert f["asymptote"]["gain"] == pytest.approx(0.1)
+    # finetune stopped after 2 epochs: extended with its best (0.8) to the 4-epoch horizon
+    assert f["slope"]["value"] == pytest.approx((0.7 + 0.8 + 0.8) / 3)
+    assert f["slope"]["baseline"] == pytest.approx((0.3 + 0.5 + 0.65) / 3)
+    assert out["z"]["baseline_key"] is None and "no ok 'scratch' cell" in out["z"]["missing"]
+    assert normalized_auc([0.5]) == 0.5
