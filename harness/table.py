@@ -83,3 +83,142 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
     headers, rows = summary_rows(records)
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+# -- repeats: mean and 95% interval per configuration, paired tests between strategies -------
+def repeat_rows(records: list[dict], alpha: float = 0.05) -> tuple[list[str], list[list]]:
+    """One row per configuration: mean test metric ± 95% t half-width over seeds, and how it
+    compares with the best strategy of the same backbone, dataset, task and weights.
+
+    The comparison is a paired t-test over the seeds both ran (see :mod:`harness.stats`);
+    "n.s." marks a difference from the best that is not significant at ``alpha``.
+    """
+    from .stats import by_seed, compare_configs, configuration, mean_ci
+
+    seeds = by_seed(records)
+    first: dict = {}
+    for rec in records:
+        first.setdefault(configuration(rec), rec)
+    groups: dict = {}
+    for conf in first:
+        b, t, d, _, w, size = conf
+        groups.setdefault((b, t, d, w, size), []).append(conf)
+    headers = ["backbone", "strategy", "dataset", "metric", "n", "mean ± 95% CI",
+               "vs best strategy (paired t)"]
+    rows = []
+    for confs in groups.values():
+        hib = first[confs[0]].get("higher_is_better", True)
+        ivals = {c: mean_ci(seeds.get(c, {}).values()) for c in confs}
+        ranked = [c for c in confs if ivals[c] is not None]
+        best = (max(ranked, key=lambda c: ivals[c].mean if hib else -ivals[c].mean)
+                if ranked else None)
+        for c in confs:
+            iv = ivals[c]
+            if iv is None:
+                cmp = "no finished seed"
+            elif c == best:
+                cmp = "best"
+            else:
+                res = compare_configs(seeds[c], seeds[best], alpha)
+                if not res.testable:
+                    cmp = f"{res.mean_diff:+.3f} (untested: {res.n} shared seed)"
+                else:
+                    mark = "" if res.significant else " n.s."
+                    cmp = f"{res.mean_diff:+.3f} (p={res.p:.3f}){mark}"
+            rec = first[c]
+            rows.append([c[0], c[3], c[2], rec.get("metric_name") or "-",
+                         str(iv.n) if iv else "0", iv.fmt() if iv else "-", cmp])
+    return headers, rows
+
+
+def has_repeats(records: list[dict]) -> bool:
+    from .stats import configuration
+    confs = [configuration(r) for r in records]
+    return len(set(confs)) < len(confs)
+
+
+def report_text(records: list[dict], budget_ms=None, fmt: str = "simple") -> str:
+    """Per-cell table, the repeats table (when seeds > 1) and the recommendation."""
+    from .recommend import format_recommendations, recommend
+
+    parts = [summary_table(records, fmt)]
+    if has_repeats(records):
+        headers, rows = repeat_rows(records)
+        parts.append("Repeats over seeds (mean ± 95% t interval; n.s. = not significantly "
+                     "different from the best strategy, paired t, alpha 0.05):\n"
+                     + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+    parts.append(format_recommendations(recommend(records, budget_ms), fmt))
+    return "\n\n".join(parts)
+
+
+# -- bench compare --------------------------------------------------------------------------
+def _by_configuration(records: list[dict]) -> dict:
+    """``{configuration: {"metric": [...], "lat": {(rt, prof, prec): [p50...]}, "rec": rec}}``."""
+    from .stats import configuration, primary_metric
+
+    out: dict = {}
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        g = out.setdefault(configuration(rec), {"metric": [], "lat": {}, "rec": rec})
+        v = primary_metric(rec)
+        if v is not None:
+            g["metric"].append(v)
+        for lat in rec.get("latency", []):
+            st = lat.get("stats")
+            if st and st.get("p50_ms") is not None:
+                k = (lat.get("runtime"), lat.get("profile"), lat.get("precision"))
+                g["lat"].setdefault(k, []).append(st["p50_ms"])
+    return out
+
+
+def compare_rows(records_a: list[dict], records_b: list[dict]) -> tuple[list, list, list]:
+    """Match the finished cells of two runs by configuration (not by key, which also hashes
+    versions and settings) and give metric deltas and latency ratios.
+
+    Returns:
+        headers, rows (one per configuration x runtime/profile/precision measured in both,
+        or one per configuration without a common latency), and notes on the
+        configurations found in only one run.
+    """
+    import statistics
+
+    a, b = _by_configuration(records_a), _by_configuration(records_b)
+    headers = ["backbone", "strategy", "dataset", "metric", "A", "B", "B - A",
+               "runtime/profile", "A p50 ms", "B p50 ms", "B / A"]
+    rows = []
+    for conf in [c for c in a if c in b]:
+        ga, gb = a[conf], b[conf]
+        ma = statistics.fmean(ga["metric"]) if ga["metric"] else None
+        mb = statistics.fmean(gb["metric"]) if gb["metric"] else None
+        base = [conf[0], conf[3], conf[2], ga["rec"].get("metric_name") or "-", _fmt(ma),
+                _fmt(mb), f"{mb - ma:+.3f}" if None not in (ma, mb) else "-"]
+        common = [k for k in ga["lat"] if k in gb["lat"]]
+        for k in common or [None]:
+            if k is None:
+                rows.append(base + ["-", "-", "-", "-"])
+                continue
+            la, lb = statistics.median(ga["lat"][k]), statistics.median(gb["lat"][k])
+            label = f"{k[0]}/{k[1]}" + ("" if k[2] == "fp32" else f" {k[2]}")
+            rows.append(base + [label, f"{la:.3g}", f"{lb:.3g}",
+                                f"{lb / la:.2f}x" if la > 0 else "-"])
+    notes = [f"only in A: {c[0]} / {c[3]} / {c[2]}" for c in a if c not in b]
+    notes += [f"only in B: {c[0]} / {c[3]} / {c[2]}" for c in b if c not in a]
+    return headers, rows, notes
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def setting_differences(a: dict, b: dict, skip=("cell_keys",)) -> list[str]:
+    """``key: A -> B`` for every flattened setting that differs between two mappings."""
+    fa, fb = _flat(a), _flat(b)
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k) and not any(k.startswith(s) for s in skip)]

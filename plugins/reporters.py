@@ -1,12 +1,17 @@
-"""Built-in reporters for ``bench report``: terminal table, Markdown, CSV and JSON."""
+"""Built-in reporters for ``bench report``: terminal table, Markdown, CSV, JSON and HTML.
+
+The table and Markdown reporters add the repeats table (mean ± 95% interval over seeds,
+paired tests between strategies) and the recommendation within ``budget_ms``.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from harness import ReporterSpec, hookimpl
 from harness.results import atomic_write_text
-from harness.table import summary_table
+from harness.table import report_text
 
 
 def _emit(text: str, out: Path | None) -> str | None:
@@ -16,12 +21,12 @@ def _emit(text: str, out: Path | None) -> str | None:
     return f"wrote {out}"
 
 
-def write_table(store, out=None):
-    return _emit(summary_table(store.records()) + "\n", out)
+def write_table(store, out=None, budget_ms: Optional[float] = None):
+    return _emit(report_text(store.records(), budget_ms) + "\n", out)
 
 
-def write_markdown(store, out=None):
-    return _emit(summary_table(store.records(), fmt="github") + "\n", out)
+def write_markdown(store, out=None, budget_ms: Optional[float] = None):
+    return _emit(report_text(store.records(), budget_ms, fmt="github") + "\n", out)
 
 
 def write_csv(store, out=None):
@@ -33,11 +38,21 @@ def write_json(store, out=None):
     return _emit(json.dumps(store.records(), indent=2, default=str) + "\n", out)
 
 
+def write_html(store, out=None, budget_ms: Optional[float] = None):
+    from harness.report_html import write_html as _write
+    path = _write(store, out, budget_ms)
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    return f"wrote {path} (plots embedded; also as {', '.join(pngs)} in {path.parent})"
+
+
 @hookimpl
 def register_reporters():
     return [
-        ReporterSpec("table", write=write_table, description="terminal table"),
-        ReporterSpec("markdown", write=write_markdown, description="GitHub Markdown table"),
+        ReporterSpec("table", write=write_table,
+                     description="terminal table, repeats with 95% CI, recommendation"),
+        ReporterSpec("markdown", write=write_markdown, description="the same as GitHub Markdown"),
         ReporterSpec("csv", write=write_csv, description="one row per cell x runtime"),
         ReporterSpec("json", write=write_json, description="every cell record"),
+        ReporterSpec("html", write=write_html,
+                     description="self-contained HTML with plots (PNGs written beside it)"),
     ]
