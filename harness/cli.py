@@ -174,6 +174,9 @@ def _weights_option(values) -> dict:
 @click.option("--executor", default="inprocess", show_default=True, help="How cells run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              expose_value=False, callback=lambda c, _, v: c.meta.__setitem__("budget_ms", v),
+              help="Latency budget (p50, ms) of the recommendation printed at the end.")
 @click.pass_context
 def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, weights,
             matrix_file, preset, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
@@ -217,7 +220,8 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
     else:
-        click.echo(summary_table(records))
+        from .table import report_text
+        click.echo(report_text(records, ctx.meta.get("budget_ms")))
         click.echo(f"\nresults: {store.path}")
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
@@ -239,25 +243,85 @@ def _kwargs_to_mapping(kw: dict) -> dict:
 
 
 # -- bench report ---------------------------------------------------------------------------
+def _open_run(ctx: click.Context, run: str):
+    """A RunStore for RUN, or a usage error when RUN is not a run folder."""
+    from .results import RunStore
+
+    path = Path(run)
+    if not (path / "cells").is_dir() and not (path / "config.json").exists():
+        _fail_usage(ctx, f"{run} is not a run folder (it has no cells/ or config.json); "
+                         "give a folder that bench run printed as 'results: RUN'")
+    return RunStore(path)
+
+
 @cli.command("report", epilog="\b\nExample:\n  bench report runs/default-1a2b3c4d5e\n"
-                               "  bench report RUN --format markdown > results.md")
+                               "  bench report RUN --format markdown > results.md\n"
+                               "  bench report RUN --format html --budget-ms 5")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="table", show_default=True,
               help="A registered reporter (see bench list reporters).")
-@click.option("--out", type=click.Path(), default=None, help="Write to this file/folder.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Write to this file/folder (html: default RUN/report/report.html).")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency budget (p50, ms) of the recommendation; default: no limit.")
 @click.pass_context
-def report_cmd(ctx, run, fmt, out):
+def report_cmd(ctx, run, fmt, out, budget_ms):
     """Show a finished (or interrupted) run."""
-    from .results import RunStore
+    import inspect
 
     try:
         reporter = get_plugins().reporters.get(fmt)
     except UnknownName as exc:
         _fail_usage(ctx, exc)
         return
-    text = reporter.write(RunStore(Path(run)), Path(out) if out else None)
+    store = _open_run(ctx, run)
+    params = inspect.signature(reporter.write).parameters
+    kw = {"budget_ms": budget_ms} if "budget_ms" in params or any(
+        p.kind is p.VAR_KEYWORD for p in params.values()) else {}
+    if budget_ms is not None and not kw:
+        click.echo(f"note: reporter {fmt!r} has no recommendation; --budget-ms ignored",
+                   err=True)
+    text = reporter.write(store, Path(out) if out else None, **kw)
     if text:
         click.echo(text)
+
+
+# -- bench compare --------------------------------------------------------------------------
+@cli.command("compare", epilog="\b\nExample:\n  bench compare runs/default-1a2b runs/default-9f8e"
+                                "\n  bench compare RUN_A RUN_B --format github")
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", default="simple", show_default=True,
+              help="A tabulate format: simple, github, csv-like tsv, ...")
+@click.pass_context
+def compare_cmd(ctx, run_a, run_b, fmt):
+    """Compare two runs: cells matched by configuration, metric deltas, latency ratios B/A."""
+    from tabulate import tabulate, tabulate_formats
+
+    from .table import compare_rows, setting_differences
+
+    if fmt not in tabulate_formats:
+        _fail_usage(ctx, f"unknown --format {fmt!r}; choose one of {', '.join(tabulate_formats)}")
+    a, b = _open_run(ctx, run_a), _open_run(ctx, run_b)
+    click.echo(f"A: {a.path}\nB: {b.path}")
+    for what, fa, fb in (("settings", a.config, b.config), ("environment", a.environment,
+                                                            b.environment)):
+        try:
+            diffs = setting_differences(fa().get("matrix", fa()) if what == "settings" else fa(),
+                                        fb().get("matrix", fb()) if what == "settings" else fb())
+        except (OSError, ValueError) as exc:
+            diffs = [f"cannot read: {exc}"]
+        if diffs:
+            click.echo(f"{what} that differ:\n  " + "\n  ".join(diffs[:30]))
+    headers, rows, notes = compare_rows(a.records(), b.records())
+    if not rows:
+        click.echo("no configuration finished in both runs", err=True)
+    else:
+        click.echo(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+    for n in notes:
+        click.echo(n)
+    if not rows:
+        ctx.exit(1)
 
 
 def main() -> None:  # console-script entry point
