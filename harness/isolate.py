@@ -215,4 +215,7 @@ def _worker(folder: Path) -> int:
 if __name__ == "__main__":  # python -m harness.isolate JOB_DIR
     if len(sys.argv) != 2 or not Path(sys.argv[1], "job.json").exists():
         sys.exit("usage: python -m harness.isolate JOB_DIR (a folder holding job.json)")
-    sys.exit(_worker(Path(sys.argv[1])))
+    rc = _worker(Path(sys.argv[1]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)  # the result is on disk; skip torch's slow interpreter teardown

@@ -166,19 +166,22 @@ def test_user_profile_from_matrix_sets_batch_threads_precisions(plugins):
 
 
 def test_cpu_runtimes_refuse_a_gpu_profile_with_a_reason(plugins):
-    cfg, custom = cell(["pytorch", "onnxruntime"], profiles=["g"], data={"profile": {"g": {
-        "batch_size": 2, "device": "gpu", "precisions": ["fp32"]}}})
-    rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
-    assert "pytorch-cuda" in rows[("pytorch", "fp32")]["unavailable"]
-    assert "onnxruntime-cuda" in rows[("onnxruntime", "fp32")]["unavailable"]
+    from harness.latency import MeasureSettings
+    from harness.specs import ProfileSpec
+    prof = ProfileSpec("g", batch_size=2, device="gpu", precisions=("fp32", "int8"))
+    for name, hint in (("pytorch", "pytorch-cuda"), ("onnxruntime", "onnxruntime-cuda")):
+        rows = plugins.runtimes.get(name).measure(None, prof, MeasureSettings())
+        assert [r["precision"] for r in rows] == ["fp32", "int8"]
+        assert all(hint in r["unavailable"] and "stats" not in r for r in rows)
 
 
 def test_worker_error_comes_back_into_the_record(plugins):
-    cfg, custom = cell(["broken-rt", "pytorch"])
+    cfg, custom = cell(["broken-rt", "onnxruntime"], profiles=["one"],
+                       data={"profile": {"one": {"precisions": ["fp32"]}}})
     rows = rows_of(run_cell(plugins, cfg, "k", custom_profiles=custom))
     err = rows[("broken-rt", "-")]["error"]
     assert "WorkerError" in err and "blew up on purpose" in err
-    assert rows[("pytorch", "fp32")]["stats"]["p50_ms"] > 0   # the others go on
+    assert rows[("onnxruntime", "fp32")]["stats"]["p50_ms"] > 0   # the others go on
 
 
 def test_isolation_can_be_turned_off_and_says_so(plugins):

@@ -8,6 +8,7 @@ This module imports no torch, so an ONNX Runtime worker starts in well under a s
 from __future__ import annotations
 
 import importlib.util
+import logging
 import time
 from pathlib import Path
 
@@ -63,11 +64,21 @@ def quantize(art, precision: str) -> tuple[Path, dict]:
     calibration images. ``int8-dynamic``: ``quantize_dynamic``, int8 weights, activation
     ranges computed at run time.
     """
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
     src = Path(art.onnx_path)
     dst = Path(art.workdir) / f"{src.stem}.{precision}.onnx"
     t0 = time.perf_counter()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns per bias tensor on the root logger
+    try:
+        return _quantize(art, precision, src, dst, t0)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(art, precision: str, src: Path, dst: Path, t0: float) -> tuple[Path, dict]:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
     if precision == "int8-dynamic":
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         how = {"method": "quantize_dynamic: int8 weights, dynamic activation ranges"}
