@@ -27,9 +27,7 @@ class TimmBackbone(Backbone):
             raise ValueError(f"pool must be 'head' or 'avg', not {pool!r}")
         self.model_name = model_name
         self.pool = pool
-        self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        if pool == "avg" and hasattr(self.model, "pre_logits"):
-            self.model.pre_logits = nn.Identity()
+        self.model = _create(model_name, drop_pre_logits=pool == "avg")
         cfg = getattr(self.model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", self.mean))
         self.std = tuple(cfg.get("std", self.std))
@@ -61,20 +59,69 @@ class TimmBackbone(Backbone):
         matcher = self.model.group_matcher(coarse=True)
         grouped = group_parameters(self.model, matcher)
         names = [n for n, p in self.named_parameters()]
-        groups, seen = [], set()
-        for i, (gid, params) in enumerate(sorted(grouped.items())):
-            full = [f"model.{p}" for p in params if f"model.{p}" in set(names)]
+        known = set(names)
+        parts, labels, seen = [], [], set()
+        for _gid, params in sorted(grouped.items()):
+            full = [f"model.{p}" for p in params if f"model.{p}" in known]
             if not full:
                 continue
-            groups.append(LayerGroup(_group_name(i, full), full))
+            if parts and _only_normalization(self, full):
+                # timm gives VGG-BN's batch norms groups of their own; a norm belongs
+                # with the conv it normalizes, so "the first n layers" means n convs
+                parts[-1].extend(full)
+            else:
+                parts.append(full)
+                labels.append(_group_name(len(parts) - 1, full))
             seen.update(full)
         rest = [n for n in names if n not in seen]
         if rest:
-            if groups:
-                groups[-1].params.extend(rest)
+            if parts:
+                parts[-1].extend(rest)
             else:
-                groups.append(LayerGroup("all", rest))
-        return groups
+                parts.append(rest)
+                labels.append("0_all")
+        return [LayerGroup(label, ps) for label, ps in zip(labels, parts)]
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def _only_normalization(root: nn.Module, params: list[str]) -> bool:
+    modules = dict(root.named_modules())
+    return all(isinstance(modules.get(p.rsplit(".", 1)[0]), _NORMS) for p in params)
+
+
+def _create(model_name: str, drop_pre_logits: bool) -> nn.Module:
+    """``timm.create_model(name, num_classes=0)``, without VGG's pre-logits when asked.
+
+    VGG's pre-logits (fc6/fc7 as convs) hold 102 M of VGG-16's 117 M parameters, and
+    initialising them only to throw them away takes seconds. So the model is laid out on
+    the meta device, the pre-logits are dropped, and the rest is materialised and
+    initialised by the model's own init function. Models without such a function take
+    the plain path.
+    """
+    import timm
+
+    if drop_pre_logits:
+        with torch.device("meta"):
+            meta = timm.create_model(model_name, pretrained=False, num_classes=0)
+        init = getattr(meta, "_initialize_weights", None) or getattr(meta, "init_weights", None)
+        if hasattr(meta, "pre_logits") and callable(init) and torch.get_default_device().type != "meta":
+            meta.pre_logits = nn.Identity()
+            model = meta.to_empty(device=torch.get_default_device())
+            init = getattr(model, init.__name__)
+            with torch.no_grad():
+                init()
+                for m in model.modules():  # to_empty leaves buffers uninitialised
+                    if hasattr(m, "reset_running_stats"):
+                        m.reset_running_stats()
+            if all(n.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                   for n, _ in model.named_buffers()):
+                return model
+    model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    if drop_pre_logits and hasattr(model, "pre_logits"):
+        model.pre_logits = nn.Identity()
+    return model
 
 
 def _group_name(index: int, params: list[str]) -> str:

