@@ -1,0 +1,131 @@
+"""bench report (every reporter, HTML with plots) and bench compare, on a stored run."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import cli
+from harness.report_html import transfer_benefits
+from harness.results import RunStore, atomic_write_json
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _rec(backbone, strategy, seed, acc, lat, curve, dclass="mobile"):
+    return {"key": f"{backbone}-{strategy}-{seed}", "status": "ok",
+            "config": {"backbone": backbone, "strategy": strategy, "dataset": "d",
+                       "task": "classification", "seed": seed, "weights": None,
+                       "image_size": 16},
+            "backbone_facts": {"device_class": dclass, "params_total": 1000},
+            "weights": {"description": "random", "pretrained": strategy != "scratch"},
+            "metric_name": "accuracy", "higher_is_better": True,
+            "test_metrics": {"accuracy": acc}, "train_seconds": 1.0,
+            "history": {"epochs": [{"val_metric": v} for v in curve]},
+            "latency": [{"runtime": "onnxruntime", "profile": "mobile", "precision": "fp32",
+                         "stats": {"p50_ms": lat, "p90_ms": lat * 1.3}}]}
+
+
+def make_run(path, scale=1.0, accs=(0.5, 0.8, 0.9)):
+    """A stored run: 2 backbones x scratch/finetune x 3 seeds."""
+    store = RunStore(path)
+    recs = []
+    for bb, dclass, lat in (("small", "mobile", 1.0), ("big", "server", 4.0)):
+        for s in range(3):
+            recs.append(_rec(bb, "scratch", s, accs[0] + 0.01 * s, lat * scale,
+                             [0.2, 0.4, 0.5], dclass))
+            recs.append(_rec(bb, "finetune", s, accs[1 if bb == "small" else 2] + 0.01 * s,
+                             lat * scale * 1.1, [0.6, 0.8, 0.85], dclass))
+    atomic_write_json(path / "config.json", {"matrix": {"name": "t", "seeds": 3},
+                                              "cell_keys": [r["key"] for r in recs]})
+    atomic_write_json(path / "environment.json", {"versions": {"torch": "x"}})
+    for r in recs:
+        store.write_cell(r)
+    store.aggregate()
+    return store
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    make_run(tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_table_report_shows_intervals_and_recommendation(run_dir):
+    res = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert "Repeats over seeds" in res.output
+    assert re.search(r"0\.\d{3} ± 0\.\d{3}", res.output)  # --seeds 3 shows intervals
+    assert "big + finetune (onnxruntime)" in res.output
+    tight = CliRunner().invoke(cli, ["report", str(run_dir), "--budget-ms", "2"]).output
+    assert "no server-class candidate is within 2 ms" in tight
+    assert "small + finetune (onnxruntime)" in tight
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "html"])
+def test_every_reporter_writes_a_file(run_dir, tmp_path, fmt):
+    out = tmp_path / f"out.{ 'html' if fmt == 'html' else fmt}"
+    res = CliRunner().invoke(cli, ["report", str(run_dir), "--format", fmt, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == 12 and rows[0]["p50_ms"]
+    elif fmt == "json":
+        assert len(json.loads(text)) == 12
+    elif fmt == "markdown":
+        assert "| backbone" in text and "Recommendation" in text
+    elif fmt == "table":
+        assert "big" in text
+
+
+def test_html_is_self_contained_with_the_same_pngs(run_dir, tmp_path):
+    res = CliRunner().invoke(cli, ["report", str(run_dir), "--format", "html",
+                                   "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "src='http" not in html and "<script" not in html
+    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    pngs = {p.name: p.read_bytes() for p in (tmp_path / "rep").glob("*.png")}
+    assert set(pngs) == {"pareto-mobile.png", "learning-curves.png", "transfer-benefits.png"}
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(pngs.values())
+    assert all(b.startswith(PNG_MAGIC) and len(b) > 10_000 for b in pngs.values())
+    assert "Recommendation" in html and "±" in html
+
+
+def test_transfer_benefits_against_scratch_of_same_seed(run_dir):
+    rows = transfer_benefits(RunStore(run_dir).records())
+    assert len(rows) == 6 and {r["strategy"] for r in rows} == {"finetune"}
+    r = rows[0]
+    assert r["start"] == pytest.approx(0.4) and r["asymptote"] == pytest.approx(0.35)
+    assert r["slope_auc"] == pytest.approx((0.6 + 0.8 + 0.85 - 0.2 - 0.4 - 0.5) / 3)
+
+
+def test_compare_matches_by_configuration_not_key(tmp_path):
+    make_run(tmp_path / "a")
+    make_run(tmp_path / "b", scale=2.0, accs=(0.5, 0.7, 0.9))
+    # a different key (e.g. other versions) must not prevent the match
+    for p in (tmp_path / "b" / "cells").glob("*.json"):
+        rec = json.loads(p.read_text())
+        rec["key"] = "other-" + rec["key"]
+        p.write_text(json.dumps(rec))
+    res = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("small")]
+    fin = next(line for line in lines if "finetune" in line)
+    assert "-0.100" in fin and "2.00x" in fin
+    assert all("2.00x" in line for line in lines)
+
+
+def test_compare_reports_unmatched_and_bad_folders(tmp_path):
+    make_run(tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "not a run folder" in res.output
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "a"), "--format", "nope"])
+    assert res.exit_code == 2 and "html" in res.output  # lists the choices
