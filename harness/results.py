@@ -200,3 +200,42 @@ class RunStore:
 
 def iter_rows(records: Iterable[dict]) -> list[dict]:
     return [r for rec in records for r in cell_rows(rec)]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in str(text)).strip("_")
+
+
+def condition_stem(config: dict, env: dict) -> str:
+    """A file name stem that states a run's conditions, in the style of timm's results/
+    (``default-fashion_mnist-64px-cpu2-amd_epyc-torch2.14.1-ort1.32.0``)."""
+    m = config.get("matrix", config)
+    v = env.get("versions", {})
+    gpu = env.get("gpu") or {}
+    device = (_slug(gpu.get("name", "gpu")).lower() if gpu.get("cuda")
+              else f"cpu{env.get('affinity') or env.get('cpu_count')}-{_slug(env.get('cpu', '')).lower()}")
+    parts = [m.get("name", "run"), "+".join(_slug(d) for d in m.get("datasets", [])),
+             f"{m.get('image_size')}px", device, f"torch{v.get('torch', '?')}",
+             f"ort{v.get('onnxruntime', 'none')}"]
+    if m.get("seeds", 1) > 1:
+        parts.append(f"{m['seeds']}seeds")
+    return "-".join(p for p in parts if p)
+
+
+def publish(store: "RunStore", folder: Path) -> list[Path]:
+    """Copy a run's aggregated CSV, and its report as Markdown, into ``folder`` under names
+    that state the conditions (see :func:`condition_stem`). Returns the written paths."""
+    from .table import report_text
+
+    stem = condition_stem(store.config(), store.environment())
+    store.aggregate()
+    folder = Path(folder)
+    csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    atomic_write_text(csv_path, (store.path / "results.csv").read_text())
+    env = store.environment()
+    head = (f"# {stem}\n\nRun folder `{store.path.name}`; CPU {env.get('cpu')}, "
+            f"{env.get('affinity') or env.get('cpu_count')} cores, torch threads "
+            f"{env.get('torch_threads')}; versions: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items())) + "\n\n")
+    atomic_write_text(md_path, head + report_text(store.records(), fmt="github") + "\n")
+    return [csv_path, md_path]

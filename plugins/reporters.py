@@ -45,6 +45,12 @@ def write_html(store, out=None, budget_ms: Optional[float] = None):
     return f"wrote {path} (plots embedded; also as {', '.join(pngs)} in {path.parent})"
 
 
+def write_published(store, out=None):
+    from harness.results import publish
+    paths = publish(store, Path(out) if out else Path("results"))
+    return "wrote " + ", ".join(str(p) for p in paths)
+
+
 @hookimpl
 def register_reporters():
     return [
@@ -55,4 +61,7 @@ def register_reporters():
         ReporterSpec("json", write=write_json, description="every cell record"),
         ReporterSpec("html", write=write_html,
                      description="self-contained HTML with plots (PNGs written beside it)"),
+        ReporterSpec("publish", write=write_published,
+                     description="CSV + Markdown named by the run's conditions, into --out "
+                                 "(default results/)"),
     ]

@@ -131,6 +131,7 @@ def test_resume_after_sigkill_and_ctrl_c(tmp_path):
     proc = _bench(tmp_path)
     out = proc.communicate(timeout=180)[0]
     assert proc.returncode == 0, out
+    assert "recommendation" in out.lower()  # printed at the end of every run
     final = _cells(run)
     assert len(final) == 4 and all(s == "ok" for s, _ in final.values()), final
     for k, m in ok.items():
@@ -188,3 +189,19 @@ def test_cell_rows_one_per_latency_measurement():
     assert [(r["runtime"], r["p50_ms"], r["latency_note"]) for r in rows] == [
         ("r1", 1.0, None), ("r2", None, "not installed")]
     assert all(r["test_metric"] == 0.5 for r in rows)
+
+
+def test_published_names_state_the_conditions(tmp_path):
+    from harness.results import publish
+    store = RunStore(tmp_path / "run")
+    atomic_write_json(store.path / "config.json", {"matrix": {
+        "name": "default", "datasets": ["fashion_mnist"], "image_size": 64, "seeds": 1}})
+    atomic_write_json(store.path / "environment.json", {
+        "cpu": "Intel Xeon", "affinity": 2, "gpu": {"cuda": False},
+        "versions": {"torch": "2.14.1", "onnxruntime": "1.32.0"}})
+    store.write_cell({"key": "k", "status": "ok", "config": {"backbone": "b"}})
+    paths = publish(store, tmp_path / "results")
+    assert [p.name for p in paths] == [
+        "default-fashion_mnist-64px-cpu2-intel_xeon-torch2.14.1-ort1.32.0.csv",
+        "default-fashion_mnist-64px-cpu2-intel_xeon-torch2.14.1-ort1.32.0.md"]
+    assert "torch 2.14.1" in paths[1].read_text()
