@@ -258,10 +258,13 @@ def check_command():
 
 # -- planting a slowdown (for benchmarks and tests of the check itself) ----------------------
 class SlowedModel:
-    """Wraps a model so each call busy-waits ``extra`` x the time the call itself took.
+    """Wraps a model so each call busy-waits ``extra`` x the CPU time the call itself took.
 
-    A busy-wait (not a sleep) adds CPU work, as a real slower kernel would, so it feels the
-    same contention as the model does.
+    A busy-wait (not a sleep) adds CPU work, as a real slower kernel would; it is sized by
+    the calling thread's CPU time (``time.thread_time``), so it is ``extra`` more *work*
+    however much the machine is contended (sizing it by wall time would add more work
+    whenever the call happened to be preempted). Meant for one-thread profiles: work on
+    other intra-op threads is not counted.
     """
 
     def __init__(self, model, extra: float):
@@ -273,10 +276,10 @@ class SlowedModel:
 
     def __call__(self, *args, **kwargs):
         import time
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         out = self.model(*args, **kwargs)
-        until = t0 + (time.perf_counter() - t0) * (1.0 + self.extra)
-        while time.perf_counter() < until:
+        until = t0 + (time.thread_time() - t0) * (1.0 + self.extra)
+        while time.thread_time() < until:
             pass
         return out
 
