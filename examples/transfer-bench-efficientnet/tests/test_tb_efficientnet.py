@@ -5,8 +5,12 @@ installs (entry point ``pytest11``); the checks are imported from ``harness.test
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+pytest.importorskip("tb_efficientnet", reason="install the example first: pip install --no-deps "
+                    "-e examples/transfer-bench-efficientnet (make install does)")
 
 from harness.testkit import (TinyBackbone, check_backbone, check_runtime, check_strategy,
                              make_tiny_splits)
