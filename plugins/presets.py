@@ -24,8 +24,89 @@ DEFAULT = {
 }
 
 
+#: The lecture's Flowers models 1-4: VGG19 + 2 dense layers + output on Oxford Flowers 17,
+#: from scratch, frozen, fine-tuned, chain-thaw. VGG19's ImageNet weights come from the hub
+#: (cells say so and fail clearly when it is out of reach; pass --weights vgg19=file:PATH).
+FLOWERS_MODELS_1_4 = {
+    "name": "flowers_models_1_4",
+    "backbones": ["vgg19"],
+    "tasks": ["classification"],
+    "datasets": ["oxford_flowers17"],
+    "strategies": ["scratch", "frozen", "finetune", "chain_thaw"],
+    "runtimes": ["pytorch", "onnxruntime"],
+    "profiles": ["server"],
+    "image_size": 224,
+    "train": {"epochs": 20, "batch_size": 32, "lr": 1e-4, "patience": 3},
+}
+
+#: The lecture's Pets localization models: VGG19 + output layer predicting the box,
+#: frozen (model 1) versus adapted by fine-tuning (model 2), on Oxford-IIIT Pets.
+PETS_LOCALIZATION = {
+    "name": "pets_localization",
+    "backbones": ["vgg19"],
+    "tasks": ["localization"],
+    "datasets": ["oxford_pets"],
+    "strategies": ["frozen", "finetune"],
+    "runtimes": ["pytorch", "onnxruntime"],
+    "profiles": ["server"],
+    "image_size": 224,
+    "train": {"epochs": 20, "batch_size": 32, "lr": 1e-4, "patience": 3},
+}
+
+# Yosinski et al. 2014 on ResNet-18's 5 layer groups (stem, layer1..layer4). The matrix
+# format keys weights by backbone, so the transfer networks (AnB, AnB+) and the selffer
+# controls (BnB, BnB+) are two presets differing only in the source weights. A and B here
+# are two offline datasets (A = scikit-learn digits, B = Fashion-MNIST) rather than the
+# paper's two random halves of ImageNet's classes. BnB's source network is trained on B's
+# own training split (same dataset, seed and subset as the target cells).
+_YOSINSKI_GROUPS = 5
+_YOSINSKI_BASE = {
+    "backbones": ["resnet18"],
+    "tasks": ["classification"],
+    "datasets": ["fashion_mnist"],
+    "strategies": [f"layer_transfer,n={n},fine_tune={ft}"
+                   for ft in ("false", "true") for n in range(1, _YOSINSKI_GROUPS + 1)],
+    "runtimes": ["pytorch"],
+    "profiles": ["server"],
+    "image_size": 32,
+    "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},
+}
+YOSINSKI = {**_YOSINSKI_BASE, "name": "yosinski",
+            "weights": {"resnet18": "source:digits,epochs=5,image_size=32"}}
+YOSINSKI_SELFFER = {**_YOSINSKI_BASE, "name": "yosinski_selffer",
+                    "weights": {"resnet18": "source:fashion_mnist,epochs=5,image_size=32"}}
+
+#: The ULMFiT recipe against plain fine-tuning and from-scratch training, offline.
+ULMFIT = {
+    "name": "ulmfit",
+    "backbones": ["mobilenetv2_100"],
+    "tasks": ["classification"],
+    "datasets": ["fashion_mnist"],
+    "strategies": ["scratch", "finetune", "discriminative", "gradual_unfreezing", "ulmfit"],
+    "runtimes": ["pytorch"],
+    "profiles": ["mobile"],
+    "image_size": 64,
+    "train": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "patience": 2},
+}
+
+
 @hookimpl
 def register_presets():
     return [PresetSpec("default", matrix=DEFAULT,
                        description="offline default: MobileNetV2 (packaged ImageNet) and "
-                                   "ResNet-18 x scratch/frozen/finetune on Fashion-MNIST")]
+                                   "ResNet-18 x scratch/frozen/finetune on Fashion-MNIST"),
+            PresetSpec("flowers_models_1_4", matrix=FLOWERS_MODELS_1_4,
+                       description="lecture models 1-4: VGG19 scratch/frozen/finetune/"
+                                   "chain_thaw on Oxford Flowers 17 (ImageNet weights: hub)"),
+            PresetSpec("pets_localization", matrix=PETS_LOCALIZATION,
+                       description="lecture Pets localization: VGG19 frozen vs finetune "
+                                   "(ImageNet weights: hub)"),
+            PresetSpec("yosinski", matrix=YOSINSKI,
+                       description="Yosinski 2014 AnB/AnB+ for n=1..5 on ResNet-18, A=digits, "
+                                   "B=Fashion-MNIST (offline)"),
+            PresetSpec("yosinski_selffer", matrix=YOSINSKI_SELFFER,
+                       description="Yosinski 2014 selffer controls BnB/BnB+ for n=1..5 on "
+                                   "ResNet-18, B=Fashion-MNIST (offline)"),
+            PresetSpec("ulmfit", matrix=ULMFIT,
+                       description="ULMFiT recipe (discriminative + gradual unfreezing + STLR) "
+                                   "vs its parts, finetune and scratch, MobileNetV2 offline")]
