@@ -124,8 +124,9 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     weights = (cfg.weights or bb_spec.default_weights) if strategy.pretrained else "random"
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
-    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {"cache_dir": cache_dir(),
-                                                           "plugins": plugins}) or {})
+    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
+        "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress}) or {})
     winfo.setdefault("source", weights)
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
@@ -139,6 +140,11 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         "params_total": count_parameters(model), "params_backbone": count_parameters(backbone),
         "gmacs": gmacs(model, cfg.image_size), "image_size": cfg.image_size,
         "layer_groups": [g.name for g in model.layer_groups()],
+        "weights_mb": sum(t.numel() * t.element_size()
+                          for t in backbone.state_dict().values()) / 2**20,
+        "imagenet_top1": winfo.get("imagenet_top1"),
+        "weights_input_size": winfo.get("input_size", backbone.input_size),
+        "mean": list(backbone.mean), "std": list(backbone.std),
     }
 
     settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})

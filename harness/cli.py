@@ -96,6 +96,16 @@ def _describe(kind: str, spec) -> str:
     text = spec.description or ""
     if kind == "backbones":
         text = f"[{spec.device_class}, weights: {spec.default_weights}] {text}"
+        facts = dict(spec.facts or {})
+        if facts.get("params"):
+            top1 = facts.get("imagenet_top1")
+            text += (f"; {facts['params'] / 1e6:.1f}M params, {facts.get('weights_mb', 0):.0f} MB"
+                     + (f", {facts['gmacs']:.2f} GMACs@{facts.get('gmacs_at')}px"
+                        if facts.get("gmacs") is not None else "")
+                     + (f", ImageNet top-1 {top1:.1f}%" if top1 is not None else
+                        ", ImageNet top-1 unknown")
+                     + (f", input {facts['input_size']}px, mean {_r(facts.get('mean'))} std "
+                        f"{_r(facts.get('std'))}" if facts.get("input_size") else ""))
     elif kind == "strategies":
         params = spec.cls.parameters()
         if params:
@@ -109,6 +119,10 @@ def _describe(kind: str, spec) -> str:
         ok, why = spec.available()
         text += "" if ok else f" (unavailable here: {why})"
     return text
+
+
+def _r(values) -> str:
+    return "(" + ",".join(f"{v:.3g}" for v in values or ()) + ")"
 
 
 # -- bench plugins --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ DISABLE_ENV = "TRANSFER_BENCH_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.backbones",
     "plugins.weights",
+    "plugins.weights_source",
     "plugins.tasks",
     "plugins.strategies",
     "plugins.datasets",

@@ -5,7 +5,8 @@ not limited to this list.
 """
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Mapping
+from functools import lru_cache, partial
 
 from harness import BackboneSpec, hookimpl
 
@@ -39,12 +40,61 @@ def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
     return TimmBackbone(arg, pool=pool)
 
 
+@lru_cache(maxsize=None)
+def backbone_facts(model_name: str, pool: str, weights: str) -> dict:
+    """Parameter count, fp32 weight size, GMACs and the default weights' facts.
+
+    The model is laid out on PyTorch's meta device (no memory, no initialisation) and
+    its MACs at the weights' input size are counted by ``torch.utils.flop_counter``, so
+    listing VGG-19 costs milliseconds.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .weights import default_weights_facts
+
+    wfacts = default_weights_facts(model_name, weights)
+    with torch.device("meta"):
+        bb = TimmBackbone(model_name, pool=pool).eval()
+    size = int(wfacts.get("input_size") or bb.input_size)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            bb(torch.empty(1, 3, size, size, device="meta"))
+        gmacs = counter.get_total_flops() / 2e9
+    except Exception:  # an op the counter cannot trace: say unknown rather than guess
+        gmacs = None
+    state = bb.state_dict()
+    return {"params": sum(p.numel() for p in bb.parameters()),
+            "weights_mb": sum(t.numel() * t.element_size() for t in state.values()) / 2**20,
+            "gmacs": gmacs, "gmacs_at": size, "num_features": bb.num_features,
+            "default_weights": weights, **wfacts}
+
+
+class _LazyFacts(Mapping):
+    """Facts computed on first read, so building the registry stays instant."""
+
+    def __init__(self, *key):
+        self._key = key
+
+    def _facts(self) -> dict:
+        return backbone_facts(*self._key)
+
+    def __getitem__(self, k):
+        return self._facts()[k]
+
+    def __iter__(self):
+        return iter(self._facts())
+
+    def __len__(self):
+        return len(self._facts())
+
+
 @hookimpl
 def register_backbones():
     specs = [
         BackboneSpec(name, build=partial(TimmBackbone, model_name=name, pool=pool),
                      family=family, device_class=dclass, default_weights=weights,
-                     description=desc)
+                     description=desc, facts=_LazyFacts(name, pool, weights))
         for name, (family, dclass, weights, pool, desc) in _FAMILIES.items()
     ]
     specs.append(BackboneSpec("timm", build=_build_any, family="timm", device_class="server",

@@ -1,0 +1,215 @@
+"""The ``source:DATASET`` weight source: pretrain a backbone on a source dataset, here.
+
+This is how the Yosinski et al. (2014, "How transferable are features in deep neural
+networks?") experiments get their source networks (a base network trained on task A, whose
+first n layers are copied into a network for task B), and how a server backbone gets real
+pretrained weights when no ImageNet weights are reachable.
+
+Syntax (the text after ``source:`` is free text, not an axis item)::
+
+    source:DATASET
+    source:DATASET,epochs=3,lr=0.001,batch_size=32,patience=2,image_size=32,seed=0
+    source:fashion_mnist,n_train=5000,epochs=3      # other keys go to the dataset
+
+``epochs``, ``lr``, ``batch_size``, ``patience``, ``image_size`` and ``seed`` configure the
+pretraining; every other key is a parameter of the dataset. On the command line that is
+``--weights resnet18=source:digits,epochs=3`` (the ``=`` after the backbone name is split
+once, so the commas stay with the weights string).
+
+The backbone is trained with a linear classifier on the dataset's training split, with
+early stopping on its validation split (:func:`harness.train.run_phase`, best epoch
+restored); the classifier is dropped afterwards. The weights are cached under
+``<cache dir>/source-weights/`` keyed by a SHA-256 of everything that determines them: the
+architecture and its initial weights, the dataset and its parameters, the image size, the
+training settings and the library versions. Files are written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness import __version__, WeightSourceSpec, hookimpl
+from harness.config import parse_value
+from harness.errors import WeightsUnavailable
+
+#: bump when the pretraining recipe changes, so old cache entries are not reused
+RECIPE = 1
+#: pretraining keys and defaults; ``None`` means: the cell's value (image size, seed)
+TRAIN_KEYS = {"epochs": 5, "lr": 1e-3, "batch_size": 32, "patience": 2, "image_size": None,
+              "seed": None}
+_VERSIONED = ("torch", "timm", "numpy", "scikit-learn")
+
+
+def parse_source(arg: str | None) -> tuple[str, dict, dict]:
+    """``"digits,epochs=3,n_train=500"`` -> ``("digits", {"epochs": 3, ...}, {"n_train": 500})``."""
+    if not arg or not arg.strip():
+        raise WeightsUnavailable("write source:DATASET (e.g. source:digits or "
+                                 "source:digits,epochs=3); see bench list datasets")
+    name, *rest = [p.strip() for p in arg.split(",")]
+    train, data = dict(TRAIN_KEYS), {}
+    for part in rest:
+        if "=" not in part:
+            raise WeightsUnavailable(f"source:{arg}: {part!r} must be key=value "
+                                     f"(pretraining keys: {', '.join(TRAIN_KEYS)}; any other "
+                                     f"key is a dataset parameter)")
+        k, v = (s.strip() for s in part.split("=", 1))
+        (train if k in TRAIN_KEYS else data)[k] = parse_value(v)
+    for k in ("epochs", "batch_size", "patience"):
+        if not isinstance(train[k], int) or train[k] < 1:
+            raise WeightsUnavailable(f"source:{arg}: {k} must be a positive integer")
+    if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
+        raise WeightsUnavailable(f"source:{arg}: lr must be a positive number")
+    return name, train, data
+
+
+def _versions() -> dict:
+    out = {"transfer-bench": __version__}
+    for name in _VERSIONED:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _digest(state: dict, with_values: bool) -> str:
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+        if with_values:
+            h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train: dict) -> tuple[str, dict]:
+    """SHA-256 (hex) of everything that determines the pretrained weights, and that material."""
+    target = getattr(backbone, "model", backbone)
+    state = target.state_dict()
+    material = {
+        "recipe": RECIPE,
+        "backbone": spec.name, "architecture": getattr(backbone, "model_name", type(backbone).__name__),
+        "pool": getattr(backbone, "pool", None),
+        "layout": _digest(state, with_values=False),
+        "initial_weights": _digest(state, with_values=True),
+        "normalization": [list(backbone.mean), list(backbone.std)],
+        "dataset": dataset, "dataset_params": data_params, "train": train,
+        "versions": _versions(),
+    }
+    text = json.dumps(material, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), material
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_dir: Path,
+              progress) -> dict:
+    """Train ``backbone`` + a linear classifier on the source dataset; return what it reached."""
+    from harness.model import TransferModel
+    from harness.train import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
+
+    try:
+        data = ds_spec.load(task="classification", image_size=train["image_size"],
+                            seed=train["seed"], cache_dir=cache_dir, **data_params)
+    except TypeError as exc:
+        raise WeightsUnavailable(f"source dataset {ds_spec.name}: bad parameter ({exc})") from None
+    task = plugins.tasks.get("classification").factory(hidden=(), dropout=0.0)
+    torch.manual_seed(train["seed"])
+    model = TransferModel(backbone, task.build_head(backbone, data.info), "pooled")
+    settings = TrainSettings(epochs=train["epochs"], batch_size=train["batch_size"],
+                             lr=float(train["lr"]), patience=train["patience"], seed=train["seed"])
+    ctx = TrainContext(task, data.info, settings,
+                       progress=lambda m: progress(f"source:{ds_spec.name} {m}"))
+    history = History()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    run_phase(model, Phase("source pretraining", [g.name for g in model.layer_groups()]),
+              data.train, data.val, ctx, history)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    model.eval()
+    _, val = evaluate(model, data.val, ctx)
+    _, test = evaluate(model, data.test, ctx)
+    phase = history.phases[-1]
+    return {"source_val_accuracy": float(val["accuracy"]),
+            "source_test_accuracy": float(test["accuracy"]),
+            "source_epochs_run": phase["epochs_run"], "source_best_epoch": phase["best_epoch"] + 1,
+            "source_sizes": data.sizes(), "source_train_seconds": seconds,
+            "source_train_cpu_seconds": cpu,
+            "source_curve": [round(e.val_metric, 4) for e in history.epochs]}
+
+
+def load_source(spec, backbone, arg, context) -> dict:
+    """Weight source ``source:DATASET[,k=v...]``: pretrained here on DATASET, cached on disk."""
+    from harness.cell import cache_dir as default_cache_dir
+
+    plugins = context.get("plugins")
+    if plugins is None:
+        from harness.manager import get_plugins
+        plugins = get_plugins()
+    name, train, data_params = parse_source(arg)
+    ds_spec = plugins.datasets.get(name)  # unknown names list the registered datasets
+    if "classification" not in ds_spec.tasks:
+        raise WeightsUnavailable(f"source:{name}: the dataset has no classification labels "
+                                 f"(it has {', '.join(ds_spec.tasks)}); pick a classification "
+                                 f"dataset from bench list datasets")
+    train["image_size"] = int(train["image_size"] or context.get("image_size") or 64)
+    if train["seed"] is None:
+        train["seed"] = int(context.get("seed") or 0)
+    root = Path(context.get("cache_dir") or default_cache_dir())
+    key, material = cache_key(spec, backbone, name, data_params, train)
+    folder = root / "source-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{spec.name}__{name}__{key[:16]}".replace(":", "_")
+    wpath, ipath = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    target = getattr(backbone, "model", backbone)
+    progress = context.get("progress") or (lambda m: None)
+    if wpath.exists() and ipath.exists():
+        from safetensors.torch import load_file
+        from .weights import load_state_dict_checked
+        reached = json.loads(ipath.read_text())["reached"]
+        load_state_dict_checked(target, load_file(str(wpath)), f"cached source weights {wpath}")
+        cached = True
+    else:
+        progress(f"pretraining on source dataset {name} (cached afterwards)")
+        reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
+        _atomic_save(target.state_dict(), wpath)
+        from harness.results import atomic_write_json
+        atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
+        cached = False
+    target_ds = context.get("dataset")
+    notes = ([f"the source dataset is the target dataset ({name}): this is not transfer"]
+             if target_ds == name else [])
+    acc = reached["source_val_accuracy"]
+    return {"description": (f"pretrained here on {name} ({reached['source_epochs_run']} epochs at "
+                            f"{train['image_size']} px, source val accuracy {acc:.3f}); "
+                            f"not ImageNet"),
+            "short": f"source:{name} (val {acc:.2f})", "pretrained": True,
+            "source_dataset": name, "source_dataset_params": data_params, "source_train": train,
+            **reached, "cached": cached, "cache_key": key, "file": str(wpath),
+            "imagenet_top1": None, "input_size": train["image_size"],
+            "mean": list(backbone.mean), "std": list(backbone.std), "notes": notes}
+
+
+@hookimpl
+def register_weight_sources():
+    return [WeightSourceSpec(
+        "source", load=load_source,
+        description="source:DATASET[,epochs=N,lr=..,image_size=..]: pretrain on a source "
+                    "dataset here (cached by a hash of everything that determines it)")]
