@@ -150,3 +150,30 @@ def test_packaged_mobilenetv2_recognises_espresso():
     assert int(probs.argmax()) == 967, f"top class {int(probs.argmax())} (p={probs.max():.2f})"
     assert float(probs[967]) > 0.5
     assert PACKAGED[spec.name][0] in info["description"]
+
+
+def test_facts_are_computed_without_building_weights():
+    """Facts come from the meta device; the GMACs match the published anchors at 224 px."""
+    system = PluginSystem(builtins=("plugins.backbones",), entry_points=False)
+    r18 = dict(system.backbones.get("resnet18").facts)
+    assert 11.0e6 < r18["params"] < 11.3e6  # headless ResNet-18: 11.18 M
+    assert abs(r18["gmacs"] - 1.82) < 0.05 and r18["gmacs_at"] == 224
+    assert abs(r18["weights_mb"] - r18["params"] * 4 / 2**20) < 0.2  # fp32 + BN statistics
+    assert r18["imagenet_top1"] == 69.758 and r18["weights_tag"] == "resnet18.tv_in1k"
+    assert r18["mean"] == [0.485, 0.456, 0.406] and r18["input_size"] == 224
+    v19 = dict(system.backbones.get("vgg19").facts)
+    assert v19["params"] > 19e6 and v19["gmacs"] > 19  # conv layers alone: 19.5 GMACs
+    mv2 = dict(system.backbones.get("mobilenetv2_100").facts)
+    assert mv2["imagenet_top1"] == 71.878  # the packaged torchvision weights
+
+
+def test_bench_list_backbones_shows_the_facts(plugin_system):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    result = CliRunner().invoke(cli, ["list", "backbones"])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("resnet18 "))
+    for fact in ("11.2M params", "43 MB", "1.81 GMACs@224px", "ImageNet top-1 69.8%",
+                 "input 224px", "mean (0.485,0.456,0.406)"):
+        assert fact in line
