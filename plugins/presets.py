@@ -18,7 +18,7 @@ DEFAULT = {
     "runtimes": ["pytorch", "onnxruntime"],
     "profiles": ["mobile"],
     "image_size": 64,
-    "weights": {"resnet18": "random"},
+    "weights": {"resnet18": "source:digits,epochs=5,image_size=32"},  # pretrained here, not ImageNet
     "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},
     "latency": {"min_s": 0.5, "min_count": 30, "warmup_s": 0.2},
 }

@@ -107,6 +107,17 @@ def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train:
     return hashlib.sha256(text.encode()).hexdigest(), material
 
 
+def _lock(path: Path):
+    """An exclusive lock on a cache entry (harness.locks), or none where that module is absent:
+    then parallel workers may both pretrain, and the atomic writes keep the entry whole."""
+    try:
+        from harness.locks import cache_lock
+    except ImportError:
+        import contextlib
+        return contextlib.nullcontext()
+    return cache_lock(path)
+
+
 def _atomic_save(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -180,19 +191,21 @@ def load_source(spec, backbone, arg, context) -> dict:
     wpath, ipath = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     target = getattr(backbone, "model", backbone)
     progress = context.get("progress") or (lambda m: None)
-    if wpath.exists() and ipath.exists():
-        from safetensors.torch import load_file
-        from .weights import load_state_dict_checked
-        reached = json.loads(ipath.read_text())["reached"]
-        load_state_dict_checked(target, load_file(str(wpath)), f"cached source weights {wpath}")
-        cached = True
-    else:
-        progress(f"pretraining on source dataset {name} (cached afterwards)")
-        reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
-        _atomic_save(target.state_dict(), wpath)
-        from harness.results import atomic_write_json
-        atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
-        cached = False
+    with _lock(wpath):  # parallel workers wait for one pretraining instead of repeating it
+        if wpath.exists() and ipath.exists():
+            from safetensors.torch import load_file
+            from .weights import load_state_dict_checked
+            reached = json.loads(ipath.read_text())["reached"]
+            load_state_dict_checked(target, load_file(str(wpath)),
+                                    f"cached source weights {wpath}")
+            cached = True
+        else:
+            progress(f"pretraining on source dataset {name} (cached afterwards)")
+            reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
+            _atomic_save(target.state_dict(), wpath)
+            from harness.results import atomic_write_json
+            atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
+            cached = False
     target_ds = context.get("dataset")
     notes = ([f"the source dataset is the target dataset ({name}): this is not transfer"]
              if target_ds == name else [])
