@@ -532,6 +532,11 @@ def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSetti
         if lat.get("error") or lat.get("unavailable"):
             return Verdict(cell, name, "error" if lat.get("error") else "skipped", limit=limit,
                            note=f"{src}: {lat.get('error') or lat.get('unavailable')}")
+    if base.get("statistic", "cpu") != fresh.get("statistic", "cpu"):
+        return Verdict(cell, name, "error", limit=limit,
+                       note=f"the baseline's samples are '{base.get('statistic')}', this check's "
+                            f"'{fresh.get('statistic')}'; check with --statistic "
+                            f"{base.get('statistic')} or update the baseline")
     use_probe = calibrate and bool(base.get("probe_ms")) and bool(fresh.get("probe_ms"))
     b, f = _samples(base, use_probe), _samples(fresh, use_probe)
     if len(b) < 3 or len(f) < 3:

@@ -43,16 +43,20 @@ def _round_options(fn):
         click.option("--calibrate/--no-calibrate", default=None,
                      help="Time a fixed matmul probe before every round and normalize by it "
                           "[on]."),
+        click.option("--statistic", type=click.Choice(["cpu", "min", "median"]), default=None,
+                     help="A round's sample: process CPU time per call, or the fastest / "
+                          "median call's wall time [cpu]."),
         click.option("-q", "--quiet", is_flag=True, help="No progress messages."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _round_settings(base: dict, rounds, calls, calibrate):
+def _round_settings(base: dict, rounds, calls, calibrate, statistic=None):
     from harness.regression import RoundSettings
     kw = dict(base)
-    for k, v in (("rounds", rounds), ("calls", calls), ("calibrate", calibrate)):
+    for k, v in (("rounds", rounds), ("calls", calls), ("calibrate", calibrate),
+                 ("statistic", statistic)):
         if v is not None:
             kw[k] = v
     return RoundSettings(**kw)
@@ -124,7 +128,7 @@ def baseline_group():
     @_round_options
     @click.pass_context
     def create(ctx, out, from_run, latency_only, latency_tolerance, accuracy_drop, alpha,
-               rounds, calls, calibrate, quiet, **opts):
+               rounds, calls, calibrate, statistic, quiet, **opts):
         """Measure cells and write a baseline: configs, metrics, raw latency, environment."""
         from harness.errors import BenchError
         from harness.manager import get_plugins
@@ -135,7 +139,7 @@ def baseline_group():
         try:
             cs = rg.CheckSettings(latency_tolerance=latency_tolerance,
                                   accuracy_drop=accuracy_drop, alpha=alpha)
-            rs = _round_settings({}, rounds, calls, calibrate)
+            rs = _round_settings({}, rounds, calls, calibrate, statistic)
             if from_run:
                 entries = rg.entries_from_run(plugins, Path(from_run))
                 source = f"run {from_run}"
@@ -158,7 +162,7 @@ def baseline_group():
                   help="Also take fresh metrics from this run folder.")
     @_round_options
     @click.pass_context
-    def update(ctx, out, from_run, rounds, calls, calibrate, quiet):
+    def update(ctx, out, from_run, rounds, calls, calibrate, statistic, quiet):
         """Re-measure a baseline's latency here (and its metrics from a run); keep its [check]."""
         from harness.errors import BenchError
         from harness.manager import get_plugins
@@ -167,7 +171,7 @@ def baseline_group():
         plugins = get_plugins()
         try:
             old = rg.load_baseline(Path(out))
-            rs = _round_settings(old["measure"], rounds, calls, calibrate)
+            rs = _round_settings(old["measure"], rounds, calls, calibrate, statistic)
             entries = old["cells"]
             if from_run:
                 fresh = rg.fresh_metrics_from_run(Path(from_run))
@@ -218,7 +222,7 @@ def check_command():
     @_round_options
     @click.pass_context
     def check(ctx, baseline_path, run, retrain, no_latency, latency_tolerance, accuracy_drop,
-              alpha, confirm, markdown, junit, rounds, calls, calibrate, quiet):
+              alpha, confirm, markdown, junit, rounds, calls, calibrate, statistic, quiet):
         """Re-measure a baseline's cells and say whether they got slower or less accurate."""
         from harness.errors import BenchError
         from harness.manager import get_plugins
@@ -235,7 +239,7 @@ def check_command():
                 if v is not None:
                     cs_kw[k] = v
             cs = rg.CheckSettings(**cs_kw)
-            rs = _round_settings(base["measure"], rounds, calls, calibrate)
+            rs = _round_settings(base["measure"], rounds, calls, calibrate, statistic)
             warnings = [] if no_latency else rg.fingerprint_warnings(base)
             for w in warnings:
                 click.echo(f"warning: {w}", err=True)
