@@ -1,0 +1,83 @@
+"""Frozen feature extractor: cached backbone features vs the naive loop, side by side.
+
+Runs the ``frozen`` strategy twice on the same data, from the same model (same head
+init, same batch order, same dropout draws): once with ``cache_features=True`` (the
+backbone runs once over train and validation) and once with ``cache_features=False``
+(the naive loop: the frozen backbone runs on every batch of every epoch). Early stopping
+is disabled (patience > epochs) so both run all epochs. Prints each wall time, the ratio
+naive / cached, and the test accuracies.
+
+    python benchmarks/bench_frozen_cache.py [--backbone mobilenetv2_100] [--weights packaged]
+        [--epochs 10] [--image-size 64] [--n-train 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from harness.cell import load_data
+from harness.config import AxisItem, CellConfig
+from harness.manager import get_plugins
+from harness.model import TransferModel
+from harness.train import TrainContext, TrainSettings, evaluate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="mobilenetv2_100")
+    ap.add_argument("--weights", default="packaged")
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    plugins = get_plugins()
+    ds = AxisItem(a.dataset, (("n_test", 500), ("n_train", a.n_train), ("n_val", 300)))
+    cfg = CellConfig(backbone=AxisItem(a.backbone), task=AxisItem("classification"), dataset=ds,
+                     strategy=AxisItem("frozen"), weights=a.weights, seed=0,
+                     image_size=a.image_size, train={}, runtimes=(), profiles=(), latency={})
+    data = load_data(plugins, cfg)
+    bb_spec, _ = plugins.backbones.resolve(a.backbone)
+    torch.manual_seed(0)
+    backbone = bb_spec.build()
+    ws, arg = plugins.weights.resolve(a.weights)
+    ws.load(bb_spec, backbone, arg, {"plugins": plugins})
+    task = plugins.tasks.get("classification").factory()
+    torch.manual_seed(0)
+    model0 = TransferModel(backbone, task.build_head(backbone, data.info), task.head_input)
+    frozen = plugins.strategies.get("frozen").cls
+    settings = TrainSettings(epochs=a.epochs, batch_size=64, lr=1e-3, patience=a.epochs + 1)
+
+    # warm-up outside the timed region: the first optimizer construction imports
+    # torch._dynamo (seconds), and the first forward pass allocates; neither is training
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    with torch.no_grad():
+        model0.eval()(data.train.images[:64].float() / 255)
+
+    results = {}
+    for name, cache in (("cached", True), ("naive", False)):
+        model = copy.deepcopy(model0)
+        ctx = TrainContext(task, data.info, settings)
+        t0 = time.perf_counter()
+        hist = frozen(cache_features=cache).fit(model, data, ctx)
+        wall = time.perf_counter() - t0
+        model.eval()
+        acc = evaluate(model, data.test, ctx)[1]["accuracy"]
+        results[name] = (wall, acc, len(hist.epochs))
+        print(f"{name:7s} {len(hist.epochs):2d} epochs  {wall:8.2f} s  test accuracy "
+              f"{100 * acc:6.2f} %", flush=True)
+    (tc, ac, _), (tn, an, _) = results["cached"], results["naive"]
+    print(f"{a.backbone} ({a.weights}), {a.dataset} {data.sizes()}, {a.image_size}px, "
+          f"{torch.get_num_threads()} threads")
+    print(f"wall-time ratio naive / cached: {tn / tc:.1f}x")
+    print(f"accuracy difference: {100 * abs(ac - an):.2f} points")
+
+
+if __name__ == "__main__":
+    main()
