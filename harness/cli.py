@@ -185,7 +185,14 @@ def _weights_option(values) -> dict:
 @click.option("--out", "out_root", default="runs", show_default=True,
               type=click.Path(file_okay=False), help="Folder that holds run folders.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
-@click.option("--executor", default="inprocess", show_default=True, help="How cells run.")
+@click.option("--executor", default=None,
+              help="How cells run: inprocess (default), processes, ray (see bench list executors).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Cells at once; --jobs N>1 without --executor uses worker processes.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster to join (ray://HOST:10001 or auto); --out must be shared.")
+@click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help="Kill a cell's worker after this long (processes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -194,7 +201,7 @@ def _weights_option(values) -> dict:
 @click.pass_context
 def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, weights,
             matrix_file, preset, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
-            fresh, executor, as_json, quiet):
+            fresh, executor, jobs, address, cell_timeout, as_json, quiet):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
     With no option it runs the embedded default matrix (offline, a few minutes on 2 CPU
@@ -221,7 +228,10 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
                      "weights": _weights_option(weights), "train": train,
                      "image_size": image_size, "seeds": seeds}
         matrix = build_matrix(base, overrides)
+        executor = executor or ("processes" if (jobs or 1) > 1 or cell_timeout else "inprocess")
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
+                           executor_options={"jobs": jobs, "address": address,
+                                             "cell_timeout": cell_timeout},
                            fresh=fresh, show_progress=not quiet)
     except (UnknownName, ConfigError) as exc:
         _fail_usage(ctx, exc)

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .cell import run_cell
+from .cell import resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
 from .env import environment, package_versions
 from .errors import ConfigError, UnknownName
+from .executor import CellJob, cell_needs_gpu, recipe_for
 from .manager import PluginSystem
 from .results import RunStore, atomic_write_json
 
@@ -53,10 +54,10 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     for pr in matrix.profiles:
         if pr not in matrix.custom_profiles:
             plugins.profiles.get(pr)
+    unused = []
     for bb, w in matrix.weights.items():
         if bb != "*" and bb not in {i.name for i in matrix.backbones}:
-            raise ConfigError(f"weights given for backbone {bb!r}, which is not in the matrix "
-                              f"({', '.join(i.name for i in matrix.backbones)})")
+            unused.append(bb)  # e.g. the default's weights for a backbone the user left out
         plugins.weights.resolve(w)
     for item in matrix.strategies:
         cls = plugins.strategies.get(item.name).cls
@@ -72,6 +73,8 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"task {item.label()!r}: {exc}") from None
     cells, notes = [], []
+    if unused:
+        notes.append(f"weights given for {', '.join(unused)}, which the matrix does not run")
     for cell in matrix.cells():
         ds = plugins.datasets.get(cell.dataset.name)
         if cell.task.name not in ds.tasks:
@@ -97,7 +100,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                fresh: bool = False, show_progress: bool = True) -> RunStore:
     """Run every cell not already finished in the run folder; return the store."""
     cells, notes = validate(plugins, matrix)
-    exec_spec = plugins.executors.get(executor)
+    runner = make_executor(plugins, executor, executor_options)
     versions = package_versions()
     keyed = [(c, c.key(versions)) for c in cells]
     path = run_dir_for(out_root, matrix)
@@ -106,9 +109,13 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         shutil.rmtree(path)
     store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
-              "executor": executor}
+              "executor": executor, "executor_options": dict(executor_options or {})}
     store.write_meta(config, environment())
-    todo = [(c, k) for c, k in keyed if store.finished(k) is None]
+    recipe = recipe_for(plugins)
+    todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
+                    cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)
+                                       for p in c.profiles]))
+            for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
@@ -117,8 +124,8 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
               file=sys.stderr)
     bar = _progress_bar(len(keyed), done_before, show_progress)
 
-    def run_one(job):
-        cfg, key = job
+    def run_one(job: CellJob) -> dict:
+        cfg, key = job.cfg, job.key
         bar.set_description(_short(cfg))
         store.write_cell({"key": key, "config": cfg.to_dict(), "status": "running"})
         return run_cell(plugins, cfg, key, progress=lambda m: bar.set_postfix_str(m[:60]),
@@ -133,12 +140,29 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         bar.update(1)
 
     try:
-        exec_spec.factory(**(executor_options or {})).run(todo, run_one, on_done)
+        runner.run(todo, run_one, on_done)
     finally:
         bar.close()
         store.aggregate()
     atomic_write_json(path / "config.json", config)
     return store
+
+
+def make_executor(plugins: PluginSystem, name: str, options: Optional[dict] = None):
+    """Build the named executor; options it does not accept are a :class:`ConfigError`."""
+    spec = plugins.executors.get(name)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    try:
+        return spec.factory(**options)
+    except (TypeError, ValueError) as exc:
+        import inspect
+        try:
+            params = [p for p in inspect.signature(spec.factory).parameters
+                      if p not in ("self", "options")]
+        except (TypeError, ValueError):
+            params = []
+        raise ConfigError(f"executor {name!r}: {exc}. It accepts: "
+                          f"{', '.join(params) or 'no options'}") from None
 
 
 def _short(cfg: CellConfig) -> str:

@@ -1,0 +1,114 @@
+"""The ``ray`` executor: every cell a Ray task, on a local or remote Ray cluster.
+
+Each cell becomes one task of :func:`harness.executor.execute_job` that asks Ray for
+``cpus_per_cell`` CPUs and, when the cell trains on CUDA or measures a ``gpu`` profile,
+one GPU. The task writes the cell's records straight into the run folder, so the folder
+(``bench run --out``) must be on a filesystem every node mounts at the same path; a
+worker that cannot see it records the cell as failed and says so. transfer-bench (and any
+third-party plugin the matrix uses) must be installed on every node.
+
+Tasks are not retried (``max_retries=0``): a worker that dies (out-of-memory kill,
+segfault, ``kill -9``, a lost node) marks its cell failed with Ray's reason, and the next
+``bench run`` of the same matrix runs that cell again.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+from harness.errors import ConfigError
+from harness.executor import Executor, execute_job, failure_record
+
+INSTALL_HINT = "pip install 'transfer-bench[ray]'"
+
+
+def ray_available() -> tuple[bool, str]:
+    """Whether Ray can be imported here, and if not how to get it."""
+    if importlib.util.find_spec("ray") is None:
+        return False, f"Ray is not installed; install it with: {INSTALL_HINT}"
+    return True, ""
+
+
+def _import_ray():
+    ok, why = ray_available()
+    if not ok:
+        raise ConfigError(f"--executor ray needs Ray. {why}")
+    import ray
+    return ray
+
+
+class RayExecutor(Executor):
+    """Runs every cell as a Ray task.
+
+    Args:
+        address: the cluster to join (``ray://HOST:10001``, ``HOST:6379`` or ``auto``);
+            ``None`` joins the cluster Ray is already connected to in this process, or
+            starts a local one.
+        jobs: CPUs of the local cluster started when ``address`` is ``None``.
+        cpus_per_cell: CPUs each cell's task asks for.
+        threads: torch threads inside each task (default: ``cpus_per_cell``).
+        cell_timeout: not supported by this executor (Ray queues tasks, so the driver
+            cannot tell when a cell started); use the ``processes`` executor for it.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str] = None, jobs: Optional[int] = None,
+                 cpus_per_cell: float = 1, threads: Optional[int] = None,
+                 cell_timeout: Optional[float] = None):
+        self.ray = _import_ray()
+        if cell_timeout is not None:
+            raise ConfigError("the ray executor has no per-cell timeout; use --executor "
+                              "processes for --cell-timeout")
+        if jobs is not None and address is not None:
+            raise ConfigError("--jobs sizes a local Ray cluster; with --address the cluster's "
+                              "own resources decide how many cells run at once")
+        if cpus_per_cell <= 0:
+            raise ConfigError(f"cpus_per_cell must be > 0, got {cpus_per_cell}")
+        self.address, self.jobs = address, jobs
+        self.cpus_per_cell = cpus_per_cell
+        self.threads = threads or max(1, int(cpus_per_cell))
+
+    def run(self, jobs, run_one, on_done):
+        ray = self.ray
+        started_here = not ray.is_initialized()
+        if started_here:
+            kw = {"include_dashboard": False, "log_to_driver": False}
+            if self.jobs is not None:
+                kw["num_cpus"] = self.jobs
+            ray.init(address=self.address, **kw)
+        task = ray.remote(max_retries=0)(execute_job)
+        refs = {}
+        try:
+            for job in jobs:
+                ref = task.options(num_cpus=self.cpus_per_cell,
+                                   num_gpus=1 if job.needs_gpu else 0,
+                                   name=f"cell-{job.key}").remote(job, self.threads)
+                refs[ref] = job
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    on_done(self._result(ref, refs.pop(ref)))
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            if started_here:
+                ray.shutdown()
+
+    def _result(self, ref, job) -> dict:
+        ray = self.ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.OutOfMemoryError as exc:
+            return failure_record(job, "oom", f"Ray killed the worker for memory: {_first(exc)}")
+        except ray.exceptions.RayError as exc:
+            return failure_record(job, "failed",
+                                  f"Ray worker died: {type(exc).__name__}: {_first(exc)}")
+
+
+def _first(exc: Exception, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text[:limit]
+
+
+__all__ = ["RayExecutor", "ray_available", "INSTALL_HINT"]
