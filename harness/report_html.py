@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .recommend import DEVICE_CLASSES, candidates, format_recommendations, pareto_front, recommend
-from .table import has_repeats, repeat_rows, summary_rows
+from .table import has_repeats, repeat_rows, summary_rows, unmeasured_notes
 
 _CLASS_COLOR = {"mobile": "tab:green", "server": "tab:blue"}
 _MARKERS = "osD^vP*Xh<>"
@@ -237,6 +237,9 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
                      "n.s. = not significantly different from the best strategy (paired t "
                      "over seeds, alpha 0.05).</p>" + _table_html(*repeat_rows(records)))
     parts.append("<h2>Cells</h2>" + _table_html(*summary_rows(records)))
+    notes = unmeasured_notes(records)
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if env:
         import json
         parts.append("<h2>Environment</h2><pre>"

@@ -12,16 +12,42 @@ def _fmt(v, digits=3):
     return str(v)
 
 
+def _latency_key(lat: dict) -> tuple:
+    return (lat.get("runtime"), lat.get("profile"), lat.get("precision"))
+
+
 def latency_columns(records: list[dict]) -> list[tuple]:
-    """Distinct (runtime, profile, precision) measured in the run, in first-seen order."""
+    """Distinct (runtime, profile, precision) with a measurement in at least one cell, in
+    first-seen order. Those never measured are listed by :func:`unmeasured_notes` instead of
+    a column of identical "n/a" cells."""
     seen = []
     for rec in records:
         for lat in rec.get("latency", []):
-            k = (lat.get("runtime"), lat.get("profile"), lat.get("precision"))
+            k = _latency_key(lat)
             if k not in seen:
                 seen.append(k)
-    # "-" precision (unavailable runtimes) folds into the runtime's first real column
-    return seen
+    measured = {_latency_key(lat) for rec in records for lat in rec.get("latency", [])
+                if lat.get("stats")}
+    return [k for k in seen if k in measured]
+
+
+def unmeasured_notes(records: list[dict]) -> list[str]:
+    """One line per (runtime, profile, precision) that no cell measured, with every distinct
+    reason the runtime gave (never dropped silently: the reason is the result)."""
+    measured = {_latency_key(lat) for rec in records for lat in rec.get("latency", [])
+                if lat.get("stats")}
+    reasons: dict[tuple, list[str]] = {}
+    for rec in records:
+        for lat in rec.get("latency", []):
+            k = _latency_key(lat)
+            if k in measured:
+                continue
+            why = str(lat.get("unavailable") or lat.get("error") or "no reason recorded")
+            reasons.setdefault(k, [])
+            if why not in reasons[k]:
+                reasons[k].append(why)
+    return [f"{rt} {prec} ({prof} profile): not measured: " + "; ".join(whys)
+            for (rt, prof, prec), whys in reasons.items()]
 
 
 def _latency_cell(rec: dict, key: tuple) -> str:
@@ -82,7 +108,12 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
     headers, rows = summary_rows(records)
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    text = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    notes = unmeasured_notes(records)
+    if notes:
+        bullet = "- " if fmt in ("github", "pipe") else ""
+        text += "\n\n" + "\n".join(bullet + n for n in notes)
+    return text
 
 
 # -- repeats: mean and 95% interval per configuration, paired tests between strategies -------

@@ -1,0 +1,42 @@
+"""The summary table: a (runtime, precision) that no cell measured becomes a note with its
+reason rather than a column of identical "n/a" cells; a partly measured one keeps its column."""
+from harness.table import summary_rows, summary_table
+
+
+def _rec(strategy, latency):
+    return {"config": {"backbone": "b", "strategy": strategy, "dataset": "d"},
+            "metric_name": "accuracy", "test_metrics": {"accuracy": 0.5}, "status": "ok",
+            "latency": latency}
+
+
+def _lat(runtime, precision, p50=None, why=None):
+    lat = {"runtime": runtime, "profile": "mobile", "precision": precision}
+    if p50 is None:
+        lat["unavailable"] = why
+    else:
+        lat["stats"] = {"p50_ms": p50, "p90_ms": p50 * 1.1}
+    return lat
+
+
+RECORDS = [
+    _rec("scratch", [_lat("pytorch", "fp32", 5.0), _lat("pytorch", "int8", why="fp32 only"),
+                     _lat("ort", "int8", 1.0)]),
+    _rec("frozen", [_lat("pytorch", "fp32", 6.0), _lat("pytorch", "int8", why="fp32 only"),
+                    _lat("ort", "int8", why="calibration failed: boom")]),
+]
+
+
+def test_never_measured_precision_is_a_note_with_its_reason():
+    headers, rows = summary_rows(RECORDS)
+    assert "pytorch int8 p50/p90 ms" not in headers
+    assert "pytorch p50/p90 ms" in headers
+    text = summary_table(RECORDS)
+    assert "pytorch int8 (mobile profile): not measured: fp32 only" in text
+
+
+def test_partly_measured_column_stays_with_the_reason_in_the_cell():
+    headers, rows = summary_rows(RECORDS)
+    col = headers.index("ort int8 p50/p90 ms")
+    assert rows[0][col] == "1.00 / 1.10"
+    assert rows[1][col] == "n/a: calibration failed: boom"
+    assert "ort int8 (mobile profile)" not in summary_table(RECORDS)
