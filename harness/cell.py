@@ -165,8 +165,10 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     curve = [e["val_metric"] for e in rec["history"]["epochs"]]
     if curve:
         best = max(curve) if task.higher_is_better else min(curve)
-        rec["benefits"] = {"start": curve[0], "asymptote": best,
-                           "auc": sum(curve) / len(curve)}
+        # this cell's own curve; the benefits against scratch need the scratch cell too and
+        # are computed across cells by harness.benefits.transfer_benefits
+        rec["curve_summary"] = {"start": curve[0], "best": best,
+                                "mean": sum(curve) / len(curve)}
 
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
                                       rec)

@@ -22,6 +22,7 @@ from typing import Optional
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .benefits import transfer_benefits
 from .recommend import DEVICE_CLASSES, candidates, format_recommendations, pareto_front, recommend
 from .table import has_repeats, repeat_rows, summary_rows, unmeasured_notes
 
@@ -33,42 +34,6 @@ def curve(rec: dict) -> list[float]:
     """Validation metric per epoch, over all phases in training order."""
     return [e["val_metric"] for e in (rec.get("history") or {}).get("epochs", [])
             if e.get("val_metric") is not None]
-
-
-def transfer_benefits(records: list[dict]) -> list[dict]:
-    """Start, slope (area under the curve) and asymptote of each transfer cell minus scratch.
-
-    Torrey & Shavlik (2009) name three ways transfer can help: a higher *start* (the
-    metric before much training: here after the first epoch), a higher *slope* (faster
-    learning: here the area under the validation curve, the mean over its epochs, the
-    curves being compared over the scratch cell's epoch count so both span the same
-    training), and a higher *asymptote* (the best value reached). A cell is compared with
-    the ``scratch`` cell of the same backbone, dataset, task and seed; the sign is flipped
-    for metrics where lower is better so that positive always means transfer helped.
-    """
-    scratch = {}
-    for rec in records:
-        cfg = rec.get("config", {})
-        if rec.get("status") == "ok" and cfg.get("strategy") == "scratch" and curve(rec):
-            scratch[(cfg.get("backbone"), cfg.get("dataset"), cfg.get("task"),
-                     cfg.get("seed"))] = rec
-    out = []
-    for rec in records:
-        cfg = rec.get("config", {})
-        base = scratch.get((cfg.get("backbone"), cfg.get("dataset"), cfg.get("task"),
-                            cfg.get("seed")))
-        if rec.get("status") != "ok" or base is None or base is rec or not curve(rec):
-            continue
-        sign = 1.0 if rec.get("higher_is_better", True) else -1.0
-        a, b = curve(rec), curve(base)
-        n = min(len(a), len(b))
-        best = max if sign > 0 else min
-        out.append({"backbone": cfg["backbone"], "strategy": cfg["strategy"],
-                    "dataset": cfg.get("dataset"), "seed": cfg.get("seed"),
-                    "start": sign * (a[0] - b[0]),
-                    "slope_auc": sign * (sum(a[:n]) / n - sum(b[:n]) / n),
-                    "asymptote": sign * (best(a) - best(b))})
-    return out
 
 
 def _png(fig: Figure) -> bytes:
@@ -145,8 +110,9 @@ def plot_curves(records: list[dict]) -> Figure:
 
 
 def plot_benefits(records: list[dict]) -> Optional[Figure]:
-    """Grouped bars: start, slope (AUC) and asymptote gains over scratch, mean over seeds."""
-    rows = transfer_benefits(records)
+    """Grouped bars: start, slope (normalized AUC) and asymptote gains over scratch, mean over
+    seeds, as :func:`harness.benefits.transfer_benefits` computes them."""
+    rows = [r for r in transfer_benefits(records) if r.get("baseline_key") is not None]
     if not rows:
         return None
     groups: dict = {}
@@ -156,9 +122,9 @@ def plot_benefits(records: list[dict]) -> Optional[Figure]:
     fig = Figure(figsize=(max(6, 1.3 * len(groups) + 2), 4.2))
     ax = fig.add_subplot()
     width = 0.27
-    for j, (k, name) in enumerate((("start", "higher start"), ("slope_auc", "higher slope (AUC)"),
+    for j, (k, name) in enumerate((("start", "higher start"), ("slope", "higher slope (AUC)"),
                                    ("asymptote", "higher asymptote"))):
-        vals = [statistics.fmean(r[k] for r in g) for g in groups.values()]
+        vals = [statistics.fmean(r[k]["gain"] for r in g) for g in groups.values()]
         ax.bar([i + (j - 1) * width for i in range(len(groups))], vals, width, label=name)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(groups)), labels, fontsize=7)

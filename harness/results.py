@@ -93,6 +93,15 @@ ROW_FIELDS = [
 ]
 
 
+def _curve_summary(rec: dict) -> dict:
+    """The cell's own validation curve: first and best value (run folders written before
+    0.1.0's rename stored them as ``benefits.start``/``benefits.asymptote``)."""
+    if rec.get("curve_summary"):
+        return rec["curve_summary"]
+    old = rec.get("benefits") or {}
+    return {"start": old.get("start"), "best": old.get("asymptote")}
+
+
 def cell_rows(rec: dict) -> list[dict]:
     """One row per runtime x profile x precision measurement of a cell (at least one row)."""
     cfg = rec.get("config", {})
@@ -106,8 +115,8 @@ def cell_rows(rec: dict) -> list[dict]:
         "synthetic": rec.get("data", {}).get("synthetic"),
         "metric": rec.get("metric_name"),
         "test_metric": rec.get("test_metrics", {}).get(rec.get("metric_name", ""), None),
-        "best_val_metric": rec.get("benefits", {}).get("asymptote"),
-        "start_metric": rec.get("benefits", {}).get("start"),
+        "best_val_metric": _curve_summary(rec).get("best"),
+        "start_metric": _curve_summary(rec).get("start"),
         "train_s": rec.get("train_seconds"),
         "params": rec.get("backbone_facts", {}).get("params_total"),
         "trainable_params": rec.get("trainable_params"),

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import cli
-from harness.report_html import transfer_benefits
+from harness.benefits import transfer_benefits
 from harness.results import RunStore, atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,8 +102,10 @@ def test_transfer_benefits_against_scratch_of_same_seed(run_dir):
     rows = transfer_benefits(RunStore(run_dir).records())
     assert len(rows) == 6 and {r["strategy"] for r in rows} == {"finetune"}
     r = rows[0]
-    assert r["start"] == pytest.approx(0.4) and r["asymptote"] == pytest.approx(0.35)
-    assert r["slope_auc"] == pytest.approx((0.6 + 0.8 + 0.85 - 0.2 - 0.4 - 0.5) / 3)
+    assert r["start"]["gain"] == pytest.approx(0.4)
+    assert r["asymptote"]["gain"] == pytest.approx(0.35)
+    # trapezoid area over 2 epoch intervals: (0.7 + 0.825) / 2 against (0.3 + 0.45) / 2
+    assert r["slope"]["gain"] == pytest.approx((0.7 + 0.825 - 0.3 - 0.45) / 2)
 
 
 def test_compare_matches_by_configuration_not_key(tmp_path):
