@@ -210,7 +210,6 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
     """
     from .config import load_matrix_file
     from .runner import build_matrix, run_matrix
-    from .table import summary_table
 
     plugins = get_plugins()
     try:

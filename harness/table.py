@@ -73,8 +73,10 @@ def _weights_label(w: dict) -> str:
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
-    headers = ["backbone", "class", "weights", "strategy", "dataset", "metric", "test",
-               "train s", "params M", "trained M"]
+    seeds = {(r.get("config") or {}).get("seed") for r in records}
+    show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
+    headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
+        "dataset", "metric", "test", "train s", "params M", "trained M"]
     for rt, prof, prec in cols:
         label = rt if len(profiles) == 1 else f"{rt} {prof}"
         if prec not in ("fp32", "-"):
@@ -91,12 +93,14 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         if data.get("synthetic"):
             ds += " (synthetic)"
         row = [cfg.get("backbone"), facts.get("device_class", "-"),
-               _weights_label(rec.get("weights") or {}), cfg.get("strategy"), ds,
-               metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
-               _fmt(rec.get("train_seconds"), 1),
-               _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
-               _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
-               else "-"]
+               _weights_label(rec.get("weights") or {}), cfg.get("strategy")]
+        if show_seed:
+            row.append(cfg.get("seed"))
+        row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
+                _fmt(rec.get("train_seconds"), 1),
+                _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
+                _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
+                else "-"]
         row += [_latency_cell(rec, c) for c in cols]
         status = rec.get("status", "?")
         if rec.get("error"):

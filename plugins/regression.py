@@ -6,7 +6,6 @@ missing baseline, a cell that cannot be rebuilt or measured, a fresh metric that
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click

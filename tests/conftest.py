@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh plugin system, throwaway plugins, tiny data."""
+"""Shared fixtures: a fresh plugin system with built-ins only, a loopback HTTP server."""
 from __future__ import annotations
 
 import os
@@ -13,46 +13,17 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def plugin_system():
-    """A fresh plugin system (built-ins only), installed as the process-wide one."""
+    """A fresh plugin system (built-ins only), installed as the process-wide one.
+
+    Overrides the test kit's fixture (which also loads installed entry-point plugins) so
+    that an installed third-party plugin cannot change what these tests see. The test
+    kit's ``register_plugin`` and ``tiny_splits`` fixtures (harness/testkit.py, a pytest11
+    plugin) are used as they are."""
     from harness.manager import PluginSystem, set_plugins
     system = PluginSystem(entry_points=False)
     set_plugins(system)
     yield system
     set_plugins(None)
-
-
-@pytest.fixture
-def register_plugin(plugin_system):
-    """Register a throwaway plugin object; it is gone after the test."""
-    names = []
-
-    def _register(plugin, name="test-plugin"):
-        plugin_system.register(plugin, name=name, origin="test")
-        plugin_system._build_registries()
-        names.append(name)
-        return plugin_system
-
-    yield _register
-    for n in names:
-        plugin_system.unregister(n)
-
-
-@pytest.fixture
-def tiny_splits():
-    """A learnable 4-class problem of 16x16 images: a bright quadrant gives the class."""
-    from harness.data import DataInfo, DataSplits, TensorSplit
-
-    def make(n, seed):
-        g = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, 4, (n,), generator=g)
-        x = (torch.rand(n, 3, 16, 16, generator=g) * 60).to(torch.uint8)
-        for i, c in enumerate(y.tolist()):
-            r, col = divmod(c, 2)
-            x[i, :, r * 8:(r + 1) * 8, col * 8:(col + 1) * 8] += 150
-        return TensorSplit(x, y)
-
-    info = DataInfo("quadrants", num_classes=4, class_names=list("abcd"), synthetic=True)
-    return DataSplits(make(160, 0), make(64, 1), make(64, 2), info)
 
 
 @pytest.fixture

@@ -18,17 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, StrategySpec, hookimpl
 from harness.config import MatrixConfig
-from harness.data import DataInfo, DataSplits, TensorSplit
 from harness.executor import CellJob, describe_exit, recipe_for
 from harness.locks import atomic_write_bytes, cache_lock
-from harness.model import Backbone, LayerGroup
 from harness.results import RunStore
 from harness.runner import run_matrix
 from harness.strategy import Strategy
+from harness.testkit import TinyBackbone, make_tiny_splits
 from harness.train import TrainSettings
 
 PLUGIN_NAME = "test-executors"
@@ -36,39 +34,9 @@ HAVE_RAY = __import__("importlib").util.find_spec("ray") is not None
 
 
 # -- the plugin side of this module -----------------------------------------------------------
-class TinyNet(Backbone):
-    num_features = feature_channels = 8
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward_spatial(self, x):
-        return self.stem(x)
-
-    def forward(self, x):
-        return self.pool(self.stem(x)).flatten(1)
-
-    def layer_groups(self):
-        return [LayerGroup("stem", [f"stem.{n}" for n, _ in self.stem.named_parameters()])]
-
-
 def load_quadrants(task, image_size, seed, cache_dir, n_train: int = 96):
-    """A learnable 4-class problem: a bright quadrant gives the class (synthetic)."""
-    half = image_size // 2
-
-    def make(n, s):
-        g = torch.Generator().manual_seed(s)
-        y = torch.randint(0, 4, (n,), generator=g)
-        x = (torch.rand(n, 3, image_size, image_size, generator=g) * 60).to(torch.uint8)
-        for i, c in enumerate(y.tolist()):
-            r, col = divmod(c, 2)
-            x[i, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 150
-        return TensorSplit(x, y)
-
-    info = DataInfo("quadrants", num_classes=4, class_names=list("abcd"), synthetic=True)
-    return DataSplits(make(n_train, seed), make(48, seed + 1), make(48, seed + 2), info)
+    """The test kit's learnable 4-class problem (a bright quadrant gives the class)."""
+    return make_tiny_splits(image_size, n_train=n_train, seed=seed)
 
 
 class Killer(Strategy):
@@ -89,7 +57,7 @@ class Killer(Strategy):
 
 @hookimpl
 def register_backbones():
-    return [BackboneSpec("tinynet", build=TinyNet, device_class="mobile",
+    return [BackboneSpec("tinynet", build=TinyBackbone, device_class="mobile",
                          default_weights="random", description="test backbone")]
 
 

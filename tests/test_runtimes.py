@@ -11,14 +11,13 @@ import os
 import sys
 
 import pytest
-import torch
 from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, RuntimeSpec, hookimpl
 from harness.cell import run_cell
 from harness.config import MatrixConfig, matrix_kwargs
-from harness.data import DataInfo, DataSplits, TensorSplit
 from harness.model import Backbone, LayerGroup
+from harness.testkit import make_tiny_splits
 
 FAST = {"warmup_count": 2, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}
 
@@ -43,19 +42,8 @@ class LatNet(Backbone):
 
 
 def load_quadrants(task, image_size, seed, cache_dir):
-    half = image_size // 2
-
-    def make(n, s):
-        g = torch.Generator().manual_seed(s)
-        y = torch.randint(0, 4, (n,), generator=g)
-        x = (torch.rand(n, 3, image_size, image_size, generator=g) * 60).to(torch.uint8)
-        for i, c in enumerate(y.tolist()):
-            r, col = divmod(c, 2)
-            x[i, :, r * half:(r + 1) * half, col * half:(col + 1) * half] += 150
-        return TensorSplit(x, y)
-
-    info = DataInfo("latquad", num_classes=4, class_names=list("abcd"), synthetic=True)
-    return DataSplits(make(96, seed), make(32, seed + 1), make(48, seed + 2), info)
+    """The test kit's learnable 4-class problem (a bright quadrant gives the class)."""
+    return make_tiny_splits(image_size, n_train=96, seed=seed)
 
 
 def broken_measure(art, profile, settings):

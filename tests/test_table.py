@@ -40,3 +40,11 @@ def test_partly_measured_column_stays_with_the_reason_in_the_cell():
     assert rows[0][col] == "1.00 / 1.10"
     assert rows[1][col] == "n/a: calibration failed: boom"
     assert "ort int8 (mobile profile)" not in summary_table(RECORDS)
+
+
+def test_seed_column_only_when_the_run_has_repeats():
+    assert "seed" not in summary_rows(RECORDS)[0]
+    repeats = [dict(r, config=dict(r["config"], seed=i)) for i, r in enumerate(RECORDS)]
+    headers, rows = summary_rows(repeats)
+    col = headers.index("seed")
+    assert [row[col] for row in rows] == [0, 1]
