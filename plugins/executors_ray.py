@@ -14,6 +14,7 @@ segfault, ``kill -9``, a lost node) marks its cell failed with Ray's reason, and
 from __future__ import annotations
 
 import importlib.util
+import socket
 from typing import Optional
 
 from harness.errors import ConfigError
@@ -71,12 +72,21 @@ class RayExecutor(Executor):
 
     def run(self, jobs, run_one, on_done):
         ray = self.ray
+        _check_reachable(self.address)  # even when this process is connected to some Ray
         started_here = not ray.is_initialized()
         if started_here:
             kw = {"include_dashboard": False, "log_to_driver": False}
             if self.jobs is not None:
                 kw["num_cpus"] = self.jobs
-            ray.init(address=self.address, **kw)
+            try:
+                ray.init(address=self.address, **kw)
+            except Exception as exc:  # noqa: BLE001 - any failure to join is the user's fix
+                where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray"
+                raise ConfigError(
+                    f"could not start or join {where}: {type(exc).__name__}: {_first(exc)}. "
+                    "Give ray://HOST:10001 (Ray Client: pip install 'ray[client]', included in "
+                    f"{INSTALL_HINT}), HOST:6379 or auto on a cluster node, or leave --address "
+                    "out to start Ray on this machine") from exc
         task = ray.remote(max_retries=0)(execute_job)
         refs = {}
         try:
@@ -104,6 +114,24 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as exc:
             return failure_record(job, "failed",
                                   f"Ray worker died: {type(exc).__name__}: {_first(exc)}")
+
+
+def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Fail within seconds when a ``HOST:PORT`` or ``ray://HOST:PORT`` address does not
+    answer: Ray itself keeps retrying an unreachable GCS for minutes."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected ray://HOST:PORT, HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address!r}: nothing answers at {host}:{port} within {timeout_s:g} s "
+            f"({exc}). Start the cluster (ray start --head) or fix the address; leave "
+            "--address out to start Ray on this machine") from exc
 
 
 def _first(exc: Exception, limit: int = 400) -> str:

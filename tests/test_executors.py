@@ -229,6 +229,19 @@ def test_option_an_executor_does_not_take_is_a_usage_error(plugins, tmp_path):
     assert res.exit_code == 2 and "processes" in res.output
 
 
+@pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install 'transfer-bench[ray]')")
+def test_unreachable_ray_address_fails_within_seconds(plugins, tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    res = _cli(["--executor", "ray", "--address", f"127.0.0.1:{port}"], tmp_path)
+    assert res.exit_code == 2
+    assert f"nothing answers at 127.0.0.1:{port}" in res.output and "ray start" in res.output
+    assert time.monotonic() - t0 < 30  # Ray alone would retry the GCS for minutes
+
+
 # -- cache safety -----------------------------------------------------------------------------
 def _bump(path: str, n: int) -> None:
     for _ in range(n):
