@@ -24,6 +24,8 @@ class DataInfo:
         num_classes: number of classes (classification).
         class_names: class names, in label order.
         num_keypoints: keypoints per image (pose).
+        keypoint_names: their names, in target order (pose); names with "left"/"right"
+            (or ``l_``/``r_``, ``_l``/``_r``) tell a horizontal flip which keypoints swap.
         synthetic: True for generated data; shown wherever results appear.
         source: where the data came from (a path, a package, an address).
         notes: counted skips and other facts the user should see.
@@ -33,6 +35,7 @@ class DataInfo:
     num_classes: int = 0
     class_names: list = field(default_factory=list)
     num_keypoints: int = 0
+    keypoint_names: list = field(default_factory=list)
     synthetic: bool = False
     source: str = ""
     notes: list = field(default_factory=list)

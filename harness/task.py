@@ -35,3 +35,15 @@ class Task:
                 info: DataInfo) -> dict:  # pragma: no cover
         """Metrics over a whole split; must include ``primary_metric``. Values are JSON-able."""
         raise NotImplementedError
+
+    def flip_targets(self, targets: torch.Tensor, info: DataInfo) -> torch.Tensor:
+        """The targets of the same images mirrored left to right (training augmentation).
+
+        A task whose targets do not depend on left and right (a class label) returns them
+        as they are; one with coordinates mirrors them. The base class refuses, so a task
+        that has not said how its targets flip is never trained on mirrored images with
+        unmirrored targets.
+        """
+        raise NotImplementedError(
+            f"task {self.name!r} does not define flip_targets, so its targets cannot follow "
+            "a flipped image; train without augment (or implement Task.flip_targets)")

@@ -180,7 +180,9 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
 
 def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
                backbone: Optional[Backbone] = None, **params: Any) -> dict:
-    """Check that a task builds a head, a differentiable loss and JSON-able metrics.
+    """Check that a task builds a head, a differentiable loss and JSON-able metrics, and,
+    where it defines ``flip_targets`` (needed for ``augment``), that mirroring twice is the
+    identity.
 
     Args:
         spec: the task's spec.
@@ -222,6 +224,13 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
         json.dumps(metrics)
     except TypeError as exc:
         raise ConformanceError(f"{what}: metrics must be JSON-able: {exc}") from exc
+    from .task import Task
+    if type(task).flip_targets is not Task.flip_targets:  # optional: needed for augment
+        y = splits.test.targets
+        twice = task.flip_targets(task.flip_targets(y, splits.info), splits.info)
+        _require(torch.is_tensor(twice) and twice.shape == y.shape
+                 and torch.allclose(twice.float(), y.float()), what,
+                 "flip_targets applied twice must give back the targets (a mirror of a mirror)")
     return {"primary_metric": task.primary_metric, "value": float(value)}
 
 

@@ -36,7 +36,9 @@ class TrainSettings:
         cut_frac, ratio: STLR parameters (defaults from the ULMFiT paper).
         seed: seeds weight init of new layers and batch order.
         device: torch device string.
-        augment: horizontal flips during training (images only).
+        augment: random horizontal flips of training images (half of each batch), with
+            their targets mirrored by the task (``Task.flip_targets``: boxes and keypoints
+            follow the image, left/right keypoints swap).
     """
 
     epochs: int = 10
@@ -138,10 +140,25 @@ class TrainContext:
         self.generator = torch.Generator().manual_seed(settings.seed)
 
 
-def _flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
-    mask = torch.rand(len(x), generator=g) < 0.5
-    x[mask] = x[mask].flip(-1)
-    return x, y
+def flip_augment(task: Task, info: DataInfo) -> Callable:
+    """``augment(x, y, generator)``: mirror a random half of the batch, images and targets.
+
+    Raises:
+        NotImplementedError: the task cannot mirror its targets (the message says so).
+    """
+    if type(task).flip_targets is Task.flip_targets:  # fail before training, not mid-epoch
+        task.flip_targets(None, info)
+
+    def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+        mask = torch.rand(len(x), generator=g) < 0.5
+        if mask.any():
+            x = x.clone()
+            y = y.clone()
+            x[mask] = x[mask].flip(-1)
+            y[mask] = task.flip_targets(y[mask], info)
+        return x, y
+
+    return augment
 
 
 @torch.no_grad()
@@ -195,7 +212,8 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
     total_steps = max_epochs * steps_per_epoch
     step = 0
     best_loss, best_state, best_epoch, wait = float("inf"), None, -1, 0
-    augment = _flip if s.augment and train.images.dtype == torch.uint8 else None
+    augment = (flip_augment(ctx.task, ctx.info)
+               if s.augment and train.images.dtype == torch.uint8 else None)
     t_phase = time.perf_counter()
     epochs_run = 0
     for epoch in range(max_epochs):

@@ -134,3 +134,67 @@ def test_tasks_learn_on_shapes(plugin_system, task_name):
     _, after = evaluate(model, data.test, ctx)
     pm = task.primary_metric
     assert after[pm] > before[pm] + 0.1, (before[pm], after[pm])
+
+
+# -- flip augmentation: targets follow the image ------------------------------------------------
+def _bright_box(img: torch.Tensor) -> list:
+    """Normalized (xmin, ymin, xmax, ymax) of the pixels brighter than 128."""
+    ys, xs = torch.nonzero(img[0] > 128, as_tuple=True)
+    s = img.shape[-1]
+    return [xs.min().item() / s, ys.min().item() / s, (xs.max().item() + 1) / s,
+            (ys.max().item() + 1) / s]
+
+
+def test_flip_moves_boxes_and_keypoints_with_the_image(plugin_system):
+    from harness.train import flip_augment
+    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    img[..., 2:6, 1:5] = 255  # a box at x 1..5, y 2..6 of 16
+    box = torch.tensor([_bright_box(img[0])])
+    assert box.tolist() == [[1 / 16, 2 / 16, 5 / 16, 6 / 16]]
+    loc = plugin_system.tasks.get("localization").factory()
+    g = torch.Generator().manual_seed(0)
+    while True:  # draw until the random half includes our one image
+        x, y = flip_augment(loc, DataInfo("t"))(img, box, g)
+        if not torch.equal(x, img):
+            break
+    assert y[0].tolist() == pytest.approx(_bright_box(x[0]))  # the box followed the image
+
+    pose = plugin_system.tasks.get("pose").factory()
+    info = DataInfo("t", num_keypoints=4, keypoint_names=["top", "right", "bottom", "left"])
+    kps = torch.tensor([[[0.5, 0.1, 1], [0.9, 0.5, 1], [0.5, 0.9, 1], [0.2, 0.5, 1]]])
+    flipped = pose.flip_targets(kps, info)
+    # x mirrored, and "right" and "left" trade places so each name stays on its side
+    expected = torch.tensor([[[0.5, 0.1, 1], [0.8, 0.5, 1], [0.5, 0.9, 1], [0.1, 0.5, 1]]])
+    assert torch.allclose(flipped, expected)
+    labels = torch.tensor([3])
+    assert torch.equal(plugin_system.tasks.get("classification").factory()
+                       .flip_targets(labels, info), labels)
+
+
+def test_mirror_pairs_by_name():
+    from plugins.tasks.pose import mirror_pairs
+    assert mirror_pairs(["nose", "left_eye", "right_eye", "l_ear", "r_ear", "paw_L", "paw_R"]) \
+        == [(1, 2), (3, 4), (5, 6)]
+    assert mirror_pairs(["top", "right", "bottom", "left"]) == [(1, 3)]
+    assert mirror_pairs(["a", "b"]) == []
+
+
+def test_a_task_that_cannot_flip_refuses_augment_before_training():
+    from harness.task import Task
+    from harness.train import flip_augment
+
+    class Depth(Task):
+        name = "depth"
+
+    with pytest.raises(NotImplementedError, match="'depth' does not define flip_targets"):
+        flip_augment(Depth(), DataInfo("t"))
+
+
+@pytest.mark.parametrize("task_name", ["localization", "pose"])
+def test_builtin_spatial_tasks_pass_the_test_kit(plugin_system, task_name):
+    """The plugin test kit's task checks, flip included, on targets of the right format."""
+    from harness.testkit import check_task
+    from plugins.datasets.synthetic import load_shapes
+    data = load_shapes(task_name, 16, 0, None, n_train=16, n_val=8, n_test=8)
+    out = check_task(plugin_system.tasks.get(task_name), data)
+    assert out["primary_metric"] in ("mean_iou", "pck")

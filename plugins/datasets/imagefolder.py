@@ -127,5 +127,6 @@ def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
         t = y
     parts = seeded_split(len(files), (1 - val_frac - test_frac, val_frac, test_frac), seed, y)
     info = DataInfo(f"imagefolder:{rootp.name}", num_classes=len(classes), class_names=classes,
-                    num_keypoints=len(kps), source=str(rootp), notes=notes)
+                    num_keypoints=len(kps), keypoint_names=list(kps), source=str(rootp),
+                    notes=notes)
     return splits_from(imgs, t, parts, info)

@@ -76,7 +76,8 @@ def load_shapes(task: str, image_size: int, seed: int, cache_dir: Path, n_train:
     splits = [make_split(n, image_size, seed * 1000 + k, task)
               for k, n in enumerate((n_train, n_val, n_test))]
     info = DataInfo("shapes", num_keypoints=len(KEYPOINTS) if task == "pose" else 0,
-                    class_names=list(KEYPOINTS) if task == "pose" else [], synthetic=True,
+                    class_names=list(KEYPOINTS) if task == "pose" else [],
+                    keypoint_names=list(KEYPOINTS) if task == "pose" else [], synthetic=True,
                     source="generated (plugins.datasets.synthetic)",
                     notes=["SYNTHETIC: generated kites on cluttered backgrounds"])
     return DataSplits(*splits, info)

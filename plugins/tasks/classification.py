@@ -34,6 +34,9 @@ class Classification(Task):
     primary_metric = "accuracy"
     higher_is_better = True
 
+    def flip_targets(self, targets, info):
+        return targets  # a mirrored photo shows the same class
+
     def __init__(self, hidden=(256, 256), dropout: float = 0.2, label_smoothing: float = 0.0):
         if isinstance(hidden, str):
             hidden = tuple(int(h) for h in hidden.split("-") if h)

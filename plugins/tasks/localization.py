@@ -90,6 +90,12 @@ class Localization(Task):
             layers.append(nn.ReLU())
         return nn.Sequential(*layers)
 
+    def flip_targets(self, targets, info):
+        """Normalized (xmin, ymin, xmax, ymax): x -> 1 - x, and xmin and xmax trade places."""
+        out = targets.clone()
+        out[:, 0], out[:, 2] = 1 - targets[:, 2], 1 - targets[:, 0]
+        return out
+
     def loss(self, outputs, targets):
         targets = targets.to(outputs.dtype)
         total = outputs.new_zeros(())

@@ -69,6 +69,30 @@ def pck(pred: torch.Tensor, target: torch.Tensor, alpha: float, reference: str) 
     return float((dist <= alpha * ref)[vis].float().mean())
 
 
+_SIDES = (("left", "right"), ("l_", "r_"), ("_l", "_r"))
+
+
+def mirror_pairs(names: list) -> list:
+    """Index pairs of keypoints that swap under a horizontal flip: names that differ only by
+    "left"/"right" (also ``l_``/``r_`` prefixes and ``_l``/``_r`` suffixes), case-insensitive.
+    A keypoint named exactly "left" pairs with one named "right"."""
+    low = [str(n).lower() for n in names]
+    index = {n: i for i, n in enumerate(low)}
+    pairs = []
+    for i, n in enumerate(low):
+        for a, b in _SIDES:
+            if a.startswith("_"):
+                other = n[: -len(a)] + b if n.endswith(a) else None
+            elif a.endswith("_"):
+                other = b + n[len(a):] if n.startswith(a) else None
+            else:
+                other = n.replace(a, b) if a in n else None
+            j = index.get(other) if other is not None else None
+            if j is not None and j != i and (min(i, j), max(i, j)) not in pairs:
+                pairs.append((min(i, j), max(i, j)))
+    return pairs
+
+
 class Pose(Task):
     """Keypoint localization from the spatial feature map.
 
@@ -105,6 +129,16 @@ class Pose(Task):
                              f"(DataInfo.num_keypoints = 0)")
         return SoftArgmaxHead(backbone.feature_channels, info.num_keypoints, self.hidden,
                               self.upsample)
+
+    def flip_targets(self, targets, info):
+        """Normalized (x, y, v) keypoints: x -> 1 - x, and each left keypoint trades places
+        with its right partner (found by name, see :func:`mirror_pairs`), as pose
+        estimators' flip augmentation does (e.g. COCO's flip pairs)."""
+        out = targets.clone()
+        out[..., 0] = 1 - targets[..., 0]
+        for i, j in mirror_pairs(info.keypoint_names):
+            out[:, [i, j]] = out[:, [j, i]]
+        return out
 
     def loss(self, outputs, targets):
         vis = (targets[..., 2] > 0).to(outputs.dtype)
