@@ -13,8 +13,16 @@ from harness.train import History, Phase, TrainContext, run_phase
 
 @torch.inference_mode()
 def extract_features(model: TransferModel, split: TensorSplit,
-                     batch_size: int = 256) -> TensorSplit:
-    """Run the (frozen, eval-mode) backbone once over ``split``; keep the targets."""
+                     batch_size: int = 64) -> TensorSplit:
+    """Run the (frozen, eval-mode) backbone once over ``split``; keep the targets.
+
+    Batches stay small: on a 2-core CPU, MobileNetV2 at 64 px extracted 1000 images in
+    0.75 s in batches of 64 and 2.2 s in batches of 256 (large batches' activations no
+    longer fit the caches). The strategy passes the run's batch size, which also keeps the
+    features bit-identical to the naive loop's. (The channels-last layout extracted 30%
+    faster but changed the features by 1e-5, enough to move test accuracy by 0.6 points
+    after 10 epochs; exactness won.)
+    """
     was = model.backbone.training
     model.backbone.eval()
     chunks = [model.features(x) for x, _ in split.batches(batch_size)]
@@ -59,7 +67,8 @@ class Frozen(TrainingStrategy):
             torch.manual_seed(ctx.settings.seed)
             run_phase(model, phase, data.train, data.val, ctx, history, bn_policy="freeze")
             return history
-        feats = {split: extract_features(model, getattr(data, split))
+        feats = {split: extract_features(model, getattr(data, split),
+                                         ctx.settings.batch_size)
                  for split in ("train", "val")}
         ctx.progress("features cached")
         phase.eval_modules = ()
