@@ -128,10 +128,14 @@ def _r(values) -> str:
 # -- bench plugins --------------------------------------------------------------------------
 @cli.command("plugins", epilog="\b\nExample:\n  bench plugins\n  bench plugins --json")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins_cmd(as_json):
+@click.pass_context
+def plugins_cmd(ctx, as_json):
     """Show every plugin: where it comes from, its status and what it registers."""
     from tabulate import tabulate
 
+    root = ctx.find_root().command
+    if isinstance(root, BenchGroup):
+        root._add_plugin_commands()  # so commands from plugins show (and their faults)
     infos = list(get_plugins().infos.values())
     if as_json:
         click.echo(json.dumps([{"name": i.name, "origin": i.origin, "status": i.status,

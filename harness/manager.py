@@ -290,11 +290,16 @@ class PluginSystem:
             info = self.infos.get(impl.plugin_name)
             if info is not None and info.error:
                 continue
+            before = set(getattr(cli, "commands", {}))
             try:
                 impl.function(cli=cli)
             except Exception as exc:
                 if info is not None:
                     info.error = f"register_commands raised {type(exc).__name__}: {exc}"
+                continue
+            added = sorted(set(getattr(cli, "commands", {})) - before)
+            if info is not None and added:
+                info.registers["commands"] = added
 
 
 _SYSTEM: Optional[PluginSystem] = None

@@ -172,6 +172,8 @@ def test_bench_plugins_marks_broken_ones_warns_and_exits_0(site):
                          proc.stderr)
     assert rows["good"]["status"] == "ok"
     assert all(r["status"] == "ok" for n, r in rows.items() if n.startswith("plugins."))
+    # commands a plugin adds (register_commands) are listed like the other kinds
+    assert rows["plugins.regression"]["registers"] == {"commands": ["baseline", "check"]}
     table = _bench(["plugins"], site)
     assert table.returncode == 0
     assert re.search(r"bad_import\s+bad-import 2\.3\s+broken\s+failed to import", table.stdout)
