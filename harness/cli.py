@@ -180,6 +180,9 @@ def _weights_option(values) -> dict:
 @click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
               help="A TOML or YAML matrix file.")
 @click.option("--preset", default=None, help="A registered preset matrix (see bench list presets).")
+@click.option("--name", default=None, help="Name of the matrix (run folder and published "
+              "files); default: the preset's or file's, with '-custom' when an option "
+              "changed an axis.")
 @click.option("--epochs", type=int, help="Maximum epochs per phase.")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Learning rate.")
@@ -204,7 +207,7 @@ def _weights_option(values) -> dict:
               help="Latency budget (p50, ms) of the recommendation printed at the end.")
 @click.pass_context
 def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, weights,
-            matrix_file, preset, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
+            matrix_file, preset, name, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
             fresh, executor, jobs, address, cell_timeout, as_json, quiet):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
@@ -230,6 +233,11 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
                      "strategies": strategies, "runtimes": runtimes, "profiles": profiles,
                      "weights": _weights_option(weights), "train": train,
                      "image_size": image_size, "seeds": seeds}
+        axes = ("backbones", "tasks", "datasets", "strategies")
+        if name:
+            base = {**base, "name": name}
+        elif any(overrides[a] for a in axes):  # not the preset's matrix any more
+            base = {**base, "name": f"{base.get('name', 'matrix')}-custom"}
         matrix = build_matrix(base, overrides)
         executor = executor or ("processes" if (jobs or 1) > 1 or cell_timeout else "inprocess")
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,

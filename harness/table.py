@@ -56,8 +56,8 @@ def _latency_cell(rec: dict, key: tuple) -> str:
             st = lat.get("stats")
             if st:
                 s = f"{st['p50_ms']:.2f} / {st['p90_ms']:.2f}"
-                if lat.get("accuracy_after") is not None:
-                    s += f" (acc {lat['accuracy_after']:.3f})"
+                if lat.get("accuracy_after") is not None:  # the task's primary metric
+                    s += f" ({rec.get('metric_name') or 'metric'} {lat['accuracy_after']:.3f})"
                 return s
             return "n/a: " + str(lat.get("unavailable") or lat.get("error") or "?")[:60]
     return "-"
