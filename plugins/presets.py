@@ -16,7 +16,8 @@ DEFAULT = {
     "datasets": ["fashion_mnist"],
     "strategies": ["scratch", "frozen", "finetune"],
     "runtimes": ["pytorch", "onnxruntime"],
-    "profiles": ["mobile"],
+    # batch 1 on 2 threads (a phone-like budget) and batch 32 on all cores (a server)
+    "profiles": ["mobile", "server"],
     "image_size": 64,
     "weights": {"resnet18": "source:digits,epochs=5,image_size=32"},  # pretrained here, not ImageNet
     "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},

@@ -30,8 +30,11 @@ def pytorch_measure(art, profile, settings) -> list[dict]:
     try:
         for prec in profile.precisions:
             if prec != "fp32":
+                elsewhere = {"int8": "onnxruntime (CPU) or tensorrt",
+                             "fp16": "pytorch-cuda, onnxruntime-cuda or tensorrt on a GPU"}
                 rows.append(unsupported(prec, "PyTorch eager on the CPU is measured in fp32 "
-                                              "only; int8 is measured by onnxruntime"))
+                                              f"only; {prec} is measured by "
+                                              f"{elsewhere.get(prec, 'another runtime')}"))
                 continue
             model = art.model.eval()  # loaded (and its libraries imported) before the block
             with PeakMemory() as mem:
