@@ -360,6 +360,8 @@ def compare_cmd(ctx, run_a, run_b, fmt):
 
 
 def main() -> None:  # console-script entry point
+    from .allocator import tune
+    tune()  # fewer page faults per batch; see harness/allocator.py
     try:
         cli(prog_name="bench")
     except BenchError as exc:  # pragma: no cover - safety net

@@ -46,6 +46,8 @@ def gpu_info() -> dict:
 
 def environment() -> dict:
     import torch
+
+    from .allocator import state as allocator_state
     return {
         "versions": package_versions(),
         "platform": platform.platform(),
@@ -55,6 +57,7 @@ def environment() -> dict:
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu_info(),
+        "allocator": allocator_state(),
         "argv": sys.argv,
     }
 

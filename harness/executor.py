@@ -213,8 +213,11 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
     """
     import torch
 
+    from .allocator import tune
     from .cell import run_cell
     from .results import RunStore
+
+    tune()  # workers allocate like the in-process run (harness/allocator.py)
 
     if threads:
         torch.set_num_threads(int(threads))

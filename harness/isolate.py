@@ -215,6 +215,8 @@ def _worker(folder: Path) -> int:
 if __name__ == "__main__":  # python -m harness.isolate JOB_DIR
     if len(sys.argv) != 2 or not Path(sys.argv[1], "job.json").exists():
         sys.exit("usage: python -m harness.isolate JOB_DIR (a folder holding job.json)")
+    from harness.allocator import tune
+    tune()  # the same allocator settings as the parent `bench` process
     rc = _worker(Path(sys.argv[1]))
     sys.stdout.flush()
     sys.stderr.flush()
