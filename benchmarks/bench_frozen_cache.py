@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    from harness.allocator import tune
+    print(f"allocator: {tune()}")  # as `bench` runs (harness/allocator.py)
 
     plugins = get_plugins()
     ds = AxisItem(a.dataset, (("n_test", 500), ("n_train", a.n_train), ("n_val", 300)))

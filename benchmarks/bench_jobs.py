@@ -39,6 +39,8 @@ def _run(executor: str, options: dict, root: Path, epochs: int, image_size: int)
     from harness.runner import run_matrix
 
     torch.set_num_threads(1)
+    from harness.allocator import tune
+    tune()  # as `bench` and its workers do
     t0 = time.perf_counter()
     store = run_matrix(get_plugins(), _matrix(epochs, image_size), root, executor=executor,
                        executor_options=options, fresh=True, show_progress=False)
