@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--statistic", default=rg.RoundSettings().statistic, choices=["min", "median", "cpu"])
     ap.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     args = ap.parse_args()
+    from harness.allocator import tune
+    tune()  # as `bench check` runs (its latency workers apply it too)
     torch.set_num_threads(1)
     normal, slow = PluginSystem(entry_points=False), slowed_system(args.slowdown)
     cs = rg.CheckSettings()
