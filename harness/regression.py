@@ -75,7 +75,7 @@ class CheckSettings:
     latency_tolerance: float = 0.10
     accuracy_drop: float = 0.01
     alpha: float = 0.01
-    confirm: int = 1
+    confirm: int = 2
 
     def __post_init__(self) -> None:
         if not self.latency_tolerance >= 0 or not self.accuracy_drop >= 0:
@@ -631,7 +631,7 @@ def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path
             cells[2] = f"**{cells[2]}**"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "A latency regression needs the ratio of medians above the tolerance AND a "
-              "one-sided Mann-Whitney p below alpha, confirmed by a re-measurement."]
+              "one-sided Mann-Whitney p below alpha, confirmed by two re-measurements."]
     return "\n".join(lines) + "\n"
 
 

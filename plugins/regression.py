@@ -215,7 +215,7 @@ def check_command():
                   help="Allowed drop of the metric [baseline's check table, else 0.01].")
     @click.option("--alpha", type=float, default=None, help="Significance level [0.01].")
     @click.option("--confirm", type=int, default=None,
-                  help="Re-measurements that must confirm a latency regression [1].")
+                  help="Re-measurements that must confirm a latency regression [2].")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
     @_round_options
