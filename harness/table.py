@@ -16,6 +16,11 @@ def _latency_key(lat: dict) -> tuple:
     return (lat.get("runtime"), lat.get("profile"), lat.get("precision"))
 
 
+def _measured_keys(records: list[dict]) -> set:
+    return {_latency_key(lat) for rec in records for lat in rec.get("latency", [])
+            if lat.get("stats")}
+
+
 def latency_columns(records: list[dict]) -> list[tuple]:
     """Distinct (runtime, profile, precision) with a measurement in at least one cell, in
     first-seen order. Those never measured are listed by :func:`unmeasured_notes` instead of
@@ -26,16 +31,14 @@ def latency_columns(records: list[dict]) -> list[tuple]:
             k = _latency_key(lat)
             if k not in seen:
                 seen.append(k)
-    measured = {_latency_key(lat) for rec in records for lat in rec.get("latency", [])
-                if lat.get("stats")}
+    measured = _measured_keys(records)
     return [k for k in seen if k in measured]
 
 
 def unmeasured_notes(records: list[dict]) -> list[str]:
     """One line per (runtime, profile, precision) that no cell measured, with every distinct
     reason the runtime gave (never dropped silently: the reason is the result)."""
-    measured = {_latency_key(lat) for rec in records for lat in rec.get("latency", [])
-                if lat.get("stats")}
+    measured = _measured_keys(records)
     reasons: dict[tuple, list[str]] = {}
     for rec in records:
         for lat in rec.get("latency", []):

@@ -150,10 +150,9 @@ def flip_augment(task: Task, info: DataInfo) -> Callable:
         task.flip_targets(None, info)
 
     def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+        # x and y are the batch's own copies (TensorSplit.batches indexes), so in place is safe
         mask = torch.rand(len(x), generator=g) < 0.5
         if mask.any():
-            x = x.clone()
-            y = y.clone()
             x[mask] = x[mask].flip(-1)
             y[mask] = task.flip_targets(y[mask], info)
         return x, y

@@ -154,7 +154,7 @@ def test_flip_moves_boxes_and_keypoints_with_the_image(plugin_system):
     loc = plugin_system.tasks.get("localization").factory()
     g = torch.Generator().manual_seed(0)
     while True:  # draw until the random half includes our one image
-        x, y = flip_augment(loc, DataInfo("t"))(img, box, g)
+        x, y = flip_augment(loc, DataInfo("t"))(img.clone(), box.clone(), g)  # a batch copy
         if not torch.equal(x, img):
             break
     assert y[0].tolist() == pytest.approx(_bright_box(x[0]))  # the box followed the image
