@@ -141,7 +141,8 @@ class TrainContext:
 
 
 def flip_augment(task: Task, info: DataInfo) -> Callable:
-    """``augment(x, y, generator)``: mirror a random half of the batch, images and targets.
+    """``augment(x, y, generator)``: mirror a random half of the batch, images and targets,
+    in place (``TensorSplit.batches`` hands it the batch's own copies).
 
     Raises:
         NotImplementedError: the task cannot mirror its targets (the message says so).
