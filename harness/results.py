@@ -105,6 +105,7 @@ def _curve_summary(rec: dict) -> dict:
 def cell_rows(rec: dict) -> list[dict]:
     """One row per runtime x profile x precision measurement of a cell (at least one row)."""
     cfg = rec.get("config", {})
+    curve = _curve_summary(rec)
     base = {
         "status": rec.get("status"), "key": rec.get("key"),
         "backbone": cfg.get("backbone"), "task": cfg.get("task"), "dataset": cfg.get("dataset"),
@@ -115,8 +116,8 @@ def cell_rows(rec: dict) -> list[dict]:
         "synthetic": rec.get("data", {}).get("synthetic"),
         "metric": rec.get("metric_name"),
         "test_metric": rec.get("test_metrics", {}).get(rec.get("metric_name", ""), None),
-        "best_val_metric": _curve_summary(rec).get("best"),
-        "start_metric": _curve_summary(rec).get("start"),
+        "best_val_metric": curve.get("best"),
+        "start_metric": curve.get("start"),
         "train_s": rec.get("train_seconds"),
         "params": rec.get("backbone_facts", {}).get("params_total"),
         "trainable_params": rec.get("trainable_params"),
