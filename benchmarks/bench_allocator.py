@@ -1,4 +1,4 @@
-"""glibc malloc as it comes against harness/allocator.py's settings, side by side.
+"""glibc malloc as it comes against harness/measure/allocator.py's settings, side by side.
 
 The same workload (MobileNetV2 at 64 px, batch 64: 20 training steps, then 20 inference
 batches, after 3 warm-up steps) runs in fresh interpreters, alternately with
@@ -20,7 +20,7 @@ import sys
 WORKLOAD = r"""
 import json, resource, sys, time
 import torch, timm
-from harness.allocator import tune
+from harness.measure.allocator import tune
 state = tune()
 torch.set_num_threads(2)
 torch.manual_seed(0)

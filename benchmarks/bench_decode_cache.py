@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.data import decode_cached
+from harness.train.data import decode_cached
 
 
 def make_jpegs(folder: Path, n: int) -> list[Path]:

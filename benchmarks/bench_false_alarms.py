@@ -18,9 +18,9 @@ from dataclasses import asdict
 
 import torch
 
-from harness import regression as rg
-from harness.config import MatrixConfig
-from harness.manager import PluginSystem
+from harness.regression import check as rg
+from harness.run.config import MatrixConfig
+from harness.api.manager import PluginSystem
 from plugins.regression import slowdown_plugin
 
 BACKBONE, IMAGE, RUNTIME = "mobilenetv3_small_100", 64, "pytorch"
@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--statistic", default=rg.RoundSettings().statistic, choices=["min", "median", "cpu"])
     ap.add_argument("--no-calibrate", dest="calibrate", action="store_false")
     args = ap.parse_args()
-    from harness.allocator import tune
+    from harness.measure.allocator import tune
     tune()  # as `bench check` runs (its latency workers apply it too)
     torch.set_num_threads(1)
     normal, slow = PluginSystem(entry_points=False), slowed_system(args.slowdown)

@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from harness.cell import load_data
-from harness.config import AxisItem, CellConfig
-from harness.manager import get_plugins
-from harness.model import TransferModel
-from harness.train import TrainContext, TrainSettings, evaluate
+from harness.run.cell import load_data
+from harness.run.config import AxisItem, CellConfig
+from harness.api.manager import get_plugins
+from harness.train.model import TransferModel
+from harness.train.loop import TrainContext, TrainSettings, evaluate
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from harness.allocator import tune
-    print(f"allocator: {tune()}")  # as `bench` runs (harness/allocator.py)
+    from harness.measure.allocator import tune
+    print(f"allocator: {tune()}")  # as `bench` runs (harness/measure/allocator.py)
 
     plugins = get_plugins()
     ds = AxisItem(a.dataset, (("n_test", 500), ("n_train", a.n_train), ("n_val", 300)))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def _matrix(epochs: int, image_size: int):
-    from harness.runner import build_matrix
+    from harness.run.runner import build_matrix
     return build_matrix({"name": "bench-jobs"}, {
         "backbones": ["resnet18"], "datasets": ["digits"], "strategies": ["scratch", "finetune"],
         "weights": {"*": "random"}, "seeds": 2, "image_size": image_size, "runtimes": [],
@@ -35,11 +35,11 @@ def _matrix(epochs: int, image_size: int):
 def _run(executor: str, options: dict, root: Path, epochs: int, image_size: int):
     import torch
 
-    from harness.manager import get_plugins
-    from harness.runner import run_matrix
+    from harness.api.manager import get_plugins
+    from harness.run.runner import run_matrix
 
     torch.set_num_threads(1)
-    from harness.allocator import tune
+    from harness.measure.allocator import tune
     tune()  # as `bench` and its workers do
     t0 = time.perf_counter()
     store = run_matrix(get_plugins(), _matrix(epochs, image_size), root, executor=executor,

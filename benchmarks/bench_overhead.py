@@ -5,10 +5,10 @@ Runtime CPU provider, the same session options in both arms (threads set, spinni
 Rounds interleave the two arms (order alternating), as asv does, so a noisy window hits
 both; the printed ratio is the median over rounds of harness p50 / bare p50.
 
-* in-process: :func:`harness.latency.measure` around ``sess.run`` vs a bare timed loop on
+* in-process: :func:`harness.measure.latency.measure` around ``sess.run`` vs a bare timed loop on
   the same session (the gated ratio, must be <= 1.02);
 * worker (``--worker-rounds``, shown, not gated): the onnxruntime runtime plugin measured
-  through :func:`harness.isolate.measure_in_worker` (its own process, its own session) vs
+  through :func:`harness.measure.isolate.measure_in_worker` (its own process, its own session) vs
   the bare loop in this process, round by round.
 
 Run: ``python benchmarks/bench_overhead.py [--rounds 9] [--calls 200] [--threads 1]``.
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.export import export_onnx
-from harness.isolate import measure_in_worker
-from harness.latency import MeasureSettings, measure
-from harness.specs import ProfileSpec
+from harness.measure.export import export_onnx
+from harness.measure.isolate import measure_in_worker
+from harness.measure.latency import MeasureSettings, measure
+from harness.api.specs import ProfileSpec
 from plugins.runtimes import ort_session
 from plugins.runtimes.onnxruntime import ort_measure
 

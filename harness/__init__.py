@@ -1,13 +1,21 @@
 """transfer-bench: measure how to reuse a pretrained CNN for a new vision task.
 
-Plugins write ``from harness import hookimpl`` and return specs from :mod:`harness.specs`.
+Plugins write ``from harness import hookimpl`` and return specs (``from harness import
+BackboneSpec``). The sub-packages are mapped in harness/README.md.
 """
 from __future__ import annotations
 
+import sys
+
 import pluggy
 
-from .specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
-                    ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
+from .api import specs
+from .api.specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
+                        ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
+
+# ``import harness.specs`` / ``from harness.specs import ...`` (the layout before sub-packages)
+# keep working for third-party plugins: the module lives in harness/api/specs.py.
+sys.modules.setdefault(__name__ + ".specs", specs)
 
 __version__ = "0.1.0"
 

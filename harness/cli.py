@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import BenchError, ConfigError, UnknownName
-from .manager import KINDS, get_plugins
+from .api.errors import BenchError, ConfigError, UnknownName
+from .api.manager import KINDS, get_plugins
 
 EPILOG_RUN = """\b
 Examples:
@@ -62,7 +62,7 @@ class BenchGroup(click.Group):
                    "default ~/.cache/transfer-bench).")
 def cli(disable, cache_dir):
     """transfer-bench: which backbone, which way to adapt it, and what it costs."""
-    if cache_dir:  # harness.cell.cache_dir() reads the variable, also in worker processes
+    if cache_dir:  # harness.run.cell.cache_dir() reads the variable, also in worker processes
         import os
         os.environ["TRANSFER_BENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
     plugins = get_plugins(disable=disable) if disable else get_plugins()
@@ -215,8 +215,8 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
     cores). Options replace the axis or setting they name; the rest comes from the
     matrix file, the preset, or the default.
     """
-    from .config import load_matrix_file
-    from .runner import build_matrix, run_matrix
+    from .run.config import load_matrix_file
+    from .run.runner import build_matrix, run_matrix
 
     plugins = get_plugins()
     try:
@@ -255,7 +255,7 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
     else:
-        from .table import report_text
+        from .report.table import report_text
         click.echo(report_text(records, ctx.meta.get("budget_ms")))
         click.echo(f"\nresults: {store.path}")
     failed = [r for r in records if r.get("status") != "ok"]
@@ -280,7 +280,7 @@ def _kwargs_to_mapping(kw: dict) -> dict:
 # -- bench report ---------------------------------------------------------------------------
 def _open_run(ctx: click.Context, run: str):
     """A RunStore for RUN, or a usage error when RUN is not a run folder."""
-    from .results import RunStore
+    from .run.results import RunStore
 
     path = Path(run)
     if not (path / "cells").is_dir() and not (path / "config.json").exists():
@@ -333,7 +333,7 @@ def compare_cmd(ctx, run_a, run_b, fmt):
     """Compare two runs: cells matched by configuration, metric deltas, latency ratios B/A."""
     from tabulate import tabulate, tabulate_formats
 
-    from .table import compare_rows, setting_differences
+    from .report.table import compare_rows, setting_differences
 
     if fmt not in tabulate_formats:
         _fail_usage(ctx, f"unknown --format {fmt!r}; choose one of {', '.join(tabulate_formats)}")
@@ -360,8 +360,8 @@ def compare_cmd(ctx, run_a, run_b, fmt):
 
 
 def main() -> None:  # console-script entry point
-    from .allocator import tune
-    tune()  # fewer page faults per batch; see harness/allocator.py
+    from .measure.allocator import tune
+    tune()  # fewer page faults per batch; see harness/measure/allocator.py
     try:
         cli(prog_name="bench")
     except BenchError as exc:  # pragma: no cover - safety net

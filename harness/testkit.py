@@ -3,7 +3,7 @@
 Installed with transfer-bench as a pytest plugin (entry point ``pytest11`` named
 ``transfer_bench``), so a plugin package's tests can use, with no import:
 
-- ``plugin_system``: a fresh :class:`harness.manager.PluginSystem` with the built-ins and
+- ``plugin_system``: a fresh :class:`harness.api.manager.PluginSystem` with the built-ins and
   every installed entry-point plugin (yours included), installed as the process-wide one;
 - ``register_plugin``: register a plugin object for one test (gone afterwards);
 - ``tiny_splits``: a learnable 4-class problem of 16x16 images.
@@ -30,9 +30,9 @@ import pytest
 import torch
 from torch import nn
 
-from .data import DataInfo, DataSplits, TensorSplit
-from .model import Backbone, LayerGroup, TransferModel
-from .specs import BackboneSpec, RuntimeSpec, StrategySpec, TaskSpec
+from .train.data import DataInfo, DataSplits, TensorSplit
+from .train.model import Backbone, LayerGroup, TransferModel
+from .api.specs import BackboneSpec, RuntimeSpec, StrategySpec, TaskSpec
 
 
 class ConformanceError(AssertionError):
@@ -101,7 +101,7 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
                    **build_params: Any) -> dict:
     """Check that a backbone builds, runs, and describes its layers as the harness needs.
 
-    Checked: ``build(**build_params)`` returns a :class:`harness.model.Backbone`; ``forward``
+    Checked: ``build(**build_params)`` returns a :class:`harness.train.model.Backbone`; ``forward``
     gives ``(batch, num_features)`` and ``forward_spatial`` ``(batch, feature_channels, h, w)``;
     ``layer_groups()`` is non-empty, has unique names, and holds every parameter exactly
     once; one training step through a :class:`TransferModel` gives every parameter a
@@ -112,11 +112,11 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
         ``{"num_features", "feature_channels", "params", "groups"}``.
     """
     what = f"backbone {spec.name!r}"
-    _require(isinstance(spec, BackboneSpec), what, "is not a harness.specs.BackboneSpec")
+    _require(isinstance(spec, BackboneSpec), what, "is not a harness.api.specs.BackboneSpec")
     torch.manual_seed(0)
     bb = spec.build(**build_params)
     _require(isinstance(bb, Backbone), what,
-             f"build() returned {type(bb).__name__}; subclass harness.model.Backbone")
+             f"build() returned {type(bb).__name__}; subclass harness.train.model.Backbone")
     for attr in ("num_features", "feature_channels"):
         _require(isinstance(getattr(bb, attr, None), int) and getattr(bb, attr) > 0, what,
                  f"set {attr} to a positive int")
@@ -155,7 +155,7 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
     _require(not no_grad, what, f"parameters got no gradient (unused?): {no_grad[:5]}")
 
     if onnx:
-        from .export import export_onnx
+        from .measure.export import export_onnx
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 export_onnx(model.eval(), image_size, Path(tmp) / "m.onnx")
@@ -195,7 +195,7 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
         ``{"primary_metric", "value"}`` on the untrained model.
     """
     what = f"task {spec.name!r}"
-    _require(isinstance(spec, TaskSpec), what, "is not a harness.specs.TaskSpec")
+    _require(isinstance(spec, TaskSpec), what, "is not a harness.api.specs.TaskSpec")
     splits = splits or make_tiny_splits()
     task = spec.factory(**params)
     _require(task.head_input in ("pooled", "spatial"), what,
@@ -213,7 +213,7 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
     loss.backward()
     _require(any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()),
              what, "the loss gives the head no gradient")
-    from .train import predict
+    from .train.loop import predict
     metrics = task.metrics(predict(model, splits.test), splits.test.targets, splits.info)
     _require(task.primary_metric in metrics, what,
              f"metrics() lacks the primary metric {task.primary_metric!r}: {sorted(metrics)}")
@@ -224,7 +224,7 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
         json.dumps(metrics)
     except TypeError as exc:
         raise ConformanceError(f"{what}: metrics must be JSON-able: {exc}") from exc
-    from .task import Task
+    from .train.task import Task
     if type(task).flip_targets is not Task.flip_targets:  # optional: needed for augment
         y = splits.test.targets
         twice = task.flip_targets(task.flip_targets(y, splits.info), splits.info)
@@ -242,19 +242,19 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
     The default problem is the 4-class quadrant images (chance 0.25) on
     :class:`TinyBackbone` at random init (there are no pretrained weights for it, so a
     "pretrained" strategy starts from the same random backbone). The strategy must
-    return a :class:`harness.train.History` with at least one epoch, and test accuracy
+    return a :class:`harness.train.loop.History` with at least one epoch, and test accuracy
     must beat chance by ``margin``.
 
     Returns:
         ``{"accuracy", "chance", "epochs"}``.
     """
-    from .train import History, TrainContext, TrainSettings, evaluate
-    from .strategy import Strategy
+    from .train.loop import History, TrainContext, TrainSettings, evaluate
+    from .train.strategy import Strategy
 
     what = f"strategy {spec.name!r}"
-    _require(isinstance(spec, StrategySpec), what, "is not a harness.specs.StrategySpec")
+    _require(isinstance(spec, StrategySpec), what, "is not a harness.api.specs.StrategySpec")
     _require(isinstance(spec.cls, type) and issubclass(spec.cls, Strategy), what,
-             "cls must subclass harness.strategy.Strategy")
+             "cls must subclass harness.train.strategy.Strategy")
     _require(spec.cls.bn_policy in ("freeze", "train"), what,
              f"bn_policy is {spec.cls.bn_policy!r}; use 'freeze' or 'train'")
     spec.cls.parameters()  # must be introspectable for `bench list`
@@ -267,7 +267,7 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
                                                         patience=epochs))
     history = spec.cls(**params).fit(model, splits, ctx)
     _require(isinstance(history, History) and len(history.epochs) > 0, what,
-             "fit() must return a harness.train.History with at least one epoch")
+             "fit() must return a harness.train.loop.History with at least one epoch")
     _, metrics = evaluate(model.eval(), splits.test, ctx)
     chance = 1.0 / splits.info.num_classes
     acc = float(metrics["accuracy"])
@@ -307,12 +307,12 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
     Returns:
         ``{"available", "reason", "results"}``.
     """
-    from .cell import Artifacts
-    from .latency import MeasureSettings
-    from .specs import ProfileSpec
+    from .run.cell import Artifacts
+    from .measure.latency import MeasureSettings
+    from .api.specs import ProfileSpec
 
     what = f"runtime {spec.name!r}"
-    _require(isinstance(spec, RuntimeSpec), what, "is not a harness.specs.RuntimeSpec")
+    _require(isinstance(spec, RuntimeSpec), what, "is not a harness.api.specs.RuntimeSpec")
     ok_reason = spec.available()
     _require(isinstance(ok_reason, tuple) and len(ok_reason) == 2, what,
              "available() must return (bool, reason)")
@@ -328,7 +328,7 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
                         calibration=torch.rand(8, 3, image_size, image_size),
                         test_images=torch.rand(8, 3, image_size, image_size))
         if spec.needs_onnx:
-            from .export import export_onnx
+            from .measure.export import export_onnx
             art.onnx_path = export_onnx(model, image_size, Path(tmp) / "model.onnx")
         profile = ProfileSpec("testkit", batch_size=1, threads=1)
         settings = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=min_count, min_s=0.0)
@@ -351,7 +351,7 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
 @pytest.fixture
 def plugin_system() -> Iterator[Any]:
     """A fresh plugin system (built-ins and installed entry-point plugins), process-wide."""
-    from .manager import PluginSystem, set_plugins
+    from .api.manager import PluginSystem, set_plugins
     system = PluginSystem(entry_points=True)
     set_plugins(system)
     yield system

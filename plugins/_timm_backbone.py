@@ -1,10 +1,10 @@
-"""A :class:`harness.model.Backbone` over any timm CNN, with timm's own layer groups."""
+"""A :class:`harness.train.model.Backbone` over any timm CNN, with timm's own layer groups."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from harness.model import Backbone, LayerGroup
+from harness.train.model import Backbone, LayerGroup
 
 
 class TimmBackbone(Backbone):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness import ExecutorSpec, hookimpl
-from harness.executor import InProcessExecutor
+from harness.run.executor import InProcessExecutor
 
 from .executors_processes import ProcessExecutor
 from .executors_ray import RayExecutor, ray_available

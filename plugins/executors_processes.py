@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Optional
 
-from harness.executor import (CellJob, Executor, describe_exit, execute_job,
+from harness.run.executor import (CellJob, Executor, describe_exit, execute_job,
                               failure_record)
 
 

@@ -1,6 +1,6 @@
 """The ``ray`` executor: every cell a Ray task, on a local or remote Ray cluster.
 
-Each cell becomes one task of :func:`harness.executor.execute_job` that asks Ray for
+Each cell becomes one task of :func:`harness.run.executor.execute_job` that asks Ray for
 ``cpus_per_cell`` CPUs and, when the cell trains on CUDA or measures a ``gpu`` profile,
 one GPU. The task writes the cell's records straight into the run folder, so the folder
 (``bench run --out``) must be on a filesystem every node mounts at the same path; a
@@ -17,8 +17,8 @@ import importlib.util
 import socket
 from typing import Optional
 
-from harness.errors import ConfigError
-from harness.executor import Executor, execute_job, failure_record
+from harness.api.errors import ConfigError
+from harness.run.executor import Executor, execute_job, failure_record
 
 INSTALL_HINT = "pip install 'transfer-bench[ray]'"
 

@@ -1,6 +1,6 @@
 """``bench baseline`` and ``bench check``: CI regression checks of latency and accuracy.
 
-The logic lives in :mod:`harness.regression`; this plugin only adds the commands.
+The logic lives in :mod:`harness.regression.check`; this plugin only adds the commands.
 Exit status of ``bench check``: 0 every check holds, 1 a regression, 2 an error (a broken or
 missing baseline, a cell that cannot be rebuilt or measured, a fresh metric that is missing).
 """
@@ -52,7 +52,7 @@ def _round_options(fn):
 
 
 def _round_settings(base: dict, rounds, calls, calibrate, statistic=None):
-    from harness.regression import RoundSettings
+    from harness.regression.check import RoundSettings
     kw = dict(base)
     for k, v in (("rounds", rounds), ("calls", calls), ("calibrate", calibrate),
                  ("statistic", statistic)):
@@ -63,9 +63,9 @@ def _round_settings(base: dict, rounds, calls, calibrate, statistic=None):
 
 def _matrix_from_options(plugins, opts: dict):
     from harness.cli import _kwargs_to_mapping, _weights_option
-    from harness.config import load_matrix_file
-    from harness.errors import ConfigError
-    from harness.runner import build_matrix
+    from harness.run.config import load_matrix_file
+    from harness.api.errors import ConfigError
+    from harness.run.runner import build_matrix
 
     if opts["matrix_file"] and opts["preset"]:
         raise ConfigError("give --matrix or --preset, not both")
@@ -129,9 +129,9 @@ def baseline_group():
     def create(ctx, out, from_run, latency_only, latency_tolerance, accuracy_drop, alpha,
                rounds, calls, calibrate, statistic, quiet, **opts):
         """Measure cells and write a baseline: configs, metrics, raw latency, environment."""
-        from harness.errors import BenchError
-        from harness.manager import get_plugins
-        from harness import regression as rg
+        from harness.api.errors import BenchError
+        from harness.api.manager import get_plugins
+        from harness.regression import check as rg
 
         plugins = get_plugins()
         progress = _progress(quiet)
@@ -163,9 +163,9 @@ def baseline_group():
     @click.pass_context
     def update(ctx, out, from_run, rounds, calls, calibrate, statistic, quiet):
         """Re-measure a baseline's latency here (and its metrics from a run); keep its [check]."""
-        from harness.errors import BenchError
-        from harness.manager import get_plugins
-        from harness import regression as rg
+        from harness.api.errors import BenchError
+        from harness.api.manager import get_plugins
+        from harness.regression import check as rg
 
         plugins = get_plugins()
         try:
@@ -223,9 +223,9 @@ def check_command():
     def check(ctx, baseline_path, run, retrain, no_latency, latency_tolerance, accuracy_drop,
               alpha, confirm, markdown, junit, rounds, calls, calibrate, statistic, quiet):
         """Re-measure a baseline's cells and say whether they got slower or less accurate."""
-        from harness.errors import BenchError
-        from harness.manager import get_plugins
-        from harness import regression as rg
+        from harness.api.errors import BenchError
+        from harness.api.manager import get_plugins
+        from harness.regression import check as rg
 
         try:
             if run and retrain:

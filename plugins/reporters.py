@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from harness import ReporterSpec, hookimpl
-from harness.results import atomic_write_text
-from harness.table import report_text
+from harness.run.results import atomic_write_text
+from harness.report.table import report_text
 
 
 def _emit(text: str, out: Path | None) -> str | None:
@@ -39,14 +39,14 @@ def write_json(store, out=None):
 
 
 def write_html(store, out=None, budget_ms: Optional[float] = None):
-    from harness.report_html import write_html as _write
+    from harness.report.report_html import write_html as _write
     path = _write(store, out, budget_ms)
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
     return f"wrote {path} (plots embedded; also as {', '.join(pngs)} in {path.parent})"
 
 
 def write_published(store, out=None):
-    from harness.results import publish
+    from harness.run.results import publish
     paths = publish(store, Path(out) if out else Path("results"))
     return "wrote " + ", ".join(str(p) for p in paths)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from harness import WeightSourceSpec, hookimpl
-from harness.errors import WeightsUnavailable
+from harness.api.errors import WeightsUnavailable
 
 # ImageNet-1k top-1 (%) of torchvision's weights, from torchvision's model documentation.
 TV_TOP1 = {

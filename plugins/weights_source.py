@@ -17,7 +17,7 @@ pretraining; every other key is a parameter of the dataset. On the command line 
 once, so the commas stay with the weights string).
 
 The backbone is trained with a linear classifier on the dataset's training split, with
-early stopping on its validation split (:func:`harness.train.run_phase`, best epoch
+early stopping on its validation split (:func:`harness.train.loop.run_phase`, best epoch
 restored); the classifier is dropped afterwards. The weights are cached under
 ``<cache dir>/source-weights/`` keyed by a SHA-256 of everything that determines them: the
 architecture and its initial weights, the dataset and its parameters, the image size, the
@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from harness import __version__, WeightSourceSpec, hookimpl
-from harness.config import parse_value
-from harness.errors import WeightsUnavailable
+from harness.run.config import parse_value
+from harness.api.errors import WeightsUnavailable
 
 #: bump when the pretraining recipe changes, so old cache entries are not reused
 RECIPE = 1
@@ -108,10 +108,10 @@ def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train:
 
 
 def _lock(path: Path):
-    """An exclusive lock on a cache entry (harness.locks), or none where that module is absent:
+    """An exclusive lock on a cache entry (harness.run.locks), or none where that module is absent:
     then parallel workers may both pretrain, and the atomic writes keep the entry whole."""
     try:
-        from harness.locks import cache_lock
+        from harness.run.locks import cache_lock
     except ImportError:
         import contextlib
         return contextlib.nullcontext()
@@ -133,8 +133,8 @@ def _atomic_save(state: dict, path: Path) -> None:
 def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_dir: Path,
               progress) -> dict:
     """Train ``backbone`` + a linear classifier on the source dataset; return what it reached."""
-    from harness.model import TransferModel
-    from harness.train import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
+    from harness.train.model import TransferModel
+    from harness.train.loop import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
 
     try:
         data = ds_spec.load(task="classification", image_size=train["image_size"],
@@ -168,11 +168,11 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
 
 def load_source(spec, backbone, arg, context) -> dict:
     """Weight source ``source:DATASET[,k=v...]``: pretrained here on DATASET, cached on disk."""
-    from harness.cell import cache_dir as default_cache_dir
+    from harness.run.cell import cache_dir as default_cache_dir
 
     plugins = context.get("plugins")
     if plugins is None:
-        from harness.manager import get_plugins
+        from harness.api.manager import get_plugins
         plugins = get_plugins()
     name, train, data_params = parse_source(arg)
     ds_spec = plugins.datasets.get(name)  # unknown names list the registered datasets
@@ -203,7 +203,7 @@ def load_source(spec, backbone, arg, context) -> dict:
             progress(f"pretraining on source dataset {name} (cached afterwards)")
             reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
             _atomic_save(target.state_dict(), wpath)
-            from harness.results import atomic_write_json
+            from harness.run.results import atomic_write_json
             atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
             cached = False
     target_ds = context.get("dataset")

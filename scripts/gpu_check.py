@@ -39,7 +39,7 @@ def _slug(text: str) -> str:
 
 
 def _versions() -> dict:
-    from harness.env import package_versions
+    from harness.measure.env import package_versions
     return package_versions()
 
 
@@ -62,7 +62,7 @@ def main() -> int:
     args = ap.parse_args()
     batches = args.batch or [1]
 
-    from harness.manager import PluginSystem
+    from harness.api.manager import PluginSystem
     plugins = PluginSystem()
     status = {n: plugins.runtimes.get(n).available() for n in args.runtimes}
     for n, (ok, why) in status.items():
@@ -74,11 +74,11 @@ def main() -> int:
 
     import timm
     import torch
-    from harness.cell import Artifacts, gmacs
-    from harness.export import export_onnx, parity_check
-    from harness.isolate import measure_in_worker
-    from harness.latency import MeasureSettings
-    from harness.specs import ProfileSpec
+    from harness.run.cell import Artifacts, gmacs
+    from harness.measure.export import export_onnx, parity_check
+    from harness.measure.isolate import measure_in_worker
+    from harness.measure.latency import MeasureSettings
+    from harness.api.specs import ProfileSpec
 
     gpu = torch.cuda.get_device_name(0)
     versions = _versions()
@@ -134,7 +134,7 @@ def main() -> int:
             w.writeheader()
             w.writerows(rows)
         print(f"wrote {args.out / (key + '.csv')}")
-    from harness.env import environment
+    from harness.measure.env import environment
     (args.out / f"benchmark-infer-gpu-environment-{_slug(gpu)}.json").write_text(
         json.dumps({"environment": environment(), "settings": vars(args) | {
             "out": str(args.out)}, "measure": settings.__dict__}, indent=1, default=str))

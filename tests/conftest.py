@@ -19,7 +19,7 @@ def plugin_system():
     that an installed third-party plugin cannot change what these tests see. The test
     kit's ``register_plugin`` and ``tiny_splits`` fixtures (harness/testkit.py, a pytest11
     plugin) are used as they are."""
-    from harness.manager import PluginSystem, set_plugins
+    from harness.api.manager import PluginSystem, set_plugins
     system = PluginSystem(entry_points=False)
     set_plugins(system)
     yield system

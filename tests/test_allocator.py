@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-CODE = ("import json; from harness.allocator import tune, state; tune(); "
+CODE = ("import json; from harness.measure.allocator import tune, state; tune(); "
         "print(json.dumps(state()))")
 
 
@@ -30,5 +30,5 @@ def test_settings_applied_on_glibc_and_left_alone_on_request():
 
 
 def test_environment_records_the_allocator():
-    from harness.env import environment
+    from harness.measure.env import environment
     assert "applied" in environment()["allocator"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.errors import WeightsUnavailable
-from harness.manager import PluginSystem
+from harness.api.errors import WeightsUnavailable
+from harness.api.manager import PluginSystem
 
 # every registered backbone; the parametric ``timm`` spec is tested with a small architecture
 _NAMES = PluginSystem(builtins=("plugins.backbones",), entry_points=False).backbones.names()

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from harness import BackboneSpec, hookimpl
-from harness.errors import DuplicateName, UnknownName
-from harness.manager import KINDS
-from harness.registry import Registry
+from harness.api.errors import DuplicateName, UnknownName
+from harness.api.manager import KINDS
+from harness.api.registry import Registry
 
 
 def test_from_harness_import_hookimpl_works_for_plugins():

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data import BadData, decode_cached
-from harness.download import Resource
-from harness.errors import DataUnavailable
+from harness.train.data import BadData, decode_cached
+from harness.run.download import Resource
+from harness.api.errors import DataUnavailable
 
 SIZE = 16
 
@@ -329,7 +329,7 @@ def test_registry_flags(plugin_system):
 
 
 def test_decode_cache_skips_decoding_on_second_call(tmp_path, monkeypatch):
-    import harness.data as hd
+    import harness.train.data as hd
 
     root = _folder(tmp_path, n=3)
     files = sorted(root.rglob("*.png"))

@@ -10,9 +10,9 @@ import zipfile
 
 import pytest
 
-from harness.download import (MARKER, ChecksumMismatch, Resource, UnsafeArchive, extract,
+from harness.run.download import (MARKER, ChecksumMismatch, Resource, UnsafeArchive, extract,
                               fetch)
-from harness.errors import DataUnavailable
+from harness.api.errors import DataUnavailable
 
 
 def _resource(root, name, data, **kw):

@@ -20,14 +20,14 @@ import torch
 from click.testing import CliRunner
 
 from harness import BackboneSpec, DatasetSpec, StrategySpec, hookimpl
-from harness.config import MatrixConfig
-from harness.executor import CellJob, describe_exit, recipe_for
-from harness.locks import atomic_write_bytes, cache_lock
-from harness.results import RunStore
-from harness.runner import run_matrix
-from harness.strategy import Strategy
+from harness.run.config import MatrixConfig
+from harness.run.executor import CellJob, describe_exit, recipe_for
+from harness.run.locks import atomic_write_bytes, cache_lock
+from harness.run.results import RunStore
+from harness.run.runner import run_matrix
+from harness.train.strategy import Strategy
 from harness.testkit import TinyBackbone, make_tiny_splits
-from harness.train import TrainSettings
+from harness.train.loop import TrainSettings
 
 PLUGIN_NAME = "test-executors"
 HAVE_RAY = __import__("importlib").util.find_spec("ray") is not None
@@ -290,7 +290,7 @@ def test_lock_released_when_holder_is_killed(tmp_path):
     deadline = time.monotonic() + 20
     while not (tmp_path / "held").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    from harness.locks import LockTimeout
+    from harness.run.locks import LockTimeout
     with pytest.raises(LockTimeout, match="x.lock"):
         with cache_lock(entry, timeout=0.3):
             pass

@@ -13,11 +13,11 @@ from onnx import numpy_helper
 from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, hookimpl
-from harness.cell import run_cell
-from harness.config import MatrixConfig, matrix_kwargs
-from harness.data import DataInfo, DataSplits, TensorSplit
-from harness.export import ParityError, export_onnx, parity_check
-from harness.model import Backbone, LayerGroup, TransferModel
+from harness.run.cell import run_cell
+from harness.run.config import MatrixConfig, matrix_kwargs
+from harness.train.data import DataInfo, DataSplits, TensorSplit
+from harness.measure.export import ParityError, export_onnx, parity_check
+from harness.train.model import Backbone, LayerGroup, TransferModel
 
 
 class ExpNet(Backbone):
@@ -97,7 +97,7 @@ def test_parity_fails_on_an_edited_graph(model, tmp_path):
 
 def test_broken_export_fails_the_cell_loudly(register_plugin, monkeypatch):
     plugins = register_plugin(sys.modules[__name__], name="test-export")
-    import harness.cell as cell_mod
+    import harness.run.cell as cell_mod
 
     def broken_export(model, image_size, path, **kw):
         path = export_onnx(model, image_size, path, **kw)

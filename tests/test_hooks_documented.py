@@ -1,7 +1,7 @@
 """Every hook is documented (docstring with an example) and has a test of its own.
 
 Patterned on datasette's ``test_plugin_hooks_are_documented`` and
-``test_plugin_hooks_have_tests``: adding a hook to ``harness/hookspecs.py`` fails these
+``test_plugin_hooks_have_tests``: adding a hook to ``harness/api/hookspecs.py`` fails these
 tests until its docstring says when it is called and what it returns, with an example
 implementation, and until ``tests/`` has a ``test_hook_<name>`` test.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import hookspecs
-from harness.manager import _known_hooks
+from harness.api import hookspecs
+from harness.api.manager import _known_hooks
 
 TESTS = Path(__file__).resolve().parent
 HOOKS = _known_hooks()

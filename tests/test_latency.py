@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.latency import MeasureSettings, PeakMemory, measure, summarize
+from harness.measure.latency import MeasureSettings, PeakMemory, measure, summarize
 
 
 def test_min_count_and_min_duration_are_both_met():

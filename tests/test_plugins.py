@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from harness import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
                      ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec, hookimpl)
-from harness.manager import PluginSystem
+from harness.api.manager import PluginSystem
 from harness.testkit import (TinyBackbone, check_backbone, check_runtime, check_strategy,
                              check_task, make_tiny_splits)
 
@@ -219,7 +219,7 @@ def test_hook_register_backbones(register_plugin):
 
 
 def test_hook_register_tasks(register_plugin):
-    from harness.task import Task
+    from harness.train.task import Task
     import torch.nn.functional as F
     from torch import nn
 
@@ -242,7 +242,7 @@ def test_hook_register_tasks(register_plugin):
 
 
 def test_hook_register_strategies(register_plugin):
-    from harness.strategy import Strategy
+    from harness.train.strategy import Strategy
 
     class HeadFirst(Strategy):
         def __init__(self, lr: float = 0.01):

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from harness.recommend import format_recommendations, pareto_front, recommend
-from harness.stats import mean_ci, paired_t
-from harness.table import repeat_rows, summary_rows
+from harness.report.recommend import format_recommendations, pareto_front, recommend
+from harness.report.stats import mean_ci, paired_t
+from harness.report.table import repeat_rows, summary_rows
 
 
 def rec(backbone, strategy, acc, lat, dclass="server", seed=0, profile="mobile",
@@ -61,7 +61,7 @@ def test_mobile_and_server_classes_are_separate():
 
 
 def test_pareto_front_drops_dominated_points():
-    from harness.recommend import candidates
+    from harness.report.recommend import candidates
     front = pareto_front([c for c in candidates(RECORDS) if c.device_class == "server"])
     assert [(c.backbone, c.strategy) for c in front] == [("big", "frozen"), ("big", "finetune")]
 

@@ -15,9 +15,9 @@ from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, hookimpl
 from harness.cli import cli
-from harness.data import DataInfo, DataSplits, TensorSplit
-from harness.model import Backbone, LayerGroup
-from harness import regression as rg
+from harness.train.data import DataInfo, DataSplits, TensorSplit
+from harness.train.model import Backbone, LayerGroup
+from harness.regression import check as rg
 
 ROUNDS = ["--rounds", "6", "--calls", "5"]
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import cli
-from harness.benefits import transfer_benefits
-from harness.results import RunStore, atomic_write_json
+from harness.report.benefits import transfer_benefits
+from harness.run.results import RunStore, atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import RunStore, atomic_write_json, cell_rows
+from harness.run.results import RunStore, atomic_write_json, cell_rows
 
 DRIVER = textwrap.dedent('''
     """bench with a throwaway plugin: two tiny backbones whose build() is counted."""
     import os, sys, time
     from harness import BackboneSpec, DatasetSpec, hookimpl
-    from harness.manager import PluginSystem, set_plugins
+    from harness.api.manager import PluginSystem, set_plugins
     from harness.testkit import TinyBackbone, make_tiny_splits
 
     def build(**kw):
@@ -192,7 +192,7 @@ def test_cell_rows_one_per_latency_measurement():
 
 
 def test_published_names_state_the_conditions(tmp_path):
-    from harness.results import publish
+    from harness.run.results import publish
     store = RunStore(tmp_path / "run")
     atomic_write_json(store.path / "config.json", {"matrix": {
         "name": "default", "datasets": ["fashion_mnist"], "image_size": 64, "seeds": 1}})

@@ -14,9 +14,9 @@ import pytest
 from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, RuntimeSpec, hookimpl
-from harness.cell import run_cell
-from harness.config import MatrixConfig, matrix_kwargs
-from harness.model import Backbone, LayerGroup
+from harness.run.cell import run_cell
+from harness.run.config import MatrixConfig, matrix_kwargs
+from harness.train.model import Backbone, LayerGroup
 from harness.testkit import make_tiny_splits
 
 FAST = {"warmup_count": 2, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}
@@ -87,7 +87,7 @@ def rows_of(rec):
 
 # -- every registered runtime -----------------------------------------------------------------
 def _runtime_names():
-    from harness.manager import PluginSystem
+    from harness.api.manager import PluginSystem
     return PluginSystem(entry_points=False).runtimes.names()
 
 
@@ -154,8 +154,8 @@ def test_user_profile_from_matrix_sets_batch_threads_precisions(plugins):
 
 
 def test_cpu_runtimes_refuse_a_gpu_profile_with_a_reason(plugins):
-    from harness.latency import MeasureSettings
-    from harness.specs import ProfileSpec
+    from harness.measure.latency import MeasureSettings
+    from harness.api.specs import ProfileSpec
     prof = ProfileSpec("g", batch_size=2, device="gpu", precisions=("fp32", "int8"))
     for name, hint in (("pytorch", "pytorch-cuda"), ("onnxruntime", "onnxruntime-cuda")):
         rows = plugins.runtimes.get(name).measure(None, prof, MeasureSettings())
@@ -186,7 +186,7 @@ def test_builtin_profiles_mobile_and_server(plugin_system):
 
 def test_gpu_check_script_reports_gpu_runtimes_unavailable_with_reasons(tmp_path):
     import subprocess
-    from harness.manager import PluginSystem
+    from harness.api.manager import PluginSystem
     reg = PluginSystem(entry_points=False).runtimes
     if reg.get("tensorrt").available()[0] or reg.get("onnxruntime-cuda").available()[0]:
         pytest.skip("a GPU runtime is available here; the script would measure")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.data import DataInfo, TensorSplit
-from harness.schedules import stlr_multiplier
-from harness.train import History, Phase, TrainContext, TrainSettings, run_phase
+from harness.train.data import DataInfo, TensorSplit
+from harness.train.schedules import stlr_multiplier
+from harness.train.loop import History, Phase, TrainContext, TrainSettings, run_phase
 
 
 def formula(t, T, cut_frac=0.1, ratio=32.0):
@@ -46,7 +46,7 @@ class Linear(nn.Module):
         return self.head(x)
 
     def layer_groups(self):
-        from harness.model import LayerGroup
+        from harness.train.model import LayerGroup
         return [LayerGroup("head", ["head.weight", "head.bias"])]
 
 

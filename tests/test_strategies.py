@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from harness import BackboneSpec, DatasetSpec, hookimpl
-from harness.config import AxisItem, CellConfig
-from harness.model import Backbone, LayerGroup, TransferModel
-from harness.schedules import stlr_multiplier
-from harness.train import History, TrainContext, TrainSettings, evaluate, predict
+from harness.run.config import AxisItem, CellConfig
+from harness.train.model import Backbone, LayerGroup, TransferModel
+from harness.train.schedules import stlr_multiplier
+from harness.train.loop import History, TrainContext, TrainSettings, evaluate, predict
 from plugins.strategies import (ChainThaw, Discriminative, Frozen, GradualUnfreezing,
                                 LayerTransfer, OffTheShelf, ULMFiT)
 from plugins.tasks import Classification
@@ -52,7 +52,7 @@ def make_model(seed=0, hidden=(32,)):
     torch.manual_seed(seed)
     bb = TinyBackbone()
     task = Classification(hidden=hidden, dropout=0.1)
-    from harness.data import DataInfo
+    from harness.train.data import DataInfo
     head = task.build_head(bb, DataInfo("q", num_classes=4))
     return TransferModel(bb, head), task
 
@@ -84,7 +84,7 @@ class TinyPlugin:
 
 
 def strategy_names():
-    from harness.manager import PluginSystem
+    from harness.api.manager import PluginSystem
     return PluginSystem(entry_points=False).strategies.names()
 
 
@@ -92,7 +92,7 @@ def strategy_names():
 @pytest.mark.parametrize("name", strategy_names())
 def test_each_strategy_learns_well_above_chance(name, register_plugin, tiny_splits):
     """A cell with the tiny backbone reaches far above the 25% of chance on test images."""
-    from harness.cell import run_cell
+    from harness.run.cell import run_cell
     plugins = register_plugin(TinyPlugin(tiny_splits))
     params = {"layer_transfer": (("n", 1),), "chain_thaw": (("epochs_per_phase", 3),)}
     cfg = CellConfig(backbone=AxisItem("tinynet"), task=AxisItem("classification"),
@@ -177,7 +177,7 @@ def test_offtheshelf_head_is_the_sklearn_model(kind, tiny_splits):
 # -- chain-thaw -----------------------------------------------------------------------------
 def test_chain_thaw_phases_groups_order_and_restores_best(tiny_splits, monkeypatch):
     """New layers, then g0, g1, g2 alone, then all; each phase ends on its best weights."""
-    import harness.train as train_mod
+    import harness.train.loop as train_mod
     model, task = make_model()
     ctx = make_ctx(task, tiny_splits, epochs=3, patience=1)
     seen = []  # (phase, trainable groups in the optimizer step, params that changed)
@@ -237,7 +237,7 @@ def test_chain_thaw_phases_groups_order_and_restores_best(tiny_splits, monkeypat
 
 def test_restore_best_after_val_loss_rises(tiny_splits):
     """With a rate so high that validation loss rises, the phase ends on its best epoch."""
-    from harness.train import Phase, run_phase
+    from harness.train.loop import Phase, run_phase
     model, task = make_model()
     ctx = make_ctx(task, tiny_splits, epochs=4, patience=2, lr=0.5)
     hist = History()
@@ -335,7 +335,7 @@ def _rec(strategy, curve, key, seed=0, status="ok"):
 
 
 def test_transfer_benefits_against_scratch():
-    from harness.benefits import normalized_auc, transfer_benefits
+    from harness.report.benefits import normalized_auc, transfer_benefits
     cells = [_rec("scratch", [0.2, 0.4, 0.6, 0.7], "s"),
              _rec("finetune,lr=0.01", [0.6, 0.8], "f"),
              _rec("frozen", [0.1, 0.2, 0.3, 0.4], "z", seed=1)]

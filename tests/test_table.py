@@ -1,6 +1,6 @@
 """The summary table: a (runtime, precision) that no cell measured becomes a note with its
 reason rather than a column of identical "n/a" cells; a partly measured one keeps its column."""
-from harness.table import summary_rows, summary_table
+from harness.report.table import summary_rows, summary_table
 
 
 def _rec(strategy, latency):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.data import DataInfo
-from harness.model import Backbone, LayerGroup, TransferModel
+from harness.train.data import DataInfo
+from harness.train.model import Backbone, LayerGroup, TransferModel
 
 
 class TinyBackbone(Backbone):
@@ -118,7 +118,7 @@ def test_soft_argmax_reaches_the_corners():
 @pytest.mark.parametrize("task_name", ["localization", "pose"])
 def test_tasks_learn_on_shapes(plugin_system, task_name):
     """A few epochs on 24 px synthetic kites beat the untrained model clearly."""
-    from harness.train import Phase, TrainContext, TrainSettings, evaluate, run_phase, History
+    from harness.train.loop import Phase, TrainContext, TrainSettings, evaluate, run_phase, History
     from plugins.datasets.synthetic import load_shapes
 
     torch.manual_seed(0)
@@ -146,7 +146,7 @@ def _bright_box(img: torch.Tensor) -> list:
 
 
 def test_flip_moves_boxes_and_keypoints_with_the_image(plugin_system):
-    from harness.train import flip_augment
+    from harness.train.loop import flip_augment
     img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
     img[..., 2:6, 1:5] = 255  # a box at x 1..5, y 2..6 of 16
     box = torch.tensor([_bright_box(img[0])])
@@ -180,8 +180,8 @@ def test_mirror_pairs_by_name():
 
 
 def test_a_task_that_cannot_flip_refuses_augment_before_training():
-    from harness.task import Task
-    from harness.train import flip_augment
+    from harness.train.task import Task
+    from harness.train.loop import flip_augment
 
     class Depth(Task):
         name = "depth"

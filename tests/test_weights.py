@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from harness import BackboneSpec, hookimpl
-from harness.errors import UnknownName, WeightsUnavailable
-from harness.model import Backbone, LayerGroup
+from harness.api.errors import UnknownName, WeightsUnavailable
+from harness.train.model import Backbone, LayerGroup
 
 
 def _closed_port() -> int:
@@ -124,7 +124,7 @@ def test_source_pretrains_once_then_loads_from_cache(register_plugin, tmp_path):
     assert first["source_epochs_run"] >= 1 and len(first["source_curve"]) >= 1
     assert first["source_val_accuracy"] > 0.3  # 10 classes: chance is 0.1
     files = sorted(p.suffix for p in (tmp_path / "source-weights").iterdir()
-                   if p.suffix != ".lock")  # the lock file of harness.locks stays, empty
+                   if p.suffix != ".lock")  # the lock file of harness.run.locks stays, empty
     assert files == [".json", ".safetensors"], "written atomically: no temporary files left"
 
     bb2, second = _load_source(system, arg, tmp_path)

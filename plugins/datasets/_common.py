@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-from harness.data import BadData, DataInfo, DataSplits, TensorSplit, stratified_split
-from harness.download import Resource, extract, fetch
+from harness.train.data import BadData, DataInfo, DataSplits, TensorSplit, stratified_split
+from harness.run.download import Resource, extract, fetch
 
 MIRROR_ENV = "TRANSFER_BENCH_MIRROR"
 

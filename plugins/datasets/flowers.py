@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from harness.data import BadData, DataInfo, DataSplits, decode_cached
-from harness.download import Resource, fetch
-from harness.errors import DataUnavailable
+from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.run.download import Resource, fetch
+from harness.api.errors import DataUnavailable
 
 from ._common import mirror_url, fetch_and_extract, require_files, splits_from
 

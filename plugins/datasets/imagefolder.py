@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from harness.data import BadData, DataInfo, DataSplits, decode_cached
-from harness.errors import DataUnavailable
+from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.api.errors import DataUnavailable
 
 from ._common import check_box, seeded_split, splits_from
 

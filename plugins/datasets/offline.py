@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from harness.data import DataInfo, DataSplits, TensorSplit, stratified_split, to_rgb_resized
-from harness.errors import DataUnavailable
+from harness.train.data import DataInfo, DataSplits, TensorSplit, stratified_split, to_rgb_resized
+from harness.api.errors import DataUnavailable
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

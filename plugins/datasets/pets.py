@@ -17,9 +17,9 @@ from typing import Optional
 
 import torch
 
-from harness.data import BadData, DataInfo, DataSplits, decode_cached
-from harness.download import Resource
-from harness.errors import DataUnavailable
+from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.run.download import Resource
+from harness.api.errors import DataUnavailable
 
 from ._common import check_box, fetch_and_extract, mirror_url, seeded_split, splits_from
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data import DataInfo, DataSplits, TensorSplit
+from harness.train.data import DataInfo, DataSplits, TensorSplit
 
 KEYPOINTS = ["top", "right", "bottom", "left"]
 SUPERSAMPLE = 4

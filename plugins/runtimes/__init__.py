@@ -3,7 +3,7 @@ execution providers) and TensorRT itself.
 
 Each runtime says whether it can run here and why not (``available()``); the cell shows
 that reason instead of a number. Each is measured in its own worker process by default
-(:mod:`harness.isolate`), because ONNX Runtime's spinning threads slow PyTorch in the same
+(:mod:`harness.measure.isolate`), because ONNX Runtime's spinning threads slow PyTorch in the same
 process (onnxruntime issue 13808); ONNX Runtime sessions also turn spinning off.
 No submodule imports torch at import time, so ONNX Runtime workers start fast.
 """

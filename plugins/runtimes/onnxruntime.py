@@ -2,7 +2,7 @@
 CUDA and TensorRT execution providers of ``onnxruntime-gpu``.
 
 Sessions turn intra-op spinning off (``session.intra_op.allow_spinning = 0``) and each
-runtime is measured in its own worker process (:mod:`harness.isolate`); rows say both.
+runtime is measured in its own worker process (:mod:`harness.measure.isolate`); rows say both.
 This module imports no torch, so an ONNX Runtime worker starts in well under a second.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.latency import PeakMemory, measure
+from harness.measure.latency import PeakMemory, measure
 
 from ._common import (as_float_images, batched_outputs, cuda_reason, failed, file_mb, inputs,
                       threads, unsupported)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from harness.latency import PeakMemory, measure
+from harness.measure.latency import PeakMemory, measure
 
 from ._common import (batched_outputs, as_float_images, cuda_reason, failed, file_mb, inputs,
                       threads, unsupported)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.latency import PeakMemory, measure
+from harness.measure.latency import PeakMemory, measure
 
 from ._common import (as_float_images, batched_outputs, cuda_reason, failed, file_mb, inputs,
                       unsupported)

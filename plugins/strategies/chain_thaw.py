@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from harness.strategy import TrainingStrategy
-from harness.train import Phase
+from harness.train.strategy import TrainingStrategy
+from harness.train.loop import Phase
 
 
 class ChainThaw(TrainingStrategy):

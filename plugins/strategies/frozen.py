@@ -5,10 +5,10 @@ from typing import Optional
 
 import torch
 
-from harness.data import DataSplits, TensorSplit
-from harness.model import TransferModel
-from harness.strategy import HeadOnly, TrainingStrategy
-from harness.train import History, Phase, TrainContext, run_phase
+from harness.train.data import DataSplits, TensorSplit
+from harness.train.model import TransferModel
+from harness.train.strategy import HeadOnly, TrainingStrategy
+from harness.train.loop import History, Phase, TrainContext, run_phase
 
 
 @torch.inference_mode()

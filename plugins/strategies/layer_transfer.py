@@ -5,9 +5,9 @@ from typing import Optional, Union
 
 import torch
 
-from harness.model import group_modules
-from harness.strategy import TrainingStrategy
-from harness.train import Phase
+from harness.train.model import group_modules
+from harness.train.strategy import TrainingStrategy
+from harness.train.loop import Phase
 
 
 class LayerTransfer(TrainingStrategy):

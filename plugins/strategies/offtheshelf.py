@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.data import DataSplits
-from harness.model import TransferModel
-from harness.strategy import Strategy
-from harness.train import EpochRecord, History, TrainContext, evaluate
+from harness.train.data import DataSplits
+from harness.train.model import TransferModel
+from harness.train.strategy import Strategy
+from harness.train.loop import EpochRecord, History, TrainContext, evaluate
 
 from .frozen import extract_features
 

@@ -3,15 +3,15 @@ gradual unfreezing, and the two combined with slanted triangular learning rates.
 
 Howard & Ruder 2018, "Universal Language Model Fine-tuning for Text Classification",
 ACL, section 3.2 (discriminative fine-tuning, eq. 2; slanted triangular learning rates,
-eq. 3, see :func:`harness.schedules.stlr_multiplier`) and section 3.3 (gradual
+eq. 3, see :func:`harness.train.schedules.stlr_multiplier`) and section 3.3 (gradual
 unfreezing). Layer groups play the role of the paper's layers; the head is the top.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from harness.strategy import TrainingStrategy
-from harness.train import Phase
+from harness.train.strategy import TrainingStrategy
+from harness.train.loop import Phase
 
 
 def discriminative_lrs(groups: list[str], lr: float, factor: float) -> dict:
@@ -91,7 +91,7 @@ class GradualUnfreezing(TrainingStrategy):
                       epochs=n - 1 + ctx.settings.epochs, min_epochs=n)]
 
     def on_epoch_start(self, model, phase, epoch):
-        from harness.model import set_trainable
+        from harness.train.model import set_trainable
         groups = [g.name for g in model.layer_groups()]
         set_trainable(model, groups[max(0, len(groups) - 1 - epoch):])
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.task import Task
+from harness.train.task import Task
 
 
 def dense_head(in_features: int, hidden: tuple, out_features: int, dropout: float) -> nn.Sequential:

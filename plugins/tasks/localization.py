@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.task import Task
+from harness.train.task import Task
 
 from .classification import dense_head
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.task import Task
+from harness.train.task import Task
 
 REFERENCES = ("bbox", "image")
 

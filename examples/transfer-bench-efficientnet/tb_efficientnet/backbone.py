@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.model import Backbone, LayerGroup
+from harness.train.model import Backbone, LayerGroup
 
 ARCH = "tf_efficientnet_lite0"
 

@@ -10,8 +10,8 @@ import dataclasses
 
 import torch
 
-from harness.strategy import Strategy
-from harness.train import History, Phase, run_phase
+from harness.train.strategy import Strategy
+from harness.train.loop import History, Phase, run_phase
 
 
 class L2SP(Strategy):

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from harness.latency import measure
+from harness.measure.latency import measure
 
 
 def available() -> tuple[bool, str]:

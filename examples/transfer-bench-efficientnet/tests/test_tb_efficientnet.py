@@ -62,7 +62,7 @@ def test_l2sp_learns_the_tiny_problem(plugin_system):
 
 def test_l2sp_gradient_is_that_of_the_papers_penalty():
     """fit()'s hooks add exactly d/dw of alpha/2 ||w_S - w0_S||^2 + beta/2 ||w_head||^2."""
-    from harness.model import TransferModel
+    from harness.train.model import TransferModel
     from tb_efficientnet.l2sp import L2SP
 
     torch.manual_seed(0)
@@ -90,8 +90,8 @@ def test_l2sp_gradient_is_that_of_the_papers_penalty():
 
 
 def test_l2sp_strong_alpha_keeps_the_backbone_near_its_start():
-    from harness.model import TransferModel
-    from harness.train import TrainContext, TrainSettings
+    from harness.train.model import TransferModel
+    from harness.train.loop import TrainContext, TrainSettings
     from harness.testkit import _ClassificationForChecks
     from tb_efficientnet.l2sp import L2SP
 

@@ -235,7 +235,7 @@ def condition_stem(config: dict, env: dict) -> str:
 def publish(store: "RunStore", folder: Path) -> list[Path]:
     """Copy a run's aggregated CSV, and its report as Markdown, into ``folder`` under names
     that state the conditions (see :func:`condition_stem`). Returns the written paths."""
-    from .table import report_text
+    from ..report.table import report_text
 
     stem = condition_stem(store.config(), store.environment())
     store.aggregate()

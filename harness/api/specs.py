@@ -1,7 +1,7 @@
 """Typed descriptors that plugins return from the registration hooks.
 
 Each spec is a small frozen dataclass. The core collects them into registries keyed
-by ``name`` (see :mod:`harness.registry`) and never looks inside a plugin otherwise.
+by ``name`` (see :mod:`harness.api.registry`) and never looks inside a plugin otherwise.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class BackboneSpec:
     Attributes:
         name: registry key, e.g. ``"resnet18"``.
         build: ``build(**params) -> Backbone`` returns a fresh, randomly initialised
-            :class:`harness.model.Backbone`. Weights are loaded afterwards by a weight source.
+            :class:`harness.train.model.Backbone`. Weights are loaded afterwards by a weight source.
         family: free-form family label ("resnet", "vgg", ...), shown in listings.
         device_class: ``"mobile"`` or ``"server"``: which recommendation it competes in.
         default_weights: weight-source string used when a strategy wants pretrained weights
@@ -56,7 +56,7 @@ class TaskSpec:
 
     Attributes:
         name: registry key, e.g. ``"classification"``.
-        factory: ``factory(**params) -> harness.task.Task``.
+        factory: ``factory(**params) -> harness.train.task.Task``.
         description: one line for ``bench list``.
     """
 
@@ -74,7 +74,7 @@ class StrategySpec:
 
     Attributes:
         name: registry key.
-        cls: a subclass of :class:`harness.strategy.Strategy`; instantiated per cell with
+        cls: a subclass of :class:`harness.train.strategy.Strategy`; instantiated per cell with
             the user's parameters as keyword arguments.
         description: one line for ``bench list``; cite the paper where there is one.
     """
@@ -94,7 +94,7 @@ class DatasetSpec:
     Attributes:
         name: registry key.
         load: ``load(task: str, image_size: int, seed: int, cache_dir: Path, **params)``
-            returning a :class:`harness.data.DataSplits`.
+            returning a :class:`harness.train.data.DataSplits`.
         tasks: names of the tasks the dataset has labels for.
         synthetic: True for generated data; it is labelled so wherever it appears.
         offline: True when the data installs without internet (packaged or Debian).
@@ -120,7 +120,7 @@ class WeightSourceSpec:
         name: the prefix before ``:`` in a weights string (``file`` for ``file:/x.pth``).
         load: ``load(backbone_spec, backbone, arg, context) -> WeightsInfo``; loads weights
             into ``backbone`` in place. ``arg`` is the text after ``:`` or ``None``.
-            Raise :class:`harness.errors.WeightsUnavailable` with the alternatives when the
+            Raise :class:`harness.api.errors.WeightsUnavailable` with the alternatives when the
             weights cannot be had here.
         pretrained: whether weights from this source count as pretrained.
         description: one line for ``bench list``.
@@ -144,7 +144,7 @@ class RuntimeSpec:
         available: ``available() -> (bool, reason)``; the reason is shown instead of a
             number when the runtime cannot run here.
         measure: ``measure(artifacts, profile, settings) -> dict`` with latency statistics;
-            see :mod:`harness.latency`.
+            see :mod:`harness.measure.latency`.
         needs_onnx: whether the runtime consumes the exported ONNX file.
         description: one line for ``bench list``.
     """
@@ -193,7 +193,7 @@ class ReporterSpec:
 
     Attributes:
         name: registry key, used by ``bench report --format NAME``.
-        write: ``write(run: harness.results.RunRecord, out: Path | None) -> str | None``.
+        write: ``write(run: harness.run.results.RunRecord, out: Path | None) -> str | None``.
         description: one line for ``bench list``.
     """
 
@@ -211,7 +211,7 @@ class ExecutorSpec:
 
     Attributes:
         name: registry key, used by ``bench run --executor NAME``.
-        factory: ``factory(**options) -> harness.executor.Executor``.
+        factory: ``factory(**options) -> harness.run.executor.Executor``.
         description: one line for ``bench list``.
     """
 

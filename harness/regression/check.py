@@ -42,14 +42,14 @@ from typing import Callable, Optional
 
 import torch
 
-from .config import AxisItem, CellConfig
-from .data import DataInfo
-from .env import environment, machine_fingerprint
-from .errors import BenchError
-from .latency import MeasureSettings
-from .manager import PluginSystem
-from .model import TransferModel
-from .results import atomic_write_json, atomic_write_text
+from ..run.config import AxisItem, CellConfig
+from ..train.data import DataInfo
+from ..measure.env import environment, machine_fingerprint
+from ..api.errors import BenchError
+from ..measure.latency import MeasureSettings
+from ..api.manager import PluginSystem
+from ..train.model import TransferModel
+from ..run.results import atomic_write_json, atomic_write_text
 
 FORMAT = "transfer-bench-baseline"
 VERSION = 1
@@ -284,9 +284,9 @@ def measure_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSetting
         medians), ``probe_ms``, ``raw_ms`` (every call, per block) and the profile facts, or
         ``error`` / ``unavailable`` with the reason.
     """
-    from .cell import Artifacts
-    from .export import export_onnx
-    from .specs import ProfileSpec
+    from ..run.cell import Artifacts
+    from ..measure.export import export_onnx
+    from ..api.specs import ProfileSpec
 
     out: dict = {}
     arts: dict = {}
@@ -386,7 +386,7 @@ def measure_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSetting
 def _probe_size(plugins: PluginSystem, art, t: _Target, settings: MeasureSettings,
                 rs: RoundSettings) -> int:
     """Probe repetitions that last about one model call (one untimed-for-the-check block)."""
-    from .specs import ProfileSpec
+    from ..api.specs import ProfileSpec
     profile = ProfileSpec(**{k: (tuple(v) if k == "precisions" else v)
                              for k, v in t.profile.items()})
     try:
@@ -402,7 +402,7 @@ def _probe_size(plugins: PluginSystem, art, t: _Target, settings: MeasureSetting
 
 # -- baselines --------------------------------------------------------------------------------
 def resolved_profiles(plugins: PluginSystem, names, custom: dict) -> dict:
-    from .cell import resolve_profile
+    from ..run.cell import resolve_profile
     out = {}
     for n in names:
         p = resolve_profile(plugins, n, custom)
@@ -675,8 +675,8 @@ def _data_info(rec: dict) -> dict:
 def _train_cell(plugins: PluginSystem, config: dict,
                 progress: Callable[[str], None] = lambda m: None) -> dict:
     """Train and test one cell (no latency: the check measures latency its own way)."""
-    from .cell import run_cell
-    from .env import package_versions
+    from ..run.cell import run_cell
+    from ..measure.env import package_versions
 
     cfg = cell_config({**config, "runtimes": []})
     return run_cell(plugins, cfg, cfg.key(package_versions()), progress=progress)
@@ -684,7 +684,7 @@ def _train_cell(plugins: PluginSystem, config: dict,
 
 def entries_from_run(plugins: PluginSystem, run: Path) -> list[dict]:
     """Baseline entries (configuration, data facts, metric) of a run folder's ok cells."""
-    from .results import RunStore
+    from ..run.results import RunStore
 
     store = RunStore(Path(run))
     try:
@@ -710,8 +710,8 @@ def entries_from_run(plugins: PluginSystem, run: Path) -> list[dict]:
 def entries_from_matrix(plugins: PluginSystem, matrix, train: bool = True,
                         progress: Callable[[str], None] = lambda m: None) -> list[dict]:
     """Baseline entries of a matrix: trained for the metric unless ``train`` is False."""
-    from .cell import load_data
-    from .runner import validate
+    from ..run.cell import load_data
+    from ..run.runner import validate
 
     cells, _notes = validate(plugins, matrix)
     entries = []
@@ -746,7 +746,7 @@ def attach_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSettings
 
 def fresh_metrics_from_run(run: Path) -> dict:
     """``{cell id: (metric or None, why missing)}`` from a run folder."""
-    from .results import RunStore
+    from ..run.results import RunStore
 
     store = RunStore(Path(run))
     if not store.cells_dir.is_dir():

@@ -3,7 +3,7 @@
 ONNX Runtime's worker threads spin after a run and can slow PyTorch in the same process
 by up to 50x (onnxruntime issue 13808; see MEASUREMENT.md), and one runtime's allocator
 keeps memory another would be charged for. So each (runtime, profile) pair of a cell is
-measured by a fresh ``python -m harness.isolate JOB_DIR`` process:
+measured by a fresh ``python -m harness.measure.isolate JOB_DIR`` process:
 
 1. the parent writes the job folder once per cell: ``model.pt`` (``torch.save`` of the
    whole trained model, loaded in the worker only if a runtime asks for ``art.model``),
@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .latency import MeasureSettings
-from .specs import ProfileSpec
+from ..api.specs import ProfileSpec
 
 
 class WorkerError(RuntimeError):
@@ -167,7 +167,7 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
     # The worker must import what the parent imported (plugins from tests, editable paths).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:
-        proc = subprocess.run([sys.executable, "-m", "harness.isolate", str(folder)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "harness.measure.isolate", str(folder)], env=env,
                               capture_output=True, text=True, timeout=settings.worker_timeout_s)
     except subprocess.TimeoutExpired:
         raise WorkerError(f"timeout: the {label} worker did not finish within "
@@ -212,10 +212,10 @@ def _worker(folder: Path) -> int:
     return 0 if "results" in payload else 1
 
 
-if __name__ == "__main__":  # python -m harness.isolate JOB_DIR
+if __name__ == "__main__":  # python -m harness.measure.isolate JOB_DIR
     if len(sys.argv) != 2 or not Path(sys.argv[1], "job.json").exists():
-        sys.exit("usage: python -m harness.isolate JOB_DIR (a folder holding job.json)")
-    from harness.allocator import tune
+        sys.exit("usage: python -m harness.measure.isolate JOB_DIR (a folder holding job.json)")
+    from harness.measure.allocator import tune
     tune()  # the same allocator settings as the parent `bench` process
     rc = _worker(Path(sys.argv[1]))
     sys.stdout.flush()

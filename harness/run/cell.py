@@ -13,15 +13,15 @@ from typing import Callable, Optional
 import torch
 
 from .config import CellConfig
-from .data import DataSplits
-from .errors import BenchError
-from .export import export_onnx, parity_check
-from .isolate import measure_in_worker
-from .latency import MeasureSettings
-from .manager import PluginSystem
-from .model import TransferModel, count_parameters
-from .specs import ProfileSpec
-from .train import TrainContext, TrainSettings, evaluate
+from ..train.data import DataSplits
+from ..api.errors import BenchError
+from ..measure.export import export_onnx, parity_check
+from ..measure.isolate import measure_in_worker
+from ..measure.latency import MeasureSettings
+from ..api.manager import PluginSystem
+from ..train.model import TransferModel, count_parameters
+from ..api.specs import ProfileSpec
+from ..train.loop import TrainContext, TrainSettings, evaluate
 
 _DATA_CACHE: dict = {}
 
@@ -166,7 +166,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     if curve:
         best = max(curve) if task.higher_is_better else min(curve)
         # this cell's own curve; the benefits against scratch need the scratch cell too and
-        # are computed across cells by harness.benefits.transfer_benefits
+        # are computed across cells by harness.report.benefits.transfer_benefits
         rec["curve_summary"] = {"start": curve[0], "best": best,
                                 "mean": sum(curve) / len(curve)}
 
@@ -183,7 +183,7 @@ def _trained_param_count(model: TransferModel, history) -> int:
 
 def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec) -> list:
     """Latency rows of every (profile, runtime, precision); each runtime runs in its own
-    worker process (:mod:`harness.isolate`). Outputs a runtime returns on the test images
+    worker process (:mod:`harness.measure.isolate`). Outputs a runtime returns on the test images
     (``test_outputs``, for lower precisions) become ``accuracy_after`` here, scored by the
     task's own metrics."""
     if not cfg.runtimes:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import BenchError, DataUnavailable
+from ..api.errors import BenchError, DataUnavailable
 
 MARKER = ".extracted-ok"
 CHUNK = 1 << 20

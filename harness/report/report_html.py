@@ -3,7 +3,7 @@
 Three kinds of figure, each also written as a PNG file next to the HTML:
 
 - accuracy against p50 latency for every profile, the Pareto front of each device class
-  drawn as a step line and the recommended picks starred (see :mod:`harness.recommend`);
+  drawn as a step line and the recommended picks starred (see :mod:`harness.report.recommend`);
 - learning curves (validation metric per epoch) with one panel per strategy;
 - the three benefits of transfer per strategy, measured against the scratch cell of the same
   backbone, dataset, task and seed (Torrey & Shavlik, "Transfer Learning", Handbook of
@@ -111,7 +111,7 @@ def plot_curves(records: list[dict]) -> Figure:
 
 def plot_benefits(records: list[dict]) -> Optional[Figure]:
     """Grouped bars: start, slope (normalized AUC) and asymptote gains over scratch, mean over
-    seeds, as :func:`harness.benefits.transfer_benefits` computes them."""
+    seeds, as :func:`harness.report.benefits.transfer_benefits` computes them."""
     rows = [r for r in transfer_benefits(records) if r.get("baseline_key") is not None]
     if not rows:
         return None
@@ -168,7 +168,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     """Write ``report.html`` (PNGs embedded as base64) and the same PNGs beside it.
 
     Args:
-        store: a :class:`harness.results.RunStore`.
+        store: a :class:`harness.run.results.RunStore`.
         out: the HTML file to write, or a folder to put ``report.html`` in; default
             ``RUN/report/report.html``.
         budget_ms: latency budget of the recommendation.
@@ -176,7 +176,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     Returns:
         The path of the HTML file.
     """
-    from .results import atomic_write_text
+    from ..run.results import atomic_write_text
 
     out = Path(out) if out else store.path / "report"
     html_path = out if out.suffix in (".html", ".htm") else out / "report.html"

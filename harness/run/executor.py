@@ -62,7 +62,7 @@ class InProcessExecutor(Executor):
 class PluginRecipe:
     """How a worker rebuilds the driver's plugin system.
 
-    The worker calls the same constructor as :func:`harness.manager.get_plugins` (built-ins,
+    The worker calls the same constructor as :func:`harness.api.manager.get_plugins` (built-ins,
     entry points, ``TRANSFER_BENCH_DISABLE_PLUGINS``), leaves out the plugins disabled in the
     driver, then registers the plugins the driver registered at run time (a module by its
     import name, any other object by pickle).
@@ -80,8 +80,8 @@ class PluginRecipe:
 
 
 def recipe_for(plugins) -> PluginRecipe:
-    """The :class:`PluginRecipe` of a :class:`harness.manager.PluginSystem`."""
-    from .manager import BUILTIN_PLUGINS
+    """The :class:`PluginRecipe` of a :class:`harness.api.manager.PluginSystem`."""
+    from ..api.manager import BUILTIN_PLUGINS
 
     extras, paths = [], []
     for name, plugin in plugins.pm.list_name_plugin():
@@ -120,7 +120,7 @@ _BUILT: dict = {}
 
 def build_plugins(recipe: PluginRecipe):
     """The plugin system a worker uses for jobs with this recipe (built once per process)."""
-    from .manager import PluginSystem, set_plugins
+    from ..api.manager import PluginSystem, set_plugins
 
     if recipe not in _BUILT:
         for p in reversed(recipe.sys_path):
@@ -213,11 +213,11 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
     """
     import torch
 
-    from .allocator import tune
+    from ..measure.allocator import tune
     from .cell import run_cell
     from .results import RunStore
 
-    tune()  # workers allocate like the in-process run (harness/allocator.py)
+    tune()  # workers allocate like the in-process run (harness/measure/allocator.py)
 
     if threads:
         torch.set_num_threads(int(threads))

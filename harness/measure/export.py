@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BenchError
+from ..api.errors import BenchError
 
 
 class ParityError(BenchError):

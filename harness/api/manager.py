@@ -249,7 +249,7 @@ class PluginSystem:
             for spec in specs:
                 if not isinstance(spec, spec_type):
                     raise TypeError(f"{impl.function.__name__} returned {type(spec).__name__}, "
-                                    f"expected {spec_type.__name__} (from harness.specs)")
+                                    f"expected {spec_type.__name__} (from harness.api.specs)")
         except Exception as exc:
             info.error = f"{impl.function.__name__} raised {type(exc).__name__}: {exc}"
             info.traceback = traceback.format_exc()

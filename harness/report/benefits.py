@@ -16,7 +16,7 @@ Signature, for the reports::
 
     transfer_benefits(cells: list[dict], baseline: str = "scratch") -> list[dict]
 
-``cells`` are cell records as :func:`harness.cell.run_cell` writes them (keys used:
+``cells`` are cell records as :func:`harness.run.cell.run_cell` writes them (keys used:
 ``key``, ``status``, ``config`` with ``backbone``/``task``/``dataset``/``strategy``/``seed``,
 ``history.epochs[*].val_metric``, ``higher_is_better``, ``metric_name``). The result has
 one entry per ``ok`` cell that is not a baseline and has an ``ok`` baseline::

@@ -4,7 +4,7 @@ A strategy is a class (registered through ``register_strategies``) instantiated 
 cell with the user's parameters. The default :meth:`Strategy.fit` calls, in order:
 
 1. :meth:`freeze_before_training` - once, before anything is trained;
-2. :meth:`phases` - the list of :class:`harness.train.Phase` to run;
+2. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run;
 3. for each phase, :meth:`on_epoch_start` before every epoch.
 
 Override :meth:`fit` only for strategies that do not train by gradient descent on the
@@ -26,7 +26,7 @@ from torch import nn
 from .data import DataSplits
 from .model import LayerGroup, TransferModel
 from .schedules import SCHEDULES
-from .train import History, Phase, TrainContext, run_phase
+from .loop import History, Phase, TrainContext, run_phase
 
 
 class Strategy:

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ConfigError
-from .latency import MeasureSettings
-from .train import TrainSettings
+from ..api.errors import ConfigError
+from ..measure.latency import MeasureSettings
+from ..train.loop import TrainSettings
 
 AXES = ("backbones", "tasks", "datasets", "strategies")
 

@@ -2,7 +2,7 @@
 
 Dataset plugins return :class:`DataSplits`. Images are ``uint8`` tensors of shape
 ``(N, 3, S, S)``; batches are turned into floats in [0, 1] as they are drawn, and the
-model normalizes them itself (see :class:`harness.model.TransferModel`).
+model normalizes them itself (see :class:`harness.train.model.TransferModel`).
 """
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ from typing import Optional
 
 from .cell import resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
-from .env import environment, package_versions
-from .errors import ConfigError, UnknownName
+from ..measure.env import environment, package_versions
+from ..api.errors import ConfigError, UnknownName
 from .executor import CellJob, cell_needs_gpu, recipe_for
-from .manager import PluginSystem
+from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
 
 _AXIS_REGISTRY = {"backbones": "backbones", "tasks": "tasks", "datasets": "datasets",

@@ -7,7 +7,7 @@ these hooks; third-party distributions declare an entry point in the group
 
 Registration hooks are called once, when the plugin manager builds its registries
 (at the start of every ``bench`` command). Each returns a list of small typed specs
-from :mod:`harness.specs`; the core files them in a registry keyed by name, and a
+from :mod:`harness.api.specs`; the core files them in a registry keyed by name, and a
 name claimed by two plugins is an error that names both.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def register_backbones() -> list:
     Called once when the registries are built. Receives nothing.
 
     Returns:
-        A list of :class:`harness.specs.BackboneSpec`.
+        A list of :class:`harness.api.specs.BackboneSpec`.
 
     Example::
 
@@ -41,8 +41,8 @@ def register_tasks() -> list:
     Called once when the registries are built. Receives nothing.
 
     Returns:
-        A list of :class:`harness.specs.TaskSpec` whose ``factory`` returns a
-        :class:`harness.task.Task`.
+        A list of :class:`harness.api.specs.TaskSpec` whose ``factory`` returns a
+        :class:`harness.train.task.Task`.
 
     Example::
 
@@ -59,8 +59,8 @@ def register_strategies() -> list:
     Called once when the registries are built. Receives nothing.
 
     Returns:
-        A list of :class:`harness.specs.StrategySpec` whose ``cls`` subclasses
-        :class:`harness.strategy.Strategy` and overrides its lifecycle methods.
+        A list of :class:`harness.api.specs.StrategySpec` whose ``cls`` subclasses
+        :class:`harness.train.strategy.Strategy` and overrides its lifecycle methods.
 
     Example::
 
@@ -78,7 +78,7 @@ def register_datasets() -> list:
     per cell, through the spec's ``load`` callable.
 
     Returns:
-        A list of :class:`harness.specs.DatasetSpec`.
+        A list of :class:`harness.api.specs.DatasetSpec`.
 
     Example::
 
@@ -96,7 +96,7 @@ def register_weight_sources() -> list:
     ``"NAME:ARG"`` selects the source ``NAME`` and passes it ``ARG``.
 
     Returns:
-        A list of :class:`harness.specs.WeightSourceSpec`.
+        A list of :class:`harness.api.specs.WeightSourceSpec`.
 
     Example::
 
@@ -114,7 +114,7 @@ def register_runtimes() -> list:
     whether it can run here (``available()``) and why not.
 
     Returns:
-        A list of :class:`harness.specs.RuntimeSpec`.
+        A list of :class:`harness.api.specs.RuntimeSpec`.
 
     Example::
 
@@ -132,7 +132,7 @@ def register_profiles() -> list:
     profiles in a matrix file.
 
     Returns:
-        A list of :class:`harness.specs.ProfileSpec`.
+        A list of :class:`harness.api.specs.ProfileSpec`.
 
     Example::
 
@@ -149,7 +149,7 @@ def register_reporters() -> list:
     Called once when the registries are built. Receives nothing.
 
     Returns:
-        A list of :class:`harness.specs.ReporterSpec`.
+        A list of :class:`harness.api.specs.ReporterSpec`.
 
     Example::
 
@@ -166,7 +166,7 @@ def register_executors() -> list:
     Called once when the registries are built. Receives nothing.
 
     Returns:
-        A list of :class:`harness.specs.ExecutorSpec`.
+        A list of :class:`harness.api.specs.ExecutorSpec`.
 
     Example::
 
@@ -184,7 +184,7 @@ def register_presets() -> list:
     ``default`` is what ``bench run`` runs when given no axis.
 
     Returns:
-        A list of :class:`harness.specs.PresetSpec`.
+        A list of :class:`harness.api.specs.PresetSpec`.
 
     Example::
 

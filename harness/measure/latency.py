@@ -30,7 +30,7 @@ class MeasureSettings:
         max_s: stop measuring after this long even if ``min_count`` is not reached
             (recorded as ``truncated``), so a very slow model cannot stall a run.
         isolate: measure each runtime in its own worker process (see
-            :mod:`harness.isolate`); ONNX Runtime's spinning threads can slow PyTorch in
+            :mod:`harness.measure.isolate`); ONNX Runtime's spinning threads can slow PyTorch in
             the same process up to 50x (onnxruntime issue 13808).
         worker_timeout_s: a worker that has not answered after this long is stopped and
             its runtime recorded as failed with ``timeout``.

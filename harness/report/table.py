@@ -128,7 +128,7 @@ def repeat_rows(records: list[dict], alpha: float = 0.05) -> tuple[list[str], li
     """One row per configuration: mean test metric ± 95% t half-width over seeds, and how it
     compares with the best strategy of the same backbone, dataset, task and weights.
 
-    The comparison is a paired t-test over the seeds both ran (see :mod:`harness.stats`);
+    The comparison is a paired t-test over the seeds both ran (see :mod:`harness.report.stats`);
     "n.s." marks a difference from the best that is not significant at ``alpha``.
     """
     from .stats import by_seed, compare_configs, configuration, mean_ci

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .errors import BenchError
+from ..api.errors import BenchError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

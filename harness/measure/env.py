@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 
-from . import __version__
+from .. import __version__
 
 PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
             "tensorrt", "numpy", "scikit-learn", "pluggy")

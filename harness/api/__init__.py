@@ -1,0 +1,1 @@
+"""The plugin API: hook specifications, typed specs, registries, the plugin manager, errors."""

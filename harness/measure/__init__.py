@@ -1,0 +1,1 @@
+"""Measurement: latency timing, worker isolation, export, allocator and environment."""

@@ -1,0 +1,1 @@
+"""The CI regression check (`bench check`, `bench baseline`)."""

@@ -1,0 +1,1 @@
+"""Reporting: tables, HTML report, recommendation, benefits, statistics."""

@@ -1,0 +1,1 @@
+"""Running a matrix: configuration, expansion, one cell, executors, the run store, locks."""

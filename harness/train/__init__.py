@@ -1,0 +1,1 @@
+"""The training engine a strategy drives: model, data, task, schedules, the loop."""
