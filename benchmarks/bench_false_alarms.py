@@ -18,7 +18,7 @@ from dataclasses import asdict
 
 import torch
 
-from harness.regression import check as rg
+from harness import regression as rg
 from harness.run.config import MatrixConfig
 from harness.api.manager import PluginSystem
 from plugins.regression import slowdown_plugin

@@ -1,6 +1,6 @@
 """``bench baseline`` and ``bench check``: CI regression checks of latency and accuracy.
 
-The logic lives in :mod:`harness.regression.check`; this plugin only adds the commands.
+The logic lives in :mod:`harness.regression`; this plugin only adds the commands.
 Exit status of ``bench check``: 0 every check holds, 1 a regression, 2 an error (a broken or
 missing baseline, a cell that cannot be rebuilt or measured, a fresh metric that is missing).
 """
@@ -52,7 +52,7 @@ def _round_options(fn):
 
 
 def _round_settings(base: dict, rounds, calls, calibrate, statistic=None):
-    from harness.regression.check import RoundSettings
+    from harness.regression import RoundSettings
     kw = dict(base)
     for k, v in (("rounds", rounds), ("calls", calls), ("calibrate", calibrate),
                  ("statistic", statistic)):
@@ -131,7 +131,7 @@ def baseline_group():
         """Measure cells and write a baseline: configs, metrics, raw latency, environment."""
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
-        from harness.regression import check as rg
+        from harness import regression as rg
 
         plugins = get_plugins()
         progress = _progress(quiet)
@@ -165,7 +165,7 @@ def baseline_group():
         """Re-measure a baseline's latency here (and its metrics from a run); keep its [check]."""
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
-        from harness.regression import check as rg
+        from harness import regression as rg
 
         plugins = get_plugins()
         try:
@@ -225,7 +225,7 @@ def check_command():
         """Re-measure a baseline's cells and say whether they got slower or less accurate."""
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
-        from harness.regression import check as rg
+        from harness import regression as rg
 
         try:
             if run and retrain:

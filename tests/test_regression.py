@@ -17,7 +17,7 @@ from harness import BackboneSpec, DatasetSpec, hookimpl
 from harness.cli import cli
 from harness.train.data import DataInfo, DataSplits, TensorSplit
 from harness.train.model import Backbone, LayerGroup
-from harness.regression import check as rg
+from harness import regression as rg
 
 ROUNDS = ["--rounds", "6", "--calls", "5"]
 

@@ -1,1 +1,52 @@
-"""The CI regression check (`bench check`, `bench baseline`)."""
+"""The CI regression check (`bench check`, `bench baseline`): baselines, noise-robust latency statistics, verdicts, reports.
+
+A *baseline* file (JSON) holds, per cell, its configuration, its primary metric and the raw
+latency samples of every runtime x profile x precision, plus the environment and machine
+fingerprint it was measured on and the tolerances to check with (its ``check`` table).
+
+How latency is compared (why it holds on a noisy, shared machine):
+
+* **Same model, no retraining.** Latency is measured on the cell's *architecture*
+  (backbone + task head rebuilt from the cell's configuration, seeded random weights)
+  through the registered runtime plugins. Trained weights do not change the work a dense
+  CNN does per image, so a latency check needs no training; the baseline and the check
+  use the very same procedure, so they are comparable. Accuracy comes from a fresh run
+  (``--run``) or a retraining (``--retrain``).
+* **Interleaved rounds.** Every runtime x profile of every cell is measured in ``rounds``
+  short blocks, the blocks of all cells interleaved, so a burst of load hits a few rounds
+  of every cell rather than all rounds of one. Each block gives one sample: by default its
+  process CPU time per call (see :class:`RoundSettings` for why; wall-clock ``min`` and
+  ``median`` are options), and the wall-clock timings of every call are kept too.
+* **Calibration probe.** Right before each block a fixed ``torch.mm`` workload is timed
+  the same way with the same threads; the block's sample divided by the probe's cancels
+  the machine's speed (another CPU model, a clock change). Comparisons use these
+  normalized samples.
+* **Ratio AND significance.** A regression needs the ratio of medians above
+  ``1 + tolerance`` and a one-sided Mann-Whitney U test (Mann & Whitney 1947) below
+  ``alpha`` -- the rule asv uses. A suspected regression is measured again and must be
+  confirmed (``confirm`` re-measurements).
+
+Modules, bottom up: ``settings`` and ``statistics``; ``rebuild`` (a cell's model back from
+its configuration); ``measure`` (the rounds); ``baseline`` (files); ``verdict``; ``reports``;
+``check`` (orchestration). This package re-exports their public names.
+"""
+from .baseline import (fingerprint_warnings, load_baseline, make_entry, new_baseline,
+                       resolved_profiles, write_baseline)
+from .check import (attach_latency, entries_from_matrix, entries_from_run,
+                    fresh_metrics_from_run, run_check)
+from .measure import latency_key, measure_latency, probe
+from .rebuild import build_architecture, cell_config, cell_identity
+from .reports import junit_xml, markdown_summary, summary_line, verdict_table, write_reports
+from .settings import FORMAT, VERSION, BaselineError, CheckSettings, RoundSettings
+from .statistics import mann_whitney_greater
+from .verdict import Verdict, compare_latency, compare_metric, exit_code
+
+__all__ = [
+    "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Verdict",
+    "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
+    "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",
+    "fingerprint_warnings", "fresh_metrics_from_run", "junit_xml", "latency_key",
+    "load_baseline", "make_entry", "mann_whitney_greater", "markdown_summary",
+    "measure_latency", "new_baseline", "probe", "resolved_profiles", "run_check",
+    "summary_line", "verdict_table", "write_baseline", "write_reports",
+]

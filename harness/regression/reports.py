@@ -1,0 +1,84 @@
+"""Reports of a check: the terminal table, a Markdown pull-request comment, JUnit XML."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Optional
+
+from ..run.results import atomic_write_text
+from .verdict import Verdict, exit_code
+
+_HEAD = ["cell", "check", "verdict", "baseline", "fresh", "change", "p", "limit", "note"]
+
+
+def _row(v: Verdict) -> list:
+    fmt = (lambda x: "" if x is None else (f"{x:.4g}"))
+    unit = " ms" if v.check.startswith("latency") else ""
+    return [v.cell, v.check, v.status.upper() if v.status in ("regression", "error") else v.status,
+            fmt(v.baseline) + (unit if v.baseline is not None else ""),
+            fmt(v.fresh) + (unit if v.fresh is not None else ""), v.change or "",
+            "" if v.p_value is None else f"{v.p_value:.2g}", v.limit, v.note]
+
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    from tabulate import tabulate
+    return tabulate([_row(v) for v in verdicts], headers=_HEAD, tablefmt="simple")
+
+
+def summary_line(verdicts: list[Verdict]) -> str:
+    counts = {s: sum(v.status == s for v in verdicts)
+              for s in ("regression", "error", "improved", "pass", "skipped")}
+    code = exit_code(verdicts)
+    head = {0: "all checks hold", 1: "REGRESSION", 2: "ERROR: some checks could not be done"}[code]
+    return head + " (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")"
+
+
+def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path: str) -> str:
+    """A pull-request comment: overall status, warnings, the verdict table."""
+    icon = {0: ":white_check_mark:", 1: ":x:", 2: ":warning:"}[exit_code(verdicts)]
+    lines = [f"### {icon} transfer-bench check: {summary_line(verdicts)}", "",
+             f"Baseline: `{baseline_path}`", ""]
+    lines += [f"> **warning:** {w}" for w in warnings]
+    if warnings:
+        lines.append("")
+    lines.append("| " + " | ".join(_HEAD) + " |")
+    lines.append("|" + "---|" * len(_HEAD))
+    for v in verdicts:
+        cells = [str(c).replace("|", "\\|") for c in _row(v)]
+        if v.status in ("regression", "error"):
+            cells[2] = f"**{cells[2]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "A latency regression needs the ratio of medians above the tolerance AND a "
+              "one-sided Mann-Whitney p below alpha, confirmed by two re-measurements."]
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(verdicts: list[Verdict], warnings: list[str]) -> str:
+    """JUnit XML: one testcase per verdict; regressions are failures, errors are errors."""
+    suite = ET.Element("testsuite", name="transfer-bench check", tests=str(len(verdicts)),
+                       failures=str(sum(v.status == "regression" for v in verdicts)),
+                       errors=str(sum(v.status == "error" for v in verdicts)),
+                       skipped=str(sum(v.status == "skipped" for v in verdicts)))
+    for v in verdicts:
+        case = ET.SubElement(suite, "testcase", classname=v.cell, name=v.check)
+        msg = " ".join(f"{h}={c}" for h, c in zip(_HEAD[2:], _row(v)[2:]) if c)
+        if v.status == "regression":
+            ET.SubElement(case, "failure", message=msg).text = msg
+        elif v.status == "error":
+            ET.SubElement(case, "error", message=v.note).text = msg
+        elif v.status == "skipped":
+            ET.SubElement(case, "skipped", message=v.note)
+        else:
+            ET.SubElement(case, "system-out").text = msg
+    if warnings:
+        ET.SubElement(suite, "system-err").text = "\n".join(warnings)
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def write_reports(verdicts: list[Verdict], warnings: list[str], baseline_path: str,
+                  markdown: Optional[Path], junit: Optional[Path]) -> None:
+    if markdown:
+        atomic_write_text(Path(markdown), markdown_summary(verdicts, warnings, baseline_path))
+    if junit:
+        atomic_write_text(Path(junit), junit_xml(verdicts, warnings))
