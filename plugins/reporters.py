@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import ReporterSpec, hookimpl
-from harness.run.results import atomic_write_text
+from harness.api.files import atomic_write_text
 from harness.report.table import report_text
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +37,9 @@ from torch import nn
 from harness import __version__, WeightSourceSpec, hookimpl
 from harness.run.config import parse_value
 from harness.api.errors import WeightsUnavailable
+from harness.api.files import atomic_path
+from harness.run.locks import cache_lock
+from harness.run.results import atomic_write_json
 
 #: bump when the pretraining recipe changes, so old cache entries are not reused
 RECIPE = 1
@@ -107,27 +108,10 @@ def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train:
     return hashlib.sha256(text.encode()).hexdigest(), material
 
 
-def _lock(path: Path):
-    """An exclusive lock on a cache entry (harness.run.locks), or none where that module is absent:
-    then parallel workers may both pretrain, and the atomic writes keep the entry whole."""
-    try:
-        from harness.run.locks import cache_lock
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
-    return cache_lock(path)
-
-
 def _atomic_save(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
 
 
 def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_dir: Path,
@@ -191,7 +175,7 @@ def load_source(spec, backbone, arg, context) -> dict:
     wpath, ipath = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     target = getattr(backbone, "model", backbone)
     progress = context.get("progress") or (lambda m: None)
-    with _lock(wpath):  # parallel workers wait for one pretraining instead of repeating it
+    with cache_lock(wpath):  # parallel workers wait for one pretraining instead of repeating it
         if wpath.exists() and ipath.exists():
             from safetensors.torch import load_file
             from .weights import load_state_dict_checked
@@ -203,7 +187,6 @@ def load_source(spec, backbone, arg, context) -> dict:
             progress(f"pretraining on source dataset {name} (cached afterwards)")
             reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
             _atomic_save(target.state_dict(), wpath)
-            from harness.run.results import atomic_write_json
             atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
             cached = False
     target_ds = context.get("dataset")

@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from harness import BackboneSpec, DatasetSpec, StrategySpec, hookimpl
 from harness.run.config import MatrixConfig
 from harness.run.executor import CellJob, describe_exit, recipe_for
-from harness.run.locks import atomic_write_bytes, cache_lock
+from harness.api.files import atomic_write_bytes
+from harness.run.locks import cache_lock
 from harness.run.results import RunStore
 from harness.run.runner import run_matrix
 from harness.train.strategy import Strategy
@@ -280,6 +281,21 @@ def test_concurrent_atomic_writes_leave_one_whole_entry(tmp_path):
     data = entry.read_bytes()
     assert len(data) == 2_000_000 and len(set(data)) == 1  # one writer's bytes, whole
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]  # no temporary left
+
+
+def test_atomic_path_keeps_the_old_entry_when_the_writer_fails(tmp_path):
+    from harness.api.files import atomic_path
+    entry = tmp_path / "features.npz"
+    entry.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(entry) as tmp:
+            tmp.write_bytes(b"half")  # a library writing by path, then failing
+            raise OSError("disk full")
+    assert entry.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["features.npz"]
+    with atomic_path(entry) as tmp:
+        tmp.write_bytes(b"new")
+    assert entry.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["features.npz"]
 
 
 def test_lock_released_when_holder_is_killed(tmp_path):

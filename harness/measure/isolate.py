@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..api.files import atomic_write_text
 from .latency import MeasureSettings
 from ..api.specs import ProfileSpec
 
@@ -206,9 +207,7 @@ def _worker(folder: Path) -> int:
         payload: dict = {"results": clean}
     except Exception as exc:  # sent back to the parent, which records it in the cell
         payload = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(payload, default=str))
-    os.replace(tmp, folder / "result.json")
+    atomic_write_text(folder / "result.json", json.dumps(payload, default=str))
     return 0 if "results" in payload else 1
 
 

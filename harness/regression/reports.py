@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
-from ..run.results import atomic_write_text
+from ..api.files import atomic_write_text
 from .verdict import Verdict, exit_code
 
 _HEAD = ["cell", "check", "verdict", "baseline", "fresh", "change", "p", "limit", "note"]

@@ -176,7 +176,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     Returns:
         The path of the HTML file.
     """
-    from ..run.results import atomic_write_text
+    from ..api.files import atomic_write_text
 
     out = Path(out) if out else store.path / "report"
     html_path = out if out.suffix in (".html", ".htm") else out / "report.html"

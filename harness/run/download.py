@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..api.errors import BenchError, DataUnavailable
+from ..api.files import atomic_path
 
 MARKER = ".extracted-ok"
 CHUNK = 1 << 20
@@ -107,37 +108,31 @@ def fetch(res: Resource, folder: Path, base_url: Optional[str] = None,
         verify(dest, res)  # a user-supplied file is checked too; it is not deleted
         return dest
     url = res.url if base_url is None else base_url.rstrip("/") + "/" + res.filename
-    part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=connect_timeout) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            bar = _bar(total, res.filename, progress)
-            got = 0
-            with open(part, "wb") as out:
-                while True:
-                    block = resp.read(CHUNK)
-                    if not block:
-                        break
-                    out.write(block)
-                    got += len(block)
-                    bar.update(len(block))
-            bar.close()
-        if total is not None and got != total:
-            raise DataUnavailable(f"download of {url} was interrupted: {got} of {total} bytes; "
-                                  f"run again to retry")
-        verify(part, res)
+        with atomic_path(dest) as part:  # removed on any error: nothing half-done is kept
+            with urllib.request.urlopen(url, timeout=connect_timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                bar = _bar(total, res.filename, progress)
+                got = 0
+                with open(part, "wb") as out:
+                    while True:
+                        block = resp.read(CHUNK)
+                        if not block:
+                            break
+                        out.write(block)
+                        got += len(block)
+                        bar.update(len(block))
+                bar.close()
+            if total is not None and got != total:
+                raise DataUnavailable(f"download of {url} was interrupted: {got} of {total} "
+                                      f"bytes; run again to retry")
+            verify(part, res)
     except http.client.IncompleteRead as exc:
-        part.unlink(missing_ok=True)
         raise DataUnavailable(f"download of {url} was interrupted after {len(exc.partial)} "
                               f"bytes; nothing was kept, run again to retry") from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-        part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
         raise DataUnavailable(_offline_message(res, dest, str(reason))) from None
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dest)
     return dest
 
 

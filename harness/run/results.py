@@ -20,11 +20,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
+
+from ..api.files import atomic_write_text
 
 
 def _clean(obj: Any) -> Any:
@@ -38,32 +38,8 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, fsync it, then rename it over
-    ``path``: readers see the old file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def atomic_write_json(path: Path, data: Any) -> None:
+    """``data`` as the run store's JSON (sorted keys, NaN as null), written atomically."""
     atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -206,10 +182,6 @@ class RunStore:
             w.writerow(r)
         atomic_write_text(self.path / "results.csv", buf.getvalue())
         return rows
-
-
-def iter_rows(records: Iterable[dict]) -> list[dict]:
-    return [r for rec in records for r in cell_rows(rec)]
 
 
 def _slug(text: str) -> str:

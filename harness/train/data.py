@@ -14,6 +14,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from ..api.files import atomic_path
+
 
 @dataclass
 class DataInfo:
@@ -218,15 +220,8 @@ def decode_cached(paths: list, size: int, cache_dir: Optional[Path], extra: str 
         images[i] = img
         sizes[i, 0], sizes[i, 1] = w, h
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + f".{os.getpid()}.part")
-        with open(tmp, "wb") as f:
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), sizes=sizes.numpy(),
                      bad=np.array([i for i, _ in bad], dtype=np.int64))
-        os.replace(tmp, target)
     return images, sizes, bad
 
-
-def split_by_indices(images: torch.Tensor, targets: torch.Tensor, parts: list) -> list:
-    """:class:`TensorSplit` for each index tensor in ``parts``."""
-    return [TensorSplit(images[i], targets[i]) for i in parts]
