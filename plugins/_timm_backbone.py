@@ -21,8 +21,6 @@ class TimmBackbone(Backbone):
 
     def __init__(self, model_name: str, pool: str = "head"):
         super().__init__()
-        import timm
-
         if pool not in ("head", "avg"):
             raise ValueError(f"pool must be 'head' or 'avg', not {pool!r}")
         self.model_name = model_name

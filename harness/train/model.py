@@ -70,10 +70,6 @@ class TransferModel(nn.Module):
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, -1, 1, 1), persistent=False)
 
-    def set_normalization(self, mean, std) -> None:
-        self.mean.copy_(torch.tensor(mean).view(1, -1, 1, 1))
-        self.std.copy_(torch.tensor(std).view(1, -1, 1, 1))
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone output for images in [0, 1] (what the head consumes)."""
         x = (x - self.mean) / self.std

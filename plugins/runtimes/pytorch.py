@@ -100,7 +100,7 @@ def pytorch_cuda_measure(art, profile, settings) -> list[dict]:  # pragma: no co
                         lambda c: model(torch.from_numpy(c).to(dev, dtype)).float().cpu().numpy(),
                         test, max(profile.batch_size, 32))
             rows.append(row)
-            del model
+            model = x = None  # free this precision's GPU copy before the next one
         except Exception as exc:  # one precision failing does not hide the others
             rows.append(failed(prec, exc))
     return rows
