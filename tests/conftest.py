@@ -1,14 +1,26 @@
-"""Shared fixtures: a fresh plugin system with built-ins only, a loopback HTTP server."""
+"""Shared fixtures: a fresh plugin system with built-ins only, a loopback HTTP server.
+
+Every test session gets its own cache folder (downloads, decoded images, features) in the
+system's temporary folder, removed when the session ends: no test sees what an earlier
+session (or the user's ``bench``) left in a cache, and nothing is left in the repository.
+Worker processes inherit it through ``TRANSFER_BENCH_CACHE``.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
-os.environ.setdefault("TRANSFER_BENCH_CACHE", os.path.join(os.path.dirname(__file__), "..",
-                                                           ".cache", "test-cache"))
+_SESSION_CACHE = tempfile.mkdtemp(prefix="transfer-bench-test-cache-")
+os.environ["TRANSFER_BENCH_CACHE"] = _SESSION_CACHE
 torch.set_num_threads(2)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,13 +18,22 @@ def test_min_count_and_min_duration_are_both_met():
     assert stats["count"] == 40 and len(stats["raw_ms"]) == 40   # count drove it
 
 
-def test_warmup_by_count_and_by_time():
-    calls = []
-    s = MeasureSettings(warmup_count=7, warmup_s=0.03, min_count=1, min_s=0)
-    stats = measure(lambda: calls.append(time.sleep(0.001)), 1, s)
-    assert stats["warmup_calls"] >= 7
-    assert stats["warmup_calls"] * 0.001 >= 0.03 * 0.9   # kept warming until the time passed
-    assert len(calls) == stats["warmup_calls"] + stats["count"]
+def test_warmup_by_count_and_by_time(monkeypatch):
+    """On a clock that only the calls move (each takes exactly 1/1024 s), warm-up stops at the
+    first call after both 7 calls and 32/1024 s: nothing here depends on how long a sleep took."""
+    import types
+    import harness.measure.latency as lat
+    now = [0.0]
+    monkeypatch.setattr(lat, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call():
+        now[0] += 2 ** -10
+    s = MeasureSettings(warmup_count=7, warmup_s=32 * 2 ** -10, min_count=3, min_s=0)
+    stats = measure(call, 1, s)
+    assert stats["warmup_calls"] == 32 and stats["count"] == 3   # the time drove the warm-up
+    s = MeasureSettings(warmup_count=40, warmup_s=32 * 2 ** -10, min_count=3, min_s=0)
+    assert measure(call, 1, s)["warmup_calls"] == 40              # the count drove it
+    assert now[0] == (32 + 3 + 40 + 3) * 2 ** -10
 
 
 def test_max_s_stops_a_slow_model_and_says_truncated():
