@@ -42,7 +42,7 @@ def slowed_system(extra: float) -> PluginSystem:
     system = PluginSystem(entry_points=False, disable=[provider])
     system.register(slowdown_plugin(normal.runtimes.get(RUNTIME), extra), name="planted-slowdown",
                     origin="benchmark")
-    system._build_registries()
+    system.rebuild()
     return system
 
 

@@ -152,43 +152,50 @@ def plugins_cmd(ctx, as_json):
 
 
 # -- bench run ------------------------------------------------------------------------------
-def _weights_option(values) -> dict:
-    out = {}
-    for v in values:
-        if "=" in v:
-            bb, src = v.split("=", 1)
-            out[bb.strip()] = src.strip()
-        else:
-            out["*"] = v.strip()
-    return out
+_MATRIX_OPTIONS = [
+    click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
+                 help="Backbone axis (repeat for more)."),
+    click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]", help="Task axis."),
+    click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
+                 help="Dataset axis."),
+    click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]",
+                 help="Strategy axis; parameters after commas: -s chain_thaw,patience=1."),
+    click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME",
+                 help="Latency runtimes."),
+    click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME",
+                 help="Latency profiles (mobile, server, or one defined in the matrix file)."),
+    click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
+                 help="Weights for pretrained strategies: imagenet, packaged, file:PATH, ..."),
+    click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
+                 help="A TOML or YAML matrix file."),
+    click.option("--preset", default=None,
+                 help="A registered preset matrix (see bench list presets)."),
+    click.option("--epochs", type=int, help="Maximum epochs per phase."),
+    click.option("--batch-size", type=int, help="Training batch size."),
+    click.option("--lr", type=float, help="Learning rate."),
+    click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule."),
+    click.option("--image-size", type=int, help="Input size in pixels."),
+    click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
+]
+
+
+def matrix_options(fn):
+    """Add the options that describe a matrix (``bench run``'s) to a click command.
+
+    Their values, passed to the command by name, are what
+    :func:`harness.run.options.matrix_from_options` takes; plugin commands that run a
+    matrix (``bench baseline create``) use both, so they read like ``bench run``.
+    """
+    for opt in reversed(_MATRIX_OPTIONS):
+        fn = opt(fn)
+    return fn
 
 
 @cli.command("run", epilog=EPILOG_RUN)
-@click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
-              help="Backbone axis (repeat for more).")
-@click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]", help="Task axis.")
-@click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
-              help="Dataset axis.")
-@click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]",
-              help="Strategy axis; parameters after commas: -s chain_thaw,patience=1.")
-@click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME",
-              help="Latency runtimes.")
-@click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME",
-              help="Latency profiles (mobile, server, or one defined in the matrix file).")
-@click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
-              help="Weights for pretrained strategies: imagenet, packaged, file:PATH, ...")
-@click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
-              help="A TOML or YAML matrix file.")
-@click.option("--preset", default=None, help="A registered preset matrix (see bench list presets).")
+@matrix_options
 @click.option("--name", default=None, help="Name of the matrix (run folder and published "
               "files); default: the preset's or file's, with '-custom' when an option "
               "changed an axis.")
-@click.option("--epochs", type=int, help="Maximum epochs per phase.")
-@click.option("--batch-size", type=int, help="Training batch size.")
-@click.option("--lr", type=float, help="Learning rate.")
-@click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule.")
-@click.option("--image-size", type=int, help="Input size in pixels.")
-@click.option("--seeds", type=int, help="Repeat every cell with this many seeds.")
 @click.option("--out", "out_root", default="runs", show_default=True,
               type=click.Path(file_okay=False), help="Folder that holds run folders.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
@@ -206,40 +213,22 @@ def _weights_option(values) -> dict:
               expose_value=False, callback=lambda c, _, v: c.meta.__setitem__("budget_ms", v),
               help="Latency budget (p50, ms) of the recommendation printed at the end.")
 @click.pass_context
-def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, weights,
-            matrix_file, preset, name, epochs, batch_size, lr, schedule, image_size, seeds, out_root,
-            fresh, executor, jobs, address, cell_timeout, as_json, quiet):
+def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, as_json, quiet,
+            **matrix_opts):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
     With no option it runs the embedded default matrix (offline, a few minutes on 2 CPU
     cores). Options replace the axis or setting they name; the rest comes from the
     matrix file, the preset, or the default.
     """
-    from .run.config import load_matrix_file
-    from .run.runner import build_matrix, run_matrix
+    from .run.options import matrix_from_options
+    from .run.runner import run_matrix
 
     plugins = get_plugins()
     try:
-        if matrix_file and preset:
-            raise ConfigError("give --matrix or --preset, not both")
-        if matrix_file:
-            base = load_matrix_file(Path(matrix_file))
-            base = _kwargs_to_mapping(base)
-        else:
-            base = plugins.presets.get(preset or "default").resolve()
-        train = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                                   ("schedule", schedule)) if v is not None}
-        overrides = {"backbones": backbones, "tasks": tasks, "datasets": datasets,
-                     "strategies": strategies, "runtimes": runtimes, "profiles": profiles,
-                     "weights": _weights_option(weights), "train": train,
-                     "image_size": image_size, "seeds": seeds}
-        axes = ("backbones", "tasks", "datasets", "strategies")
-        if name:
-            base = {**base, "name": name}
-        elif any(overrides[a] for a in axes):  # not the preset's matrix any more
-            base = {**base, "name": f"{base.get('name', 'matrix')}-custom"}
-        matrix = build_matrix(base, overrides)
-        executor = executor or ("processes" if (jobs or 1) > 1 or cell_timeout else "inprocess")
+        matrix = matrix_from_options(plugins, matrix_opts)
+        executor = executor or plugins.default(
+            "executors", "parallel" if (jobs or 1) > 1 or cell_timeout else "default").name
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
                            executor_options={"jobs": jobs, "address": address,
                                              "cell_timeout": cell_timeout},
@@ -263,18 +252,6 @@ def run_cmd(ctx, backbones, tasks, datasets, strategies, runtimes, profiles, wei
         click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
                    f"table and in {store.path}/cells/", err=True)
         ctx.exit(1)
-
-
-def _kwargs_to_mapping(kw: dict) -> dict:
-    """matrix_kwargs() output back to the plain mapping build_matrix() validates."""
-    from dataclasses import asdict
-    out = dict(kw)
-    for k in ("train", "latency"):
-        if k in out and not isinstance(out[k], dict):
-            out[k] = asdict(out[k])
-    if "custom_profiles" in out:
-        out["profile"] = out.pop("custom_profiles")
-    return out
 
 
 # -- bench report ---------------------------------------------------------------------------

@@ -365,7 +365,7 @@ def register_plugin(plugin_system) -> Iterator[Any]:
 
     def _register(plugin: Any, name: str = "test-plugin"):
         plugin_system.register(plugin, name=name, origin="test")
-        plugin_system._build_registries()
+        plugin_system.rebuild()
         names.append(name)
         return plugin_system
 

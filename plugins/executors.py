@@ -18,9 +18,9 @@ def _ray_description() -> str:
 @hookimpl
 def register_executors():
     return [
-        ExecutorSpec("inprocess", factory=InProcessExecutor,
+        ExecutorSpec("inprocess", factory=InProcessExecutor, default=True,
                      description="run cells one after the other in this process"),
-        ExecutorSpec("processes", factory=ProcessExecutor,
+        ExecutorSpec("processes", factory=ProcessExecutor, parallel=True,
                      description="each cell in its own worker process, --jobs N at a time; "
                                  "a crashed cell is recorded and the others go on"),
         ExecutorSpec("ray", factory=RayExecutor, description=_ray_description()),

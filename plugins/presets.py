@@ -93,7 +93,7 @@ ULMFIT = {
 
 @hookimpl
 def register_presets():
-    return [PresetSpec("default", matrix=DEFAULT,
+    return [PresetSpec("default", matrix=DEFAULT, default=True,
                        description="offline default: MobileNetV2 (packaged ImageNet) and "
                                    "ResNet-18 x scratch/frozen/finetune on Fashion-MNIST"),
             PresetSpec("flowers_models_1_4", matrix=FLOWERS_MODELS_1_4,

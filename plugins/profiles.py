@@ -18,7 +18,7 @@ from harness import ProfileSpec, hookimpl
 @hookimpl
 def register_profiles():
     return [
-        ProfileSpec("mobile", batch_size=1, threads=2, precisions=("fp32", "int8"),
+        ProfileSpec("mobile", batch_size=1, threads=2, precisions=("fp32", "int8"), default=True,
                     description="batch 1, 2 threads, fp32 and int8 (lower precision allowed)"),
         ProfileSpec("server", batch_size=32, threads=0, precisions=("fp32", "fp16", "int8"),
                     description="batch 32, all cores (threads 0) or the GPU for GPU runtimes; "

@@ -61,46 +61,6 @@ def _round_settings(base: dict, rounds, calls, calibrate, statistic=None):
     return RoundSettings(**kw)
 
 
-def _matrix_from_options(plugins, opts: dict):
-    from harness.cli import _kwargs_to_mapping, _weights_option
-    from harness.run.config import load_matrix_file
-    from harness.api.errors import ConfigError
-    from harness.run.runner import build_matrix
-
-    if opts["matrix_file"] and opts["preset"]:
-        raise ConfigError("give --matrix or --preset, not both")
-    if opts["matrix_file"]:
-        base = _kwargs_to_mapping(load_matrix_file(Path(opts["matrix_file"])))
-    else:
-        base = plugins.presets.get(opts["preset"] or "default").resolve()
-    train = {k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None}
-    overrides = {"backbones": opts["backbones"], "tasks": opts["tasks"],
-                 "datasets": opts["datasets"], "strategies": opts["strategies"],
-                 "runtimes": opts["runtimes"], "profiles": opts["profiles"],
-                 "weights": _weights_option(opts["weights"]), "train": train,
-                 "image_size": opts["image_size"], "seeds": opts["seeds"]}
-    return build_matrix(base, overrides)
-
-
-def _matrix_options(fn):
-    for opt in reversed([
-        click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]"),
-        click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]"),
-        click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]"),
-        click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]"),
-        click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME"),
-        click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME"),
-        click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE"),
-        click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False)),
-        click.option("--preset", default=None),
-        click.option("--epochs", type=int), click.option("--batch-size", type=int),
-        click.option("--lr", type=float), click.option("--image-size", type=int),
-        click.option("--seeds", type=int),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
 def _fail(ctx, exc) -> None:
     click.echo(f"Error: {exc}", err=True)
     ctx.exit(2)
@@ -108,6 +68,7 @@ def _fail(ctx, exc) -> None:
 
 def baseline_group():
     """The ``bench baseline`` command group."""
+    from harness.cli import matrix_options
 
     @click.group("baseline", epilog=EPILOG_BASELINE)
     def baseline():
@@ -123,7 +84,7 @@ def baseline_group():
     @click.option("--latency-tolerance", type=float, default=0.10, show_default=True)
     @click.option("--accuracy-drop", type=float, default=0.01, show_default=True)
     @click.option("--alpha", type=float, default=0.01, show_default=True)
-    @_matrix_options
+    @matrix_options
     @_round_options
     @click.pass_context
     def create(ctx, out, from_run, latency_only, latency_tolerance, accuracy_drop, alpha,
@@ -132,6 +93,7 @@ def baseline_group():
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
         from harness import regression as rg
+        from harness.run.options import matrix_from_options
 
         plugins = get_plugins()
         progress = _progress(quiet)
@@ -143,7 +105,7 @@ def baseline_group():
                 entries = rg.entries_from_run(plugins, Path(from_run))
                 source = f"run {from_run}"
             else:
-                matrix = _matrix_from_options(plugins, opts)
+                matrix = matrix_from_options(plugins, opts)
                 entries = rg.entries_from_matrix(plugins, matrix, train=not latency_only,
                                                  progress=progress)
                 source = f"matrix {matrix.name}"
@@ -307,7 +269,7 @@ def slowdown_plugin(spec, extra: float):
         @hookimpl
         def register_runtimes():
             return [RuntimeSpec(spec.name, available=spec.available, measure=measure,
-                                needs_onnx=spec.needs_onnx,
+                                needs_onnx=spec.needs_onnx, packages=spec.packages,
                                 description=f"{spec.description} + planted {extra:.0%} slowdown")]
 
     return _Plugin()

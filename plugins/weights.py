@@ -280,7 +280,7 @@ def default_weights_facts(arch: str, weights: str) -> dict:
 @hookimpl
 def register_weight_sources():
     return [
-        WeightSourceSpec("random", load=_random, pretrained=False,
+        WeightSourceSpec("random", load=_random, pretrained=False, default=True,
                          description="random initialisation (train from scratch)"),
         WeightSourceSpec("packaged", load=_packaged,
                          description="ImageNet weights shipped inside an installed package"),

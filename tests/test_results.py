@@ -46,7 +46,7 @@ DRIVER = textwrap.dedent('''
 
     system = PluginSystem(entry_points=False)
     system.register(Plugin(), name="resume-test", origin="test")
-    system._build_registries()
+    system.rebuild()
     set_plugins(system)
     from harness.cli import cli
     cli(sys.argv[1:], prog_name="bench")

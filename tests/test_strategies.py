@@ -329,6 +329,7 @@ def test_layer_transfer_n_out_of_range_names_the_groups(tiny_splits):
 # -- the three benefits (Torrey & Shavlik) ----------------------------------------------------
 def _rec(strategy, curve, key, seed=0, status="ok"):
     return {"key": key, "status": status, "higher_is_better": True, "metric_name": "accuracy",
+            "transfer": strategy != "scratch",  # what run_cell records from Strategy.pretrained
             "config": {"backbone": "b", "task": "t", "dataset": "d", "seed": seed,
                        "strategy": strategy},
             "history": {"epochs": [{"val_metric": v} for v in curve]}}
@@ -348,5 +349,7 @@ def test_transfer_benefits_against_scratch():
     # finetune stopped after 2 epochs: extended with its best (0.8) to the 4-epoch horizon
     assert f["slope"]["value"] == pytest.approx((0.7 + 0.8 + 0.8) / 3)
     assert f["slope"]["baseline"] == pytest.approx((0.3 + 0.5 + 0.65) / 3)
-    assert out["z"]["baseline_key"] is None and "no ok 'scratch' cell" in out["z"]["missing"]
+    assert out["z"]["baseline_key"] is None and "no ok from-scratch" in out["z"]["missing"]
+    named = {e["key"]: e for e in transfer_benefits(cells, baseline="frozen")}
+    assert named["s"]["baseline_key"] is None and "no ok 'frozen' cell" in named["s"]["missing"]
     assert normalized_auc([0.5]) == 0.5

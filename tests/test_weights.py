@@ -173,6 +173,6 @@ def test_source_unknown_dataset_lists_datasets(plugin_system):
 
 def test_weights_option_keeps_source_parameters_together():
     """``--weights resnet18=source:digits,epochs=3``: the commas stay in the weights string."""
-    from harness.cli import _weights_option
-    assert _weights_option(["resnet18=source:digits,epochs=3"]) == {
+    from harness.run.options import weights_mapping
+    assert weights_mapping(["resnet18=source:digits,epochs=3"]) == {
         "resnet18": "source:digits,epochs=3"}

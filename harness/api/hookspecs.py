@@ -12,13 +12,49 @@ name claimed by two plugins is an error that names both.
 """
 from __future__ import annotations
 
+import typing
+from dataclasses import dataclass
+
 import pluggy
+
+from .specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
+                    ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
 
 hookspec = pluggy.HookspecMarker("transfer_bench")
 
 
-@hookspec
-def register_backbones() -> list:
+@dataclass(frozen=True)
+class Kind:
+    """One kind of thing plugins register, defined once, by its hook below.
+
+    Attributes:
+        name: the registry's key (``plugins.backbones``, ``bench list backbones``).
+        hook: the registration hook's name.
+        noun: how messages name one of them ("weight source").
+        spec: the spec type the hook returns a list of (from its annotation).
+    """
+
+    name: str
+    hook: str
+    noun: str
+    spec: type
+
+
+KINDS: dict[str, Kind] = {}
+"""Registry kind -> :class:`Kind`, in the order the hooks are defined."""
+
+
+def _registration(kind: str, noun: str):
+    """Mark a registration hook: a hookspec whose return annotation names its spec type."""
+    def mark(fn):
+        (spec_type,) = typing.get_args(typing.get_type_hints(fn)["return"])
+        KINDS[kind] = Kind(kind, fn.__name__, noun, spec_type)
+        return hookspec(fn)
+    return mark
+
+
+@_registration("backbones", "backbone")
+def register_backbones() -> list[BackboneSpec]:
     """Register backbones that can be built by name.
 
     Called once when the registries are built. Receives nothing.
@@ -34,8 +70,8 @@ def register_backbones() -> list:
     """
 
 
-@hookspec
-def register_tasks() -> list:
+@_registration("tasks", "task")
+def register_tasks() -> list[TaskSpec]:
     """Register target tasks (a head, a loss and metrics).
 
     Called once when the registries are built. Receives nothing.
@@ -52,8 +88,8 @@ def register_tasks() -> list:
     """
 
 
-@hookspec
-def register_strategies() -> list:
+@_registration("strategies", "strategy")
+def register_strategies() -> list[StrategySpec]:
     """Register fine-tune strategies.
 
     Called once when the registries are built. Receives nothing.
@@ -70,8 +106,8 @@ def register_strategies() -> list:
     """
 
 
-@hookspec
-def register_datasets() -> list:
+@_registration("datasets", "dataset")
+def register_datasets() -> list[DatasetSpec]:
     """Register datasets.
 
     Called once when the registries are built. Receives nothing. Loading happens later,
@@ -88,8 +124,8 @@ def register_datasets() -> list:
     """
 
 
-@hookspec
-def register_weight_sources() -> list:
+@_registration("weights", "weight source")
+def register_weight_sources() -> list[WeightSourceSpec]:
     """Register sources of backbone weights (``imagenet``, ``packaged``, ``file``...).
 
     Called once when the registries are built. Receives nothing. A weights string
@@ -106,8 +142,8 @@ def register_weight_sources() -> list:
     """
 
 
-@hookspec
-def register_runtimes() -> list:
+@_registration("runtimes", "runtime")
+def register_runtimes() -> list[RuntimeSpec]:
     """Register inference runtimes whose latency is measured.
 
     Called once when the registries are built. Receives nothing. Each runtime must say
@@ -124,8 +160,8 @@ def register_runtimes() -> list:
     """
 
 
-@hookspec
-def register_profiles() -> list:
+@_registration("profiles", "profile")
+def register_profiles() -> list[ProfileSpec]:
     """Register deployment profiles (batch size, threads, precisions, device).
 
     Called once when the registries are built. Receives nothing. Users can also define
@@ -142,8 +178,8 @@ def register_profiles() -> list:
     """
 
 
-@hookspec
-def register_reporters() -> list:
+@_registration("reporters", "reporter")
+def register_reporters() -> list[ReporterSpec]:
     """Register report writers used by ``bench report --format NAME``.
 
     Called once when the registries are built. Receives nothing.
@@ -159,8 +195,8 @@ def register_reporters() -> list:
     """
 
 
-@hookspec
-def register_executors() -> list:
+@_registration("executors", "executor")
+def register_executors() -> list[ExecutorSpec]:
     """Register executors that run the cells of a matrix (in process, processes, cluster).
 
     Called once when the registries are built. Receives nothing.
@@ -176,8 +212,8 @@ def register_executors() -> list:
     """
 
 
-@hookspec
-def register_presets() -> list:
+@_registration("presets", "preset")
+def register_presets() -> list[PresetSpec]:
     """Register named matrices for ``bench run --preset NAME``.
 
     Called once when the registries are built. Receives nothing. The preset named

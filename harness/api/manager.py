@@ -18,8 +18,9 @@ from typing import Any, Iterable, Optional
 import pluggy
 
 from . import hookspecs
+from .errors import ConfigError
+from .hookspecs import KINDS
 from .registry import Registry
-from .specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "transfer_bench"
 DISABLE_ENV = "TRANSFER_BENCH_DISABLE_PLUGINS"
@@ -39,21 +40,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.presets",
     "plugins.regression",
 )
-
-#: registry kind -> (hook name, singular noun for messages)
-KINDS: dict[str, tuple[str, str]] = {
-    "backbones": ("register_backbones", "backbone"),
-    "tasks": ("register_tasks", "task"),
-    "strategies": ("register_strategies", "strategy"),
-    "datasets": ("register_datasets", "dataset"),
-    "weights": ("register_weight_sources", "weight source"),
-    "runtimes": ("register_runtimes", "runtime"),
-    "profiles": ("register_profiles", "profile"),
-    "reporters": ("register_reporters", "reporter"),
-    "executors": ("register_executors", "executor"),
-    "presets": ("register_presets", "preset"),
-}
-
 
 @dataclass
 class PluginInfo:
@@ -139,7 +125,7 @@ class PluginSystem:
         if entry_points:
             self._load_entry_points()
         self.registries: dict[str, Registry] = {}
-        self._build_registries()
+        self.rebuild()
 
     @property
     def unknown_disabled(self) -> list[str]:
@@ -177,7 +163,7 @@ class PluginSystem:
         """Register a plugin object (module, class or instance), checking its hooks.
 
         A problem is recorded on the plugin's :class:`PluginInfo` instead of raised, so
-        one bad plugin never stops the others. Call :meth:`_build_registries` afterwards
+        one bad plugin never stops the others. Call :meth:`rebuild` afterwards
         (the ``register_plugin`` fixture does).
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
@@ -202,7 +188,7 @@ class PluginSystem:
         if plugin is not None:
             self.pm.unregister(plugin)
         self.infos.pop(name, None)
-        self._build_registries()
+        self.rebuild()
 
     def _load_entry_points(self) -> None:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
@@ -211,15 +197,15 @@ class PluginSystem:
             self._register_import(ep.name, ep.value, origin, loader=ep.load)
 
     # -- registries --------------------------------------------------------------------
-    def _build_registries(self) -> None:
+    def rebuild(self) -> None:
         """Call every plugin's registration hooks and file the specs by kind and name."""
-        self.registries = {kind: Registry(noun) for kind, (_, noun) in KINDS.items()}
+        self.registries = {kind: Registry(k.noun) for kind, k in KINDS.items()}
         for info in self.infos.values():
             info.registers = {}
         # pass 1: call each plugin's hooks; a hook that raises breaks its plugin
         collected: dict[str, list] = {}  # plugin name -> [(kind, spec)], registration order
-        for kind, (hook, _noun) in KINDS.items():
-            caller = getattr(self.pm.hook, hook)
+        for kind, k in KINDS.items():
+            caller = getattr(self.pm.hook, k.hook)
             for impl in caller.get_hookimpls():  # registration order: built-ins first
                 specs = self._call(kind, impl)
                 if specs is not None:
@@ -243,7 +229,7 @@ class PluginSystem:
         info = self.infos.setdefault(name, PluginInfo(name=name, origin="built-in"))
         if info.error:
             return None
-        spec_type = SPEC_TYPES[kind]
+        spec_type = KINDS[kind].spec
         try:
             specs = list(impl.function() or [])
             for spec in specs:
@@ -260,7 +246,7 @@ class PluginSystem:
         """The message for the first name in ``items`` that is already taken, if any."""
         seen: set = set()
         for kind, spec in items:
-            noun = KINDS[kind][1]
+            noun = KINDS[kind].noun
             if (kind, spec.name) in seen:
                 return f"{noun} {spec.name!r} is registered twice by {info.label} itself"
             seen.add((kind, spec.name))
@@ -279,6 +265,23 @@ class PluginSystem:
         if regs is not None and kind in regs:
             return regs[kind]
         raise AttributeError(kind)
+
+    def default(self, kind: str, role: str = "default"):
+        """The first registered spec of ``kind`` that declares ``role`` (``default=True``).
+
+        The core names no plugin: what it uses when a matrix or a command names nothing
+        (the preset, task, profile, executor, the weights of a model trained from scratch)
+        is the spec a plugin declared for that role.
+
+        Raises:
+            ConfigError: no registered spec of ``kind`` declares ``role``.
+        """
+        reg = self.registries[kind]
+        for spec in reg:
+            if getattr(spec, role, False):
+                return spec
+        raise ConfigError(f"no {KINDS[kind].noun} is registered with {role}=True, and none "
+                          f"was named; name one of: {', '.join(reg.names()) or '(none)'}")
 
     def broken(self) -> list[PluginInfo]:
         """Plugins that were left out because of an error."""

@@ -58,11 +58,13 @@ class TaskSpec:
         name: registry key, e.g. ``"classification"``.
         factory: ``factory(**params) -> harness.train.task.Task``.
         description: one line for ``bench list``.
+        default: the task of a matrix that names none (the first registered one wins).
     """
 
     name: str
     factory: Callable[..., Any]
     description: str = ""
+    default: bool = False
 
     def __post_init__(self) -> None:
         _check_name("task", self.name)
@@ -124,12 +126,15 @@ class WeightSourceSpec:
             weights cannot be had here.
         pretrained: whether weights from this source count as pretrained.
         description: one line for ``bench list``.
+        default: the source a strategy that does not transfer (``pretrained = False``)
+            starts from; must not be ``pretrained`` (the first registered one wins).
     """
 
     name: str
     load: Callable[..., Any]
     pretrained: bool = True
     description: str = ""
+    default: bool = False
 
     def __post_init__(self) -> None:
         _check_name("weight source", self.name)
@@ -147,6 +152,9 @@ class RuntimeSpec:
             see :mod:`harness.measure.latency`.
         needs_onnx: whether the runtime consumes the exported ONNX file.
         description: one line for ``bench list``.
+        packages: distributions the runtime runs on (``("onnxruntime",)``); their installed
+            versions enter every cell's key and ``environment.json``, so a new version
+            measures again instead of reusing cached latency.
     """
 
     name: str
@@ -154,6 +162,7 @@ class RuntimeSpec:
     measure: Callable[..., Any]
     needs_onnx: bool = False
     description: str = ""
+    packages: tuple = ()
 
     def __post_init__(self) -> None:
         _check_name("runtime", self.name)
@@ -170,6 +179,7 @@ class ProfileSpec:
         precisions: precisions to try, e.g. ``("fp32", "int8")``.
         device: ``"cpu"`` or ``"gpu"``; ``"gpu"`` runs on CUDA runtimes where present.
         description: one line for ``bench list``.
+        default: the profile of a matrix that names none (the first registered one wins).
     """
 
     name: str
@@ -178,6 +188,7 @@ class ProfileSpec:
     precisions: tuple = ("fp32",)
     device: str = "cpu"
     description: str = ""
+    default: bool = False
 
     def __post_init__(self) -> None:
         _check_name("profile", self.name)
@@ -213,11 +224,16 @@ class ExecutorSpec:
         name: registry key, used by ``bench run --executor NAME``.
         factory: ``factory(**options) -> harness.run.executor.Executor``.
         description: one line for ``bench list``.
+        default: what ``bench run`` uses when given no ``--executor`` ...
+        parallel: ... and ``--jobs`` above 1 or ``--cell-timeout`` (the first registered
+            one of each wins).
     """
 
     name: str
     factory: Callable[..., Any]
     description: str = ""
+    default: bool = False
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         _check_name("executor", self.name)
@@ -225,36 +241,24 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class PresetSpec:
-    """A named matrix that ``bench run --preset NAME`` runs (``default`` runs with no options).
+    """A named matrix that ``bench run --preset NAME`` runs.
 
     Attributes:
         name: registry key.
         matrix: a mapping in the matrix-file format (see README, "Picking a matrix"), or
             a callable returning one.
         description: one line for ``bench list``.
+        default: what ``bench run`` runs when given no ``--preset`` or ``--matrix`` (the
+            first registered one wins).
     """
 
     name: str
     matrix: Any
     description: str = ""
+    default: bool = False
 
     def __post_init__(self) -> None:
         _check_name("preset", self.name)
 
     def resolve(self) -> dict:
         return self.matrix() if callable(self.matrix) else dict(self.matrix)
-
-
-SPEC_TYPES: dict = {
-    "backbones": BackboneSpec,
-    "tasks": TaskSpec,
-    "strategies": StrategySpec,
-    "datasets": DatasetSpec,
-    "weights": WeightSourceSpec,
-    "runtimes": RuntimeSpec,
-    "profiles": ProfileSpec,
-    "reporters": ReporterSpec,
-    "executors": ExecutorSpec,
-    "presets": PresetSpec,
-}
-"""Registry kind -> the spec type its hook returns."""

@@ -8,13 +8,24 @@ import sys
 
 from .. import __version__
 
-PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
-            "tensorrt", "numpy", "scikit-learn", "pluggy")
+CORE_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pluggy")
+"""What training runs on (transfer-bench's own requirements); each runtime adds the
+distributions it declares (:attr:`harness.api.specs.RuntimeSpec.packages`)."""
 
 
-def package_versions() -> dict:
+def package_versions(plugins=None) -> dict:
+    """Installed versions of the core packages and of every registered runtime's packages.
+
+    Args:
+        plugins: the :class:`~harness.api.manager.PluginSystem` whose runtimes count;
+            default: the process-wide one.
+    """
+    from ..api.manager import get_plugins
+
+    plugins = plugins if plugins is not None else get_plugins()
+    declared = {p for spec in plugins.runtimes for p in spec.packages}
     out = {"transfer-bench": __version__, "python": platform.python_version()}
-    for name in PACKAGES:
+    for name in CORE_PACKAGES + tuple(sorted(declared - set(CORE_PACKAGES))):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -44,12 +55,12 @@ def gpu_info() -> dict:
         return {"cuda": False, "reason": f"{type(exc).__name__}: {exc}"}
 
 
-def environment() -> dict:
+def environment(plugins=None) -> dict:
     import torch
 
     from .allocator import state as allocator_state
     return {
-        "versions": package_versions(),
+        "versions": package_versions(plugins),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),

@@ -28,7 +28,7 @@ def _train_cell(plugins: PluginSystem, config: dict,
     from ..measure.env import package_versions
 
     cfg = cell_config({**config, "runtimes": []})
-    return run_cell(plugins, cfg, cfg.key(package_versions()), progress=progress)
+    return run_cell(plugins, cfg, cfg.key(package_versions(plugins)), progress=progress)
 
 
 def entries_from_run(plugins: PluginSystem, run: Path) -> list[dict]:

@@ -10,11 +10,12 @@ Applications, section 2 (quoted in the lecture): a transferred model may show
 3. a **higher asymptote**: better converged skill; here the best validation metric.
 
 Each is compared with the *baseline* cell of the same backbone, task, dataset and seed
-(the ``scratch`` strategy by default, the lecture's model 1).
+(by default a cell whose strategy does not transfer, ``Strategy.pretrained = False``: the
+built-in ``scratch``, the lecture's model 1).
 
 Signature, for the reports::
 
-    transfer_benefits(cells: list[dict], baseline: str = "scratch") -> list[dict]
+    transfer_benefits(cells: list[dict], baseline: Optional[str] = None) -> list[dict]
 
 ``cells`` are cell records as :func:`harness.run.cell.run_cell` writes them (keys used:
 ``key``, ``status``, ``config`` with ``backbone``/``task``/``dataset``/``strategy``/``seed``,
@@ -72,21 +73,31 @@ def _compare(value: float, base: float, higher: bool) -> dict:
     return {"value": value, "baseline": base, "gain": gain, "better": gain > 0}
 
 
-def transfer_benefits(cells: list, baseline: str = "scratch") -> list:
+def _is_baseline(rec: dict, baseline: Optional[str]) -> bool:
+    if baseline is not None:
+        return _strategy_name(rec["config"]["strategy"]) == baseline
+    # trained without transfer: a strategy with ``pretrained = False`` (records written
+    # before cells said so: weights that are not pretrained)
+    return rec.get("transfer", (rec.get("weights") or {}).get("pretrained", True)) is False
+
+
+def transfer_benefits(cells: list, baseline: Optional[str] = None) -> list:
     """The three benefits of every ok cell against its baseline cell (see module doc).
 
     Args:
         cells: cell records.
-        baseline: strategy name of the baseline cells.
+        baseline: strategy name of the baseline cells; default: the cells whose strategy
+            does not transfer (``Strategy.pretrained`` is False, e.g. ``scratch``).
     """
     ok = [c for c in cells if c.get("status") == "ok" and c.get("history", {}).get("epochs")]
     bases = {}
     for c in ok:
-        if _strategy_name(c["config"]["strategy"]) == baseline:
+        if _is_baseline(c, baseline):
             bases.setdefault(_group_key(c), c)
     out = []
+    what = repr(baseline) if baseline else "from-scratch (not transferring)"
     for c in ok:
-        if _strategy_name(c["config"]["strategy"]) == baseline:
+        if _is_baseline(c, baseline):
             continue
         cfg = c["config"]
         entry = {"key": c.get("key"), "strategy": cfg["strategy"], "backbone": cfg["backbone"],
@@ -95,7 +106,7 @@ def transfer_benefits(cells: list, baseline: str = "scratch") -> list:
         base = bases.get(_group_key(c))
         if base is None:
             entry.update(baseline_key=None,
-                         missing=f"no ok {baseline!r} cell with the same backbone, task, "
+                         missing=f"no ok {what} cell with the same backbone, task, "
                                  f"dataset and seed")
             out.append(entry)
             continue

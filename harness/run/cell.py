@@ -121,7 +121,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     if bb_arg is not None:
         kwargs["arg"] = bb_arg
     backbone = bb_spec.build(**kwargs)
-    weights = (cfg.weights or bb_spec.default_weights) if strategy.pretrained else "random"
+    weights = ((cfg.weights or bb_spec.default_weights) if strategy.pretrained
+               else plugins.default("weights").name)
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
@@ -131,6 +132,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
     rec["weights"] = winfo
+    rec["transfer"] = bool(strategy.pretrained)  # False: a baseline of the transfer benefits
 
     torch.manual_seed(cfg.seed)
     head = task.build_head(backbone, data.info)

@@ -76,12 +76,12 @@ class MatrixConfig:
     """Everything ``bench run`` needs to expand and run a matrix."""
 
     backbones: list = field(default_factory=list)
-    tasks: list = field(default_factory=lambda: [AxisItem("classification")])
+    tasks: Optional[list] = None  # None: the task a plugin declared default (validate fills it)
     datasets: list = field(default_factory=list)
     strategies: list = field(default_factory=list)
     weights: dict = field(default_factory=dict)  # backbone name or "*" -> weights string
     runtimes: list = field(default_factory=list)
-    profiles: list = field(default_factory=lambda: ["mobile"])
+    profiles: Optional[list] = None  # None: the profile a plugin declared default
     custom_profiles: dict = field(default_factory=dict)  # name -> ProfileSpec kwargs
     seeds: int = 1
     image_size: int = 64
@@ -91,7 +91,8 @@ class MatrixConfig:
 
     def __post_init__(self) -> None:
         for axis in AXES:
-            setattr(self, axis, [AxisItem.parse(v, axis) for v in getattr(self, axis)])
+            if getattr(self, axis) is not None:
+                setattr(self, axis, [AxisItem.parse(v, axis) for v in getattr(self, axis)])
         if self.seeds < 1:
             raise ConfigError("seeds must be >= 1")
         if self.image_size < 8:

@@ -132,7 +132,7 @@ def build_plugins(recipe: PluginRecipe):
                 continue
             obj = importlib.import_module(payload) if kind == "module" else pickle.loads(payload)
             system.register(obj, name=name, origin="shipped from the driver")
-        system._build_registries()
+        system.rebuild()
         _BUILT.clear()
         _BUILT[recipe] = system
     set_plugins(_BUILT[recipe])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .cell import resolve_profile, run_cell
-from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
+from .config import AXES, AxisItem, CellConfig, MatrixConfig, matrix_kwargs
 from ..measure.env import environment, package_versions
 from ..api.errors import ConfigError, UnknownName
 from .executor import CellJob, cell_needs_gpu, recipe_for
@@ -43,6 +43,10 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
         UnknownName: an axis names something no plugin registered (lists the choices).
         ConfigError: parameters a plugin does not accept, or an empty matrix.
     """
+    if matrix.tasks is None:  # the matrix names none: the plugins' declared defaults
+        matrix.tasks = [AxisItem(plugins.default("tasks").name)]
+    if matrix.profiles is None:
+        matrix.profiles = [plugins.default("profiles").name]
     for axis in AXES:
         reg = getattr(plugins, _AXIS_REGISTRY[axis])
         for item in getattr(matrix, axis):
@@ -89,28 +93,30 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     return cells, notes
 
 
-def run_dir_for(out_root: Path, matrix: MatrixConfig) -> Path:
-    blob = json.dumps({"matrix": matrix.to_dict(), "versions": package_versions()},
+def run_dir_for(out_root: Path, matrix: MatrixConfig,
+                plugins: Optional[PluginSystem] = None) -> Path:
+    blob = json.dumps({"matrix": matrix.to_dict(), "versions": package_versions(plugins)},
                       sort_keys=True, default=str)
     return Path(out_root) / f"{matrix.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
-               executor: str = "inprocess", executor_options: Optional[dict] = None,
+               executor: Optional[str] = None, executor_options: Optional[dict] = None,
                fresh: bool = False, show_progress: bool = True) -> RunStore:
     """Run every cell not already finished in the run folder; return the store."""
     cells, notes = validate(plugins, matrix)
+    executor = executor or plugins.default("executors").name
     runner = make_executor(plugins, executor, executor_options)
-    versions = package_versions()
+    versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
-    path = run_dir_for(out_root, matrix)
+    path = run_dir_for(out_root, matrix, plugins)
     if fresh and path.exists():
         import shutil
         shutil.rmtree(path)
     store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
               "executor": executor, "executor_options": dict(executor_options or {})}
-    store.write_meta(config, environment())
+    store.write_meta(config, environment(plugins))
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
                     cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)

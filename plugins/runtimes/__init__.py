@@ -24,20 +24,23 @@ __all__ = ["register_runtimes", "ort_session"]
 def register_runtimes():
     return [
         RuntimeSpec("pytorch", available=pytorch_available, measure=pytorch_measure,
-                    description="PyTorch eager, CPU, fp32"),
+                    description="PyTorch eager, CPU, fp32", packages=("torch",)),
         RuntimeSpec("pytorch-cuda", available=pytorch_cuda_available,
                     measure=pytorch_cuda_measure,
-                    description="PyTorch eager on a CUDA GPU, fp32 and fp16"),
+                    description="PyTorch eager on a CUDA GPU, fp32 and fp16",
+                    packages=("torch",)),
         RuntimeSpec("onnxruntime", available=ort_available, measure=ort_measure,
-                    needs_onnx=True,
+                    needs_onnx=True, packages=("onnx", "onnxruntime"),
                     description="ONNX Runtime CPU provider, spinning off; fp32, int8 static "
                                 "QDQ, int8-dynamic"),
         RuntimeSpec("onnxruntime-cuda", available=ort_cuda_available, measure=ort_cuda_measure,
-                    needs_onnx=True, description="ONNX Runtime CUDA execution provider, fp32"),
+                    needs_onnx=True, packages=("onnx", "onnxruntime-gpu"),
+                    description="ONNX Runtime CUDA execution provider, fp32"),
         RuntimeSpec("onnxruntime-tensorrt", available=ort_trt_available,
                     measure=ort_trt_measure, needs_onnx=True,
+                    packages=("onnx", "onnxruntime-gpu", "tensorrt"),
                     description="ONNX Runtime TensorRT execution provider, fp32 and fp16"),
         RuntimeSpec("tensorrt", available=tensorrt_available, measure=tensorrt_measure,
-                    needs_onnx=True,
+                    needs_onnx=True, packages=("onnx", "tensorrt"),
                     description="TensorRT engine built from the ONNX file; fp32, fp16, int8"),
     ]

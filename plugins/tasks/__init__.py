@@ -16,7 +16,7 @@ __all__ = ["Classification", "Localization", "Pose", "dense_head"]
 @hookimpl
 def register_tasks():
     return [
-        TaskSpec("classification", factory=Classification,
+        TaskSpec("classification", factory=Classification, default=True,
                  description="top-1/top-5/macro-F1; head: 2 dense layers + output"),
         TaskSpec("localization", factory=Localization,
                  description="one box (xmin,ymin,xmax,ymax in [0,1]); smooth-L1 + GIoU; "

@@ -1,0 +1,85 @@
+"""A matrix from command-line options: the one way `bench run` and plugin commands build it.
+
+``bench run`` and plugin commands that take a matrix (``bench baseline create``) accept the
+same options (``-b/-t/-d/-s/-r/-p/-w``, ``--matrix``/``--preset``, training settings); the
+click decorator for them is :func:`harness.cli.matrix_options`, and :func:`matrix_from_options`
+turns their values into a :class:`~harness.run.config.MatrixConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..api.errors import ConfigError
+from ..api.manager import PluginSystem
+from .config import MatrixConfig, load_matrix_file
+from .runner import build_matrix
+
+AXES = ("backbones", "tasks", "datasets", "strategies")
+"""The options that replace an axis of the matrix (each may be repeated)."""
+LISTS = AXES + ("runtimes", "profiles")
+TRAIN = ("epochs", "batch_size", "lr", "schedule")
+"""Options that replace a ``[train]`` setting."""
+
+
+def weights_mapping(values: Iterable[str]) -> dict:
+    """``-w [BACKBONE=]SOURCE`` values as the matrix's ``weights`` table (``*``: every backbone)."""
+    out = {}
+    for v in values:
+        if "=" in v:
+            bb, src = v.split("=", 1)
+            out[bb.strip()] = src.strip()
+        else:
+            out["*"] = v.strip()
+    return out
+
+
+def kwargs_to_mapping(kw: dict) -> dict:
+    """:func:`~harness.run.config.matrix_kwargs` output back to the mapping ``build_matrix`` takes."""
+    out = dict(kw)
+    for k in ("train", "latency"):
+        if k in out and not isinstance(out[k], dict):
+            out[k] = asdict(out[k])
+    if "custom_profiles" in out:
+        out["profile"] = out.pop("custom_profiles")
+    return out
+
+
+def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
+    """The matrix that options describe: a file (``matrix_file``), a preset, or the default one.
+
+    Args:
+        opts: option values by name: ``matrix_file``, ``preset``, ``name``, the axes
+            (:data:`AXES`), ``runtimes``, ``profiles``, ``weights`` (``-w`` values), the
+            training settings (:data:`TRAIN`), ``image_size``, ``seeds``; missing or ``None``
+            ones leave the file's or preset's value.
+
+    The matrix keeps its file's or preset's name, or ``NAME-custom`` once an option replaced
+    an axis (its results are no longer that matrix's); ``opts["name"]`` sets it outright.
+
+    Raises:
+        ConfigError: both a file and a preset, or a broken file (names the file and line).
+        UnknownName: no such preset (lists the choices).
+    """
+    if opts.get("matrix_file") and opts.get("preset"):
+        raise ConfigError("give --matrix or --preset, not both")
+    if opts.get("matrix_file"):
+        base = kwargs_to_mapping(load_matrix_file(Path(opts["matrix_file"])))
+    elif opts.get("preset"):
+        base = plugins.presets.get(opts["preset"]).resolve()
+    else:
+        base = plugins.default("presets").resolve()
+    overrides = {k: tuple(opts.get(k) or ()) for k in LISTS}
+    overrides.update(weights=weights_mapping(opts.get("weights") or ()),
+                     train={k: opts[k] for k in TRAIN if opts.get(k) is not None},
+                     image_size=opts.get("image_size"), seeds=opts.get("seeds"))
+    name: Optional[str] = opts.get("name")
+    if name:
+        base = {**base, "name": name}
+    elif any(overrides[a] for a in AXES):
+        base = {**base, "name": f"{base.get('name', 'matrix')}-custom"}
+    return build_matrix(base, overrides)
+
+
+__all__ = ["AXES", "TRAIN", "weights_mapping", "kwargs_to_mapping", "matrix_from_options"]
