@@ -38,7 +38,7 @@ def entries() -> list[dict]:
 
 def slowed_system(extra: float) -> PluginSystem:
     normal = PluginSystem(entry_points=False)
-    provider = normal.runtimes.provider(RUNTIME).split(" (")[0]
+    provider = normal.runtimes.plugin(RUNTIME)
     system = PluginSystem(entry_points=False, disable=[provider])
     system.register(slowdown_plugin(normal.runtimes.get(RUNTIME), extra), name="planted-slowdown",
                     origin="benchmark")

@@ -86,7 +86,7 @@ def list_cmd(kind):
     for k in kinds:
         reg = plugins.registries[k]
         click.echo(f"{k} ({len(reg)}):")
-        rows = [[s.name, _describe(k, s), reg.provider(s.name).split(" (")[0]] for s in reg]
+        rows = [[s.name, _describe(k, s), reg.plugin(s.name)] for s in reg]
         click.echo(tabulate(rows, headers=["name", "description", "plugin"], tablefmt="simple")
                    if rows else "  (none)")
         click.echo()

@@ -75,7 +75,8 @@ def main() -> int:
     import timm
     import torch
     from harness.run.cell import Artifacts, gmacs
-    from harness.measure.export import export_onnx, parity_check
+    from harness.measure.export import export_onnx
+    from plugins.runtimes.onnxruntime import parity_check
     from harness.measure.isolate import measure_in_worker
     from harness.measure.latency import MeasureSettings
     from harness.api.specs import ProfileSpec

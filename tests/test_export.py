@@ -16,7 +16,8 @@ from harness import BackboneSpec, DatasetSpec, hookimpl
 from harness.run.cell import run_cell
 from harness.run.config import MatrixConfig, matrix_kwargs
 from harness.train.data import DataInfo, DataSplits, TensorSplit
-from harness.measure.export import ParityError, export_onnx, parity_check
+from harness.measure.export import ParityError, export_onnx
+from plugins.runtimes.onnxruntime import parity_check
 from harness.train.model import Backbone, LayerGroup, TransferModel
 
 

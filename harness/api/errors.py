@@ -38,3 +38,16 @@ class WeightsUnavailable(BenchError):
 
 class DataUnavailable(BenchError):
     """A dataset that is not present and cannot be downloaded; the message says what to do."""
+
+
+class ParityError(BenchError):
+    """The exported model disagrees with PyTorch beyond tolerance.
+
+    Attributes:
+        result: the comparison (``max_abs_diff``, ``max_rel_diff``, ``atol``, ``rtol``,
+            ``ok``), so a failed cell still records how far off the export was.
+    """
+
+    def __init__(self, message: str, result: dict | None = None):
+        super().__init__(message)
+        self.result = result or {}

@@ -221,7 +221,7 @@ class PluginSystem:
                 info.error = clash
                 continue
             for kind, spec in items:
-                self.registries[kind].add(spec, provider=f"{name} ({info.origin})")
+                self.registries[kind].add(spec, provider=f"{name} ({info.origin})", plugin=name)
                 info.registers.setdefault(kind, []).append(spec.name)
 
     def _call(self, kind: str, impl) -> Optional[list]:
@@ -252,10 +252,9 @@ class PluginSystem:
             seen.add((kind, spec.name))
             reg = self.registries[kind]
             if spec.name in reg:
-                holder = reg.provider(spec.name)
-                holder_name, _, holder_origin = holder.partition(" (")
-                return (f"{noun} {spec.name!r} is registered twice: it is held by plugin "
-                        f"{holder_name!r} ({holder_origin.rstrip(')')}) and {info.label} "
+                holder = self.infos[reg.plugin(spec.name)]
+                return (f"{noun} {spec.name!r} is registered twice: it is held by "
+                        f"{holder.label} and {info.label} "
                         f"registers it again. Rename it, or disable one of the two plugins "
                         f"(--disable-plugin NAME or {DISABLE_ENV})")
         return None

@@ -19,8 +19,10 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._providers: dict[str, str] = {}
+        self._plugins: dict[str, str] = {}
 
-    def add(self, spec: T, provider: str) -> None:
+    def add(self, spec: T, provider: str, plugin: Optional[str] = None) -> None:
+        """File ``spec``; ``provider`` labels where it came from, ``plugin`` is the plugin's name."""
         name = spec.name  # type: ignore[attr-defined]
         if name in self._items:
             raise DuplicateName(
@@ -30,6 +32,7 @@ class Registry(Generic[T]):
             )
         self._items[name] = spec
         self._providers[name] = provider
+        self._plugins[name] = plugin if plugin is not None else provider
 
     def get(self, name: str) -> T:
         try:
@@ -52,7 +55,12 @@ class Registry(Generic[T]):
         return self.get(text), None
 
     def provider(self, name: str) -> str:
+        """Who registered ``name``, for messages: ``"PLUGIN (ORIGIN)"``."""
         return self._providers[name]
+
+    def plugin(self, name: str) -> str:
+        """The name of the plugin that registered ``name`` (what ``--disable-plugin`` takes)."""
+        return self._plugins[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -155,6 +155,10 @@ class RuntimeSpec:
         packages: distributions the runtime runs on (``("onnxruntime",)``); their installed
             versions enter every cell's key and ``environment.json``, so a new version
             measures again instead of reusing cached latency.
+        verify_export: ``verify_export(model, onnx_path, image_size) -> dict`` compares the
+            exported ONNX file's outputs with the model's and raises
+            :class:`harness.measure.export.ParityError` beyond tolerance; a cell runs the
+            first one its runtimes offer.
     """
 
     name: str
@@ -163,6 +167,7 @@ class RuntimeSpec:
     needs_onnx: bool = False
     description: str = ""
     packages: tuple = ()
+    verify_export: Optional[Callable[..., dict]] = None
 
     def __post_init__(self) -> None:
         _check_name("runtime", self.name)

@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
+
 
 @dataclass
 class MeasureSettings:
@@ -53,34 +55,24 @@ class MeasureSettings:
             raise ValueError("worker_timeout_s must be > 0")
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default) of already sorted values."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def summarize(times_s: list[float], batch_size: int) -> dict:
     """Statistics (milliseconds) of per-call timings in seconds."""
     ms = sorted(t * 1000.0 for t in times_s)
     mean = statistics.fmean(ms)
     std = statistics.stdev(ms) if len(ms) > 1 else 0.0
-    p50 = percentile(ms, 50)
+    p25, p50, p75, p90, p95, p99 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90, 95, 99]))
     return {
         "count": len(ms),
         "mean_ms": mean,
         "p50_ms": p50,
-        "p90_ms": percentile(ms, 90),
-        "p95_ms": percentile(ms, 95),
-        "p99_ms": percentile(ms, 99),
+        "p90_ms": p90,
+        "p95_ms": p95,
+        "p99_ms": p99,
         "min_ms": ms[0],
         "max_ms": ms[-1],
         "std_ms": std,
         "cv": std / mean if mean > 0 else 0.0,
-        "iqr_ms": percentile(ms, 75) - percentile(ms, 25),
+        "iqr_ms": p75 - p25,
         "throughput_per_s": batch_size * 1000.0 / p50 if p50 > 0 else 0.0,
     }
 

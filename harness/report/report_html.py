@@ -151,10 +151,9 @@ def figures(records: list[dict], budget_ms: Optional[float] = None) -> dict:
 
 
 def _table_html(headers: list, rows: list) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    from tabulate import tabulate  # escapes cells; values shown as str() shows them
+    return tabulate([[str(v) for v in r] for r in rows], headers=[str(h) for h in headers],
+                    tablefmt="html", disable_numparse=True)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}

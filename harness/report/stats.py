@@ -9,7 +9,6 @@ head initialisation).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -30,12 +29,6 @@ def primary_metric(rec: dict) -> Optional[float]:
         return None
     v = (rec.get("test_metrics") or {}).get(name)
     return float(v) if v is not None else None
-
-
-def t_quantile(confidence: float, df: int) -> float:
-    """Two-sided Student-t critical value, e.g. 4.303 for 95% and 2 degrees of freedom."""
-    from scipy.stats import t
-    return float(t.ppf(0.5 + confidence / 2, df))
 
 
 @dataclass(frozen=True)
@@ -76,15 +69,21 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Optional[Inter
     Returns:
         None for no values; an interval without half-width for a single value.
     """
-    xs = [float(v) for v in values if v is not None]
+    import numpy as np
+    from scipy import stats
+
+    xs = np.array([float(v) for v in values if v is not None])
     n = len(xs)
     if n == 0:
         return None
-    mean = sum(xs) / n
+    mean = float(xs.mean())
     if n < 2:
         return Interval(mean, 1, None, None, confidence)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return Interval(mean, n, sd, t_quantile(confidence, n - 1) * sd / math.sqrt(n), confidence)
+    sd = float(xs.std(ddof=1))
+    if sd == 0:  # scipy gives (nan, nan) for a zero scale; every repeat agreed exactly
+        return Interval(mean, n, 0.0, 0.0, confidence)
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=stats.sem(xs))
+    return Interval(mean, n, sd, float(high - low) / 2, confidence)
 
 
 @dataclass(frozen=True)
@@ -116,6 +115,8 @@ def paired_t(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Pai
     With fewer than 2 pairs nothing can be tested (``p`` is None). When every difference is
     the same, the variance is zero: ``p`` is 1 for zero differences, 0 otherwise.
     """
+    from scipy.stats import ttest_rel
+
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     d = [float(x) - float(y) for x, y in zip(a, b)]
@@ -125,12 +126,9 @@ def paired_t(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Pai
     mean = sum(d) / n
     if n < 2:
         return PairedResult(n, mean, None, alpha)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    if sd == 0:
+    if max(d) == min(d):  # zero variance: scipy returns nan; the differences are exact
         return PairedResult(n, mean, 1.0 if mean == 0 else 0.0, alpha)
-    from scipy.stats import t
-    tstat = mean / (sd / math.sqrt(n))
-    return PairedResult(n, mean, float(2 * t.sf(abs(tstat), n - 1)), alpha)
+    return PairedResult(n, mean, float(ttest_rel(a, b).pvalue), alpha)
 
 
 def by_seed(records: Iterable[dict]) -> dict:

@@ -210,7 +210,11 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
     max_epochs = phase.epochs or s.epochs
     steps_per_epoch = max(1, -(-len(train) // s.batch_size))
     total_steps = max_epochs * steps_per_epoch
-    step = 0
+    # the rate of step t is max_lr * stlr(t, T): LambdaLR sets it, one scheduler step per batch
+    sched = (torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: stlr_multiplier(t, total_steps, s.cut_frac, s.ratio))
+        if schedule == "stlr" else None)
+    last_lr = opt.param_groups[-1]["lr"]
     best_loss, best_state, best_epoch, wait = float("inf"), None, -1, 0
     augment = (flip_augment(ctx.task, ctx.info)
                if s.augment and train.images.dtype == torch.uint8 else None)
@@ -234,16 +238,14 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
         tot_loss, n_seen, outs, tgts = 0.0, 0, [], []
         for x, y in train.batches(s.batch_size, shuffle=True, generator=ctx.generator,
                                   augment=augment):
-            if schedule == "stlr":
-                mult = stlr_multiplier(step, total_steps, s.cut_frac, s.ratio)
-                for pg in opt.param_groups:
-                    pg["lr"] = pg["max_lr"] * mult
+            last_lr = opt.param_groups[-1]["lr"]
             out = model(x)
             loss = ctx.task.loss(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
+            if sched is not None:
+                sched.step()
             tot_loss += float(loss.detach()) * len(x)
             n_seen += len(x)
             outs.append(out.detach())
@@ -254,7 +256,7 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
         rec = EpochRecord(phase=phase.name, epoch=len(history.epochs), train_loss=tot_loss / max(n_seen, 1),
                           train_metric=float(train_metric[pm]), val_loss=val_loss,
                           val_metric=float(val_metrics[pm]),
-                          lr=float(opt.param_groups[-1]["lr"]), seconds=time.perf_counter() - t0,
+                          lr=float(last_lr), seconds=time.perf_counter() - t0,
                           trainable_groups=trainable)
         history.epochs.append(rec)
         epochs_run += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from harness import RuntimeSpec, hookimpl
 
 from .onnxruntime import (ort_available, ort_cuda_available, ort_cuda_measure, ort_measure,
-                          ort_session, ort_trt_available, ort_trt_measure)
+                          ort_session, ort_trt_available, ort_trt_measure, parity_check)
 from .pytorch import (pytorch_available, pytorch_cuda_available, pytorch_cuda_measure,
                       pytorch_measure)
 from .tensorrt import tensorrt_available, tensorrt_measure
@@ -30,17 +30,18 @@ def register_runtimes():
                     description="PyTorch eager on a CUDA GPU, fp32 and fp16",
                     packages=("torch",)),
         RuntimeSpec("onnxruntime", available=ort_available, measure=ort_measure,
-                    needs_onnx=True, packages=("onnx", "onnxruntime"),
+                    needs_onnx=True, packages=("onnx", "onnxruntime"), verify_export=parity_check,
                     description="ONNX Runtime CPU provider, spinning off; fp32, int8 static "
                                 "QDQ, int8-dynamic"),
         RuntimeSpec("onnxruntime-cuda", available=ort_cuda_available, measure=ort_cuda_measure,
                     needs_onnx=True, packages=("onnx", "onnxruntime-gpu"),
+                    verify_export=parity_check,
                     description="ONNX Runtime CUDA execution provider, fp32"),
         RuntimeSpec("onnxruntime-tensorrt", available=ort_trt_available,
                     measure=ort_trt_measure, needs_onnx=True,
-                    packages=("onnx", "onnxruntime-gpu", "tensorrt"),
+                    packages=("onnx", "onnxruntime-gpu", "tensorrt"), verify_export=parity_check,
                     description="ONNX Runtime TensorRT execution provider, fp32 and fp16"),
         RuntimeSpec("tensorrt", available=tensorrt_available, measure=tensorrt_measure,
-                    needs_onnx=True, packages=("onnx", "tensorrt"),
+                    needs_onnx=True, packages=("onnx", "tensorrt"), verify_export=parity_check,
                     description="TensorRT engine built from the ONNX file; fp32, fp16, int8"),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.api.errors import ParityError
 from harness.measure.latency import PeakMemory, measure
 
 from ._common import (as_float_images, batched_outputs, cuda_reason, failed, file_mb, inputs,
@@ -243,3 +244,43 @@ def ort_trt_measure(art, profile, settings) -> list[dict]:  # pragma: no cover -
         except Exception as exc:
             rows.append(failed(prec, exc))
     return rows
+
+
+def parity_check(model, onnx_path: Path, image_size: int,
+                 batch_size: int = 3, atol: float = 1e-3, rtol: float = 1e-3,
+                 seed: int = 0) -> dict:
+    """Compare PyTorch and ONNX Runtime (CPU) outputs on the same random inputs.
+
+    A batch size different from the export's dummy batch exercises the dynamic axis.
+
+    Returns:
+        ``{"max_abs_diff", "max_rel_diff", "atol", "rtol", "ok"}``.
+
+    Raises:
+        ParityError: when the outputs differ beyond ``atol + rtol * |reference|``.
+    """
+    import onnxruntime as ort
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=g)
+    with torch.inference_mode():
+        ref = model.eval()(x).numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if got.shape != ref.shape:
+        raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
+    diff = np.abs(got - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / (np.abs(ref) + 1e-12)).max()) if diff.size else 0.0
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref)))
+    result = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "atol": atol, "rtol": rtol,
+              "ok": ok}
+    if not ok:
+        raise ParityError(f"ONNX export of {onnx_path.name} disagrees with PyTorch: max abs "
+                          f"difference {max_abs:.3g} > atol {atol} + rtol {rtol} x |ref|",
+                          result)
+    return result
