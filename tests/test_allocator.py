@@ -18,6 +18,7 @@ def _state(**env):
     return json.loads(out)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings: Linux only")
 def test_settings_applied_on_glibc_and_left_alone_on_request():
     on = _state()

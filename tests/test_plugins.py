@@ -160,6 +160,7 @@ def _bench(args, site, env_extra=None):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_bench_plugins_marks_broken_ones_warns_and_exits_0(site):
     install_faults(site)
     proc = _bench(["plugins", "--json"], site)
@@ -181,6 +182,7 @@ def test_bench_plugins_marks_broken_ones_warns_and_exits_0(site):
     assert listing.returncode == 0 and "good_net" in listing.stdout
 
 
+@pytest.mark.slow
 def test_disable_by_flag_and_by_environment(site):
     install_faults(site, {"import": FAULTS["import"]})
     by_flag = _bench(["--disable-plugin", "bad_import", "plugins", "--json"], site)

@@ -116,6 +116,7 @@ def _scale(path, factor):
     return data
 
 
+@pytest.mark.slow
 def test_baseline_records_config_samples_and_machine(baseline):
     data = json.loads(baseline.read_text())
     (cell,) = data["cells"]
@@ -127,6 +128,7 @@ def test_baseline_records_config_samples_and_machine(baseline):
     assert data["check"]["latency_tolerance"] == pytest.approx(0.10)
 
 
+@pytest.mark.slow
 def test_pass_exits_0_and_writes_reports(baseline, tmp_path):
     _scale(baseline, 3.0)  # the old code was 3x slower: the fresh one must hold
     md, xml = tmp_path / "c.md", tmp_path / "c.xml"
@@ -146,6 +148,7 @@ def test_pass_exits_0_and_writes_reports(baseline, tmp_path):
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
 
 
+@pytest.mark.slow
 def test_scaled_regression_exits_1(baseline, tmp_path):
     _scale(baseline, 1 / 3)  # the fresh code is 3x slower than the baseline
     xml = tmp_path / "c.xml"
@@ -155,6 +158,7 @@ def test_scaled_regression_exits_1(baseline, tmp_path):
     assert ET.parse(xml).getroot().find("testcase/failure") is not None
 
 
+@pytest.mark.slow
 def test_tolerance_from_baseline_check_table_and_option(baseline):
     data = _scale(baseline, 1 / 3)
     data["check"]["latency_tolerance"] = 5.0  # a 3x slowdown is within 500%
@@ -164,6 +168,7 @@ def test_tolerance_from_baseline_check_table_and_option(baseline):
     assert r.exit_code == 1, r.output
 
 
+@pytest.mark.slow
 def test_planted_slow_runtime_plugin_is_caught(baseline, plugin_system):
     from plugins.regression import slowdown_plugin
     spec = plugin_system.runtimes.get("pytorch")
@@ -194,6 +199,7 @@ def test_broken_baseline_exits_2_naming_file(tiny, content, message):
     assert str(path) in r.output and message in r.output
 
 
+@pytest.mark.slow
 def test_accuracy_regression_from_fresh_run(tiny):
     run = bench("run", "-m", tiny / "m.toml", "--out", tiny / "runs", "-q", "-r", "pytorch")
     assert run.exit_code == 0, run.output
@@ -214,6 +220,7 @@ def test_accuracy_regression_from_fresh_run(tiny):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_other_machine_warns(baseline):
     data = json.loads(baseline.read_text())
     data["fingerprint"]["cpu"] = "Some Other CPU @ 1.0GHz"
@@ -222,6 +229,7 @@ def test_other_machine_warns(baseline):
     assert "another kind of machine" in r.output and "Some Other CPU" in r.output
 
 
+@pytest.mark.slow
 def test_too_few_rounds_for_alpha_is_an_error(baseline):
     r = bench("check", "--baseline", baseline, "-q", "--rounds", "3")
     assert r.exit_code == 2 and "can never reach" in r.output

@@ -99,6 +99,7 @@ def _cells(run: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_and_ctrl_c(tmp_path):
     """Killed at cell 3, interrupted at cell 3 again, then finished: the two finished cells
     are never recomputed, only the cell in progress is lost, and every file parses."""

@@ -19,6 +19,8 @@ from harness.run.config import MatrixConfig, matrix_kwargs
 from harness.train.model import Backbone, LayerGroup
 from harness.testkit import make_tiny_splits
 
+pytestmark = pytest.mark.slow  # trains models, starts workers or exports ONNX
+
 FAST = {"warmup_count": 2, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}
 
 

@@ -17,6 +17,8 @@ from plugins.strategies import (ChainThaw, Discriminative, Frozen, GradualUnfree
                                 LayerTransfer, OffTheShelf, ULMFiT)
 from plugins.tasks import Classification
 
+pytestmark = pytest.mark.slow  # trains models, starts workers or exports ONNX
+
 
 class TinyBackbone(Backbone):
     """Three layer groups (conv+BN, conv+BN, conv), pooled to a 2x2 grid (64 features),

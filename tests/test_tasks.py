@@ -115,6 +115,7 @@ def test_soft_argmax_reaches_the_corners():
     assert torch.allclose(out, torch.full((1, 2, 2), 0.5), atol=1e-5)  # flat heatmap: centre
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name", ["localization", "pose"])
 def test_tasks_learn_on_shapes(plugin_system, task_name):
     """A few epochs on 24 px synthetic kites beat the untrained model clearly."""
