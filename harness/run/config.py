@@ -98,7 +98,23 @@ class MatrixConfig:
         if self.image_size < 8:
             raise ConfigError("image_size must be >= 8")
 
+    def fill_defaults(self, plugins=None) -> "MatrixConfig":
+        """Name the task and profile plugins declared default where the matrix names none.
+
+        Args:
+            plugins: the plugin system to ask; default: the process-wide one.
+        """
+        if self.tasks is None or self.profiles is None:
+            from ..api.manager import get_plugins
+            plugins = plugins if plugins is not None else get_plugins()
+            if self.tasks is None:
+                self.tasks = [AxisItem(plugins.default("tasks").name)]
+            if self.profiles is None:
+                self.profiles = [plugins.default("profiles").name]
+        return self
+
     def cells(self) -> list["CellConfig"]:
+        self.fill_defaults()
         out = []
         for ds, task, bb, st, seed in itertools.product(
                 self.datasets, self.tasks, self.backbones, self.strategies, range(self.seeds)):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .cell import resolve_profile, run_cell
-from .config import AXES, AxisItem, CellConfig, MatrixConfig, matrix_kwargs
+from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
 from ..measure.env import environment, package_versions
 from ..api.errors import ConfigError, UnknownName
 from .executor import CellJob, cell_needs_gpu, recipe_for
@@ -43,10 +43,7 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
         UnknownName: an axis names something no plugin registered (lists the choices).
         ConfigError: parameters a plugin does not accept, or an empty matrix.
     """
-    if matrix.tasks is None:  # the matrix names none: the plugins' declared defaults
-        matrix.tasks = [AxisItem(plugins.default("tasks").name)]
-    if matrix.profiles is None:
-        matrix.profiles = [plugins.default("profiles").name]
+    matrix.fill_defaults(plugins)  # the task and profile plugins declared default, if unnamed
     for axis in AXES:
         reg = getattr(plugins, _AXIS_REGISTRY[axis])
         for item in getattr(matrix, axis):
