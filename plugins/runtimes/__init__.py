@@ -1,5 +1,6 @@
 """Built-in runtimes: PyTorch eager (CPU, CUDA), ONNX Runtime (CPU, CUDA and TensorRT
-execution providers) and TensorRT itself.
+execution providers), OpenVINO (CPU), ExecuTorch with the XNNPACK delegate (the mobile
+runtime) and TensorRT itself.
 
 Each runtime says whether it can run here and why not (``available()``); the cell shows
 that reason instead of a number. Each is measured in its own worker process by default
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 from harness import RuntimeSpec, hookimpl
 
+from .executorch import executorch_available, executorch_measure
 from .onnxruntime import (ort_available, ort_cuda_available, ort_cuda_measure, ort_measure,
                           ort_session, ort_trt_available, ort_trt_measure, parity_check)
 from .pytorch import (pytorch_available, pytorch_cuda_available, pytorch_cuda_measure,
                       pytorch_measure)
+from .openvino import openvino_available, openvino_measure
 from .tensorrt import tensorrt_available, tensorrt_measure
 
 __all__ = ["register_runtimes", "ort_session"]
@@ -41,6 +44,13 @@ def register_runtimes():
                     measure=ort_trt_measure, needs_onnx=True,
                     packages=("onnx", "onnxruntime-gpu", "tensorrt"), verify_export=parity_check,
                     description="ONNX Runtime TensorRT execution provider, fp32 and fp16"),
+        RuntimeSpec("openvino", available=openvino_available, measure=openvino_measure,
+                    needs_onnx=True,
+                    description="OpenVINO CPU plugin on the ONNX file, latency hint; fp32, "
+                                "bf16, int8 (NNCF post-training quantization)"),
+        RuntimeSpec("executorch", available=executorch_available, measure=executorch_measure,
+                    description="ExecuTorch with the XNNPACK delegate (the mobile runtime), "
+                                "CPU; fp32, int8 (PT2E XNNPACKQuantizer)"),
         RuntimeSpec("tensorrt", available=tensorrt_available, measure=tensorrt_measure,
                     needs_onnx=True, packages=("onnx", "tensorrt"), verify_export=parity_check,
                     description="TensorRT engine built from the ONNX file; fp32, fp16, int8"),

@@ -29,8 +29,12 @@ def unsupported(precision: str, reason: str) -> dict:
 
 
 def failed(precision: str, exc: BaseException) -> dict:
-    """A result row for a precision whose measurement raised; the other precisions go on."""
-    return {"precision": precision, "error": f"{type(exc).__name__}: {exc}"}
+    """A result row for a precision whose measurement raised; the other precisions go on.
+    A :class:`harness.export.ParityError` keeps its comparison in ``parity``."""
+    row = {"precision": precision, "error": f"{type(exc).__name__}: {exc}"}
+    if getattr(exc, "result", None):
+        row["parity"] = exc.result
+    return row
 
 
 def as_float_images(x) -> Optional[np.ndarray]:
@@ -49,6 +53,40 @@ def batched_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     outs = [np.asarray(run(np.ascontiguousarray(images[i:i + batch])), dtype=np.float32)
             for i in range(0, len(images), batch)]
     return np.concatenate(outs, axis=0)
+
+
+def fixed_batch_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                        batch: int) -> np.ndarray:
+    """Outputs of ``run`` over ``images`` in chunks of exactly ``batch`` images, for
+    runtimes compiled for one static input shape (the one measured): the last chunk is
+    padded with zero images whose outputs are dropped."""
+    outs = []
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]),
+                                                    dtype=chunk.dtype)])
+        outs.append(np.asarray(run(np.ascontiguousarray(chunk)), dtype=np.float32)[:real])
+    return np.concatenate(outs, axis=0)
+
+
+def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the runtime's "
+                      "outputs") -> dict:
+    """Compare a runtime's outputs ``got`` on inputs ``x`` with the PyTorch model's
+    (``art.model``, loaded in the worker) by :func:`harness.export.compare_outputs`.
+
+    ``strict`` (an fp32 conversion) raises :class:`harness.export.ParityError` when they
+    differ; lower precisions are not expected to agree that closely, so their comparison is
+    only returned and their accuracy on the test images is what counts.
+    """
+    import torch
+
+    from harness.export import compare_outputs
+    with torch.inference_mode():
+        ref = art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+    return {**compare_outputs(got, ref, what=what, strict=strict),
+            "inputs": f"{len(x)} seeded random images", "against": "PyTorch eager fp32"}
 
 
 def file_mb(path) -> Optional[float]:
