@@ -116,6 +116,87 @@ def test_unavailable_runtimes_show_their_reason_instead_of_a_number(plugins):
         assert row["unavailable"] == plugins.runtimes.get(name).available()[1]
 
 
+# -- every CPU runtime of the registry on a tiny model -----------------------------------------
+@pytest.mark.parametrize("name", _runtime_names())
+def test_every_runtime_measures_a_tiny_model_with_parity_and_accuracy_after(plugins, name):
+    """The same conformance for each runtime: fp32 statistics in its own worker, fp32
+    parity with PyTorch (in the row, or the ONNX export's), a lower precision either
+    measured and scored on the test images or refused with a reason."""
+    spec = plugins.runtimes.get(name)
+    ok, reason = spec.available()
+    if not ok:
+        pytest.skip(f"{name} unavailable here: {reason}")
+    # batch 3 does not divide the 64 test images: runtimes compiled for one static shape pad
+    cfg, custom = cell([name], profiles=["tiny"], data={"profile": {"tiny": {
+        "batch_size": 3, "threads": 1, "precisions": ["fp32", "int8", "bf16"]}}})
+    rec = run_cell(plugins, cfg, "k", custom_profiles=custom)
+    rows = rows_of(rec)
+    fp32 = rows[(name, "fp32")]
+    assert "error" not in fp32, fp32.get("error")
+    assert fp32["stats"]["count"] >= 5 and fp32["stats"]["p50_ms"] > 0
+    assert (fp32["isolation"], fp32["batch_size"], fp32["threads"]) == ("process", 3, 1)
+    assert fp32["memory"]["pid"] != os.getpid()
+    if name != "pytorch":  # PyTorch is the reference the others are compared with
+        parity = fp32.get("parity") or rec["onnx"]["parity"]
+        assert parity["ok"] and parity["max_abs_diff"] <= 1e-3
+    for prec in ("int8", "bf16"):
+        row = rows[(name, prec)]
+        if "unavailable" in row:
+            assert "stats" not in row and len(row["unavailable"]) > 15
+            continue
+        assert "error" not in row, row.get("error")
+        assert row["stats"]["p50_ms"] > 0
+        assert 0.0 <= row["accuracy_after"] <= 1.0 and row["evaluated_on"] == 64
+        assert row["metrics_after"]
+
+
+def test_new_cpu_runtimes_are_registered_and_measure_int8():
+    """OpenVINO and ExecuTorch + XNNPACK are built in; where installed they measure int8
+    (calibrated on the training images, like ONNX Runtime's static int8)."""
+    from harness.manager import PluginSystem
+    reg = PluginSystem(entry_points=False).runtimes
+    for name, extra in (("openvino", "openvino"), ("executorch", "mobile")):
+        spec = reg.get(name)
+        assert "int8" in spec.description
+        ok, reason = spec.available()
+        assert ok or f"transfer-bench[{extra}]" in reason
+
+
+def test_fixed_batch_outputs_pad_the_last_chunk_and_drop_its_padding():
+    import numpy as np
+    from plugins.runtimes._common import fixed_batch_outputs
+    seen = []
+
+    def run(chunk):
+        seen.append(len(chunk))
+        return chunk.reshape(len(chunk), -1).sum(axis=1, keepdims=True)
+
+    images = np.arange(7 * 3 * 2 * 2, dtype=np.float32).reshape(7, 3, 2, 2)
+    out = fixed_batch_outputs(run, images, 3)
+    assert seen == [3, 3, 3] and out.shape == (7, 1)
+    assert np.allclose(out[:, 0], images.reshape(7, -1).sum(axis=1))
+
+
+def test_runtime_parity_against_pytorch_fails_an_fp32_row_and_keeps_the_comparison():
+    import numpy as np
+    import torch
+    from harness.export import ParityError
+    from plugins.runtimes._common import failed, parity_vs_pytorch
+
+    class Art:
+        model = torch.nn.Flatten()
+
+    x = np.random.default_rng(0).random((2, 3, 4, 4), dtype=np.float32)
+    good = parity_vs_pytorch(Art, x, x.reshape(2, -1), strict=True)
+    assert good["ok"] and good["max_abs_diff"] == 0.0
+    loose = parity_vs_pytorch(Art, x, x.reshape(2, -1) + 0.5, strict=False)
+    assert not loose["ok"] and loose["max_abs_diff"] == pytest.approx(0.5)
+    with pytest.raises(ParityError, match="disagrees with PyTorch") as err:
+        parity_vs_pytorch(Art, x, x.reshape(2, -1) + 0.5, strict=True)
+    row = failed("fp32", err.value)
+    assert row["error"].startswith("ParityError") and row["parity"]["max_abs_diff"] > 0.4
+
+
 # -- CPU runtimes in worker processes ---------------------------------------------------------
 def test_cpu_runtimes_measure_in_their_own_processes_with_stats_memory_size(plugins):
     cfg, custom = cell(["pytorch", "onnxruntime"])
