@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -104,3 +104,57 @@ def cuda_reason() -> Optional[str]:
         return (f"no CUDA GPU is visible: torch.cuda.is_available() is False "
                 f"(torch {torch.__version__} built with {built})")
     return None
+
+
+class Loaded(NamedTuple):
+    """A converted model loaded by a runtime, ready to time.
+
+    Attributes:
+        call: one timed inference on the profile's input (no arguments).
+        run: ``run(batch) -> outputs`` for a batch of the profile's size (parity, accuracy).
+        info: what the row records about it (settings the runtime reports, versions...).
+    """
+
+    call: Callable[[], object]
+    run: Callable[[np.ndarray], np.ndarray]
+    info: dict
+
+
+def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[str]],
+                      convert: Callable, load: Callable, scope: str) -> list[dict]:
+    """The rows of a runtime that converts the model per precision and runs one static
+    input shape (OpenVINO, ExecuTorch): for each precision of the profile,
+
+    * ``refuse(prec)`` is a reason not to measure it, or None;
+    * ``convert(art, profile, prec) -> (path, how)`` writes the converted model (untimed,
+      outside the memory scope) and says how it was made;
+    * ``load(path, prec, x) -> Loaded`` loads it for inputs ``x`` (inside the memory scope);
+
+    then the shared latency core times ``call``; fp32 must agree with PyTorch
+    (:func:`parity_vs_pytorch`), and lower precisions return their outputs on the test
+    images for the accuracy after conversion. One precision failing does not hide others.
+    """
+    from harness.latency import PeakMemory, measure
+    n, x = threads(profile), inputs(art, profile)
+    test = as_float_images(art.test_images)
+    rows = []
+    for prec in profile.precisions:
+        why = refuse(prec)
+        if why:
+            rows.append(unsupported(prec, why))
+            continue
+        try:
+            path, how = convert(art, profile, prec)
+            with PeakMemory() as mem:
+                loaded = load(path, prec, x)
+                stats = measure(loaded.call, profile.batch_size, settings)
+            row = {"precision": prec, "stats": stats, "device": "cpu", "threads": n,
+                   "memory": {**mem.as_dict(), "scope": scope}, **loaded.info,
+                   "file_mb": file_mb(path), **how}
+            row["parity"] = parity_vs_pytorch(art, x, loaded.run(x), strict=(prec == "fp32"))
+            if prec != "fp32" and test is not None:
+                row["test_outputs"] = fixed_batch_outputs(loaded.run, test, profile.batch_size)
+            rows.append(row)
+        except Exception as exc:  # one precision failing does not hide the others
+            rows.append(failed(prec, exc))
+    return rows

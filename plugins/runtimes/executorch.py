@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 
 
-from harness.latency import PeakMemory, measure
-
-from ._common import (as_float_images, failed, file_mb, fixed_batch_outputs, inputs,
-                      parity_vs_pytorch, threads, unsupported)
+from ._common import (Loaded, as_float_images, fixed_batch_outputs, inputs, measure_converted,
+                      threads, unsupported)
 
 PRECISIONS = ("fp32", "int8")
 _NEEDED = ("executorch", "executorch.backends.xnnpack", "executorch.runtime", "torchao")
@@ -95,53 +93,52 @@ def _quantize(ep, x, calibration):
     return torch.export.export(converted, (x,)), how
 
 
+def convert(art, profile, precision: str) -> tuple[Path, dict]:
+    """Lower ``art.model`` for the profile's input shape; the ``.pte`` path and how."""
+    import torch
+    x = torch.from_numpy(inputs(art, profile))
+    buffer, how = lower(art.model.eval(), x, precision, art.calibration)
+    path = Path(art.workdir) / f"model.{precision}.b{profile.batch_size}.pte"
+    path.write_bytes(buffer)
+    return path, how
+
+
+def loader(n_threads: int):
+    """``load(path, precision, x)`` for :func:`measure_converted`: the program's forward
+    method on ExecuTorch's runtime, XNNPACK's thread pool set to ``n_threads``."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+    runtime = Runtime.get()
+
+    def load(path, precision: str, x) -> Loaded:
+        portable_lib._unsafe_reset_threadpool(n_threads)
+        method = runtime.load_program(path).load_method("forward")
+        xt = torch.from_numpy(x)
+        return Loaded(call=lambda: method.execute([xt]),
+                      run=lambda b: method.execute([torch.from_numpy(b)])[0].numpy(),
+                      info={"threadpool_threads":
+                            int(portable_lib._threadpool_get_thread_count()),
+                            "executorch": _version()})
+
+    return load
+
+
+def refusal(precision: str):
+    if precision not in PRECISIONS:
+        return f"ExecuTorch + XNNPACK is measured in {', '.join(PRECISIONS)}; {precision} is not"
+    return None
+
+
 def executorch_measure(art, profile, settings) -> list[dict]:
     """fp32 and int8 programs lowered to XNNPACK, run by ExecuTorch's runtime."""
     if profile.device == "gpu":
         return [unsupported(p, "ExecuTorch's XNNPACK delegate runs on the CPU; it does not run "
                                "gpu profiles") for p in profile.precisions]
-    import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    runtime = Runtime.get()
-    n, xa = threads(profile), inputs(art, profile)
-    x = torch.from_numpy(xa)
-    test = as_float_images(art.test_images)
-    model = art.model.eval()
-    rows = []
-    for prec in profile.precisions:
-        if prec not in PRECISIONS:
-            rows.append(unsupported(prec, f"ExecuTorch + XNNPACK is measured in "
-                                          f"{', '.join(PRECISIONS)}; {prec} is not"))
-            continue
-        try:
-            buffer, how = lower(model, x, prec, art.calibration)
-            path = Path(art.workdir) / f"model.{prec}.b{profile.batch_size}.pte"
-            path.write_bytes(buffer)
-            with PeakMemory() as mem:
-                portable_lib._unsafe_reset_threadpool(n)
-                method = runtime.load_program(path).load_method("forward")
-
-                def run(batch):
-                    return method.execute([torch.from_numpy(batch)])[0].numpy()
-
-                stats = measure(lambda: method.execute([x]), profile.batch_size, settings)
-            row = {"precision": prec, "stats": stats, "device": "cpu", "threads": n,
-                   "threadpool_threads": int(portable_lib._threadpool_get_thread_count()),
-                   "executorch": _version(),
-                   "memory": {**mem.as_dict(), "scope": "program load + inference"},
-                   "file_mb": file_mb(path), **how}
-            row["parity"] = parity_vs_pytorch(art, xa, run(xa), strict=(prec == "fp32"))
-            if prec != "fp32" and test is not None:
-                row["test_outputs"] = fixed_batch_outputs(run, test, profile.batch_size)
-            rows.append(row)
-        except Exception as exc:  # one precision failing does not hide the others
-            rows.append(failed(prec, exc))
-    return rows
+    return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
+                             scope="program load + inference")
 
 
 def _version() -> str:
     from importlib.metadata import version
     return version("executorch")
-

@@ -21,14 +21,13 @@ import importlib.util
 import time
 from pathlib import Path
 
-from harness.latency import PeakMemory, measure
-
-from ._common import (as_float_images, failed, file_mb, fixed_batch_outputs, inputs,
-                      parity_vs_pytorch, threads, unsupported)
+from ._common import Loaded, as_float_images, file_mb, measure_converted, threads, unsupported
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: fp32 for the layers NNCF
 #                                                            leaves unquantized
+_REPORTED = ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "NUM_STREAMS",
+             "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING")
 
 
 def openvino_available() -> tuple[bool, str]:
@@ -39,8 +38,16 @@ def openvino_available() -> tuple[bool, str]:
     return True, ""
 
 
-def quantize(art, core) -> tuple[Path, dict]:
-    """An NNCF int8 copy of ``art.onnx_path`` saved as OpenVINO IR; its path and how."""
+def _core():
+    import openvino as ov
+    return ov.Core()
+
+
+def convert(art, profile, precision: str) -> tuple[Path, dict]:
+    """The model OpenVINO reads for ``precision``: the ONNX file itself, or for int8 an NNCF
+    int8 copy saved as OpenVINO IR (``.xml`` + ``.bin``); its path and how it was made."""
+    if precision != "int8":
+        return Path(art.onnx_path), {}
     import nncf
     import openvino as ov
     calib = as_float_images(art.calibration)
@@ -48,7 +55,7 @@ def quantize(art, core) -> tuple[Path, dict]:
         raise ValueError("OpenVINO int8 (NNCF) needs calibration images; the cell passed none "
                          "(Artifacts.calibration)")
     t0 = time.perf_counter()
-    model = core.read_model(str(art.onnx_path))
+    model = _core().read_model(str(art.onnx_path))
     name = model.inputs[0].get_any_name()
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))], lambda x: {name: x})
     qmodel = nncf.quantize(model, data, subset_size=len(calib),
@@ -58,26 +65,44 @@ def quantize(art, core) -> tuple[Path, dict]:
     return dst, {"method": f"nncf.quantize {nncf.__version__}: PERFORMANCE preset (symmetric "
                            "int8 weights and activations), fast bias correction",
                  "calibration_images": int(len(calib)),
-                 "quantize_s": time.perf_counter() - t0}
+                 "quantize_s": time.perf_counter() - t0,
+                 "file_mb": sum(file_mb(f) or 0 for f in (dst, dst.with_suffix(".bin")))}
 
 
-def _ir_mb(path: Path):
-    return sum(file_mb(p) or 0 for p in (path, path.with_suffix(".bin"))) if path.suffix == ".xml" \
-        else file_mb(path)
+def _shown(value) -> str:
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
-def compile_model(core, path, batch: int, image_size: int, precision: str, n_threads: int):
-    """A CPU compiled model for a static ``(batch, 3, S, S)`` input; the settings asked for
-    and those the compiled model reports."""
-    model = core.read_model(str(path))
-    model.reshape({model.inputs[0].get_any_name(): [batch, 3, image_size, image_size]})
-    asked = {"INFERENCE_NUM_THREADS": n_threads, "PERFORMANCE_HINT": "LATENCY",
-             "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": _OV_TYPE[precision]}
-    compiled = core.compile_model(model, "CPU", asked)
-    used = {k: str(compiled.get_property(k)) for k in
-            ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "NUM_STREAMS",
-             "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING")}
-    return compiled, used
+def loader(n_threads: int):
+    """``load(path, precision, x)`` for :func:`measure_converted`: a CPU compiled model for
+    the static shape of ``x``, with the settings asked for and those it reports."""
+    import openvino as ov
+    core = _core()
+
+    def load(path, precision: str, x) -> Loaded:
+        model = core.read_model(str(path))
+        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
+        compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": n_threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": _OV_TYPE[precision]})
+        req, out = compiled.create_infer_request(), compiled.outputs[0]
+        return Loaded(call=lambda: req.infer({0: x}), run=lambda b: req.infer({0: b})[out],
+                      info={"openvino": ov.__version__,
+                            "compiled_with": {k: _shown(compiled.get_property(k))
+                                              for k in _REPORTED}})
+
+    return load
+
+
+def refusal(precision: str):
+    """Why OpenVINO's CPU plugin does not measure ``precision`` here, or None."""
+    if precision not in PRECISIONS:
+        return f"OpenVINO's CPU plugin is measured in {', '.join(PRECISIONS)}; {precision} is not"
+    if precision == "bf16":
+        caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in caps:
+            return f"this CPU has no native bf16: OpenVINO reports OPTIMIZATION_CAPABILITIES = {caps}"
+    return None
 
 
 def openvino_measure(art, profile, settings) -> list[dict]:
@@ -85,40 +110,5 @@ def openvino_measure(art, profile, settings) -> list[dict]:
     if profile.device == "gpu":
         return [unsupported(p, "the openvino runtime measures the CPU plugin; it does not run "
                                "gpu profiles") for p in profile.precisions]
-    import openvino as ov
-    core = ov.Core()
-    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    n, x = threads(profile), inputs(art, profile)
-    test = as_float_images(art.test_images)
-    rows = []
-    for prec in profile.precisions:
-        if prec not in PRECISIONS:
-            rows.append(unsupported(prec, f"OpenVINO's CPU plugin is measured in "
-                                          f"{', '.join(PRECISIONS)}; {prec} is not"))
-            continue
-        if prec == "bf16" and "BF16" not in caps:
-            rows.append(unsupported(prec, f"this CPU has no native bf16: OpenVINO reports "
-                                          f"OPTIMIZATION_CAPABILITIES = {caps}"))
-            continue
-        try:
-            path, how = (Path(art.onnx_path), {}) if prec != "int8" else quantize(art, core)
-            with PeakMemory() as mem:
-                compiled, used = compile_model(core, path, profile.batch_size, art.image_size,
-                                               prec, n)
-                req = compiled.create_infer_request()
-
-                def run(batch):
-                    return req.infer({0: batch})[compiled.outputs[0]]
-
-                stats = measure(lambda: req.infer({0: x}), profile.batch_size, settings)
-            row = {"precision": prec, "stats": stats, "device": "cpu", "threads": n,
-                   "openvino": ov.__version__, "compiled_with": used,
-                   "memory": {**mem.as_dict(), "scope": "compilation + inference"},
-                   "file_mb": _ir_mb(path), **how}
-            row["parity"] = parity_vs_pytorch(art, x, run(x), strict=(prec == "fp32"))
-            if prec != "fp32" and test is not None:
-                row["test_outputs"] = fixed_batch_outputs(run, test, profile.batch_size)
-            rows.append(row)
-        except Exception as exc:  # one precision failing does not hide the others
-            rows.append(failed(prec, exc))
-    return rows
+    return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
+                             scope="compilation + inference")
