@@ -11,6 +11,9 @@ from .. import __version__
 CORE_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pluggy")
 """What training runs on (transfer-bench's own requirements); each runtime adds the
 distributions it declares (:attr:`harness.api.specs.RuntimeSpec.packages`)."""
+#: the instruction-set extensions that decide which kernels a runtime can use
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
 
 
 def package_versions(plugins=None) -> dict:
@@ -44,6 +47,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> list:
+    """Which of :data:`ISA_FLAGS` the CPU reports in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def gpu_info() -> dict:
     try:
         import torch
@@ -64,6 +80,7 @@ def environment(plugins=None) -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),

@@ -59,14 +59,14 @@ def fixed_batch_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndar
                         batch: int) -> np.ndarray:
     """Outputs of ``run`` over ``images`` in chunks of exactly ``batch`` images, for
     runtimes compiled for one static input shape (the one measured): the last chunk is
-    padded with zero images whose outputs are dropped."""
+    padded by repeating its own images, whose extra outputs are dropped (so a calibration
+    pass sees only real images)."""
     outs = []
     for i in range(0, len(images), batch):
         chunk = images[i:i + batch]
         real = len(chunk)
         if real < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]),
-                                                    dtype=chunk.dtype)])
+            chunk = chunk[np.arange(batch) % real]
         outs.append(np.asarray(run(np.ascontiguousarray(chunk)), dtype=np.float32)[:real])
     return np.concatenate(outs, axis=0)
 
