@@ -19,7 +19,7 @@ Method: for each model, one worker process per runtime (``--worker``) converts a
 all its (profile, precision) variants, the workers preparing at once; then ``--rounds``
 rounds time every variant in turn, one block each, only one process running at a time, in
 an order rotated every round; each block is the shared latency core
-(:func:`harness.latency.measure`), the timings of all rounds are pooled (median, p90,
+(:func:`harness.measure.latency.measure`), the timings of all rounds are pooled (median, p90,
 IQR). Before each block the parent times a fixed numpy probe; a block whose probe is
 > 1.5x the run's median probe is measured again once (the load of a shared machine comes
 in bursts; MEASUREMENT.md). The load average and the CPU model are printed with the figures.
@@ -64,7 +64,7 @@ def _reply(obj) -> None:
 
 
 def _profile(d):
-    from harness.specs import ProfileSpec
+    from harness.api.specs import ProfileSpec
     return ProfileSpec(**{**d, "precisions": tuple(d["precisions"])})
 
 
@@ -73,7 +73,7 @@ class Worker:
     times one block of one of them."""
 
     def __init__(self, runtime: str, job: dict):
-        from harness.isolate import WorkerArtifacts
+        from harness.measure.isolate import WorkerArtifacts
         import numpy as np
         self.runtime, self.job = runtime, job
         self.art = WorkerArtifacts(image_size=job["image_size"], workdir=Path(job["workdir"]),
@@ -134,14 +134,14 @@ class Worker:
         return memo[key]
 
     def measure(self, key, settings) -> dict:
-        from harness.latency import measure
+        from harness.measure.latency import measure
         batch = self.job["batches"][key[0]]
         return measure(self.variants[key], batch, settings)
 
 
 def worker_main(runtime: str) -> None:
-    from harness.allocator import tune
-    from harness.latency import MeasureSettings
+    from harness.measure.allocator import tune
+    from harness.measure.latency import MeasureSettings
     tune()
     job = json.loads(sys.stdin.readline())
     w = Worker(runtime, job)
@@ -185,7 +185,7 @@ def peak_gemm(n_threads: int, size: int = 2048) -> dict:
     import numpy as np
     import torch
 
-    from harness.env import cpu_flags
+    from harness.measure.env import cpu_flags
     torch.set_num_threads(n_threads)
     flags, ops = cpu_flags(), 2.0 * size ** 3
     out: dict = {"size": size, "threads": n_threads, "cpu_flags": flags, "fp32": {},
@@ -311,8 +311,8 @@ def _model_files(name: str, size: int, folder: Path, n_calib: int) -> dict:
     import timm
     import torch
 
-    from harness.cell import gmacs
-    from harness.export import export_onnx, parity_check
+    from harness.run.cell import gmacs
+    from harness.measure.export import export_onnx, parity_check
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     folder.mkdir(parents=True, exist_ok=True)
@@ -392,7 +392,7 @@ def run_model(name, files, profiles, runtimes, rounds, logdir, probes,
 
 
 def _stats(row) -> dict:
-    from harness.latency import percentile
+    from harness.measure.latency import percentile
     ms = sorted(row["raw_ms"])
     if not ms:
         return {}
@@ -463,8 +463,8 @@ def main() -> None:
     if args.rounds < 1:
         sys.exit("--rounds must be >= 1")
 
-    from harness.env import cpu_flags, cpu_model, package_versions
-    from harness.manager import PluginSystem
+    from harness.measure.env import cpu_flags, cpu_model, package_versions
+    from harness.api.manager import PluginSystem
     from plugins.runtimes._common import threads
     plugins = PluginSystem(entry_points=False)
     try:

@@ -153,7 +153,7 @@ def test_every_runtime_measures_a_tiny_model_with_parity_and_accuracy_after(plug
 def test_new_cpu_runtimes_are_registered_and_measure_int8():
     """OpenVINO and ExecuTorch + XNNPACK are built in; where installed they measure int8
     (calibrated on the training images, like ONNX Runtime's static int8)."""
-    from harness.manager import PluginSystem
+    from harness.api.manager import PluginSystem
     reg = PluginSystem(entry_points=False).runtimes
     for name, extra in (("openvino", "openvino"), ("executorch", "mobile")):
         spec = reg.get(name)
@@ -180,7 +180,7 @@ def test_fixed_batch_outputs_pad_the_last_chunk_and_drop_its_padding():
 def test_runtime_parity_against_pytorch_fails_an_fp32_row_and_keeps_the_comparison():
     import numpy as np
     import torch
-    from harness.export import ParityError
+    from harness.measure.export import ParityError
     from plugins.runtimes._common import failed, parity_vs_pytorch
 
     class Art:

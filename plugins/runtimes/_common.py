@@ -30,7 +30,7 @@ def unsupported(precision: str, reason: str) -> dict:
 
 def failed(precision: str, exc: BaseException) -> dict:
     """A result row for a precision whose measurement raised; the other precisions go on.
-    A :class:`harness.export.ParityError` keeps its comparison in ``parity``."""
+    A :class:`harness.measure.export.ParityError` keeps its comparison in ``parity``."""
     row = {"precision": precision, "error": f"{type(exc).__name__}: {exc}"}
     if getattr(exc, "result", None):
         row["parity"] = exc.result
@@ -74,15 +74,15 @@ def fixed_batch_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndar
 def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the runtime's "
                       "outputs") -> dict:
     """Compare a runtime's outputs ``got`` on inputs ``x`` with the PyTorch model's
-    (``art.model``, loaded in the worker) by :func:`harness.export.compare_outputs`.
+    (``art.model``, loaded in the worker) by :func:`harness.measure.export.compare_outputs`.
 
-    ``strict`` (an fp32 conversion) raises :class:`harness.export.ParityError` when they
+    ``strict`` (an fp32 conversion) raises :class:`harness.measure.export.ParityError` when they
     differ; lower precisions are not expected to agree that closely, so their comparison is
     only returned and their accuracy on the test images is what counts.
     """
     import torch
 
-    from harness.export import compare_outputs
+    from harness.measure.export import compare_outputs
     with torch.inference_mode():
         ref = art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
     return {**compare_outputs(got, ref, what=what, strict=strict),
@@ -134,7 +134,7 @@ def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[s
     (:func:`parity_vs_pytorch`), and lower precisions return their outputs on the test
     images for the accuracy after conversion. One precision failing does not hide others.
     """
-    from harness.latency import PeakMemory, measure
+    from harness.measure.latency import PeakMemory, measure
     n, x = threads(profile), inputs(art, profile)
     test = as_float_images(art.test_images)
     rows = []

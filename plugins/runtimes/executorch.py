@@ -15,7 +15,7 @@ the x86 CPU with the same XNNPACK kernels (the mobile runtime).
   the accuracy after quantization.
 
 Lowering is slow (tens of seconds for a MobileNet on 2 loaded cores); ``lower_s`` says how
-long. Each profile is measured in its own worker process (:mod:`harness.isolate`).
+long. Each profile is measured in its own worker process (:mod:`harness.measure.isolate`).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ with a static input shape for the profile's batch, in fp32, bf16 or int8.
   disagrees fails, with the comparison kept); int8 and bf16 outputs on the test images come
   back for the accuracy after conversion.
 
-Each profile is measured in its own worker process (:mod:`harness.isolate`).
+Each profile is measured in its own worker process (:mod:`harness.measure.isolate`).
 """
 from __future__ import annotations
 
