@@ -10,9 +10,10 @@ as they define them). Runtimes and precisions, converted by the runtime plugins'
   (MEASUREMENT.md measured it slower than fp32 for every CNN; at batch 32 one VGG-16 call
   would take tens of seconds);
 * ``openvino`` fp32, bf16 (where the CPU has it), int8 (NNCF);
-* ``executorch`` (XNNPACK delegate) fp32, int8 (PT2E XNNPACKQuantizer).
+* ``executorch`` (XNNPACK delegate) fp32, int8 (PT2E XNNPACKQuantizer), in the mobile
+  profile unless ``--all-profiles`` (lowering takes minutes per variant here).
 
-int8 is calibrated on ``--calibration`` (32) seeded random images (no data set here: the
+int8 is calibrated on ``--calibration`` (8) seeded random images (no data set here: the
 figures are latency, not accuracy; the matrix measures accuracy after quantization).
 
 Method: for each model, one worker process per runtime (``--worker``) converts and loads
@@ -30,7 +31,7 @@ AMX, and int8 GEMM (``torch._int_mm`` and ONNX Runtime's ``MatMulInteger``) wher
 VNNI or AMX-INT8 (CPU flags are read, never assumed). Each variant's achieved GFLOP/s =
 2 x MACs x batch / p50, against the peak of its precision.
 
-Usage: python benchmarks/bench_runtimes.py [--models ...] [--profiles ...] [--rounds 3]
+Usage: python benchmarks/bench_runtimes.py [--models ...] [--profiles ...] [--rounds 2]
        [--runtimes ...] [--budget-min 20] [--out results/]
 """
 from __future__ import annotations
@@ -53,6 +54,11 @@ MODELS = {"mobilenetv2_100": "MobileNetV2", "mobilenetv3_large_100": "MobileNetV
 PRECISIONS = {"pytorch": ("fp32",), "onnxruntime": ("fp32", "int8", "int8-dynamic"),
               "openvino": ("fp32", "bf16", "int8"), "executorch": ("fp32", "int8")}
 MOBILE_ONLY = {("onnxruntime", "int8-dynamic")}
+#: runtimes measured in the mobile profile only unless --all-profiles: lowering to ExecuTorch
+#: is a whole-graph pass pipeline per static shape and precision (``lower_s`` in the rows:
+#: minutes per variant for a MobileNet on this loaded 2-core machine), and batch 1 is its
+#: deployment (a phone)
+MOBILE_RUNTIMES = {"executorch"}
 TAG = "@@bench@@ "
 PROBE_LIMIT = 1.5
 
@@ -337,7 +343,7 @@ def _settings(batch: int, first: bool) -> dict:
 
 
 def run_model(name, files, profiles, runtimes, rounds, logdir, probes,
-              deadline: float) -> list[dict]:
+              deadline: float, all_profiles: bool = False) -> list[dict]:
     batches = {p.name: p.batch_size for p in profiles}
     job = {**files, "batches": batches}
     procs = {rt: Proc(rt, job, logdir / f"{name}-{rt}.log") for rt in runtimes}
@@ -346,7 +352,8 @@ def run_model(name, files, profiles, runtimes, rounds, logdir, probes,
         for rt, proc in procs.items():  # all workers convert at once
             for prof in profiles:
                 for prec in PRECISIONS[rt]:
-                    if (rt, prec) in MOBILE_ONLY and prof.name != "mobile":
+                    if prof.name != "mobile" and ((rt, prec) in MOBILE_ONLY or (
+                            rt in MOBILE_RUNTIMES and not all_profiles)):
                         continue
                     proc.send({"cmd": "prepare", "precision": prec, "profile": {
                         "name": prof.name, "batch_size": prof.batch_size,
@@ -449,10 +456,12 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--profiles", nargs="+", default=["mobile", "server"])
     ap.add_argument("--runtimes", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--all-profiles", action="store_true",
+                    help="measure ExecuTorch in every profile, not only mobile (slow)")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--calibration", type=int, default=32,
-                    help="random calibration images for int8 (default 32: one server batch)")
+    ap.add_argument("--calibration", type=int, default=8,
+                    help="random calibration images for int8 (default 8)")
     ap.add_argument("--budget-min", type=float, default=20.0,
                     help="past each model's share of this many minutes, no further round "
                          "starts (the rows record how many blocks each variant got)")
@@ -501,7 +510,7 @@ def main() -> None:
             models[name] = _model_files(name, args.image_size, tmp / name, args.calibration)
             rows += run_model(name, models[name], profiles, runtimes, args.rounds, tmp, probes,
                               t_start + 60 * args.budget_min * (1 + args.models.index(name))
-                              / len(args.models))
+                              / len(args.models), args.all_profiles)
         peak_runs.append(measure_peak(tmp, n_peak))
         peaks = best_peaks(peak_runs)
         logs = {p.name: p.read_text()[-1500:] for p in tmp.glob("*.log")
