@@ -110,8 +110,7 @@ class Worker:
 
     def _onnxruntime(self, profile, prec, n, x):
         from plugins.runtimes.onnxruntime import ort_session, quantize
-        path, how = (self.art.onnx_path, {}) if prec == "fp32" else self._once(
-            ("ort", prec), lambda: quantize(self.art, prec))
+        path, how = (self.art.onnx_path, {}) if prec == "fp32" else quantize(self.art, prec)
         sess = ort_session(path, n)
         name = sess.get_inputs()[0].name
         return (lambda: sess.run(None, {name: x})), {**how, "spinning": "off"}
@@ -121,7 +120,7 @@ class Worker:
         why = ov.refusal(prec)
         if why:
             raise RuntimeError(why)
-        path, how = self._once(("ov", prec), lambda: ov.convert(self.art, profile, prec))
+        path, how = ov.convert(self.art, profile, prec)  # int8: once, for both profiles
         loaded = ov.loader(n)(path, prec, x)
         return loaded.call, {**how, **loaded.info}
 
@@ -130,14 +129,6 @@ class Worker:
         path, how = et.convert(self.art, profile, prec)  # one static shape per profile
         loaded = et.loader(n)(path, prec, x)
         return loaded.call, {**how, **loaded.info}
-
-    def _once(self, key, make):
-        """Conversions that do not depend on the batch (ONNX Runtime's and OpenVINO's int8
-        files) are made once per model and serve both profiles."""
-        memo = self.__dict__.setdefault("_memo", {})
-        if key not in memo:
-            memo[key] = make()
-        return memo[key]
 
     def measure(self, key, settings) -> dict:
         from harness.measure.latency import measure

@@ -162,6 +162,23 @@ def test_new_cpu_runtimes_are_registered_and_measure_int8():
         assert ok or f"transfer-bench[{extra}]" in reason
 
 
+def test_int8_files_that_fit_every_profile_are_made_once_per_cell(plugins):
+    """ONNX Runtime's and OpenVINO's int8 files have a dynamic batch: the second profile's
+    worker reuses the first one's and says so; both are scored on the test images."""
+    names = [n for n in ("onnxruntime", "openvino") if plugins.runtimes.get(n).available()[0]]
+    cfg, custom = cell(names, profiles=["one", "two"], data={"profile": {
+        "one": {"batch_size": 1, "precisions": ["int8"]},
+        "two": {"batch_size": 2, "precisions": ["int8"]}}})
+    rec = run_cell(plugins, cfg, "k", custom_profiles=custom)
+    assert rec["status"] == "ok", rec.get("traceback")
+    for name in names:
+        one, two = [r for r in rec["latency"] if r["runtime"] == name]
+        assert (one["profile"], two["profile"]) == ("one", "two")
+        assert "reused" not in one and two["reused"] is True
+        assert one["method"] == two["method"] and one["quantize_s"] == two["quantize_s"]
+        assert two["stats"]["p50_ms"] > 0 and 0.0 <= two["accuracy_after"] <= 1.0
+
+
 def test_fixed_batch_outputs_pad_the_last_chunk_and_drop_its_padding():
     import numpy as np
     from plugins.runtimes._common import fixed_batch_outputs

@@ -98,11 +98,14 @@ class WorkerArtifacts:
 
     ``model`` is loaded from ``model.pt`` on first use, so runtimes that only read the
     ONNX file never import torch. ``calibration`` and ``test_images`` are float32 numpy
-    arrays in [0, 1] of shape ``(N, 3, S, S)``.
+    arrays in [0, 1] of shape ``(N, 3, S, S)``. ``workdir`` is this job's own folder;
+    ``cell_dir`` the cell's, shared by its jobs (one per profile) for conversions that do
+    not depend on the profile.
     """
 
     image_size: int
     workdir: Path
+    cell_dir: Optional[Path] = None
     onnx_path: Optional[Path] = None
     model_path: Optional[str] = None
     calibration: Optional[np.ndarray] = None
@@ -123,7 +126,7 @@ def _write_job(folder: Path, measure_name: str, art, profile: ProfileSpec,
                settings: MeasureSettings) -> None:
     files = _cell_files(art)
     job = {"measure": measure_name, "profile": asdict(profile), "settings": asdict(settings),
-           "image_size": art.image_size, "workdir": str(folder),
+           "image_size": art.image_size, "workdir": str(folder), "cell_dir": str(art.workdir),
            "onnx_path": str(art.onnx_path) if art.onnx_path else None,
            "model_path": files.get("model"), "calibration": files.get("calibration"),
            "test_images": files.get("test_images")}
@@ -185,6 +188,7 @@ def _worker(folder: Path) -> int:
         measure_fn = _resolve(job["measure"])
         load = (lambda p: np.load(p) if p else None)
         art = WorkerArtifacts(image_size=job["image_size"], workdir=folder,
+                              cell_dir=Path(job["cell_dir"]) if job.get("cell_dir") else None,
                               onnx_path=Path(job["onnx_path"]) if job["onnx_path"] else None,
                               model_path=job["model_path"],
                               calibration=load(job["calibration"]),

@@ -1,6 +1,7 @@
 """Helpers shared by the built-in runtimes: inputs, threads, rows for what cannot run."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -87,6 +88,24 @@ def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the ru
         ref = art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
     return {**compare_outputs(got, ref, what=what, strict=strict),
             "inputs": f"{len(x)} seeded random images", "against": "PyTorch eager fp32"}
+
+
+def once_per_cell(art, name: str, make: Callable[[Path], dict]) -> tuple[Path, dict]:
+    """A conversion that depends on the cell's model and calibration images but not on the
+    profile (an int8 file with a dynamic batch axis) is made once per cell: the first
+    profile's worker writes ``name`` into the cell's folder with ``make(path) -> how``, the
+    next profiles' workers reuse it and say so (``reused: True``). The cell's folder is new
+    per cell and removed after it, so a reused file never belongs to another model."""
+    folder = Path(getattr(art, "cell_dir", None) or art.workdir)
+    dst = folder / name
+    done = folder / f"{name}.how.json"  # written last: the conversion finished
+    if done.exists() and dst.exists():
+        return dst, {**json.loads(done.read_text()), "reused": True}
+    how = make(dst)
+    tmp = folder / f".{name}.how.json.tmp"
+    tmp.write_text(json.dumps(how, default=str))
+    os.replace(tmp, done)
+    return dst, how
 
 
 def file_mb(path) -> Optional[float]:

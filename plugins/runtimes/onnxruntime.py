@@ -18,7 +18,7 @@ from harness.api.errors import ParityError
 from harness.measure.latency import PeakMemory, measure
 
 from ._common import (as_float_images, batched_outputs, cuda_reason, failed, file_mb, inputs,
-                      threads, unsupported)
+                      once_per_cell, threads, unsupported)
 
 CPU_PRECISIONS = ("fp32", "int8", "int8-dynamic")
 
@@ -63,10 +63,15 @@ def quantize(art, precision: str) -> tuple[Path, dict]:
     ``int8``: static quantization in QDQ format (``quantize_static``): int8 per-channel
     weights, uint8 activations whose ranges are calibrated (MinMax) on the cell's
     calibration images. ``int8-dynamic``: ``quantize_dynamic``, int8 weights, activation
-    ranges computed at run time.
+    ranges computed at run time. Made once per cell (:func:`once_per_cell`): the file has
+    a dynamic batch axis, so every profile runs the same one.
     """
     src = Path(art.onnx_path)
-    dst = Path(art.workdir) / f"{src.stem}.{precision}.onnx"
+    return once_per_cell(art, f"{src.stem}.{precision}.onnx",
+                         lambda dst: _quiet_quantize(art, precision, src, dst))
+
+
+def _quiet_quantize(art, precision: str, src: Path, dst: Path) -> dict:
     t0 = time.perf_counter()
     root = logging.getLogger()
     level = root.level
@@ -77,7 +82,7 @@ def quantize(art, precision: str) -> tuple[Path, dict]:
         root.setLevel(level)
 
 
-def _quantize(art, precision: str, src: Path, dst: Path, t0: float) -> tuple[Path, dict]:
+def _quantize(art, precision: str, src: Path, dst: Path, t0: float) -> dict:
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
     if precision == "int8-dynamic":
@@ -95,7 +100,7 @@ def _quantize(art, precision: str, src: Path, dst: Path, t0: float) -> tuple[Pat
         how = {"method": "quantize_static QDQ: per-channel int8 weights, uint8 activations, "
                          "MinMax calibration", "calibration_images": int(len(calib))}
     how["quantize_s"] = time.perf_counter() - t0
-    return dst, how
+    return how
 
 
 # -- CPU execution provider -------------------------------------------------------------------

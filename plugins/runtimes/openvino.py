@@ -21,7 +21,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-from ._common import Loaded, as_float_images, file_mb, measure_converted, threads, unsupported
+from ._common import (Loaded, as_float_images, file_mb, measure_converted, once_per_cell, threads,
+                      unsupported)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: fp32 for the layers NNCF
@@ -45,9 +46,15 @@ def _core():
 
 def convert(art, profile, precision: str) -> tuple[Path, dict]:
     """The model OpenVINO reads for ``precision``: the ONNX file itself, or for int8 an NNCF
-    int8 copy saved as OpenVINO IR (``.xml`` + ``.bin``); its path and how it was made."""
+    int8 copy saved as OpenVINO IR (``.xml`` + ``.bin``), made once per cell (its batch axis
+    is reshaped at load); its path and how it was made."""
     if precision != "int8":
         return Path(art.onnx_path), {}
+    return once_per_cell(art, f"{Path(art.onnx_path).stem}.openvino-int8.xml",
+                         lambda dst: _quantize(art, dst))
+
+
+def _quantize(art, dst: Path) -> dict:
     import nncf
     import openvino as ov
     calib = as_float_images(art.calibration)
@@ -60,13 +67,11 @@ def convert(art, profile, precision: str) -> tuple[Path, dict]:
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))], lambda x: {name: x})
     qmodel = nncf.quantize(model, data, subset_size=len(calib),
                            preset=nncf.QuantizationPreset.PERFORMANCE)
-    dst = Path(art.workdir) / f"{Path(art.onnx_path).stem}.openvino-int8.xml"
     ov.save_model(qmodel, str(dst), compress_to_fp16=False)
-    return dst, {"method": f"nncf.quantize {nncf.__version__}: PERFORMANCE preset (symmetric "
-                           "int8 weights and activations), fast bias correction",
-                 "calibration_images": int(len(calib)),
-                 "quantize_s": time.perf_counter() - t0,
-                 "file_mb": sum(file_mb(f) or 0 for f in (dst, dst.with_suffix(".bin")))}
+    return {"method": f"nncf.quantize {nncf.__version__}: PERFORMANCE preset (symmetric int8 "
+                      "weights and activations), fast bias correction",
+            "calibration_images": int(len(calib)), "quantize_s": time.perf_counter() - t0,
+            "file_mb": sum(file_mb(f) or 0 for f in (dst, dst.with_suffix(".bin")))}
 
 
 def _shown(value) -> str:
