@@ -15,13 +15,34 @@ DEFAULT = {
     "tasks": ["classification"],
     "datasets": ["fashion_mnist"],
     "strategies": ["scratch", "frozen", "finetune"],
-    "runtimes": ["pytorch", "onnxruntime"],
+    # OpenVINO where installed (`transfer-bench[openvino]`; otherwise its rows say why not).
+    # ExecuTorch is not in the default: lowering a program costs tens of seconds to minutes
+    # per precision and batch on 2 cores (``lower_s`` in its rows), minutes per cell; the
+    # `deploy` preset and benchmarks/bench_runtimes.py measure it.
+    "runtimes": ["pytorch", "onnxruntime", "openvino"],
     # batch 1 on 2 threads (a phone-like budget) and batch 32 on all cores (a server)
     "profiles": ["mobile", "server"],
     "image_size": 64,
     "weights": {"resnet18": "source:digits,epochs=5,image_size=32"},  # pretrained here, not ImageNet
     "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},
     "latency": {"min_s": 0.5, "min_count": 30, "warmup_s": 0.2},
+}
+
+
+#: Every CPU runtime, the mobile XNNPACK one included, on the default's fine-tuned
+#: MobileNetV2 (one cell): which runtime and precision to ship it with, accuracy after
+#: quantization beside each latency.
+DEPLOY = {
+    "name": "deploy",
+    "backbones": ["mobilenetv2_100"],
+    "tasks": ["classification"],
+    "datasets": ["fashion_mnist"],
+    "strategies": ["finetune"],
+    "runtimes": ["pytorch", "onnxruntime", "openvino", "executorch"],
+    "profiles": ["mobile"],
+    "image_size": 64,
+    "train": DEFAULT["train"],
+    "latency": DEFAULT["latency"],
 }
 
 
@@ -96,6 +117,10 @@ def register_presets():
     return [PresetSpec("default", matrix=DEFAULT, default=True,
                        description="offline default: MobileNetV2 (packaged ImageNet) and "
                                    "ResNet-18 x scratch/frozen/finetune on Fashion-MNIST"),
+            PresetSpec("deploy", matrix=DEPLOY,
+                       description="every CPU runtime (PyTorch, ONNX Runtime, OpenVINO, "
+                                   "ExecuTorch + XNNPACK) x fp32/int8 on fine-tuned "
+                                   "MobileNetV2, mobile profile (offline)"),
             PresetSpec("flowers_models_1_4", matrix=FLOWERS_MODELS_1_4,
                        description="lecture models 1-4: VGG19 scratch/frozen/finetune/"
                                    "chain_thaw on Oxford Flowers 17 (ImageNet weights: hub)"),

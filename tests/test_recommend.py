@@ -136,3 +136,21 @@ def test_repeat_table_marks_non_significant_differences():
     assert "±" in by["finetune"][5] and by["finetune"][4] == "3"
     assert "n.s." not in by["frozen"][-1] and "p=" in by["frozen"][-1]
     assert by["scratch"][-1].endswith("n.s.")
+
+
+def test_every_runtime_competes_openvino_and_executorch_included():
+    """Each (runtime, precision) measured is its own candidate: a faster OpenVINO int8 or
+    ExecuTorch row wins a tight budget with its own accuracy after conversion."""
+    lat = [{"runtime": "openvino", "profile": "mobile", "precision": "int8",
+            "accuracy_after": 0.78, "stats": {"p50_ms": 0.4}},
+           {"runtime": "executorch", "profile": "mobile", "precision": "fp32",
+            "stats": {"p50_ms": 0.7}},
+           {"runtime": "executorch", "profile": "mobile", "precision": "int8",
+            "error": "RuntimeError: lowering failed"}]  # failed rows are no candidates
+    recs = [rec("small", "finetune", 0.80, 1.1, "mobile", extra_lat=lat)]
+    (r,) = recommend(recs, 0.5)
+    assert (r.pick.runtime, r.pick.precision, r.pick.metric) == ("openvino", "int8", 0.78)
+    (r,) = recommend(recs, 0.9)
+    assert (r.pick.runtime, r.pick.precision, r.pick.metric) == ("executorch", "fp32", 0.80)
+    assert {(c.runtime, c.precision) for c in r.front} == {("openvino", "int8"),
+                                                          ("executorch", "fp32")}
