@@ -25,8 +25,9 @@ IQR). Before each block the parent times a fixed numpy probe; a block whose prob
 > 1.5x the run's median probe is measured again once (the load of a shared machine comes
 in bursts; MEASUREMENT.md). The load average and the CPU model are printed with the figures.
 
-Roofline: the peak of this CPU is measured in the same run by a worker: fp32 GEMM
-(2048^3, torch and numpy: the faster counts), bf16 GEMM where the CPU has avx512_bf16 or
+Roofline: the peak of this CPU is measured in the same run by a worker, at the start and
+after each model (the best of all counts: load only ever slows a GEMM down): fp32 GEMM
+(2048^3, torch, numpy and ONNX Runtime: the fastest counts), bf16 GEMM where the CPU has avx512_bf16 or
 AMX, and int8 GEMM (``torch._int_mm`` and ONNX Runtime's ``MatMulInteger``) where it has
 VNNI or AMX-INT8 (CPU flags are read, never assumed). Each variant's achieved GFLOP/s =
 2 x MACs x batch / p50, against the peak of its precision.
@@ -295,7 +296,7 @@ def measure_peak(tmp: Path, n_threads: int) -> dict:
 
 
 def best_peaks(runs: list) -> dict:
-    """Per precision, the larger of the peaks measured at the start and at the end."""
+    """Per precision, the largest of the peaks measured during the run."""
     out: dict = {"runs": runs}
     for prec in ("fp32", "bf16", "int8"):
         cands = [r[prec] for r in runs if r.get(prec, {}).get("best")]
@@ -441,6 +442,58 @@ def _ratio(row, key) -> str:
     return f"{v:.2f}x" if v else "-"
 
 
+def publish(rows, models, peaks, meta, probes, logs, args, t_start, complete) -> None:
+    """Statistics, ratios and roofline of the rows so far, written to ``--out`` (after each
+    model, so a run stopped early keeps what it measured; ``complete`` says which)."""
+    meta.update(complete=complete, models_done=[MODELS[m] for m in models],
+                load_after=[round(x, 2) for x in os.getloadavg()],
+                probe_median_ms=statistics.median(probes) if probes else 0.0,
+                probe_max_ms=max(probes) if probes else 0.0,
+                wall_s=time.perf_counter() - t_start)
+    rows = [dict(r) for r in rows]
+    for row in rows:
+        row["stats"] = _stats(row)
+    index = {(r["model"], r["profile"], r["runtime"], r["precision"]): r for r in rows}
+    for row in rows:
+        st = row["stats"]
+        if not st:
+            continue
+        for key, ref in (("vs_pytorch", ("pytorch", "fp32")), ("vs_ort_fp32",
+                                                               ("onnxruntime", "fp32"))):
+            other = index.get((row["model"], row["profile"], *ref), {}).get("stats")
+            row[key] = other["p50_ms"] / st["p50_ms"] if other else None
+        gmacs = models[row["model"]]["gmacs"]
+        if gmacs:
+            row["gflops"] = 2 * gmacs * meta["batches"][row["profile"]] / (st["p50_ms"] / 1000)
+            peak = (peaks.get({"bf16": "bf16", "int8": "int8"}.get(
+                row["precision"].split("-")[0], "fp32")) or {}).get("best")
+            row["of_peak"] = row["gflops"] / peak if peak else None
+    text = report(rows, models, peaks, meta)
+    if complete:
+        print("\n" + text)
+        print(f"\nwall time {meta['wall_s'] / 60:.1f} min")
+    else:
+        text += "\n\nINCOMPLETE: written after each model; the run had not finished"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = (f"bench_runtimes-{args.image_size}px-cpu{meta['cpus']}-"
+            f"{'_'.join(meta['cpu'].lower().split())}-torch{meta['versions'].get('torch')}-"
+            f"ort{meta['versions'].get('onnxruntime')}-ov{meta['versions'].get('openvino', 'none')}"
+            f"-et{meta['versions'].get('executorch', 'none')}")
+    data = {"meta": meta, "peaks": peaks,
+            "models": {k: {"gmacs": v["gmacs"], "onnx_parity": v["parity"]}
+                       for k, v in models.items()},
+            "rows": rows, "worker_tracebacks": logs}
+    tmpf = out / f".{stem}.json.tmp"
+    tmpf.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmpf, out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(f"# {stem}\n\n```\n{text}\n```\n")
+    print(f"wrote {out / stem}.json and .md ({'complete' if complete else 'so far'})",
+          flush=True)
+
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -502,49 +555,13 @@ def main() -> None:
             rows += run_model(name, models[name], profiles, runtimes, args.rounds, tmp, probes,
                               t_start + 60 * args.budget_min * (1 + args.models.index(name))
                               / len(args.models), args.all_profiles)
-        peak_runs.append(measure_peak(tmp, n_peak))
+            peak_runs.append(measure_peak(tmp, n_peak))  # again after each model: the
+            publish(rows, models, best_peaks(peak_runs), meta, probes, {}, args, t_start,
+                    complete=False)                  # quietest window gives the peak
         peaks = best_peaks(peak_runs)
         logs = {p.name: p.read_text()[-1500:] for p in tmp.glob("*.log")
                 if "Traceback" in p.read_text()}
-    meta.update(load_after=[round(x, 2) for x in os.getloadavg()],
-                probe_median_ms=statistics.median(probes) if probes else 0.0,
-                probe_max_ms=max(probes) if probes else 0.0,
-                wall_s=time.perf_counter() - t_start)
-    for row in rows:
-        row["stats"] = _stats(row)
-    index = {(r["model"], r["profile"], r["runtime"], r["precision"]): r for r in rows}
-    for row in rows:
-        st = row["stats"]
-        if not st:
-            continue
-        for key, ref in (("vs_pytorch", ("pytorch", "fp32")), ("vs_ort_fp32",
-                                                               ("onnxruntime", "fp32"))):
-            other = index.get((row["model"], row["profile"], *ref), {}).get("stats")
-            row[key] = other["p50_ms"] / st["p50_ms"] if other else None
-        gmacs = models[row["model"]]["gmacs"]
-        if gmacs:
-            row["gflops"] = 2 * gmacs * meta["batches"][row["profile"]] / (st["p50_ms"] / 1000)
-            peak = (peaks.get({"bf16": "bf16", "int8": "int8"}.get(
-                row["precision"].split("-")[0], "fp32")) or {}).get("best")
-            row["of_peak"] = row["gflops"] / peak if peak else None
-    text = report(rows, models, peaks, meta)
-    print("\n" + text)
-    print(f"\nwall time {meta['wall_s'] / 60:.1f} min")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = (f"bench_runtimes-{args.image_size}px-cpu{meta['cpus']}-"
-            f"{'_'.join(meta['cpu'].lower().split())}-torch{meta['versions'].get('torch')}-"
-            f"ort{meta['versions'].get('onnxruntime')}-ov{meta['versions'].get('openvino', 'none')}"
-            f"-et{meta['versions'].get('executorch', 'none')}")
-    data = {"meta": meta, "peaks": peaks,
-            "models": {k: {"gmacs": v["gmacs"], "onnx_parity": v["parity"]}
-                       for k, v in models.items()},
-            "rows": rows, "worker_tracebacks": logs}
-    tmpf = out / f".{stem}.json.tmp"
-    tmpf.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmpf, out / f"{stem}.json")
-    (out / f"{stem}.md").write_text(f"# {stem}\n\n```\n{text}\n```\n")
-    print(f"wrote {out / stem}.json and .md")
+    publish(rows, models, peaks, meta, probes, logs, args, t_start, complete=True)
 
 
 if __name__ == "__main__":
