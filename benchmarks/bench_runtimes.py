@@ -20,16 +20,16 @@ Method: for each model, one worker process per runtime (``--worker``) converts a
 all its (profile, precision) variants, the workers preparing at once; then ``--rounds``
 rounds time every variant in turn, one block each, only one process running at a time, in
 an order rotated every round; each block is the shared latency core
-(:func:`harness.measure.latency.measure`), the timings of all rounds are pooled (median, p90,
-IQR). Before each block the parent times a fixed numpy probe; a block whose probe is
+(:func:`harness.measure.latency.measure`), the timings of all rounds are pooled (median,
+p90, IQR). Before each block the parent times a fixed numpy probe; a block whose probe is
 > 1.5x the run's median probe is measured again once (the load of a shared machine comes
 in bursts; MEASUREMENT.md). The load average and the CPU model are printed with the figures.
 
 Roofline: the peak of this CPU is measured in the same run by a worker, at the start and
 after each model (the best of all counts: load only ever slows a GEMM down): fp32 GEMM
-(2048^3, torch, numpy and ONNX Runtime: the fastest counts), bf16 GEMM where the CPU has avx512_bf16 or
-AMX, and int8 GEMM (``torch._int_mm`` and ONNX Runtime's ``MatMulInteger``) where it has
-VNNI or AMX-INT8 (CPU flags are read, never assumed). Each variant's achieved GFLOP/s =
+(2048^3, torch, numpy and ONNX Runtime: the fastest counts), bf16 GEMM where the CPU has
+avx512_bf16 or AMX, and int8 GEMM (``torch._int_mm`` and ONNX Runtime's
+``MatMulInteger``) where it has VNNI or AMX-INT8 (CPU flags are read, never assumed). Each variant's achieved GFLOP/s =
 2 x MACs x batch / p50, against the peak of its precision.
 
 Usage: python benchmarks/bench_runtimes.py [--models ...] [--profiles ...] [--rounds 2]

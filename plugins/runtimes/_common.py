@@ -140,9 +140,11 @@ class Loaded(NamedTuple):
 
 
 def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[str]],
-                      convert: Callable, load: Callable, scope: str) -> list[dict]:
-    """The rows of a runtime that converts the model per precision and runs one static
-    input shape (OpenVINO, ExecuTorch): for each precision of the profile,
+                      convert: Callable, load: Callable, scope: str,
+                      cpu_only: str) -> list[dict]:
+    """The rows of a CPU runtime that converts the model per precision and runs one static
+    input shape (OpenVINO, ExecuTorch); a gpu profile gets ``cpu_only`` as the reason for
+    every precision. For each precision of the profile,
 
     * ``refuse(prec)`` is a reason not to measure it, or None;
     * ``convert(art, profile, prec) -> (path, how)`` writes the converted model (untimed,
@@ -154,6 +156,8 @@ def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[s
     images for the accuracy after conversion. One precision failing does not hide others.
     """
     from harness.measure.latency import PeakMemory, measure
+    if profile.device == "gpu":
+        return [unsupported(p, cpu_only) for p in profile.precisions]
     n, x = threads(profile), inputs(art, profile)
     test = as_float_images(art.test_images)
     rows = []

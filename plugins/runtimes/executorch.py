@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 from ._common import (Loaded, as_float_images, fixed_batch_outputs, inputs, measure_converted,
-                      threads, unsupported)
+                      threads)
 
 PRECISIONS = ("fp32", "int8")
 _NEEDED = ("executorch", "executorch.backends.xnnpack", "executorch.runtime", "torchao")
@@ -132,11 +132,10 @@ def refusal(precision: str):
 
 def executorch_measure(art, profile, settings) -> list[dict]:
     """fp32 and int8 programs lowered to XNNPACK, run by ExecuTorch's runtime."""
-    if profile.device == "gpu":
-        return [unsupported(p, "ExecuTorch's XNNPACK delegate runs on the CPU; it does not run "
-                               "gpu profiles") for p in profile.precisions]
     return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
-                             scope="program load + inference")
+                             scope="program load + inference",
+                             cpu_only="ExecuTorch's XNNPACK delegate runs on the CPU; it does "
+                                      "not run gpu profiles")
 
 
 def _version() -> str:

@@ -21,8 +21,7 @@ import importlib.util
 import time
 from pathlib import Path
 
-from ._common import (Loaded, as_float_images, file_mb, measure_converted, once_per_cell, threads,
-                      unsupported)
+from ._common import Loaded, as_float_images, file_mb, measure_converted, once_per_cell, threads
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: fp32 for the layers NNCF
@@ -106,14 +105,14 @@ def refusal(precision: str):
     if precision == "bf16":
         caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if "BF16" not in caps:
-            return f"this CPU has no native bf16: OpenVINO reports OPTIMIZATION_CAPABILITIES = {caps}"
+            return (f"this CPU has no native bf16: OpenVINO reports "
+                    f"OPTIMIZATION_CAPABILITIES = {caps}")
     return None
 
 
 def openvino_measure(art, profile, settings) -> list[dict]:
     """fp32, bf16 and int8 (NNCF) on OpenVINO's CPU plugin, as the profile asks."""
-    if profile.device == "gpu":
-        return [unsupported(p, "the openvino runtime measures the CPU plugin; it does not run "
-                               "gpu profiles") for p in profile.precisions]
     return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
-                             scope="compilation + inference")
+                             scope="compilation + inference",
+                             cpu_only="the openvino runtime measures the CPU plugin; it does "
+                                      "not run gpu profiles")
