@@ -30,8 +30,7 @@ after each model (the best of all counts: load only ever slows a GEMM down): fp3
 (2048^3, torch, numpy and ONNX Runtime: the fastest counts), bf16 GEMM where the CPU has
 avx512_bf16 or AMX, and int8 GEMM (``torch._int_mm`` and ONNX Runtime's
 ``MatMulInteger``) where it has VNNI or AMX-INT8 (CPU flags are read, never assumed).
-Each variant's achieved GFLOP/s =
-2 x MACs x batch / p50, against the peak of its precision.
+Each variant's achieved GFLOP/s = 2 x MACs x batch / p50, against the peak of its precision.
 
 Usage: python benchmarks/bench_runtimes.py [--models ...] [--profiles ...] [--rounds 2]
        [--runtimes ...] [--budget-min 20] [--out results/]
