@@ -257,7 +257,8 @@ def test_cpu_runtimes_refuse_a_gpu_profile_with_a_reason(plugins):
     from harness.measure.latency import MeasureSettings
     from harness.api.specs import ProfileSpec
     prof = ProfileSpec("g", batch_size=2, device="gpu", precisions=("fp32", "int8"))
-    for name, hint in (("pytorch", "pytorch-cuda"), ("onnxruntime", "onnxruntime-cuda")):
+    for name, hint in (("pytorch", "pytorch-cuda"), ("onnxruntime", "onnxruntime-cuda"),
+                       ("openvino", "CPU plugin"), ("executorch", "runs on the CPU")):
         rows = plugins.runtimes.get(name).measure(None, prof, MeasureSettings())
         assert [r["precision"] for r in rows] == ["fp32", "int8"]
         assert all(hint in r["unavailable"] and "stats" not in r for r in rows)

@@ -140,7 +140,7 @@ class Loaded(NamedTuple):
 
 
 def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[str]],
-                      convert: Callable, load: Callable, scope: str,
+                      convert: Callable, loader: Callable, scope: str,
                       cpu_only: str) -> list[dict]:
     """The rows of a CPU runtime that converts the model per precision and runs one static
     input shape (OpenVINO, ExecuTorch); a gpu profile gets ``cpu_only`` as the reason for
@@ -149,7 +149,8 @@ def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[s
     * ``refuse(prec)`` is a reason not to measure it, or None;
     * ``convert(art, profile, prec) -> (path, how)`` writes the converted model (untimed,
       outside the memory scope) and says how it was made;
-    * ``load(path, prec, x) -> Loaded`` loads it for inputs ``x`` (inside the memory scope);
+    * ``loader(threads)`` gives ``load(path, prec, x) -> Loaded``, which loads it for
+      inputs ``x`` (inside the memory scope);
 
     then the shared latency core times ``call``; fp32 must agree with PyTorch
     (:func:`parity_vs_pytorch`), and lower precisions return their outputs on the test
@@ -159,6 +160,7 @@ def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[s
     if profile.device == "gpu":
         return [unsupported(p, cpu_only) for p in profile.precisions]
     n, x = threads(profile), inputs(art, profile)
+    load = loader(n)
     test = as_float_images(art.test_images)
     rows = []
     for prec in profile.precisions:

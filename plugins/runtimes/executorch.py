@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 
-from ._common import (Loaded, as_float_images, fixed_batch_outputs, inputs, measure_converted,
-                      threads)
+from ._common import Loaded, as_float_images, fixed_batch_outputs, inputs, measure_converted
 
 PRECISIONS = ("fp32", "int8")
 _NEEDED = ("executorch", "executorch.backends.xnnpack", "executorch.runtime", "torchao")
@@ -132,7 +131,7 @@ def refusal(precision: str):
 
 def executorch_measure(art, profile, settings) -> list[dict]:
     """fp32 and int8 programs lowered to XNNPACK, run by ExecuTorch's runtime."""
-    return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
+    return measure_converted(art, profile, settings, refusal, convert, loader,
                              scope="program load + inference",
                              cpu_only="ExecuTorch's XNNPACK delegate runs on the CPU; it does "
                                       "not run gpu profiles")

@@ -21,7 +21,7 @@ import importlib.util
 import time
 from pathlib import Path
 
-from ._common import Loaded, as_float_images, file_mb, measure_converted, once_per_cell, threads
+from ._common import Loaded, as_float_images, file_mb, measure_converted, once_per_cell
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _OV_TYPE = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: fp32 for the layers NNCF
@@ -112,7 +112,7 @@ def refusal(precision: str):
 
 def openvino_measure(art, profile, settings) -> list[dict]:
     """fp32, bf16 and int8 (NNCF) on OpenVINO's CPU plugin, as the profile asks."""
-    return measure_converted(art, profile, settings, refusal, convert, loader(threads(profile)),
+    return measure_converted(art, profile, settings, refusal, convert, loader,
                              scope="compilation + inference",
                              cpu_only="the openvino runtime measures the CPU plugin; it does "
                                       "not run gpu profiles")
