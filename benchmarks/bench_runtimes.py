@@ -445,6 +445,7 @@ def _ratio(row, key) -> str:
 def publish(rows, models, peaks, meta, probes, logs, args, t_start, complete) -> None:
     """Statistics, ratios and roofline of the rows so far, written to ``--out`` (after each
     model, so a run stopped early keeps what it measured; ``complete`` says which)."""
+    from harness.api.files import atomic_write_text
     meta.update(complete=complete, models_done=[MODELS[m] for m in models],
                 load_after=[round(x, 2) for x in os.getloadavg()],
                 probe_median_ms=statistics.median(probes) if probes else 0.0,
@@ -484,10 +485,8 @@ def publish(rows, models, peaks, meta, probes, logs, args, t_start, complete) ->
             "models": {k: {"gmacs": v["gmacs"], "onnx_parity": v["parity"]}
                        for k, v in models.items()},
             "rows": rows, "worker_tracebacks": logs}
-    tmpf = out / f".{stem}.json.tmp"
-    tmpf.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmpf, out / f"{stem}.json")
-    (out / f"{stem}.md").write_text(f"# {stem}\n\n```\n{text}\n```\n")
+    atomic_write_text(out / f"{stem}.json", json.dumps(data, indent=1, default=str))
+    atomic_write_text(out / f"{stem}.md", f"# {stem}\n\n```\n{text}\n```\n")
     print(f"wrote {out / stem}.json and .md ({'complete' if complete else 'so far'})",
           flush=True)
 

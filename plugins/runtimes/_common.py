@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from harness.api.files import atomic_write_text
+
 
 def threads(profile) -> int:
     """The profile's thread count; ``0`` means every core this process may use."""
@@ -102,9 +104,7 @@ def once_per_cell(art, name: str, make: Callable[[Path], dict]) -> tuple[Path, d
     if done.exists() and dst.exists():
         return dst, {**json.loads(done.read_text()), "reused": True}
     how = make(dst)
-    tmp = folder / f".{name}.how.json.tmp"
-    tmp.write_text(json.dumps(how, default=str))
-    os.replace(tmp, done)
+    atomic_write_text(done, json.dumps(how, default=str))
     return dst, how
 
 
