@@ -310,7 +310,8 @@ def _model_files(name: str, size: int, folder: Path, n_calib: int) -> dict:
     import torch
 
     from harness.run.cell import gmacs
-    from harness.measure.export import export_onnx, parity_check
+    from harness.measure.export import export_onnx
+    from plugins.runtimes.onnxruntime import parity_check
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
     folder.mkdir(parents=True, exist_ok=True)
@@ -536,7 +537,7 @@ def main() -> None:
             "profiles": [p.name for p in profiles],
             "batches": {p.name: p.batch_size for p in profiles},
             "threads": {p.name: threads(p) for p in profiles},
-            "versions": {k: v for k, v in package_versions().items()
+            "versions": {k: v for k, v in package_versions(plugins).items()
                          if k in ("torch", "onnxruntime", "openvino", "nncf", "executorch",
                                   "timm", "numpy")}}
     print(f"CPU {meta['cpu']}, {meta['cpus']} CPUs, flags {meta['flags']}, "

@@ -197,7 +197,7 @@ def test_fixed_batch_outputs_pad_the_last_chunk_and_drop_its_padding():
 def test_runtime_parity_against_pytorch_fails_an_fp32_row_and_keeps_the_comparison():
     import numpy as np
     import torch
-    from harness.measure.export import ParityError
+    from harness.api.errors import ParityError
     from plugins.runtimes._common import failed, parity_vs_pytorch
 
     class Art:

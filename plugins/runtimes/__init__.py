@@ -45,10 +45,11 @@ def register_runtimes():
                     packages=("onnx", "onnxruntime-gpu", "tensorrt"), verify_export=parity_check,
                     description="ONNX Runtime TensorRT execution provider, fp32 and fp16"),
         RuntimeSpec("openvino", available=openvino_available, measure=openvino_measure,
-                    needs_onnx=True,
+                    needs_onnx=True, packages=("onnx", "openvino", "nncf"),
                     description="OpenVINO CPU plugin on the ONNX file, latency hint; fp32, "
                                 "bf16, int8 (NNCF post-training quantization)"),
         RuntimeSpec("executorch", available=executorch_available, measure=executorch_measure,
+                    packages=("torch", "executorch", "torchao"),
                     description="ExecuTorch with the XNNPACK delegate (the mobile runtime), "
                                 "CPU; fp32, int8 (PT2E XNNPACKQuantizer)"),
         RuntimeSpec("tensorrt", available=tensorrt_available, measure=tensorrt_measure,

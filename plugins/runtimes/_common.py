@@ -33,7 +33,7 @@ def unsupported(precision: str, reason: str) -> dict:
 
 def failed(precision: str, exc: BaseException) -> dict:
     """A result row for a precision whose measurement raised; the other precisions go on.
-    A :class:`harness.measure.export.ParityError` keeps its comparison in ``parity``."""
+    A :class:`harness.api.errors.ParityError` keeps its comparison in ``parity``."""
     row = {"precision": precision, "error": f"{type(exc).__name__}: {exc}"}
     if getattr(exc, "result", None):
         row["parity"] = exc.result
@@ -74,18 +74,42 @@ def fixed_batch_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndar
     return np.concatenate(outs, axis=0)
 
 
+def compare_outputs(got, ref, atol: float = 1e-3, rtol: float = 1e-3, what: str = "outputs",
+                    strict: bool = True) -> dict:
+    """``{"max_abs_diff", "max_rel_diff", "atol", "rtol", "ok"}`` of ``got`` against the
+    PyTorch reference ``ref``; ``ok`` when ``|got - ref| <= atol + rtol * |ref|`` everywhere.
+
+    Raises:
+        harness.api.errors.ParityError: the shapes differ, or (``strict``) the values differ
+            beyond tolerance; it carries the comparison in ``result``.
+    """
+    from harness.api.errors import ParityError
+    got, ref = np.asarray(got, dtype=np.float32), np.asarray(ref, dtype=np.float32)
+    if got.shape != ref.shape:
+        raise ParityError(f"{what}: output shape {got.shape} differs from PyTorch {ref.shape}")
+    diff = np.abs(got - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / (np.abs(ref) + 1e-12)).max()) if diff.size else 0.0
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref)))
+    result = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "atol": atol, "rtol": rtol,
+              "ok": ok}
+    if strict and not ok:
+        raise ParityError(f"{what} disagrees with PyTorch: max abs difference {max_abs:.3g} > "
+                          f"atol {atol} + rtol {rtol} x |ref|", result)
+    return result
+
+
 def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the runtime's "
                       "outputs") -> dict:
     """Compare a runtime's outputs ``got`` on inputs ``x`` with the PyTorch model's
-    (``art.model``, loaded in the worker) by :func:`harness.measure.export.compare_outputs`.
+    (``art.model``, loaded in the worker) by :func:`compare_outputs`.
 
-    ``strict`` (an fp32 conversion) raises :class:`harness.measure.export.ParityError` when they
+    ``strict`` (an fp32 conversion) raises :class:`harness.api.errors.ParityError` when they
     differ; lower precisions are not expected to agree that closely, so their comparison is
     only returned and their accuracy on the test images is what counts.
     """
     import torch
 
-    from harness.measure.export import compare_outputs
     with torch.inference_mode():
         ref = art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
     return {**compare_outputs(got, ref, what=what, strict=strict),

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.api.errors import ParityError
 from harness.measure.latency import PeakMemory, measure
 
-from ._common import (as_float_images, batched_outputs, cuda_reason, failed, file_mb, inputs,
-                      once_per_cell, threads, unsupported)
+from ._common import (as_float_images, batched_outputs, compare_outputs, cuda_reason, failed,
+                      file_mb, inputs, once_per_cell, threads, unsupported)
 
 CPU_PRECISIONS = ("fp32", "int8", "int8-dynamic")
 
@@ -276,16 +275,4 @@ def parity_check(model, onnx_path: Path, image_size: int,
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != ref.shape:
-        raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
-    diff = np.abs(got - ref)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    max_rel = float((diff / (np.abs(ref) + 1e-12)).max()) if diff.size else 0.0
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref)))
-    result = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "atol": atol, "rtol": rtol,
-              "ok": ok}
-    if not ok:
-        raise ParityError(f"ONNX export of {onnx_path.name} disagrees with PyTorch: max abs "
-                          f"difference {max_abs:.3g} > atol {atol} + rtol {rtol} x |ref|",
-                          result)
-    return result
+    return compare_outputs(got, ref, atol, rtol, f"ONNX export of {onnx_path.name}")
