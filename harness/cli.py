@@ -287,6 +287,10 @@ def report_cmd(ctx, run, fmt, out, budget_ms):
         _fail_usage(ctx, exc)
         return
     store = _open_run(ctx, run)
+    try:  # results.json follows cells/ (a run killed between the two left it behind)
+        store.aggregate()
+    except OSError:
+        pass  # a read-only run folder: the report reads cells/ itself
     params = inspect.signature(reporter.write).parameters
     kw = {"budget_ms": budget_ms} if "budget_ms" in params or any(
         p.kind is p.VAR_KEYWORD for p in params.values()) else {}
@@ -338,6 +342,8 @@ def compare_cmd(ctx, run_a, run_b, fmt):
 
 def main() -> None:  # console-script entry point
     from .measure.allocator import tune
+    from .measure.lifetime import exit_on_signals
+    exit_on_signals()  # SIGTERM (timeout, kill) cleans up like Ctrl-C does
     tune()  # fewer page faults per batch; see harness/measure/allocator.py
     try:
         cli(prog_name="bench")

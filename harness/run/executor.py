@@ -209,7 +209,8 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
         threads: torch intra-op threads for this worker (``None`` keeps torch's default).
 
     Returns:
-        The cell's final record (also written to ``RUN/cells/KEY.json``).
+        The cell's final record (also written to ``RUN/cells/KEY.json``; the driver's
+        ``on_done`` writes it again, so a worker that cannot write loses nothing).
     """
     import torch
 
@@ -237,7 +238,10 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
         rec = failure_record(job, "failed", f"worker set-up: {type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())
     rec["worker"] = info
-    store.write_cell(rec)
+    try:
+        store.write_cell(rec)
+    except OSError:  # the driver writes it too, retrying, and stops the run naming the path
+        pass
     return rec
 
 
