@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from ..train.data import DataSplits
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
 from ..measure.isolate import measure_in_worker
+from ..measure.lifetime import temp_folder
 from ..measure.latency import MeasureSettings
 from ..api.manager import PluginSystem
 from ..train.model import TransferModel, count_parameters
@@ -190,12 +189,9 @@ def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, 
     task's own metrics."""
     if not cfg.runtimes:
         return []
-    workdir = Path(tempfile.mkdtemp(prefix="tb-cell-"))
-    try:
+    with temp_folder() as workdir:  # removed on any exit; swept next run after a SIGKILL
         return _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
                              workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
