@@ -180,22 +180,24 @@ def _check_backbone(plugins: PluginSystem, item) -> None:
 
 def _check_profile(plugins: PluginSystem, name: str, matrix: MatrixConfig,
                    runtimes: list) -> list[str]:
-    """Raise for a profile that cannot be measured; notes for precisions no runtime of the
-    matrix measures although another registered runtime would."""
+    """Raise for a profile that cannot be measured (a precision no runtime declares); notes
+    for precisions of the user's own profiles that no runtime of the matrix measures
+    although another registered runtime would (built-in profiles list GPU precisions on
+    purpose: CPU runtimes show them as unavailable)."""
     try:
         profile = resolve_profile(plugins, name, matrix.custom_profiles)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[profile.{name}]: {exc}") from None
     known = {p: [r.name for r in plugins.runtimes if p in r.precisions]
              for r in plugins.runtimes for p in r.precisions}
-    if not known:  # no runtime declares its precisions: nothing to check against
-        return []
+    if not runtimes or any(not r.precisions for r in runtimes):
+        return []  # nothing measured, or a runtime that does not say what it measures
     notes = []
     for prec in profile.precisions:
         if prec not in known:
             raise ConfigError(f"profile {name!r}: precision {prec!r} is measured by no "
                               f"runtime; choose from {', '.join(sorted(known))}")
-        if runtimes and not any(prec in r.precisions or not r.precisions for r in runtimes):
+        if name in matrix.custom_profiles and not any(prec in r.precisions for r in runtimes):
             notes.append(f"profile {name!r}: no runtime of the matrix measures {prec} "
                          f"(add -r {' or -r '.join(known[prec])})")
     return notes
