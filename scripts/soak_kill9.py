@@ -2,7 +2,7 @@
 
 Runs a tiny 12-cell matrix (the test plugin tests/robust_plugin.py: a small CNN on a
 synthetic 4-class problem, latency measured in isolated workers), kills the driver with
-SIGKILL after a random 1..12 s, KILLS times, then lets a last run finish. After each kill
+SIGKILL after a random 3..45 s, KILLS times, then lets a last run finish. After each kill
 it checks that no process of the run survives (workers die with their parent) and that
 every JSON file of the run folder parses; at the end that every cell is ``ok`` exactly
 once in cells/ and in results.json (the two agree), that no process is left and that no
@@ -60,7 +60,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-wait", type=float, default=12.0)
+    ap.add_argument("--max-wait", type=float, default=45.0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="tb-soak-"))
@@ -78,7 +78,7 @@ def main() -> int:
     t0 = time.monotonic()
     for i in range(args.kills):
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait = rng.uniform(1.0, args.max_wait)
+        wait = rng.uniform(3.0, args.max_wait)
         try:
             p.wait(wait)
             finished_early += 1  # nothing left to kill: the matrix finished

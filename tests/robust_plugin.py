@@ -16,7 +16,7 @@ from harness.train.strategy import Strategy
 NAME = "robust-plugin"
 
 
-def load_quadrants(task, image_size, seed, cache_dir, n_train: int = 64):
+def load_quadrants(task, image_size, seed, cache_dir, n_train: int = 96):
     """The test kit's learnable 4-class problem."""
     return make_tiny_splits(image_size, n_train=n_train, seed=seed)
 

@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from harness import ExecutorSpec, hookimpl
 from harness.cli import cli
 from harness.run.results import INTERRUPTED, RunStore
 from harness.train.data import BadData, decode_image
@@ -443,6 +444,31 @@ def test_a_record_that_cannot_be_written_is_retried_then_stops_the_run(tmp_path,
                                                     r".*cells/\w+\.json \(Permission denied\) "
                                                     r"after 3 tries"):
         runner.run_matrix(plugin_system, m, tmp_path, show_progress=False, fresh=True)
+
+
+class _Unstartable:
+    """An executor whose cluster cannot be joined."""
+
+    def __init__(self, **options):
+        pass
+
+    def run(self, jobs, run_one, on_done):
+        from harness.api.errors import ConfigError
+        raise ConfigError("could not join the cluster at nowhere:1; fix the address")
+
+
+class _ExecutorPlugin:
+    @hookimpl
+    def register_executors(self):
+        return [ExecutorSpec("unstartable", factory=_Unstartable)]
+
+
+def test_an_executor_that_cannot_start_leaves_no_run_folder(register_plugin, tmp_path):
+    register_plugin(_ExecutorPlugin(), name="unstartable-executor")
+    res = CliRunner().invoke(cli, ["run", "-b", "resnet18", "-s", "scratch", "-d", "digits",
+                                   "--executor", "unstartable", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "could not join the cluster" in res.output, res.output
+    assert list((tmp_path / "r").iterdir()) == []  # the run folder it made is gone
 
 
 # -- workers die with their parent; temporary folders never outlive their process -------------

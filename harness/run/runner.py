@@ -281,6 +281,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
     path = run_dir_for(out_root, matrix, plugins)
+    made_here = fresh or not path.exists()
     prepare_run_dir(path, fresh)
     sweep_temp_folders()  # what a SIGKILLed run left behind
     store = RunStore(path)
@@ -341,11 +342,18 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                       f"{rec['config'].get('strategy')}: {rec.get('error')}")
         bar.update(1)
 
+    removed = False
     try:
         pending = todo
         while pending:
             held: list = []
-            runner.run(claimed(pending, held), run_one, on_done)
+            try:
+                runner.run(claimed(pending, held), run_one, on_done)
+            except ConfigError:  # the executor could not start (Ray's address...)
+                if made_here and not any(store.cells_dir.glob("*.json")):
+                    shutil.rmtree(path, ignore_errors=True)  # nothing half-made stays
+                    removed = True
+                raise
             if not held:
                 break
             bar.write(f"waiting for {len(held)} cell(s) that another bench run is running "
@@ -360,7 +368,8 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         bar.close()
         sweep_temp_folders()  # those of workers killed on the way out
         try:
-            store.aggregate()
+            if not removed:
+                store.aggregate()
         except OSError as exc:
             print(f"warning: could not rewrite {path}/results.json ({exc.strerror}); "
                   f"bench report {path} rebuilds it from cells/", file=sys.stderr)
