@@ -2,8 +2,8 @@
 
 Runs a tiny 12-cell matrix (the test plugin tests/robust_plugin.py: a small CNN on a
 synthetic 4-class problem, latency measured in isolated workers), kills the driver with
-SIGKILL after a random 3..45 s, KILLS times, then lets a last run finish. After each kill
-it checks that no process of the run survives (workers die with their parent) and that
+SIGKILL a random 0..MAX_WAIT s (default 30) after a cell started training, KILLS times,
+then lets a last run finish. After each kill it checks that no process of the run survives (workers die with their parent) and that
 every JSON file of the run folder parses; at the end that every cell is ``ok`` exactly
 once in cells/ and in results.json (the two agree), that no process is left and that no
 ``tb-cell-*`` temporary folder is left. Prints the figures; exits 1 if any check failed.
@@ -60,7 +60,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-wait", type=float, default=45.0)
+    ap.add_argument("--max-wait", type=float, default=30.0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="tb-soak-"))
@@ -78,7 +78,14 @@ def main() -> int:
     t0 = time.monotonic()
     for i in range(args.kills):
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait = rng.uniform(3.0, args.max_wait)
+        # kill at a random moment after a cell started training (so kills land in training,
+        # latency measurement and record writing, not only in start-up)
+        log = work / "trained.log"
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+        while p.poll() is None and (len(log.read_text().splitlines()) if log.exists()
+                                    else 0) <= before:
+            time.sleep(0.1)
+        wait = rng.uniform(0.0, args.max_wait)
         try:
             p.wait(wait)
             finished_early += 1  # nothing left to kill: the matrix finished
@@ -103,7 +110,8 @@ def main() -> int:
         if runs:
             done = sum(1 for c in (runs[0] / "cells").glob("*.json")
                        if json.loads(c.read_text()).get("status") == "ok")
-        print(f"kill {i + 1}/{args.kills} after {wait:.1f} s: {done}/12 cells ok, "
+        print(f"kill {i + 1}/{args.kills} {wait:.1f} s after a cell started training: "
+              f"{done}/12 cells ok, "
               f"{len(list(tmp.glob('tb-cell-*')))} tb-cell folder(s) waiting for the sweep",
               flush=True)
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
