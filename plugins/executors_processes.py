@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Optional
 
-from harness.measure.lifetime import die_with_parent, exit_on_signals
+from harness.measure.lifetime import children_die_with_me, die_with_parent, exit_on_signals
 from harness.run.executor import (CellJob, Executor, describe_exit, execute_job,
                               failure_record)
 
@@ -79,7 +79,8 @@ class ProcessExecutor(Executor):
                     proc = ctx.Process(target=_child,
                                        args=(job, send, self.threads, os.getpid()),
                                        name=f"tb-cell-{job.key}")
-                    proc.start()
+                    with children_die_with_me():  # bound from the child's first import on
+                        proc.start()
                     send.close()  # the child holds the only write end: EOF means it is gone
                     running.append(_Running(proc, recv, job, time.monotonic()))
                 if not running:

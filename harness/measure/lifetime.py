@@ -37,6 +37,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_ENV = "TRANSFER_BENCH_PARENT_PID"
 TEMP_PREFIX = "tb-cell-"
 OWNER_LOCK = ".owner.lock"
+_ARMED: dict = {}  # parent pid -> how this process is bound to it
 
 
 def _set_pdeathsig(sig: int) -> bool:
@@ -61,6 +62,8 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_s: float = 1.0,
             waits this long, then ends the process with ``os._exit``.
     """
     parent = parent_pid or int(os.environ.get(PARENT_ENV) or 0) or os.getppid()
+    if _ARMED.get(parent):  # already bound to this parent (arm_from_env at import)
+        return _ARMED[parent]
     how = ["pdeathsig"] if _set_pdeathsig(signal.SIGTERM) else []
     if os.getppid() != parent:  # the parent died before the death signal was armed
         os._exit(1)
@@ -73,7 +76,24 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_s: float = 1.0,
         os._exit(1)
 
     threading.Thread(target=watch, name="tb-parent-watchdog", daemon=True).start()
-    return "+".join(how + ["watchdog"])
+    _ARMED[parent] = "+".join(how + ["watchdog"])
+    return _ARMED[parent]
+
+
+def arm_from_env() -> Optional[str]:
+    """Run :func:`die_with_parent` at once when ``$TRANSFER_BENCH_PARENT_PID`` names this
+    process's parent (a worker that bench started, see :func:`worker_env`).
+
+    Called from ``harness/__init__.py``, so a worker is bound to its parent from its first
+    import of ``harness`` on, before the seconds (under load, tens of seconds) of importing
+    torch and the plugins. The variable is removed, so the worker's own children do not
+    inherit it; when it names another process (a grandchild started through a shell) this
+    does nothing.
+    """
+    value = os.environ.pop(PARENT_ENV, "")
+    if not value.isdigit() or int(value) != os.getppid():
+        return None
+    return die_with_parent(int(value))
 
 
 def _raise_exit(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -90,6 +110,21 @@ def exit_on_signals() -> None:
 def worker_env() -> dict:
     """Environment for a child process: ``PARENT_ENV`` names this process."""
     return {**os.environ, PARENT_ENV: str(os.getpid())}
+
+
+@contextlib.contextmanager
+def children_die_with_me() -> Iterator[None]:
+    """Processes started inside (``multiprocessing`` spawn copies ``os.environ``) get
+    ``PARENT_ENV`` naming this process, so :func:`arm_from_env` binds them at import."""
+    old = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = old
 
 
 @contextlib.contextmanager
@@ -129,5 +164,5 @@ def sweep_temp_folders(prefix: str = TEMP_PREFIX, root: Optional[Path] = None) -
     return removed
 
 
-__all__ = ["die_with_parent", "exit_on_signals", "temp_folder", "sweep_temp_folders",
+__all__ = ["die_with_parent", "arm_from_env", "children_die_with_me", "exit_on_signals", "temp_folder", "sweep_temp_folders",
            "worker_env", "PARENT_ENV", "TEMP_PREFIX"]
