@@ -484,29 +484,35 @@ def test_an_executor_that_cannot_start_leaves_no_run_folder(register_plugin, tmp
 
 # -- workers die with their parent; temporary folders never outlive their process -------------
 PARENT = textwrap.dedent("""
-    import subprocess, sys, time
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+    import os, subprocess, sys, time
+    env = {**os.environ, "TRANSFER_BENCH_PARENT_PID": str(os.getpid())}  # as bench sets it
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env)
     print(child.pid, flush=True)
     time.sleep(120)
 """)
 CHILD = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     sys.path.insert(0, {root!r})
-    from harness.measure import lifetime
-    if {no_prctl}:
-        lifetime._set_pdeathsig = lambda sig: False
-    lifetime.die_with_parent(poll_s=0.1)
+    import ctypes
+    if {no_prctl}:  # a system without prctl: only the watchdog is left
+        ctypes.CDLL = None
+    from harness.measure import lifetime  # binds this process to its parent at import
+    assert os.environ.get("TRANSFER_BENCH_PARENT_PID") is None  # not passed on
+    open({marker!r}, "w").write(lifetime.die_with_parent(poll_s=0.1))
     time.sleep(120)
 """)
 
 
 @pytest.mark.parametrize("no_prctl", [False, True], ids=["pdeathsig", "watchdog"])
-def test_worker_dies_when_its_parent_is_killed(no_prctl):
+def test_worker_dies_when_its_parent_is_killed(no_prctl, tmp_path):
+    marker = tmp_path / "armed"
     parent = subprocess.Popen([sys.executable, "-c", PARENT,
-                               CHILD.format(root=str(ROOT), no_prctl=no_prctl)],
+                               CHILD.format(root=str(ROOT), no_prctl=no_prctl,
+                                            marker=str(marker))],
                               stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    time.sleep(1.0)  # let the child arm its death signal / watchdog
+    wait_for(lambda: marker.exists() and marker.read_text(), 120, "the child to arm")
+    assert marker.read_text() == ("watchdog" if no_prctl else "pdeathsig+watchdog")
     assert alive(child)
     parent.kill()
     parent.wait()

@@ -46,7 +46,7 @@ def _set_pdeathsig(sig: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no libc or no prctl: the watchdog is left
         return False
 
 
@@ -61,8 +61,10 @@ def die_with_parent(parent_pid: Optional[int] = None, poll_s: float = 1.0,
         grace_s: after sending itself ``SIGTERM`` (so ``finally`` blocks run), the watchdog
             waits this long, then ends the process with ``os._exit``.
     """
+    if parent_pid is None and _ARMED:  # already bound (arm_from_env at import)
+        return next(iter(_ARMED.values()))
     parent = parent_pid or int(os.environ.get(PARENT_ENV) or 0) or os.getppid()
-    if _ARMED.get(parent):  # already bound to this parent (arm_from_env at import)
+    if parent in _ARMED:
         return _ARMED[parent]
     how = ["pdeathsig"] if _set_pdeathsig(signal.SIGTERM) else []
     if os.getppid() != parent:  # the parent died before the death signal was armed
@@ -87,11 +89,20 @@ def arm_from_env() -> Optional[str]:
     Called from ``harness/__init__.py``, so a worker is bound to its parent from its first
     import of ``harness`` on, before the seconds (under load, tens of seconds) of importing
     torch and the plugins. The variable is removed, so the worker's own children do not
-    inherit it; when it names another process (a grandchild started through a shell) this
-    does nothing.
+    inherit it. When it names a process that is gone, the parent died before this worker got
+    here: it exits at once. When it names another live process (a grandchild started through
+    a shell) this does nothing.
     """
     value = os.environ.pop(PARENT_ENV, "")
-    if not value.isdigit() or int(value) != os.getppid():
+    if not value.isdigit():
+        return None
+    if int(value) != os.getppid():
+        try:
+            os.kill(int(value), 0)
+        except ProcessLookupError:
+            os._exit(1)  # orphaned before the first import: never start work
+        except OSError:
+            pass
         return None
     return die_with_parent(int(value))
 
