@@ -207,13 +207,17 @@ def matrix_options(fn):
               help="Ray cluster to join (ray://HOST:10001 or auto); --out must be shared.")
 @click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Kill a cell's worker after this long (processes).")
+@click.option("--keep-onnx", is_flag=True,
+              help="Keep each cell's ONNX file as RUN/onnx/KEY.onnx (the mlflow reporter "
+                   "logs it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               expose_value=False, callback=lambda c, _, v: c.meta.__setitem__("budget_ms", v),
               help="Latency budget (p50, ms) of the recommendation printed at the end.")
 @click.pass_context
-def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, as_json, quiet,
+def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_onnx, as_json,
+            quiet,
             **matrix_opts):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
@@ -232,7 +236,7 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, as_json
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
                            executor_options={"jobs": jobs, "address": address,
                                              "cell_timeout": cell_timeout},
-                           fresh=fresh, show_progress=not quiet)
+                           fresh=fresh, show_progress=not quiet, keep_onnx=keep_onnx)
     except (UnknownName, ConfigError) as exc:
         _fail_usage(ctx, exc)
         return

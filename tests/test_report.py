@@ -102,7 +102,7 @@ def test_html_is_self_contained_with_its_plots_as_pngs(run_dir, tmp_path):
 
 
 def test_pareto_plot_data_carries_what_hover_shows(run_dir):
-    from harness.report_html import pareto_spec
+    from harness.report.report_html import pareto_spec
 
     recs = RunStore(run_dir).records()
     spec = pareto_spec(recs, "mobile", budget_ms=2.0)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.recommend import candidates
-from harness.report_html import write_html
-from harness.results import RunStore
+from harness.report.recommend import candidates
+from harness.report.report_html import write_html
+from harness.run.results import RunStore
 from test_report import make_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

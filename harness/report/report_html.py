@@ -55,14 +55,15 @@ def vega_bundle() -> str:
     import vl_convert
 
     from ..run.cell import cache_dir
-    from ..run.results import atomic_write_text
+    from ..api.files import atomic_write_text
 
     path = cache_dir() / "vega" / f"vega-bundle-vl-convert-{vl_convert.__version__}.js"
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
         pass
-    text = vl_convert.javascript_bundle()
+    # inside the page's <script>, "</script" would end it (it occurs only in string literals)
+    text = vl_convert.javascript_bundle().replace("</script", "<\\/script")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
@@ -373,7 +374,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     plot as a PNG beside it.
 
     Args:
-        store: a :class:`harness.results.RunStore`.
+        store: a :class:`harness.run.results.RunStore`.
         out: the HTML file to write, or a folder to put ``report.html`` in; default
             ``RUN/report/report.html``.
         budget_ms: latency budget of the recommendation.
@@ -383,7 +384,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     """
     import vl_convert
 
-    from ..run.results import atomic_write_text
+    from ..api.files import atomic_write_bytes, atomic_write_text
 
     out = Path(out) if out else store.path / "report"
     html_path = out if out.suffix in (".html", ".htm") else out / "report.html"
@@ -409,7 +410,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
              recommendation_html(records, budget_ms), "<h2 id='plots'>Plots</h2>"]
     specs = {}
     for i, (png_name, (title, spec)) in enumerate(figures(records, budget_ms).items()):
-        (html_path.parent / png_name).write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+        atomic_write_bytes(html_path.parent / png_name, vl_convert.vegalite_to_png(spec, scale=2))
         specs[f"plot-{i}"] = spec
         parts.append(f"<h3>{html.escape(title)}</h3><div class='plot' id='plot-{i}' "
                      f"role='img' aria-label='{html.escape(title)}'></div>")

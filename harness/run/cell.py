@@ -85,12 +85,15 @@ def resolve_profile(plugins: PluginSystem, name: str, custom: dict) -> ProfileSp
 
 def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
              progress: Callable[[str], None] = lambda m: None,
-             custom_profiles: Optional[dict] = None) -> dict:
-    """Run one cell; never raises for the cell's own failures (they go in the record)."""
+             custom_profiles: Optional[dict] = None, onnx_dir: Optional[Path] = None) -> dict:
+    """Run one cell; never raises for the cell's own failures (they go in the record).
+
+    With ``onnx_dir`` the cell's exported ONNX file is kept there as ``KEY.onnx`` (its path
+    is recorded in ``onnx.kept``)."""
     rec: dict = {"key": key, "config": cfg.to_dict(), "status": "running",
                  "started": time.time()}
     try:
-        _run(plugins, cfg, rec, progress, custom_profiles or {})
+        _run(plugins, cfg, rec, progress, custom_profiles or {}, onnx_dir)
         rec["status"] = "ok"
     except KeyboardInterrupt:
         raise
@@ -103,7 +106,8 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
     return rec
 
 
-def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles) -> None:
+def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
+         onnx_dir: Optional[Path] = None) -> None:
     bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
     task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
     st_cls = plugins.strategies.get(cfg.strategy.name).cls
@@ -172,7 +176,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
                                 "mean": sum(curve) / len(curve)}
 
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
-                                      rec)
+                                      rec, onnx_dir)
 
 
 def _trained_param_count(model: TransferModel, history) -> int:
@@ -182,7 +186,8 @@ def _trained_param_count(model: TransferModel, history) -> int:
                for p in g.params)
 
 
-def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec) -> list:
+def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
+                     onnx_dir: Optional[Path] = None) -> list:
     """Latency rows of every (profile, runtime, precision); each runtime runs in its own
     worker process (:mod:`harness.measure.isolate`). Outputs a runtime returns on the test images
     (``test_outputs``, for lower precisions) become ``accuracy_after`` here, scored by the
@@ -191,11 +196,11 @@ def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, 
         return []
     with temp_folder() as workdir:  # removed on any exit; swept next run after a SIGKILL
         return _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
-                             workdir)
+                             workdir, onnx_dir)
 
 
 def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
-                  workdir: Path) -> list:
+                  workdir: Path, onnx_dir: Optional[Path] = None) -> list:
     task = ctx.task
     test_x = data.test.images[:512]
     test_y = data.test.targets[:512]
@@ -205,7 +210,7 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                     evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
                                                               data.info))
     runtimes = [plugins.runtimes.get(r) for r in cfg.runtimes]
-    if any(r.needs_onnx for r in runtimes):
+    if onnx_dir is not None or any(r.needs_onnx for r in runtimes):
         progress("exporting ONNX")
         try:
             art.onnx_path = export_onnx(model, cfg.image_size, workdir / "model.onnx")
@@ -214,6 +219,11 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
             rec["onnx"]["parity"] = (
                 verify(model, art.onnx_path, cfg.image_size) if verify
                 else "not checked: no runtime of the cell verifies exports")
+            if onnx_dir is not None:
+                from ..api.files import atomic_write_bytes
+                kept = Path(onnx_dir) / f"{rec['key']}.onnx"
+                atomic_write_bytes(kept, art.onnx_path.read_bytes())
+                rec["onnx"]["kept"] = str(kept)
         except Exception as exc:
             rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
             if getattr(exc, "result", None):  # ParityError: keep how far off the export was

@@ -151,6 +151,7 @@ class CellJob:
         custom_profiles: profiles defined in the matrix file.
         recipe: how a worker rebuilds the plugin system.
         needs_gpu: whether the cell trains or measures on a GPU (Ray asks for one).
+        keep_onnx: keep the cell's ONNX file as ``RUN/onnx/KEY.onnx`` (``--keep-onnx``).
     """
 
     cfg: CellConfig
@@ -159,6 +160,7 @@ class CellJob:
     custom_profiles: dict = field(default_factory=dict)
     recipe: PluginRecipe = field(default_factory=PluginRecipe)
     needs_gpu: bool = False
+    keep_onnx: bool = False
 
     def label(self) -> str:
         return self.cfg.label()
@@ -233,7 +235,8 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
         plugins = build_plugins(job.recipe)
         store.write_cell({"key": job.key, "config": job.cfg.to_dict(), "status": "running",
                           "started": time.time(), "worker": info})
-        rec = run_cell(plugins, job.cfg, job.key, custom_profiles=job.custom_profiles)
+        rec = run_cell(plugins, job.cfg, job.key, custom_profiles=job.custom_profiles,
+                       onnx_dir=Path(job.run_dir) / "onnx" if job.keep_onnx else None)
     except Exception as exc:  # the worker's own set-up failed; record it like a cell failure
         rec = failure_record(job, "failed", f"worker set-up: {type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())

@@ -268,12 +268,15 @@ def save_with_retries(what: str, path: Path, write, attempts: int = 3,
 
 def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                executor: Optional[str] = None, executor_options: Optional[dict] = None,
-               fresh: bool = False, show_progress: bool = True) -> RunStore:
+               fresh: bool = False, show_progress: bool = True, keep_onnx: bool = False
+               ) -> RunStore:
     """Run every cell not already finished in the run folder; return the store.
 
     Several runs of one matrix may share the run folder at once: each cell is claimed
     before it runs (:meth:`RunStore.claim`), a run skips the cells another run holds and,
     after its own, waits for them (running those whose holder died or failed).
+    ``keep_onnx`` keeps each cell's exported ONNX file as ``RUN/onnx/KEY.onnx`` (the
+    ``mlflow`` reporter logs it); it is not part of the cells' configuration.
     """
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
@@ -292,7 +295,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
                     cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)
-                                       for p in c.profiles]))
+                                       for p in c.profiles]), keep_onnx=keep_onnx)
             for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
     for n in notes:
@@ -327,7 +330,8 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         save({"key": key, "config": cfg.to_dict(), "status": "running",
               "started": time.time()})
         return run_cell(plugins, cfg, key, progress=lambda m: bar.set_postfix_str(m[:60]),
-                        custom_profiles=matrix.custom_profiles)
+                        custom_profiles=matrix.custom_profiles,
+                        onnx_dir=path / "onnx" if keep_onnx else None)
 
     def on_done(rec):
         try:
