@@ -20,6 +20,20 @@ Examples:
 """
 
 
+def _names(kind: str):
+    """Shell completion of a registered name (``bench run -b res<TAB>``): the registries'
+    names with their descriptions; parameters after a comma are left to the user."""
+    def complete(ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+        try:
+            reg = get_plugins().registries[kind]
+        except Exception:  # completion must never print a traceback into the shell
+            return []
+        return [CompletionItem(s.name, help=(s.description or "").split("\n")[0][:70])
+                for s in reg if s.name.startswith(incomplete)]
+    return complete
+
+
 def _fail_usage(ctx: click.Context, exc: Exception) -> None:
     click.echo(f"Error: {exc}", err=True)
     ctx.exit(2)
@@ -153,22 +167,28 @@ def plugins_cmd(ctx, as_json):
 
 # -- bench run ------------------------------------------------------------------------------
 _MATRIX_OPTIONS = [
-    click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
+    click.option("-b", "--backbone", "backbones", multiple=True,
+                 shell_complete=_names("backbones"), metavar="NAME[,k=v]",
                  help="Backbone axis (repeat for more)."),
-    click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]", help="Task axis."),
-    click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
+    click.option("-t", "--task", "tasks", multiple=True,
+                 shell_complete=_names("tasks"), metavar="NAME[,k=v]", help="Task axis."),
+    click.option("-d", "--dataset", "datasets", multiple=True,
+                 shell_complete=_names("datasets"), metavar="NAME[,k=v]",
                  help="Dataset axis."),
-    click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]",
+    click.option("-s", "--strategy", "strategies", multiple=True,
+                 shell_complete=_names("strategies"), metavar="NAME[,k=v]",
                  help="Strategy axis; parameters after commas: -s chain_thaw,patience=1."),
-    click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME",
+    click.option("-r", "--runtime", "runtimes", multiple=True,
+                 shell_complete=_names("runtimes"), metavar="NAME",
                  help="Latency runtimes."),
-    click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME",
+    click.option("-p", "--profile", "profiles", multiple=True,
+                 shell_complete=_names("profiles"), metavar="NAME",
                  help="Latency profiles (mobile, server, or one defined in the matrix file)."),
     click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
                  help="Weights for pretrained strategies: imagenet, packaged, file:PATH, ..."),
     click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
                  help="A TOML or YAML matrix file."),
-    click.option("--preset", default=None,
+    click.option("--preset", default=None, shell_complete=_names("presets"),
                  help="A registered preset matrix (see bench list presets)."),
     click.option("--epochs", type=int, help="Maximum epochs per phase."),
     click.option("--batch-size", type=int, help="Training batch size."),
@@ -199,7 +219,7 @@ def matrix_options(fn):
 @click.option("--out", "out_root", default="runs", show_default=True,
               type=click.Path(file_okay=False), help="Folder that holds run folders.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
-@click.option("--executor", default=None,
+@click.option("--executor", default=None, shell_complete=_names("executors"),
               help="How cells run: inprocess (default), processes, ray (see bench list executors).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Cells at once; --jobs N>1 without --executor uses worker processes.")
@@ -275,6 +295,7 @@ def _open_run(ctx: click.Context, run: str):
                                "  bench report RUN --format html --budget-ms 5")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="table", show_default=True,
+              shell_complete=_names("reporters"),
               help="A registered reporter (see bench list reporters).")
 @click.option("--out", type=click.Path(), default=None,
               help="Write to this file/folder (html: default RUN/report/report.html).")
