@@ -45,6 +45,7 @@ $(VENV_DIR)/bin/python:
 	@if ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
 	  if ! command -v apt-get >/dev/null; then \
 	    echo "error: $(PYTHON) has no venv module (ensurepip); install your distribution's python3-venv" >&2; exit 1; fi; \
+	  echo "$(PYTHON) has no ensurepip: installing Debian's python3-venv"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv; \
 	fi
 	$(PYTHON) -m venv $(VENV_DIR)

@@ -78,11 +78,14 @@ def test_pareto_plot_draws_every_candidate_and_hover_names_it(page_of_report):
     recs = page_of_report["store"].records()
     n_cands = len([c for c in candidates(recs) if c.profile == "mobile"])
     pareto = page.query_selector_all(".plot")[0]
-    # the layers' symbols: one per candidate, then one ring per pick (one per device class)
+    # the layers' symbols: one ring per pick (one per device class) under one per candidate
     symbols = pareto.query_selector_all("svg g.mark-symbol.role-mark")
-    points, rings = (g.query_selector_all("path") for g in symbols)
-    assert (len(points), len(rings)) == (n_cands, 2)
-    points[0].hover()
+    rings, points = (g.query_selector_all("path") for g in symbols)
+    assert (len(rings), len(points)) == (2, n_cands)
+    picked = [p for p in points if "backbone: small;" in p.get_attribute("aria-label")
+              and "strategy: finetune;" in p.get_attribute("aria-label")]
+    assert len(picked) == 1
+    picked[0].hover()  # the mobile pick: its ring lies under it
     tip = page.wait_for_selector("#vg-tooltip-element.visible", timeout=10_000)
     text = tip.inner_text()
     for field in ("backbone", "strategy", "weights", "runtime", "precision", "p50 ms",

@@ -110,6 +110,7 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
     points = [_point(c, c in picks, c in fronts) for c in cands]
     front_rows = [dict(_point(c, c in picks, True), order=i)
                   for r in recs for i, c in enumerate(r.front)]
+    classes = [d for d in DEVICE_CLASSES if any(r["class"] == d for r in front_rows)]
     metric = cands[0].metric_name if cands else "metric"
     log = bool(cands) and min(c.latency_ms for c in cands) > 0
     x = {"field": "p50_ms", "type": "quantitative", "scale": {"type": "log" if log else "linear"},
@@ -129,9 +130,13 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
                       "detail": {"field": "class"},
                       "strokeDash": {"field": "class", "type": "nominal",
                                      "title": "Pareto front of",
-                                     "scale": {"domain": list(DEVICE_CLASSES),
-                                               "range": [_CLASS_DASH[d]
-                                                         for d in DEVICE_CLASSES]}}}},
+                                     "scale": {"domain": classes,
+                                               "range": [_CLASS_DASH[d] for d in classes]}}}},
+        # the rings go under the points, so hovering a pick's point reaches the point
+        {"data": {"values": [p for p in points if p["pick"]]},
+         "mark": {"type": "point", "shape": "circle", "size": 420, "filled": False,
+                  "color": "#d62728", "strokeWidth": 2},
+         "encoding": {"x": x, "y": y, "tooltip": _tooltip(metric)}},
         {"data": {"values": points},
          "params": [highlight, {"name": "zoom", "select": "interval", "bind": "scales"}],
          "mark": {"type": "point", "filled": True, "size": 90, "stroke": "black",
@@ -142,11 +147,9 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
                       "opacity": {"condition": {"param": "backbone_pick", "value": 0.9},
                                   "value": 0.15},
                       "tooltip": _tooltip(metric)}},
-        {"data": {"values": [p for p in points if p["pick"]]},
-         "mark": {"type": "point", "shape": "circle", "size": 420, "filled": False,
-                  "color": "#d62728", "strokeWidth": 2},
-         "encoding": {"x": x, "y": y, "tooltip": _tooltip(metric)}},
     ]
+    # an empty layer makes Vega warn of an infinite extent: leave those out
+    layers = [layer for layer in layers if layer["data"]["values"]]
     if budget_ms is not None:
         layers.append({"data": {"values": [{"budget": budget_ms}]},
                        "mark": {"type": "rule", "color": "#d62728", "strokeDash": [4, 4]},
