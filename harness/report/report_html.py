@@ -31,7 +31,7 @@ from typing import Optional
 
 from .benefits import transfer_benefits
 from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
-from .table import has_repeats, repeat_rows, summary_rows, unmeasured_notes
+from .table import flatten, has_repeats, repeat_rows, summary_rows, unmeasured_notes
 
 VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 """Names the specification's version (vega-embed reads it); nothing is fetched from it."""
@@ -292,14 +292,9 @@ def recommendation_html(records: list[dict], budget_ms: Optional[float]) -> str:
     return "".join(parts)
 
 
-def _flat(d: dict, prefix: str = "") -> list[tuple[str, str]]:
-    out = []
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out += _flat(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v if isinstance(v, str) else json.dumps(v, default=str)))
-    return out
+def _settings(d: dict) -> list[tuple[str, str]]:
+    return [(k, v if isinstance(v, str) else json.dumps(v, default=str))
+            for k, v in flatten(d or {}).items()]
 
 
 _CSS = """
@@ -435,7 +430,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
                      "(paired t over seeds, alpha 0.05).</p>"
                      + _table_html(*repeat_rows(records), "sortable"))
     parts.append("<h2 id='environment'>Environment</h2>"
-                 + _table_html(["setting", "value"], _flat(env), "env"))
+                 + _table_html(["setting", "value"], _settings(env), "env"))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
            f"<title>transfer-bench {name}</title><style>{_CSS}</style></head><body>"

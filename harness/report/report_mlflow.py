@@ -53,15 +53,11 @@ def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[_key(f"{prefix}{k}")] = (v if isinstance(v, str)
-                                         else json.dumps(v, default=str, sort_keys=True))
-    return out
+def _params(d: dict) -> dict:
+    """Nested settings as MLflow parameters: dotted names, JSON for non-strings."""
+    from .table import flatten
+    return {_key(k): v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
+            for k, v in flatten(d or {}).items()}
 
 
 def _num(v) -> Optional[float]:
@@ -168,7 +164,7 @@ def log_run(store, tracking_uri: Optional[str] = None, budget_ms: Optional[float
     pid = parent.info.run_id
     records = store.records()
     if not parents:
-        _log(client, pid, _flat(matrix), [], {})
+        _log(client, pid, _params(matrix), [], {})
     _log(client, pid, {}, [("cells", float(len(records)), 0),
                            ("cells_ok", float(sum(r.get("status") == "ok" for r in records)), 0)],
          {"executor": config.get("executor", "")})
@@ -204,7 +200,7 @@ def log_run(store, tracking_uri: Optional[str] = None, budget_ms: Optional[float
         if rec.get("error"):
             tags["error"] = rec["error"]
         cfg = rec.get("config") or {}
-        _log(client, run.info.run_id, _flat(cfg), cell_metrics(rec), tags)
+        _log(client, run.info.run_id, _params(cfg), cell_metrics(rec), tags)
         client.log_artifact(run.info.run_id, str(store.cell_path(key)))
         onnx = (rec.get("onnx") or {}).get("kept")
         if onnx and Path(onnx).exists():

@@ -245,11 +245,12 @@ def compare_rows(records_a: list[dict], records_b: list[dict]) -> tuple[list, li
     return headers, rows, notes
 
 
-def _flat(d, prefix=""):
+def flatten(d, prefix=""):
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (nested mappings to dotted keys)."""
     out = {}
     for k, v in (d or {}).items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -257,6 +258,6 @@ def _flat(d, prefix=""):
 
 def setting_differences(a: dict, b: dict, skip=("cell_keys",)) -> list[str]:
     """``key: A -> B`` for every flattened setting that differs between two mappings."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flatten(a), flatten(b)
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
             if fa.get(k) != fb.get(k) and not any(k.startswith(s) for s in skip)]
