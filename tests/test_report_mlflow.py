@@ -124,6 +124,7 @@ def test_mlflow_tracking_uri_is_used_when_set(stored, tmp_path, monkeypatch, emp
     assert len(_runs(uri)[2]) == 12
 
 
+@pytest.mark.slow
 def test_onnx_is_logged_when_the_run_kept_it(tmp_path, monkeypatch, register_plugin, empty_db):
     """A real (tiny) cell run with --keep-onnx: its ONNX file becomes an artifact."""
     import test_executors
