@@ -91,18 +91,21 @@ def test_every_cell_is_a_child_run_with_its_configuration_metrics_and_record(sto
 
 def test_logging_again_adds_only_what_changed(stored, tmp_path, empty_db):
     db = str(_copy(empty_db, tmp_path / "ml.db"))
+    ok = stored.records()[0]
+    stored.cell_path(ok["key"]).unlink()  # this cell failed in the first run
+    stored.write_cell({**ok, "status": "failed", "error": "ValueError: planted", "finished": 1.0})
     _report(stored.path, "--out", db)
+    _, _, children = _runs(f"sqlite:///{db}")
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["error"] == "ValueError: planted"
     assert "logged 0 cells to MLflow (12 already there, 0 replaced)" in _report(
         stored.path, "--out", db)
-    rec = stored.records()[0]
-    rec.update(status="failed", error="ValueError: planted", finished=rec.get("finished", 0) + 1)
-    stored.write_cell(rec)
+    stored.write_cell({**ok, "finished": 2.0})  # a resumed run ran it again, and it passed
     assert "logged 1 cells to MLflow (11 already there, 1 replaced)" in _report(
         stored.path, "--out", db)
     _, parents, children = _runs(f"sqlite:///{db}")
     assert len(parents) == 1 and len(children) == 12
-    failed = [c for c in children if c.info.status == "FAILED"]
-    assert len(failed) == 1 and failed[0].data.tags["error"] == "ValueError: planted"
+    assert {c.info.status for c in children} == {"FINISHED"}
 
 
 def test_default_store_is_sqlite_under_the_run_folder(stored, empty_db):
