@@ -194,6 +194,18 @@ _MATRIX_OPTIONS = [
     click.option("--batch-size", type=int, help="Training batch size."),
     click.option("--lr", type=float, help="Learning rate."),
     click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule."),
+    click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
+                 help="Where cells train and evaluate (default auto: CUDA when PyTorch sees "
+                      "a GPU; the run header says which)."),
+    click.option("--amp", default=None, type=click.Choice(["auto", "off", "bf16", "fp16"]),
+                 help="Mixed precision (default auto: bf16 on GPUs that have it, else fp16; "
+                      "fp32 on the CPU)."),
+    click.option("--channels-last/--no-channels-last", default=None,
+                 help="Train in the channels-last memory layout (default off)."),
+    click.option("--compile/--no-compile", "compile", default=None,
+                 help="torch.compile the forward passes (default off; part of the cell key)."),
+    click.option("--eval-batch-size", type=click.IntRange(min=0), default=None,
+                 help="Evaluation/prediction batch size (default 0: the training batch size)."),
     click.option("--image-size", type=int, help="Input size in pixels."),
     click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
 ]

@@ -16,15 +16,16 @@ from multiprocessing.connection import wait
 from typing import Optional
 
 from harness.measure.lifetime import children_die_with_me, die_with_parent, exit_on_signals
-from harness.run.executor import (CellJob, Executor, describe_exit, execute_job,
-                              failure_record)
+from harness.run.executor import (CellJob, Executor, GpuSlots, describe_exit, execute_job,
+                                  failure_record, gpu_count)
 
 
-def _child(job: CellJob, conn, threads: Optional[int], driver_pid: int) -> None:
+def _child(job: CellJob, conn, threads: Optional[int], driver_pid: int,
+           gpu: Optional[int] = None) -> None:
     exit_on_signals()  # SIGTERM from the driver or the death signal: clean up, then go
     die_with_parent(driver_pid)  # a kill -9 of the driver takes its workers with it
     try:
-        rec = execute_job(job, threads)
+        rec = execute_job(job, threads, gpu)
     except BaseException as exc:  # noqa: BLE001 - report anything rather than die silently
         rec = failure_record(job, "failed", f"worker: {type(exc).__name__}: {exc}")
     conn.send(rec)
@@ -37,6 +38,7 @@ class _Running:
     conn: object
     job: CellJob
     started: float
+    gpu: Optional[int] = None
 
 
 class ProcessExecutor(Executor):
@@ -68,6 +70,8 @@ class ProcessExecutor(Executor):
         pending = iter(jobs)  # drawn one at a time: the driver claims a cell as it starts it
         more = True
         running: list[_Running] = []
+        # several GPUs: each worker that trains on CUDA gets its own (GpuSlots)
+        slots = GpuSlots(gpu_count())
         try:
             while more or running:
                 while more and len(running) < self.jobs:
@@ -76,13 +80,14 @@ class ProcessExecutor(Executor):
                         more = False
                         break
                     recv, send = ctx.Pipe(duplex=False)
+                    gpu = slots.take(job)
                     proc = ctx.Process(target=_child,
-                                       args=(job, send, self.threads, os.getpid()),
+                                       args=(job, send, self.threads, os.getpid(), gpu),
                                        name=f"tb-cell-{job.key}")
                     with children_die_with_me():  # bound from the child's first import on
                         proc.start()
                     send.close()  # the child holds the only write end: EOF means it is gone
-                    running.append(_Running(proc, recv, job, time.monotonic()))
+                    running.append(_Running(proc, recv, job, time.monotonic(), gpu))
                 if not running:
                     break
                 ready = set(wait([r.conn for r in running] + [r.proc.sentinel for r in running],
@@ -91,6 +96,7 @@ class ProcessExecutor(Executor):
                     rec = self._collect(r, ready)
                     if rec is not None:
                         running.remove(r)
+                        slots.give_back(r.gpu)
                         on_done(rec)
         finally:
             stop_workers([r.proc for r in running])  # interrupted: leave no orphans behind

@@ -73,13 +73,24 @@ def _weights_label(w: dict) -> str:
     return label if w.get("pretrained") else f"{label} (not pretrained)"
 
 
+def trained_on(rec: dict) -> str:
+    """``cpu fp32``, ``cuda bf16 channels-last compiled``...: device and precision trained."""
+    hw = rec.get("hardware") or {}
+    if not hw:
+        return "-"
+    parts = [str(hw.get("device", "?")).split(":")[0], str(hw.get("precision", "?"))]
+    parts += [w for k, w in (("channels_last", "channels-last"), ("compile", "compiled"))
+              if hw.get(k)]
+    return " ".join(parts)
+
+
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
     seeds = {(r.get("config") or {}).get("seed") for r in records}
     show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
     headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
-        "dataset", "metric", "test", "train s", "params M", "trained M"]
+        "dataset", "metric", "test", "train s", "trained on", "params M", "trained M"]
     for rt, prof, prec in cols:
         label = rt if len(profiles) == 1 else f"{rt} {prof}"
         if prec not in ("fp32", "-"):
@@ -100,7 +111,7 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         if show_seed:
             row.append(cfg.get("seed"))
         row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
-                _fmt(rec.get("train_seconds"), 1),
+                _fmt(rec.get("train_seconds"), 1), trained_on(rec),
                 _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
                 _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
                 else "-"]

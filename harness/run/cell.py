@@ -12,6 +12,7 @@ import torch
 
 from .config import CellConfig
 from ..train.data import DataSplits
+from ..train.device import device_name
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
 from ..measure.isolate import measure_in_worker
@@ -119,6 +120,10 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
                    "source": data.info.source, "notes": list(data.info.notes),
                    "num_classes": data.info.num_classes}
 
+    settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})
+    ctx = TrainContext(task, data.info, settings, progress=progress)
+    rec["hardware"] = hardware_record(ctx, cfg)
+
     torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.backbone.kwargs)
     if bb_arg is not None:
@@ -130,7 +135,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
         "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress}) or {})
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
+        "device": str(ctx.device), "amp": ctx.precision.amp}) or {})
     winfo.setdefault("source", weights)
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
@@ -152,8 +158,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         "mean": list(backbone.mean), "std": list(backbone.std),
     }
 
-    settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})
-    ctx = TrainContext(task, data.info, settings, progress=progress)
+    ctx.place(model)
     t0 = time.perf_counter()
     history = strategy.fit(model, data, ctx)
     rec["train_seconds"] = time.perf_counter() - t0
@@ -175,8 +180,20 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         rec["curve_summary"] = {"start": curve[0], "best": best,
                                 "mean": sum(curve) / len(curve)}
 
+    # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
+    model.to("cpu").to(memory_format=torch.contiguous_format)
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
                                       rec, onnx_dir)
+
+
+def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
+    """Where and how the cell trained (``rec["hardware"]``; the table's "trained on")."""
+    s = ctx.settings
+    return {"device": str(ctx.device), "device_name": cfg.device_name or device_name(ctx.device),
+            "precision": ctx.precision.name, "channels_last": bool(s.channels_last),
+            "compile": bool(s.compile),
+            "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
+            "eval_batch_size": ctx.eval_batch_size}
 
 
 def _trained_param_count(model: TransferModel, history) -> int:

@@ -152,6 +152,9 @@ class CellConfig:
     runtimes: tuple
     profiles: tuple
     latency: dict
+    #: the training device's name (GPU or CPU model), set when the run resolves the device
+    #: (:func:`harness.train.device.resolve_hardware`); part of the key with ``train["device"]``
+    device_name: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -203,12 +203,47 @@ def worker_info(threads: Optional[int] = None) -> dict:
             threads or torch.get_num_threads()}
 
 
-def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
+def gpu_count() -> int:
+    """CUDA devices PyTorch sees in this process (0 without CUDA)."""
+    import torch
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver: no GPU to hand out
+        return 0
+
+
+class GpuSlots:
+    """Hands each concurrently running worker its own CUDA device, round robin over the
+    least used ones, so ``--jobs N`` on a machine with several GPUs spreads the cells.
+
+    Only cells that train on ``cuda`` without an index get a slot; ``cuda:N`` stays as
+    asked, and CPU cells get none.
+    """
+
+    def __init__(self, count: int):
+        self.count = int(count)
+        self.load = [0] * self.count
+
+    def take(self, job: "CellJob") -> Optional[int]:
+        if self.count < 1 or str(job.cfg.train.get("device", "cpu")) != "cuda":
+            return None
+        gpu = min(range(self.count), key=lambda i: self.load[i])
+        self.load[gpu] += 1
+        return gpu
+
+    def give_back(self, gpu: Optional[int]) -> None:
+        if gpu is not None:
+            self.load[gpu] -= 1
+
+
+def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] = None) -> dict:
     """Run one cell in a worker and write its records into the run folder.
 
     Args:
         job: the cell.
         threads: torch intra-op threads for this worker (``None`` keeps torch's default).
+        gpu: the CUDA device this worker trains on (:class:`GpuSlots`); a cell configured
+            for ``cuda`` trains on the current device, which this sets.
 
     Returns:
         The cell's final record (also written to ``RUN/cells/KEY.json``; the driver's
@@ -224,7 +259,11 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
 
     if threads:
         torch.set_num_threads(int(threads))
+    if gpu is not None:
+        torch.cuda.set_device(int(gpu))
     info = worker_info()
+    if gpu is not None:
+        info["gpu"] = int(gpu)
     if not Path(job.run_dir, "config.json").exists():
         return failure_record(job, "failed", (
             f"the run folder {job.run_dir} is not visible on worker host {info['host']}; put "
@@ -249,4 +288,5 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
 
 
 __all__ = ["Executor", "InProcessExecutor", "CellJob", "PluginRecipe", "recipe_for",
-           "build_plugins", "execute_job", "failure_record", "describe_exit", "cell_needs_gpu"]
+           "build_plugins", "execute_job", "failure_record", "describe_exit", "cell_needs_gpu",
+           "GpuSlots", "gpu_count"]

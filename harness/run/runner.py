@@ -1,6 +1,7 @@
 """Expanding, validating and running a matrix into a results store."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -13,6 +14,7 @@ from typing import Optional
 
 from .cell import resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
+from ..train.device import Hardware, resolve_hardware
 from ..measure.env import environment, package_versions
 from ..api.errors import BenchError, ConfigError, UnknownName
 from ..measure.lifetime import sweep_temp_folders
@@ -280,6 +282,8 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     """
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
+    hardware = resolve_hardware(matrix.train.device, matrix.train.amp)  # ConfigError: usage
+    cells = [with_hardware(c, hardware) for c in cells]
     runner = make_executor(plugins, executor, executor_options)
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
@@ -290,7 +294,9 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
               "executor": executor, "executor_options": dict(executor_options or {})}
-    store.write_meta(config, environment(plugins))
+    store.write_meta(config, {**environment(plugins), "training": {
+        "device": hardware.device, "device_name": hardware.device_name,
+        "precision": hardware.precision, "how_chosen": hardware.note or "asked"}})
     store.aggregate()  # settles the cells a killed run left "running"
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
@@ -298,6 +304,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                                        for p in c.profiles]), keep_onnx=keep_onnx)
             for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
+    print(hardware.header(), file=sys.stderr)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if done_before:
@@ -379,6 +386,12 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                   f"bench report {path} rebuilds it from cells/", file=sys.stderr)
     atomic_write_json(path / "config.json", config)
     return store
+
+
+def with_hardware(cell: CellConfig, hw: Hardware) -> CellConfig:
+    """``cell`` with its device and precision resolved (so they are part of its key)."""
+    return dataclasses.replace(cell, train={**cell.train, "device": hw.device, "amp": hw.amp},
+                               device_name=hw.device_name)
 
 
 def make_executor(plugins: PluginSystem, name: str, options: Optional[dict] = None):

@@ -64,16 +64,33 @@ class TensorSplit:
         return len(self.images)
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None,
-                augment=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(float images in [0, 1], targets)`` batches."""
+                generator: Optional[torch.Generator] = None, augment=None,
+                device: Optional[torch.device] = None,
+                channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(float images in [0, 1], targets)`` batches.
+
+        Args:
+            device: where the batches go (default: where the split is). uint8 images
+                travel as uint8 (a quarter of the bytes) and become floats there; to CUDA
+                the copy is non-blocking from pinned memory (:func:`harness.train.device.to_device`).
+            channels_last: hand image batches over in the channels-last layout.
+        """
+        from .device import to_device
+
         n = len(self)
+        # the order is drawn on the CPU with the run's generator: the same on every device
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if self.images.device != order.device:  # a feature cache kept on the device
+            order = order.to(self.images.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             x = self.images[idx]
+            y = self.targets[idx.to(self.targets.device)]
+            if device is not None:
+                x, y = to_device(x, device), to_device(y, device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            y = self.targets[idx]
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if augment is not None:
                 x, y = augment(x, y, generator)
             yield x, y
