@@ -432,3 +432,36 @@ def test_cuda_cell_trains_on_the_gpu(tiny_splits):
     Frozen().fit(model, tiny_splits, ctx)
     _, metrics = evaluate(model, tiny_splits.test, ctx)
     assert next(model.parameters()).is_cuda and 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.skipif(_CUDA, reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_refuses_without_a_gpu_saying_why(tmp_path):
+    """scripts/gpu_check.py exits 2, names what PyTorch and the runtimes see, writes nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, str(root / "scripts" / "gpu_check.py"), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "training on CUDA" in res.stdout and "sees no CUDA device" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_training_variants_cover_fp32_amp_layout_and_cudnn():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cpu = mod.train_variants("cpu")
+    assert [v["amp"] for v in cpu] == ["off", "bf16"] and cpu[1]["channels_last"]
+    rows = [{"model": "m", "variant": "fp32", "images_per_s": 10.0, "error": ""}]
+    tables = {"k": [{"model": "m", "runtime": "tensorrt", "precision": "fp16",
+                     "batch_size": 1, "p50_ms": 1.5}]}
+    assert mod.side_by_side(rows, tables) == ("m: training fp32 10 img/s; inference p50 "
+                                              "tensorrt fp16 bs1 1.50 ms")
