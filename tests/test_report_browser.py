@@ -122,7 +122,9 @@ def test_screenshot_artifact(page_of_report, tmp_path):
     out = Path(os.environ.get("TEST_ARTIFACTS_DIR") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     shot = out / "report-screenshot.png"
-    page_of_report["page"].screenshot(path=str(shot), full_page=True)
+    page = page_of_report["page"]
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
     print(f"screenshot: {shot}")
 

@@ -307,7 +307,7 @@ nav a{margin-right:1em}
 .table-wrap{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid var(--line)}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
 td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-th{background:var(--head);position:sticky;top:0}
+th{background:var(--head)}.table-wrap th{position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
