@@ -419,6 +419,7 @@ def test_unwritable_out_is_a_one_line_usage_error(plugin_system, tmp_path):
     assert len(res.output.strip().splitlines()) == 1
 
 
+@slow
 def test_a_record_that_cannot_be_written_is_retried_then_stops_the_run(tmp_path, monkeypatch,
                                                                         plugin_system):
     from harness.run import runner
@@ -503,6 +504,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@slow
 @pytest.mark.parametrize("no_prctl", [False, True], ids=["pdeathsig", "watchdog"])
 def test_worker_dies_when_its_parent_is_killed(no_prctl, tmp_path):
     marker = tmp_path / "armed"
@@ -531,6 +533,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
                          ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_temp_folder_is_removed_on_any_exit_or_swept(tmp_path, sig):
@@ -587,6 +590,7 @@ def _fetch_extract(url, folder, res, out):
         Path(out).write_text(f"error {type(exc).__name__}: {exc}")
 
 
+@slow
 def test_two_processes_fetching_one_archive_download_it_once(tmp_path):
     import hashlib
 
