@@ -88,7 +88,9 @@ def main() -> int:
         wait = rng.uniform(0.0, args.max_wait)
         try:
             p.wait(wait)
-            finished_early += 1  # nothing left to kill: the matrix finished
+            finished_early += 1  # nothing left to kill: the matrix finished (or it failed)
+            if p.returncode != 0:
+                failures.append(f"run {i + 1} exited with code {p.returncode} before its kill")
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
@@ -115,6 +117,9 @@ def main() -> int:
               f"{len(list(tmp.glob('tb-cell-*')))} tb-cell folder(s) waiting for the sweep",
               flush=True)
     final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if final.returncode != 0 or not list((work / "runs").glob("*")):
+        print(f"the final run failed (rc {final.returncode}):\n{final.stderr[-3000:]}")
+        return 1
     run = next((work / "runs").glob("*"))
     cells = {p.stem: json.loads(p.read_text()) for p in (run / "cells").glob("*.json")}
     results = json.loads((run / "results.json").read_text())

@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
 
     system = get_plugins()
     system.register(sys.modules[__name__], name=NAME, origin="tests/robust_plugin.py")
-    getattr(system, "rebuild", None) and system.rebuild() or system._build_registries()
+    system.rebuild()
     sys.argv = ["bench", *argv]
     bench_main()
 

@@ -427,7 +427,7 @@ def test_a_record_that_cannot_be_written_is_retried_then_stops_the_run(tmp_path,
     from harness.train.loop import TrainSettings
 
     plugin_system.register(robust_plugin, name=robust_plugin.NAME)
-    plugin_system._build_registries()
+    plugin_system.rebuild()
     m = MatrixConfig(backbones=["tinynet"], datasets=["quadrants"], strategies=["slow"],
                      runtimes=[], seeds=2, image_size=16, name="w",
                      train=TrainSettings(epochs=1, batch_size=32))
