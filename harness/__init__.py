@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import sys
 
-import pluggy
+from .measure.lifetime import arm_from_env
 
-from .api import specs
+arm_from_env()  # a bench worker dies with its parent from its first import on (lifetime.py)
+
+import pluggy  # noqa: E402
+
+from .api import specs  # noqa: E402
 from .api.specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
                         ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
 

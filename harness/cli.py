@@ -20,6 +20,20 @@ Examples:
 """
 
 
+def _names(kind: str):
+    """Shell completion of a registered name (``bench run -b res<TAB>``): the registries'
+    names with their descriptions; parameters after a comma are left to the user."""
+    def complete(ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+        try:
+            reg = get_plugins().registries[kind]
+        except Exception:  # completion must never print a traceback into the shell
+            return []
+        return [CompletionItem(s.name, help=(s.description or "").split("\n")[0][:70])
+                for s in reg if s.name.startswith(incomplete)]
+    return complete
+
+
 def _fail_usage(ctx: click.Context, exc: Exception) -> None:
     click.echo(f"Error: {exc}", err=True)
     ctx.exit(2)
@@ -153,27 +167,45 @@ def plugins_cmd(ctx, as_json):
 
 # -- bench run ------------------------------------------------------------------------------
 _MATRIX_OPTIONS = [
-    click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
+    click.option("-b", "--backbone", "backbones", multiple=True,
+                 shell_complete=_names("backbones"), metavar="NAME[,k=v]",
                  help="Backbone axis (repeat for more)."),
-    click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]", help="Task axis."),
-    click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
+    click.option("-t", "--task", "tasks", multiple=True,
+                 shell_complete=_names("tasks"), metavar="NAME[,k=v]", help="Task axis."),
+    click.option("-d", "--dataset", "datasets", multiple=True,
+                 shell_complete=_names("datasets"), metavar="NAME[,k=v]",
                  help="Dataset axis."),
-    click.option("-s", "--strategy", "strategies", multiple=True, metavar="NAME[,k=v]",
+    click.option("-s", "--strategy", "strategies", multiple=True,
+                 shell_complete=_names("strategies"), metavar="NAME[,k=v]",
                  help="Strategy axis; parameters after commas: -s chain_thaw,patience=1."),
-    click.option("-r", "--runtime", "runtimes", multiple=True, metavar="NAME",
+    click.option("-r", "--runtime", "runtimes", multiple=True,
+                 shell_complete=_names("runtimes"), metavar="NAME",
                  help="Latency runtimes."),
-    click.option("-p", "--profile", "profiles", multiple=True, metavar="NAME",
+    click.option("-p", "--profile", "profiles", multiple=True,
+                 shell_complete=_names("profiles"), metavar="NAME",
                  help="Latency profiles (mobile, server, or one defined in the matrix file)."),
     click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
                  help="Weights for pretrained strategies: imagenet, packaged, file:PATH, ..."),
     click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
                  help="A TOML or YAML matrix file."),
-    click.option("--preset", default=None,
+    click.option("--preset", default=None, shell_complete=_names("presets"),
                  help="A registered preset matrix (see bench list presets)."),
     click.option("--epochs", type=int, help="Maximum epochs per phase."),
     click.option("--batch-size", type=int, help="Training batch size."),
     click.option("--lr", type=float, help="Learning rate."),
     click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule."),
+    click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
+                 help="Where cells train and evaluate (default auto: CUDA when PyTorch sees "
+                      "a GPU; the run header says which)."),
+    click.option("--amp", default=None, type=click.Choice(["auto", "off", "bf16", "fp16"]),
+                 help="Mixed precision (default auto: bf16 on GPUs that have it, else fp16; "
+                      "fp32 on the CPU)."),
+    click.option("--channels-last/--no-channels-last", default=None,
+                 help="Train in the channels-last memory layout (default off)."),
+    click.option("--compile/--no-compile", "compile", default=None,
+                 help="torch.compile the forward passes (default off; part of the cell key)."),
+    click.option("--eval-batch-size", type=click.IntRange(min=0), default=None,
+                 help="Evaluation/prediction batch size (default 0: the training batch size)."),
     click.option("--image-size", type=int, help="Input size in pixels."),
     click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
 ]
@@ -199,7 +231,7 @@ def matrix_options(fn):
 @click.option("--out", "out_root", default="runs", show_default=True,
               type=click.Path(file_okay=False), help="Folder that holds run folders.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
-@click.option("--executor", default=None,
+@click.option("--executor", default=None, shell_complete=_names("executors"),
               help="How cells run: inprocess (default), processes, ray (see bench list executors).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Cells at once; --jobs N>1 without --executor uses worker processes.")
@@ -207,13 +239,17 @@ def matrix_options(fn):
               help="Ray cluster to join (ray://HOST:10001 or auto); --out must be shared.")
 @click.option("--cell-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Kill a cell's worker after this long (processes).")
+@click.option("--keep-onnx", is_flag=True,
+              help="Keep each cell's ONNX file as RUN/onnx/KEY.onnx (the mlflow reporter "
+                   "logs it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON at the end.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               expose_value=False, callback=lambda c, _, v: c.meta.__setitem__("budget_ms", v),
               help="Latency budget (p50, ms) of the recommendation printed at the end.")
 @click.pass_context
-def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, as_json, quiet,
+def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_onnx, as_json,
+            quiet,
             **matrix_opts):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
@@ -232,7 +268,7 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, as_json
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
                            executor_options={"jobs": jobs, "address": address,
                                              "cell_timeout": cell_timeout},
-                           fresh=fresh, show_progress=not quiet)
+                           fresh=fresh, show_progress=not quiet, keep_onnx=keep_onnx)
     except (UnknownName, ConfigError) as exc:
         _fail_usage(ctx, exc)
         return
@@ -271,6 +307,7 @@ def _open_run(ctx: click.Context, run: str):
                                "  bench report RUN --format html --budget-ms 5")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--format", "fmt", default="table", show_default=True,
+              shell_complete=_names("reporters"),
               help="A registered reporter (see bench list reporters).")
 @click.option("--out", type=click.Path(), default=None,
               help="Write to this file/folder (html: default RUN/report/report.html).")
@@ -287,6 +324,10 @@ def report_cmd(ctx, run, fmt, out, budget_ms):
         _fail_usage(ctx, exc)
         return
     store = _open_run(ctx, run)
+    try:  # results.json follows cells/ (a run killed between the two left it behind)
+        store.aggregate()
+    except OSError:
+        pass  # a read-only run folder: the report reads cells/ itself
     params = inspect.signature(reporter.write).parameters
     kw = {"budget_ms": budget_ms} if "budget_ms" in params or any(
         p.kind is p.VAR_KEYWORD for p in params.values()) else {}
@@ -338,6 +379,8 @@ def compare_cmd(ctx, run_a, run_b, fmt):
 
 def main() -> None:  # console-script entry point
     from .measure.allocator import tune
+    from .measure.lifetime import exit_on_signals
+    exit_on_signals()  # SIGTERM (timeout, kill) cleans up like Ctrl-C does
     tune()  # fewer page faults per batch; see harness/measure/allocator.py
     try:
         cli(prog_name="bench")

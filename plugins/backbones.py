@@ -28,7 +28,8 @@ _FAMILIES = {
 }
 
 
-def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
+def _check_any(arg: str | None = None, pool: str = "head") -> None:
+    """``timm:NAME`` names an architecture timm has (checked before the run; builds nothing)."""
     if not arg:
         raise ValueError("write timm:ARCHITECTURE, e.g. timm:convnext_nano")
     import timm
@@ -36,7 +37,12 @@ def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
         import difflib
         close = difflib.get_close_matches(arg, timm.list_models(), n=3)
         raise ValueError(f"timm has no architecture {arg!r}"
-                         + (f"; did you mean {', '.join(close)}?" if close else ""))
+                         + (f"; did you mean {', '.join(close)}?" if close else
+                            "; see timm.list_models() for the names"))
+
+
+def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
+    _check_any(arg, pool)
     return TimmBackbone(arg, pool=pool)
 
 
@@ -97,7 +103,7 @@ def register_backbones():
                      description=desc, facts=_LazyFacts(name, pool, weights))
         for name, (family, dclass, weights, pool, desc) in _FAMILIES.items()
     ]
-    specs.append(BackboneSpec("timm", build=_build_any, family="timm", device_class="server",
+    specs.append(BackboneSpec("timm", build=_build_any, check=_check_any, family="timm", device_class="server",
                               default_weights="imagenet",
                               description="any timm CNN by name: timm:ARCHITECTURE"))
     return specs

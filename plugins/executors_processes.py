@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Optional
 
-from harness.run.executor import (CellJob, Executor, describe_exit, execute_job,
-                              failure_record)
+from harness.measure.lifetime import children_die_with_me, die_with_parent, exit_on_signals
+from harness.run.executor import (CellJob, Executor, GpuSlots, describe_exit, execute_job,
+                                  failure_record, gpu_count)
 
 
-def _child(job: CellJob, conn, threads: Optional[int]) -> None:
+def _child(job: CellJob, conn, threads: Optional[int], driver_pid: int,
+           gpu: Optional[int] = None) -> None:
+    exit_on_signals()  # SIGTERM from the driver or the death signal: clean up, then go
+    die_with_parent(driver_pid)  # a kill -9 of the driver takes its workers with it
     try:
-        rec = execute_job(job, threads)
+        rec = execute_job(job, threads, gpu)
     except BaseException as exc:  # noqa: BLE001 - report anything rather than die silently
         rec = failure_record(job, "failed", f"worker: {type(exc).__name__}: {exc}")
     conn.send(rec)
@@ -34,6 +38,7 @@ class _Running:
     conn: object
     job: CellJob
     started: float
+    gpu: Optional[int] = None
 
 
 class ProcessExecutor(Executor):
@@ -62,29 +67,39 @@ class ProcessExecutor(Executor):
 
     def run(self, jobs, run_one, on_done):
         ctx = mp.get_context("spawn")
-        pending = list(jobs)
+        pending = iter(jobs)  # drawn one at a time: the driver claims a cell as it starts it
+        more = True
         running: list[_Running] = []
+        # several GPUs: each worker that trains on CUDA gets its own (GpuSlots)
+        slots = GpuSlots(gpu_count())
         try:
-            while pending or running:
-                while pending and len(running) < self.jobs:
-                    job = pending.pop(0)
+            while more or running:
+                while more and len(running) < self.jobs:
+                    job = next(pending, None)
+                    if job is None:
+                        more = False
+                        break
                     recv, send = ctx.Pipe(duplex=False)
-                    proc = ctx.Process(target=_child, args=(job, send, self.threads),
+                    gpu = slots.take(job)
+                    proc = ctx.Process(target=_child,
+                                       args=(job, send, self.threads, os.getpid(), gpu),
                                        name=f"tb-cell-{job.key}")
-                    proc.start()
+                    with children_die_with_me():  # bound from the child's first import on
+                        proc.start()
                     send.close()  # the child holds the only write end: EOF means it is gone
-                    running.append(_Running(proc, recv, job, time.monotonic()))
+                    running.append(_Running(proc, recv, job, time.monotonic(), gpu))
+                if not running:
+                    break
                 ready = set(wait([r.conn for r in running] + [r.proc.sentinel for r in running],
                                  timeout=self._wait_s(running)))
                 for r in list(running):
                     rec = self._collect(r, ready)
                     if rec is not None:
                         running.remove(r)
+                        slots.give_back(r.gpu)
                         on_done(rec)
         finally:
-            for r in running:  # interrupted: leave no orphan workers behind
-                r.proc.kill()
-                r.proc.join()
+            stop_workers([r.proc for r in running])  # interrupted: leave no orphans behind
 
     def _wait_s(self, running: list[_Running]) -> Optional[float]:
         if self.cell_timeout is None:
@@ -113,8 +128,7 @@ class ProcessExecutor(Executor):
                                      exitcode=r.proc.exitcode)
             return rec
         if self.cell_timeout is not None and time.monotonic() - r.started >= self.cell_timeout:
-            r.proc.kill()
-            r.proc.join()
+            stop_workers([r.proc], grace_s=5.0)
             r.conn.close()
             return failure_record(r.job, "timeout",
                                   f"the cell ran longer than the per-cell timeout of "
@@ -122,4 +136,18 @@ class ProcessExecutor(Executor):
         return None
 
 
-__all__ = ["ProcessExecutor"]
+def stop_workers(procs: list, grace_s: float = 10.0) -> None:
+    """SIGTERM the workers (they remove their temporary folders), then SIGKILL the ones
+    still there after ``grace_s``."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+__all__ = ["ProcessExecutor", "stop_workers"]

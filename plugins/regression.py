@@ -24,6 +24,8 @@ Examples:
   bench check --baseline baseline.json                  # latency of the same models
   bench check --baseline baseline.json --run runs/pr-run --markdown check.md --junit check.xml
   bench check --baseline baseline.json --retrain --latency-tolerance 0.15 --accuracy-drop 0.02
+  bench check --against origin/main -b mobilenetv2_100 -d digits -s frozen -r pytorch \\
+      -p mobile --image-size 32                        # base and candidate side by side
 Exit status: 0 all hold, 1 regression, 2 error.
 """
 
@@ -163,10 +165,15 @@ def _report_created(entries, out) -> None:
 
 def check_command():
     """The ``bench check`` command."""
+    from harness.cli import matrix_options
 
     @click.command("check", epilog=EPILOG_CHECK)
-    @click.option("--baseline", "baseline_path", required=True, type=click.Path(dir_okay=False),
-                  help="Baseline file from `bench baseline create`.")
+    @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+                  help="Baseline file from `bench baseline create` (with --against: only "
+                       "its cells and settings are used).")
+    @click.option("--against", "against", metavar="REV",
+                  help="Measure git revision REV (or a source folder) beside this code, "
+                       "interleaved in this job, and compare them paired (latency only).")
     @click.option("--run", "run", type=click.Path(file_okay=False, exists=True),
                   help="Read fresh metrics from this run folder.")
     @click.option("--retrain", is_flag=True, help="Retrain the baseline's cells for fresh metrics.")
@@ -180,45 +187,91 @@ def check_command():
                   help="Re-measurements that must confirm a latency regression [2].")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
+    @matrix_options
     @_round_options
     @click.pass_context
-    def check(ctx, baseline_path, run, retrain, no_latency, latency_tolerance, accuracy_drop,
-              alpha, confirm, markdown, junit, rounds, calls, calibrate, statistic, quiet):
-        """Re-measure a baseline's cells and say whether they got slower or less accurate."""
+    def check(ctx, baseline_path, against, run, retrain, no_latency, latency_tolerance,
+              accuracy_drop, alpha, confirm, markdown, junit, rounds, calls, calibrate,
+              statistic, quiet, **matrix_opts):
+        """Re-measure a baseline's cells (or measure REV beside this code) and say whether
+        they got slower or less accurate."""
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
         from harness import regression as rg
 
         try:
-            if run and retrain:
-                raise BenchError("give --run or --retrain, not both")
-            base = rg.load_baseline(Path(baseline_path))
-            cs_kw = dict(base["check"])
-            for k, v in (("latency_tolerance", latency_tolerance),
-                         ("accuracy_drop", accuracy_drop), ("alpha", alpha),
-                         ("confirm", confirm)):
-                if v is not None:
-                    cs_kw[k] = v
-            cs = rg.CheckSettings(**cs_kw)
-            rs = _round_settings(base["measure"], rounds, calls, calibrate, statistic)
-            warnings = [] if no_latency else rg.fingerprint_warnings(base)
-            for w in warnings:
+            plan = _check_plan(get_plugins(), baseline_path, against, run, retrain, no_latency,
+                               matrix_opts, {"latency_tolerance": latency_tolerance,
+                                             "accuracy_drop": accuracy_drop, "alpha": alpha,
+                                             "confirm": confirm},
+                               (rounds, calls, calibrate, statistic))
+            for w in plan["warnings"]:
                 click.echo(f"warning: {w}", err=True)
-            verdicts = rg.run_check(get_plugins(), base, cs, rs,
-                                    run=Path(run) if run else None, retrain=retrain,
-                                    latency=not no_latency, progress=_progress(quiet))
+            if against:
+                verdicts = rg.paired_check(plan["entries"], against, plan["cs"], plan["rs"],
+                                           plugins=get_plugins(), progress=_progress(quiet))
+            else:
+                verdicts = rg.run_check(get_plugins(), plan["baseline"], plan["cs"], plan["rs"],
+                                        run=Path(run) if run else None, retrain=retrain,
+                                        latency=not no_latency, progress=_progress(quiet))
         except (BenchError, ValueError) as exc:
             _fail(ctx, exc)
             return
         click.echo(rg.verdict_table(verdicts))
         click.echo("\n" + rg.summary_line(verdicts))
-        rg.write_reports(verdicts, warnings, baseline_path, markdown, junit)
+        counters = next((v.detail["counters"] for v in verdicts if "counters" in v.detail), "")
+        if counters and not no_latency:
+            click.echo(f"note: {counters}; latency verdicts compare CPU time", err=True)
+        rg.write_reports(verdicts, plan["warnings"], plan["source"], markdown, junit)
         for p in (markdown, junit):
             if p:
                 click.echo(f"wrote {p}", err=True)
         ctx.exit(rg.exit_code(verdicts))
 
     return check
+
+
+STORED_CAVEAT = ("a stored baseline was measured in another process (and maybe on another day "
+                 "or machine of the same kind): the variation between processes is not "
+                 "cancelled by interleaving or calibration (README, 'bench check'); "
+                 "`bench check --against REV` measures the base beside this code instead")
+
+
+def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matrix_opts: dict,
+                overrides: dict, round_opts: tuple) -> dict:
+    """What a check compares: entries, check and round settings, warnings, a source label."""
+    from harness.api.errors import BenchError
+    from harness import regression as rg
+    from harness.run.options import matrix_from_options
+
+    if run and retrain:
+        raise BenchError("give --run or --retrain, not both")
+    named = any(v for k, v in matrix_opts.items() if v not in (None, ()))
+    if against and (run or retrain or no_latency):
+        raise BenchError("--against compares latency only; check metrics with --baseline "
+                         "FILE and --run/--retrain in a second step")
+    if not against and not baseline_path:
+        raise BenchError("give --baseline FILE (a stored baseline) or --against REV (measure "
+                         "the base revision beside this code)")
+    if baseline_path and named:
+        raise BenchError("give --baseline FILE or matrix options (-b/-d/-s/-m...), not both")
+    base = rg.load_baseline(Path(baseline_path)) if baseline_path else None
+    if base is not None:
+        entries = base["cells"]
+    else:  # --against with matrix options: the cells' architectures, no training needed
+        entries = rg.entries_from_matrix(plugins, matrix_from_options(plugins, matrix_opts),
+                                         train=False)
+    cs_kw = dict(base["check"]) if base else {}
+    cs_kw.update({k: v for k, v in overrides.items() if v is not None})
+    rs = _round_settings(base["measure"] if base else {}, *round_opts)
+    warnings = []
+    if base is not None and not against and not no_latency:
+        warnings = rg.fingerprint_warnings(base) + [STORED_CAVEAT]
+    source = (f"{baseline_path}" if not against else
+              f"revision {against} measured beside this code" +
+              (f" (cells of {baseline_path})" if baseline_path else ""))
+    return {"entries": entries, "baseline": base, "cs": rg.CheckSettings(**cs_kw), "rs": rs,
+            "warnings": warnings, "source": source}
 
 
 # -- planting a slowdown (for benchmarks and tests of the check itself) ----------------------
@@ -249,30 +302,50 @@ class SlowedModel:
         return out
 
 
-def slowdown_plugin(spec, extra: float):
-    """A plugin object registering ``spec.name`` again, ``extra`` (0.25 = 25%) slower per call.
+class SlowdownPlugin:
+    """A plugin registering runtime ``name`` again, ``extra`` (0.25 = 25%) slower per call.
 
-    Register it after leaving out the plugin that provides ``spec`` (the names would clash),
-    e.g. ``PluginSystem(disable=[provider])`` then ``system.register(slowdown_plugin(...))``.
-    Only runtimes that call ``art.model`` (PyTorch eager) are slowed.
+    It takes the runtime from the plugin module ``provider`` (e.g. ``plugins.runtimes``), so
+    it pickles by name and travels to worker processes. Register it after leaving out that
+    provider (the names would clash): ``system.unregister(provider)`` then
+    ``system.register(SlowdownPlugin(...))``. Only runtimes that call ``art.model`` (PyTorch
+    eager) are slowed.
     """
-    import dataclasses
 
-    from harness import RuntimeSpec
+    def __init__(self, provider: str, name: str, extra: float):
+        self.provider, self.name, self.extra = provider, name, extra
 
-    def measure(art, profile, settings):
-        return spec.measure(dataclasses.replace(art, model=SlowedModel(art.model, extra)),
+    @hookimpl
+    def register_runtimes(self):
+        import importlib
+
+        from harness import RuntimeSpec
+
+        spec = next(s for s in importlib.import_module(self.provider).register_runtimes()
+                    if s.name == self.name)
+        return [RuntimeSpec(spec.name, available=spec.available,
+                            measure=_SlowedMeasure(spec.measure, self.extra),
+                            needs_onnx=spec.needs_onnx, packages=spec.packages,
+                            verify_export=spec.verify_export,
+                            description=f"{spec.description} + planted {self.extra:.0%} "
+                                        "slowdown")]
+
+
+class _SlowedMeasure:
+    def __init__(self, measure, extra: float):
+        self.measure, self.extra = measure, extra
+
+    def __call__(self, art, profile, settings):
+        import dataclasses
+        return self.measure(dataclasses.replace(art, model=SlowedModel(art.model, self.extra)),
                             profile, settings)
 
-    class _Plugin:
-        @staticmethod
-        @hookimpl
-        def register_runtimes():
-            return [RuntimeSpec(spec.name, available=spec.available, measure=measure,
-                                needs_onnx=spec.needs_onnx, packages=spec.packages,
-                                description=f"{spec.description} + planted {extra:.0%} slowdown")]
 
-    return _Plugin()
+def slowdown_plugin(plugins, runtime: str, extra: float) -> tuple[str, "SlowdownPlugin"]:
+    """``(provider, plugin)``: the plugin that provides ``runtime`` in ``plugins`` and a
+    :class:`SlowdownPlugin` to register in its place."""
+    provider = plugins.runtimes.plugin(runtime)
+    return provider, SlowdownPlugin(provider, runtime, extra)
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Built-in reporters for ``bench report``: terminal table, Markdown, CSV, JSON and HTML.
+"""Built-in reporters for ``bench report``: terminal table, Markdown, CSV, JSON, HTML, MLflow.
 
 The table and Markdown reporters add the repeats table (mean ± 95% interval over seeds,
 paired tests between strategies) and the recommendation within ``budget_ms``.
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness import ReporterSpec, hookimpl
+from harness.api.errors import BenchError
 from harness.api.files import atomic_write_text
 from harness.report.table import report_text
 
@@ -45,6 +46,29 @@ def write_html(store, out=None, budget_ms: Optional[float] = None):
     return f"wrote {path} (plots embedded; also as {', '.join(pngs)} in {path.parent})"
 
 
+def write_mlflow(store, out=None, budget_ms: Optional[float] = None):
+    try:
+        from harness.report.report_mlflow import log_run
+    except ImportError as exc:  # the module imports MLflow lazily; this is our own import
+        raise BenchError(f"the mlflow reporter cannot load: {exc}") from exc
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise BenchError("the mlflow reporter needs MLflow: pip install "
+                         "'transfer-bench[mlflow]'") from None
+    uri = f"sqlite:///{Path(out).resolve()}" if out else None
+    res = log_run(store, uri, budget_ms)
+    text = (f"logged {res['logged']} cells to MLflow ({res['kept']} already there, "
+            f"{res['replaced']} replaced), parent run {res['parent_run_id']} in experiment "
+            f"{res['experiment_id']}; tracking store {res['tracking_uri']}")
+    if res["tracking_uri"].startswith("sqlite:///"):
+        text += f"\n  view it: mlflow ui --backend-store-uri {res['tracking_uri']}"
+    if res["no_onnx"]:
+        text += (f"\n  {len(res['no_onnx'])} cells have no kept ONNX file to log "
+                 "(bench run --keep-onnx keeps them)")
+    return text
+
+
 def write_published(store, out=None):
     from harness.run.results import publish
     paths = publish(store, Path(out) if out else Path("results"))
@@ -60,7 +84,12 @@ def register_reporters():
         ReporterSpec("csv", write=write_csv, description="one row per cell x runtime"),
         ReporterSpec("json", write=write_json, description="every cell record"),
         ReporterSpec("html", write=write_html,
-                     description="self-contained HTML with plots (PNGs written beside it)"),
+                     description="self-contained interactive HTML, works offline (Vega-Lite "
+                                 "plots embedded; PNGs written beside it)"),
+        ReporterSpec("mlflow", write=write_mlflow,
+                     description="every cell an MLflow run under a parent run of the matrix "
+                                 "(MLFLOW_TRACKING_URI, else RUN/mlflow/mlflow.db; --out "
+                                 "FILE.db); extra transfer-bench[mlflow]"),
         ReporterSpec("publish", write=write_published,
                      description="CSV + Markdown named by the run's conditions, into --out "
                                  "(default results/)"),

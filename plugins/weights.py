@@ -114,12 +114,22 @@ def _packaged(spec, backbone, arg, context):
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "file": str(path)}
 
 
-def _file(spec, backbone, arg, context):
+def _check_file(arg):
+    """Before the run: the file must be there (``bench run`` fails up front otherwise)."""
     if not arg:
-        raise WeightsUnavailable("write file:PATH to a .safetensors or .pth state dict")
+        raise ValueError("write file:PATH to a .safetensors or .pth state dict")
     path = Path(arg).expanduser()
-    if not path.exists():
-        raise WeightsUnavailable(f"weights file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist; give the path of a "
+                         f".safetensors or .pth state dict")
+
+
+def _file(spec, backbone, arg, context):
+    try:
+        _check_file(arg)
+    except ValueError as exc:
+        raise WeightsUnavailable(str(exc)) from None
+    path = Path(arg).expanduser()
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -284,7 +294,7 @@ def register_weight_sources():
                          description="random initialisation (train from scratch)"),
         WeightSourceSpec("packaged", load=_packaged,
                          description="ImageNet weights shipped inside an installed package"),
-        WeightSourceSpec("file", load=_file,
+        WeightSourceSpec("file", load=_file, check=_check_file,
                          description="file:PATH, a .safetensors or .pth state dict"),
         WeightSourceSpec("imagenet", load=_imagenet,
                          description="timm ImageNet weights via the hub (torchvision tv_in1k "

@@ -30,6 +30,7 @@ import importlib.metadata as md
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -90,8 +91,13 @@ def _digest(state: dict, with_values: bool) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train: dict) -> tuple[str, dict]:
-    """SHA-256 (hex) of everything that determines the pretrained weights, and that material."""
+def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train: dict,
+              hardware: Optional[dict] = None) -> tuple[str, dict]:
+    """SHA-256 (hex) of everything that determines the pretrained weights, and that material.
+
+    Weights pretrained on a GPU or in mixed precision differ from the CPU's fp32 ones, so
+    the device type and precision are part of the key; CPU fp32 adds nothing (entries
+    cached before devices existed stay valid)."""
     target = getattr(backbone, "model", backbone)
     state = target.state_dict()
     material = {
@@ -104,6 +110,10 @@ def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train:
         "dataset": dataset, "dataset_params": data_params, "train": train,
         "versions": _versions(),
     }
+    hw = hardware or {}
+    kind = str(hw.get("device", "cpu")).split(":")[0]
+    if kind != "cpu" or hw.get("amp", "off") != "off":
+        material["trained_on"] = {"device": kind, "amp": hw.get("amp", "off")}
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest(), material
 
@@ -111,12 +121,13 @@ def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train:
 def _atomic_save(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
 
 
 def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_dir: Path,
-              progress) -> dict:
-    """Train ``backbone`` + a linear classifier on the source dataset; return what it reached."""
+              progress, hardware: dict) -> dict:
+    """Train ``backbone`` + a linear classifier on the source dataset, on the cell's device and
+    in its precision (``hardware``: ``device``, ``amp``); return what it reached."""
     from harness.train.model import TransferModel
     from harness.train.loop import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
 
@@ -129,7 +140,8 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
     torch.manual_seed(train["seed"])
     model = TransferModel(backbone, task.build_head(backbone, data.info), "pooled")
     settings = TrainSettings(epochs=train["epochs"], batch_size=train["batch_size"],
-                             lr=float(train["lr"]), patience=train["patience"], seed=train["seed"])
+                             lr=float(train["lr"]), patience=train["patience"], seed=train["seed"],
+                             device=hardware.get("device", "cpu"), amp=hardware.get("amp", "off"))
     ctx = TrainContext(task, data.info, settings,
                        progress=lambda m: progress(f"source:{ds_spec.name} {m}"))
     history = History()
@@ -142,6 +154,7 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
     _, val = evaluate(model, data.val, ctx)
     _, test = evaluate(model, data.test, ctx)
     phase = history.phases[-1]
+    model.to("cpu")  # the backbone goes back where the cell builds its model
     return {"source_val_accuracy": float(val["accuracy"]),
             "source_test_accuracy": float(test["accuracy"]),
             "source_epochs_run": phase["epochs_run"], "source_best_epoch": phase["best_epoch"] + 1,
@@ -168,7 +181,8 @@ def load_source(spec, backbone, arg, context) -> dict:
     if train["seed"] is None:
         train["seed"] = int(context.get("seed") or 0)
     root = Path(context.get("cache_dir") or default_cache_dir())
-    key, material = cache_key(spec, backbone, name, data_params, train)
+    hardware = {k: context[k] for k in ("device", "amp") if context.get(k)}
+    key, material = cache_key(spec, backbone, name, data_params, train, hardware)
     folder = root / "source-weights"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}__{name}__{key[:16]}".replace(":", "_")
@@ -185,7 +199,8 @@ def load_source(spec, backbone, arg, context) -> dict:
             cached = True
         else:
             progress(f"pretraining on source dataset {name} (cached afterwards)")
-            reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress)
+            reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress,
+                                hardware)
             _atomic_save(target.state_dict(), wpath)
             atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
             cached = False

@@ -120,3 +120,32 @@ def test_failing_cell_is_recorded_and_the_matrix_goes_on(runner, tmp_path):
     assert status["scratch"]["status"] == "ok"
     assert status["frozen"]["status"] == "failed"
     assert "/nonexistent/w.pth does not exist" in status["frozen"]["error"]
+
+
+def _complete(words: str, shell: str = "bash"):
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    return CliRunner().invoke(cli, [], prog_name="bench", env={
+        "_BENCH_COMPLETE": f"{shell}_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)})
+
+
+def test_shell_completion_offers_registered_names():
+    # bash_complete answers "type,value" lines
+    values = [line.split(",", 1)[1] for line in _complete("bench run -s fro").output.split()]
+    assert values == ["frozen"]
+    assert "mlflow" in _complete("bench report RUN --format ml").output
+    assert "backbones" in _complete("bench list ba").output
+    script = CliRunner().invoke(cli, [], prog_name="bench",
+                                env={"_BENCH_COMPLETE": "bash_source"}).output
+    assert "_bench_completion" in script and "complete -o nosort -F" in script
+
+
+def test_version_is_the_distributions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    from harness import __version__
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"transfer-bench, version {__version__}"
+    try:
+        assert version("transfer-bench") == __version__
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        pass

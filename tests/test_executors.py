@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harness import BackboneSpec, DatasetSpec, StrategySpec, hookimpl
+from harness import StrategySpec, hookimpl
 from harness.run.config import MatrixConfig
 from harness.run.executor import CellJob, describe_exit, recipe_for
 from harness.api.files import atomic_write_bytes
@@ -27,17 +27,16 @@ from harness.run.locks import cache_lock
 from harness.run.results import RunStore
 from harness.run.runner import run_matrix
 from harness.train.strategy import Strategy
-from harness.testkit import TinyBackbone, make_tiny_splits
 from harness.train.loop import TrainSettings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 PLUGIN_NAME = "test-executors"
 HAVE_RAY = __import__("importlib").util.find_spec("ray") is not None
 
 
 # -- the plugin side of this module -----------------------------------------------------------
-def load_quadrants(task, image_size, seed, cache_dir, n_train: int = 96):
-    """The test kit's learnable 4-class problem (a bright quadrant gives the class)."""
-    return make_tiny_splits(image_size, n_train=n_train, seed=seed)
+# tinynet and quadrants are tests/robust_plugin.py's (importing the hooks registers them here)
+from robust_plugin import register_backbones, register_datasets  # noqa: E402,F401
 
 
 class Killer(Strategy):
@@ -54,17 +53,6 @@ class Killer(Strategy):
                 time.sleep(60)
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-
-
-@hookimpl
-def register_backbones():
-    return [BackboneSpec("tinynet", build=TinyBackbone, device_class="mobile",
-                         default_weights="random", description="test backbone")]
-
-
-@hookimpl
-def register_datasets():
-    return [DatasetSpec("quadrants", load=load_quadrants, synthetic=True)]
 
 
 @hookimpl

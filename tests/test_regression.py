@@ -112,6 +112,7 @@ def _scale(path, factor):
     for cell in data["cells"]:
         for lat in cell["latency"].values():
             lat["round_ms"] = [v * factor for v in lat["round_ms"]]
+            lat["instructions"] = [v * factor for v in lat.get("instructions") or []]
     path.write_text(json.dumps(data))
     return data
 
@@ -171,11 +172,10 @@ def test_tolerance_from_baseline_check_table_and_option(baseline):
 @pytest.mark.slow
 def test_planted_slow_runtime_plugin_is_caught(baseline, plugin_system):
     from plugins.regression import slowdown_plugin
-    spec = plugin_system.runtimes.get("pytorch")
-    provider = plugin_system.runtimes.plugin("pytorch")
+    provider, slowed = slowdown_plugin(plugin_system, "pytorch", extra=2.0)
     plugin_system.unregister(provider)
-    plugin_system.register(slowdown_plugin(spec, extra=2.0), name="slow-pytorch", origin="test")
-    plugin_system.rebuild()
+    plugin_system.register(slowed, name="slow-pytorch", origin="test")
+    plugin_system.rebuild()  # the check measures in a worker: the recipe carries the plant
     r = bench("check", "--baseline", baseline, "-q", *ROUNDS)
     assert r.exit_code == 1, r.output
     assert "REGRESSION" in r.output
@@ -255,3 +255,89 @@ def test_ratio_without_significance_is_not_a_regression():
     fresh = {"round_ms": [3.0, 1.0, 3.0, 1.0, 3.0, 1.1]}  # median up 2x, but only noise
     v = rg.compare_latency("c", "k", base, fresh, rg.CheckSettings(), calibrate=False)
     assert v.detail["ratio"] > 1.1 and v.status == "pass" and "not significant" in v.note
+
+
+# -- fresh workers, paired mode (--against), work counters -------------------------------------
+@pytest.mark.slow
+def test_baseline_is_measured_in_a_fresh_worker_process(baseline):
+    import os
+    lat = json.loads(baseline.read_text())["cells"][0]["latency"]["pytorch/one/fp32"]
+    assert lat["pid"] != os.getpid() and len(lat["cpu_ms"]) == 6
+
+
+def _paired(base, cand, **kw):
+    return rg.compare_paired("c", "pytorch/one/fp32", base, cand, rg.CheckSettings(), True, **kw)
+
+
+def _rounds(values, probe=1.0, instructions=None):
+    return [{"round_ms": v, "probe_ms": probe, "statistic": "cpu",
+             "instructions": None if instructions is None else instructions[i]}
+            for i, v in enumerate(values)]
+
+
+def test_paired_verdict_from_round_ratios():
+    base = _rounds([1.0, 1.2, 0.9, 1.1, 1.0, 1.3, 0.8, 1.0])
+    slower = _rounds([v * 1.3 for v in [1.0, 1.2, 0.9, 1.1, 1.0, 1.3, 0.8, 1.0]])
+    v = _paired(base, slower)
+    # every round 1.3x slower than the base beside it: the paired test sees it at 8 rounds
+    assert v.status == "regression" and v.detail["ratio"] == pytest.approx(1.3)
+    assert v.p_value == pytest.approx(1 / 2 ** 8) and "paired" in v.note
+    assert _paired(base, base).status == "pass"
+    assert _paired(slower, base).status == "improved"
+
+
+def test_paired_verdict_prefers_instruction_counts():
+    base = _rounds([1.0] * 8, instructions=[1000.0] * 8)
+    noisy_but_same_work = _rounds([1.0, 2.0, 1.5, 2.2, 1.8, 1.9, 2.5, 1.7],
+                                  instructions=[1000.0] * 8)
+    v = _paired(base, noisy_but_same_work)
+    assert v.status == "pass" and "instructions/call" in v.note
+    assert _paired(base, _rounds([1.0] * 8)).note.endswith("CPU ms/call, probe-normalized")
+
+
+def test_instruction_counter_counts_or_says_why():
+    from harness.regression.counters import instruction_counter
+    count, why = instruction_counter()
+    if count is None:
+        assert why.startswith("instruction counts not available here")
+    else:
+        assert why == "" and count(lambda: sum(range(10_000))) > count(lambda: None)
+
+
+def test_against_needs_a_revision_or_a_source_folder(tiny):
+    r = bench("check", "--against", "no-such-revision-xyz", "-m", tiny / "m.toml")
+    assert r.exit_code == 2 and "no-such-revision-xyz" in r.output
+    r = bench("check", "--against", tiny, "-m", tiny / "m.toml")
+    assert r.exit_code == 2 and "harness/regression/worker.py" in r.output
+    r = bench("check", "-m", tiny / "m.toml")
+    assert r.exit_code == 2 and "--against REV" in r.output
+
+
+@pytest.mark.slow
+def test_against_measures_base_and_candidate_side_by_side(tiny, plugin_system, tmp_path):
+    from pathlib import Path
+
+    from plugins.regression import slowdown_plugin
+    root = Path(rg.__file__).resolve().parents[2]  # the base: this very code
+    md = tmp_path / "c.md"
+    r = bench("check", "--against", root, "-m", tiny / "m.toml", "-q", "--markdown", md,
+              "--rounds", "8", "--calls", "5")
+    assert r.exit_code in (0, 1), r.output
+    assert "paired with the base in this job" in md.read_text()
+    entries = rg.entries_from_matrix(plugin_system, _matrix(plugin_system, tiny), train=False)
+    from harness.run.executor import recipe_for
+    base_recipe = recipe_for(plugin_system)
+    provider, slowed = slowdown_plugin(plugin_system, "pytorch", extra=2.0)
+    plugin_system.unregister(provider)
+    plugin_system.register(slowed, name="slow-pytorch", origin="test")
+    plugin_system.rebuild()
+    (v,) = [v for v in rg.run_paired(entries, rg.CheckSettings(), rg.RoundSettings(rounds=8, calls=5),
+                                      root, base_recipe=base_recipe,
+                                      cand_recipe=recipe_for(plugin_system))
+            if v.check.startswith("latency")]
+    assert v.status == "regression" and v.detail["ratio"] > 2, v
+
+
+def _matrix(plugins, tiny):
+    from harness.run.options import matrix_from_options
+    return matrix_from_options(plugins, {"matrix_file": str(tiny / "m.toml")})

@@ -1,7 +1,6 @@
 """bench report (every reporter, HTML with plots) and bench compare, on a stored run."""
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -84,18 +83,45 @@ def test_every_reporter_writes_a_file(run_dir, tmp_path, fmt):
         assert "big" in text
 
 
-def test_html_is_self_contained_with_the_same_pngs(run_dir, tmp_path):
+def test_html_is_self_contained_with_its_plots_as_pngs(run_dir, tmp_path):
     res = CliRunner().invoke(cli, ["report", str(run_dir), "--format", "html",
                                    "--out", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "src='http" not in html and "<script" not in html
-    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    # nothing to fetch: no external script, style or image
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", html)
+    assert "window.vegaEmbed=" in html  # the libraries are in the page
+    specs = json.loads(re.search(r"<script type='application/json' id='tb-specs'>(.*?)</script>",
+                                 html, re.S).group(1))
+    assert len(specs) == 3 and all(s["$schema"].endswith("vega-lite/v6.json")
+                                   for s in specs.values())
     pngs = {p.name: p.read_bytes() for p in (tmp_path / "rep").glob("*.png")}
     assert set(pngs) == {"pareto-mobile.png", "learning-curves.png", "transfer-benefits.png"}
-    assert sorted(base64.b64decode(e) for e in embedded) == sorted(pngs.values())
     assert all(b.startswith(PNG_MAGIC) and len(b) > 10_000 for b in pngs.values())
     assert "Recommendation" in html and "±" in html
+
+
+def test_pareto_plot_data_carries_what_hover_shows(run_dir):
+    from harness.report.report_html import pareto_spec
+
+    recs = RunStore(run_dir).records()
+    spec = pareto_spec(recs, "mobile", budget_ms=2.0)
+    points = next(layer["data"]["values"] for layer in spec["layer"]
+                  if layer["mark"].get("filled"))
+    assert len(points) == 4
+    small_ft = next(p for p in points if (p["backbone"], p["strategy"]) == ("small", "finetune"))
+    # 3 seeds of 0.80, 0.81, 0.82: mean 0.81, t(0.975, 2) * 0.01 / sqrt(3) = 0.0248
+    assert small_ft["metric"] == pytest.approx(0.81)
+    assert small_ft["metric_high"] - small_ft["metric"] == pytest.approx(0.02484, abs=1e-4)
+    assert small_ft["p50_ms"] == pytest.approx(1.1) and small_ft["p90_ms"] == pytest.approx(1.43)
+    assert small_ft["pick"] and small_ft["pareto"]
+    big_ft = next(p for p in points if (p["backbone"], p["strategy"]) == ("big", "finetune"))
+    assert not big_ft["pick"]  # 4.4 ms is over the 2 ms budget
+    budget = spec["layer"][-1]
+    assert budget["data"]["values"] == [{"budget": 2.0}]
+    # no text marks in the plot: labels cannot overlap, tooltips and legends name the points
+    assert not any(layer["mark"] == "text" or (isinstance(layer["mark"], dict)
+                   and layer["mark"].get("type") == "text") for layer in spec["layer"])
 
 
 def test_transfer_benefits_against_scratch_of_same_seed(run_dir):

@@ -184,10 +184,12 @@ class PluginSystem:
             info.error = str(exc)
 
     def unregister(self, name: str) -> None:
+        """Leave plugin ``name`` out from now on (worker processes leave it out too)."""
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
         self.infos.pop(name, None)
+        self._disabled.add(name)
         self.rebuild()
 
     def _load_entry_points(self) -> None:

@@ -34,6 +34,9 @@ class BackboneSpec:
             and the user named none (e.g. ``"imagenet"`` or ``"packaged"``).
         description: one line for ``bench list``.
         facts: static facts (ImageNet top-1 of the default weights, paper, ...).
+        check: optional ``check(arg, **params)``, cheap (builds nothing), raising
+            ``ValueError`` with the fix for an argument or parameters ``build`` would refuse
+            (``timm:not_a_model``); ``bench run`` calls it before any cell runs.
     """
 
     name: str
@@ -43,6 +46,7 @@ class BackboneSpec:
     default_weights: str = "imagenet"
     description: str = ""
     facts: dict = field(default_factory=dict)
+    check: Optional[Callable[..., None]] = None
 
     def __post_init__(self) -> None:
         _check_name("backbone", self.name)
@@ -128,6 +132,9 @@ class WeightSourceSpec:
         description: one line for ``bench list``.
         default: the source a strategy that does not transfer (``pretrained = False``)
             starts from; must not be ``pretrained`` (the first registered one wins).
+        check: optional ``check(arg)``, cheap, raising ``ValueError`` or ``OSError`` with the
+            fix for an argument ``load`` would refuse (a ``file:`` path that does not
+            exist); ``bench run`` calls it before any cell runs.
     """
 
     name: str
@@ -135,6 +142,7 @@ class WeightSourceSpec:
     pretrained: bool = True
     description: str = ""
     default: bool = False
+    check: Optional[Callable[[Optional[str]], None]] = None
 
     def __post_init__(self) -> None:
         _check_name("weight source", self.name)
@@ -159,6 +167,9 @@ class RuntimeSpec:
             exported ONNX file's outputs with the model's and raises
             :class:`harness.measure.export.ParityError` beyond tolerance; a cell runs the
             first one its runtimes offer.
+        precisions: the precisions it can measure (``("fp32", "int8")``); a profile asking
+            for one that no registered runtime declares is refused before the run. Empty:
+            not declared (nothing is checked against this runtime).
     """
 
     name: str
@@ -168,6 +179,7 @@ class RuntimeSpec:
     description: str = ""
     packages: tuple = ()
     verify_export: Optional[Callable[..., dict]] = None
+    precisions: tuple = ()
 
     def __post_init__(self) -> None:
         _check_name("runtime", self.name)

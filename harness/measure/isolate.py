@@ -34,6 +34,7 @@ import numpy as np
 
 from ..api.files import atomic_write_text
 from .latency import MeasureSettings
+from .lifetime import die_with_parent, worker_env
 from ..api.specs import ProfileSpec
 
 
@@ -167,7 +168,7 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").unlink(missing_ok=True)
     _write_job(folder, name, art, profile, settings)
-    env = dict(os.environ)
+    env = worker_env()  # the worker dies with this process (harness.measure.lifetime)
     # The worker must import what the parent imported (plugins from tests, editable paths).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:
@@ -218,6 +219,7 @@ def _worker(folder: Path) -> int:
 if __name__ == "__main__":  # python -m harness.measure.isolate JOB_DIR
     if len(sys.argv) != 2 or not Path(sys.argv[1], "job.json").exists():
         sys.exit("usage: python -m harness.measure.isolate JOB_DIR (a folder holding job.json)")
+    die_with_parent()  # never measure on as an orphan of a killed bench run
     from harness.measure.allocator import tune
     tune()  # the same allocator settings as the parent `bench` process
     rc = _worker(Path(sys.argv[1]))

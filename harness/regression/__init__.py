@@ -34,7 +34,8 @@ from .baseline import (fingerprint_warnings, load_baseline, make_entry, new_base
                        resolved_profiles, write_baseline)
 from .check import (attach_latency, entries_from_matrix, entries_from_run,
                     fresh_metrics_from_run, run_check)
-from .measure import latency_key, measure_latency, probe
+from .measure import Session, latency_key, measure_latency, probe
+from .paired import base_tree, compare_paired, paired_check, run_paired
 from .rebuild import build_architecture, cell_config, cell_identity
 from .reports import junit_xml, markdown_summary, summary_line, verdict_table, write_reports
 from .settings import FORMAT, VERSION, BaselineError, CheckSettings, RoundSettings
@@ -42,7 +43,8 @@ from .statistics import mann_whitney_greater
 from .verdict import Verdict, compare_latency, compare_metric, exit_code
 
 __all__ = [
-    "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Verdict",
+    "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Session", "Verdict",
+    "base_tree", "compare_paired", "paired_check", "run_paired",
     "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
     "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",
     "fingerprint_warnings", "fresh_metrics_from_run", "junit_xml", "latency_key",

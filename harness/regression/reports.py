@@ -49,7 +49,8 @@ def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path
             cells[2] = f"**{cells[2]}**"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "A latency regression needs the ratio of medians above the tolerance AND a "
-              "one-sided Mann-Whitney p below alpha, confirmed by two re-measurements."]
+              "one-sided test below alpha (Mann-Whitney against a stored baseline, Wilcoxon "
+              "signed-rank of the paired rounds with --against), confirmed by re-measurements."]
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,11 @@ def _samples(lat: dict, calibrate: bool) -> list[float]:
 
 def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSettings,
                     calibrate: bool) -> Verdict:
-    """Ratio of medians of (probe-normalized) block samples, and a Mann-Whitney test."""
+    """Ratio of medians of the block samples, and a Mann-Whitney test.
+
+    The samples are instructions per call where both sides counted them (hardware counters:
+    the least noisy statistic), else (probe-normalized) time per call; the note says which.
+    """
     name = f"latency {key}"
     limit = f"ratio <= {1 + cs.latency_tolerance:.2f} or p >= {cs.alpha:g}"
     for src, lat in (("baseline", base), ("fresh", fresh)):
@@ -46,7 +50,11 @@ def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSetti
                             f"'{fresh.get('statistic')}'; check with --statistic "
                             f"{base.get('statistic')} or update the baseline")
     use_probe = calibrate and bool(base.get("probe_ms")) and bool(fresh.get("probe_ms"))
-    b, f = _samples(base, use_probe), _samples(fresh, use_probe)
+    counted = len(base.get("instructions") or []) >= 3 and len(fresh.get("instructions") or []) >= 3
+    if counted:
+        b, f = list(base["instructions"]), list(fresh["instructions"])
+    else:
+        b, f = _samples(base, use_probe), _samples(fresh, use_probe)
     if len(b) < 3 or len(f) < 3:
         return Verdict(cell, name, "error", limit=limit,
                        note=f"too few samples (baseline {len(b)}, fresh {len(f)}; need 3)")
@@ -62,7 +70,8 @@ def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSetti
         status, p = "pass", p_slow
     stat = {"cpu": "CPU ms/call", "min": "fastest call", "median": "median call"}.get(
         base.get("statistic", "median"), "median call")
-    note = stat + (", probe-normalized" if use_probe else ", not calibrated")
+    note = ("instructions/call (hardware counters)" if counted else
+            stat + (", probe-normalized" if use_probe else ", not calibrated"))
     if status == "pass" and ratio > 1 + cs.latency_tolerance:
         note += f"; slower but not significant (p={p_slow:.3g})"
     return Verdict(cell, name, status, baseline=bms, fresh=fms, change=f"x{ratio:.3f}",

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 from tabulate import tabulate
 
-from .stats import configuration
+from .stats import configuration, mean_ci
 
 DEVICE_CLASSES = ("mobile", "server")
 
@@ -41,6 +41,10 @@ class Candidate:
     metric_name: str
     higher_is_better: bool
     n: int
+    p90_ms: Optional[float] = None
+    """Median over seeds of the p90 latency."""
+    metric_ci: Optional[float] = None
+    """Half-width of the 95% Student-t interval of ``metric`` over seeds; None for one seed."""
 
     def label(self) -> str:
         prec = "" if self.precision == "fp32" else f" {self.precision}"
@@ -88,20 +92,25 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
                 continue
             k = (configuration(rec), lat.get("profile"), lat.get("runtime"),
                  lat.get("precision"))
-            g = groups.setdefault(k, {"rec": rec, "class": dclass, "lat": [], "metric": []})
+            g = groups.setdefault(k, {"rec": rec, "class": dclass, "lat": [], "p90": [],
+                                      "metric": []})
             g["lat"].append(st["p50_ms"])
+            if st.get("p90_ms") is not None:
+                g["p90"].append(st["p90_ms"])
             g["metric"].append(metric)
     out = []
     for (_, profile, runtime, precision), g in groups.items():
         cfg, rec = g["rec"]["config"], g["rec"]
+        interval = mean_ci(g["metric"])
         out.append(Candidate(
             backbone=cfg.get("backbone"), strategy=cfg.get("strategy"),
             dataset=cfg.get("dataset"), task=cfg.get("task"),
             weights=(rec.get("weights") or {}).get("description") or str(cfg.get("weights")),
             device_class=g["class"], profile=profile, runtime=runtime, precision=precision,
-            latency_ms=statistics.median(g["lat"]), metric=statistics.fmean(g["metric"]),
+            latency_ms=statistics.median(g["lat"]), metric=interval.mean,
             metric_name=rec["metric_name"], higher_is_better=rec.get("higher_is_better", True),
-            n=len(g["metric"])))
+            n=len(g["metric"]), p90_ms=statistics.median(g["p90"]) if g["p90"] else None,
+            metric_ci=interval.half))
     return out
 
 

@@ -1,33 +1,42 @@
-"""Plots (matplotlib, Agg, no pyplot state) and the self-contained HTML report of a run.
+"""The HTML report of a run: one self-contained page with interactive Vega-Lite plots.
 
-Three kinds of figure, each also written as a PNG file next to the HTML:
+The page works offline: Vega, Vega-Lite and vega-embed are embedded in it, taken from the
+``vl-convert-python`` package (the Vega project's own converter, which ships these
+libraries; :func:`vega_bundle`). Each plot is a Vega-Lite specification, also written as a
+PNG beside the HTML (rendered by the same package), so the page and the images agree.
 
-- accuracy against p50 latency for every profile, the Pareto front of each device class
-  drawn as a step line and the recommended picks starred (see :mod:`harness.report.recommend`);
-- learning curves (validation metric per epoch) with one panel per strategy;
-- the three benefits of transfer per strategy, measured against the scratch cell of the same
+- metric against p50 latency for every profile: hover a point for its backbone, strategy,
+  weights, runtime, precision, metric with its 95% interval over seeds and p50/p90; the
+  Pareto front of each device class is a step line, the recommended picks are ringed.
+  Points carry no text labels, so nothing overlaps: the legends (click one to highlight a
+  backbone) and the tooltips name them. Drag to pan, scroll to zoom.
+- learning curves, one panel per cell (train and validation metric per epoch);
+- the three benefits of transfer per strategy, against the scratch cell of the same
   backbone, dataset, task and seed (Torrey & Shavlik, "Transfer Learning", Handbook of
-  Research on Machine Learning Applications, 2009, Fig. 1: higher start, higher slope,
-  higher asymptote).
+  Research on Machine Learning Applications, 2009: higher start, higher slope, higher
+  asymptote; see :mod:`harness.benefits`).
+
+Tables: the recommendation per profile with its Pareto front, the cells (sortable by a
+click on a column header, filtered by the text box), the repeats over seeds and the run's
+environment.
 """
 from __future__ import annotations
 
-import base64
+import functools
 import html
-import io
+import json
 import statistics
 from pathlib import Path
 from typing import Optional
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from .benefits import transfer_benefits
-from .recommend import DEVICE_CLASSES, candidates, format_recommendations, pareto_front, recommend
-from .table import has_repeats, repeat_rows, summary_rows, unmeasured_notes
+from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
+from .table import flatten, has_repeats, repeat_rows, summary_rows, unmeasured_notes
 
-_CLASS_COLOR = {"mobile": "tab:green", "server": "tab:blue"}
-_MARKERS = "osD^vP*Xh<>"
+VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
+"""Names the specification's version (vega-embed reads it); nothing is fetched from it."""
+
+_CLASS_DASH = {"mobile": [1, 0], "server": [6, 3]}
 
 
 def curve(rec: dict) -> list[float]:
@@ -36,135 +45,331 @@ def curve(rec: dict) -> list[float]:
             if e.get("val_metric") is not None]
 
 
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+@functools.lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script that sets ``window.vegaEmbed``.
+
+    Bundled by ``vl_convert.javascript_bundle()`` (seconds), kept under the cache folder by
+    the package's version so the next report reuses it.
+    """
+    import vl_convert
+
+    from ..run.cell import cache_dir
+    from ..api.files import atomic_write_text
+
+    path = cache_dir() / "vega" / f"vega-bundle-vl-convert-{vl_convert.__version__}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    # inside the page's <script>, "</script" would end it (it occurs only in string literals)
+    text = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError:  # a read-only cache costs the next report the bundling time, nothing else
+        pass
+    return text
 
 
-def plot_pareto(records: list[dict], profile: str, budget_ms: Optional[float]) -> Figure:
-    """Metric against p50 latency under one profile, fronts per device class, picks starred."""
+# -- the data behind the plots ----------------------------------------------------------------
+def _metric_text(c: Candidate) -> str:
+    if c.metric_ci is None:
+        return f"{c.metric:.3f}" + (" (one seed: no interval)" if c.n == 1 else "")
+    return f"{c.metric:.3f} ± {c.metric_ci:.3f} (95% t interval, {c.n} seeds)"
+
+
+def _point(c: Candidate, pick: bool, on_front: bool) -> dict:
+    return {"backbone": c.backbone, "strategy": c.strategy, "weights": c.weights,
+            "runtime": c.runtime, "precision": c.precision, "class": c.device_class,
+            "variant": f"{c.runtime} {c.precision}", "metric": c.metric,
+            "metric_low": None if c.metric_ci is None else c.metric - c.metric_ci,
+            "metric_high": None if c.metric_ci is None else c.metric + c.metric_ci,
+            "metric_text": _metric_text(c), "p50_ms": c.latency_ms, "p90_ms": c.p90_ms,
+            "seeds": c.n, "dataset": f"{c.dataset}/{c.task}", "pick": pick,
+            "pareto": on_front}
+
+
+def _tooltip(metric: str) -> list:
+    return [{"field": "backbone"}, {"field": "strategy"}, {"field": "weights"},
+            {"field": "class", "title": "device class"}, {"field": "runtime"},
+            {"field": "precision"}, {"field": "dataset", "title": "data/task"},
+            {"field": "metric_text", "title": f"test {metric}"},
+            {"field": "p50_ms", "title": "p50 ms", "format": ".3g"},
+            {"field": "p90_ms", "title": "p90 ms", "format": ".3g"},
+            {"field": "pareto", "title": "on the Pareto front"},
+            {"field": "pick", "title": "recommended"}]
+
+
+def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -> dict:
+    """Vega-Lite: metric against p50 latency under one profile, fronts per device class."""
     cands = [c for c in candidates(records) if c.profile == profile]
-    picks = {r.pick for r in recommend(records, budget_ms) if r.pick and r.profile == profile}
-    strategies = sorted({c.strategy for c in cands})
-    fig = Figure(figsize=(8, 5))
-    ax = fig.add_subplot()
-    for c in cands:
-        ax.scatter(c.latency_ms, c.metric, color=_CLASS_COLOR.get(c.device_class, "gray"),
-                   marker=_MARKERS[strategies.index(c.strategy) % len(_MARKERS)], s=45,
-                   alpha=0.8, edgecolors="black", linewidths=0.4)
-        ax.annotate(f"{c.backbone} {c.runtime}{'' if c.precision == 'fp32' else ' ' + c.precision}",
-                    (c.latency_ms, c.metric), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points", alpha=0.7)
-    for dclass in DEVICE_CLASSES:
-        front = pareto_front([c for c in cands if c.device_class == dclass])
-        if front:
-            ax.step([c.latency_ms for c in front], [c.metric for c in front], where="post",
-                    color=_CLASS_COLOR[dclass], lw=1.5, label=f"Pareto front, {dclass}-class")
-    for p in picks:
-        ax.scatter(p.latency_ms, p.metric, marker="*", s=320, facecolors="none",
-                   edgecolors="red", linewidths=1.5)
-    ax.scatter([], [], marker="*", s=150, facecolors="none", edgecolors="red",
-               label="recommended")
-    for i, s in enumerate(strategies):
-        ax.scatter([], [], marker=_MARKERS[i % len(_MARKERS)], color="gray", label=s)
-    if budget_ms is not None:
-        ax.axvline(budget_ms, color="red", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
-    if cands and min(c.latency_ms for c in cands) > 0:
-        ax.set_xscale("log")
+    recs = [r for r in recommend(records, budget_ms) if r.profile == profile]
+    picks = {r.pick for r in recs if r.pick}
+    fronts = {c for r in recs for c in r.front}
+    points = [_point(c, c in picks, c in fronts) for c in cands]
+    front_rows = [dict(_point(c, c in picks, True), order=i)
+                  for r in recs for i, c in enumerate(r.front)]
+    classes = [d for d in DEVICE_CLASSES if any(r["class"] == d for r in front_rows)]
     metric = cands[0].metric_name if cands else "metric"
-    ax.set_xlabel(f"p50 latency, ms ({profile} profile, log scale)")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{metric} vs latency, profile {profile}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return fig
+    log = bool(cands) and min(c.latency_ms for c in cands) > 0
+    x = {"field": "p50_ms", "type": "quantitative", "scale": {"type": "log" if log else "linear"},
+         "title": f"p50 latency, ms ({profile} profile{', log scale' if log else ''})"}
+    y = {"field": "metric", "type": "quantitative", "scale": {"zero": False},
+         "title": f"test {metric}"}
+    highlight = {"name": "backbone_pick", "select": {"type": "point", "fields": ["backbone"]},
+                 "bind": "legend"}
+    layers = [
+        {"data": {"values": [p for p in points if p["metric_low"] is not None]},
+         "mark": {"type": "rule", "opacity": 0.5},
+         "encoding": {"x": x, "y": {**y, "field": "metric_low"}, "y2": {"field": "metric_high"},
+                      "color": {"field": "backbone", "type": "nominal"}}},
+        {"data": {"values": front_rows},
+         "mark": {"type": "line", "interpolate": "step-after", "color": "#555"},
+         "encoding": {"x": x, "y": y, "order": {"field": "order"},
+                      "detail": {"field": "class"},
+                      "strokeDash": {"field": "class", "type": "nominal",
+                                     "title": "Pareto front of",
+                                     "scale": {"domain": classes,
+                                               "range": [_CLASS_DASH[d] for d in classes]}}}},
+        # the rings go under the points, so hovering a pick's point reaches the point
+        {"data": {"values": [p for p in points if p["pick"]]},
+         "mark": {"type": "point", "shape": "circle", "size": 420, "filled": False,
+                  "color": "#d62728", "strokeWidth": 2},
+         "encoding": {"x": x, "y": y, "tooltip": _tooltip(metric)}},
+        {"data": {"values": points},
+         "params": [highlight, {"name": "zoom", "select": "interval", "bind": "scales"}],
+         "mark": {"type": "point", "filled": True, "size": 90, "stroke": "black",
+                  "strokeWidth": 0.5},
+         "encoding": {"x": x, "y": y,
+                      "color": {"field": "backbone", "type": "nominal"},
+                      "shape": {"field": "strategy", "type": "nominal"},
+                      "opacity": {"condition": {"param": "backbone_pick", "value": 0.9},
+                                  "value": 0.15},
+                      "tooltip": _tooltip(metric)}},
+    ]
+    # an empty layer makes Vega warn of an infinite extent: leave those out
+    layers = [layer for layer in layers if layer["data"]["values"]]
+    if budget_ms is not None:
+        layers.append({"data": {"values": [{"budget": budget_ms}]},
+                       "mark": {"type": "rule", "color": "#d62728", "strokeDash": [4, 4]},
+                       "encoding": {"x": {"field": "budget", "type": "quantitative"}}})
+    title = f"{metric} vs p50 latency, profile {profile}"
+    return {"$schema": VEGA_LITE_SCHEMA, "width": 640, "height": 380,
+            "title": {"text": title, "subtitle": "red rings: recommended; lines: Pareto "
+                                                 "front per device class; hover a point"},
+            "layer": layers}
 
 
-def plot_curves(records: list[dict]) -> Figure:
-    """Validation metric per epoch, one panel per strategy, one line per cell."""
+def curves_spec(records: list[dict]) -> Optional[dict]:
+    """Vega-Lite: train and validation metric per epoch, one panel per cell."""
+    rows = []
     ok = [r for r in records if r.get("status") == "ok" and curve(r)]
-    strategies = list(dict.fromkeys(r["config"]["strategy"] for r in ok)) or ["(none)"]
-    backbones = list(dict.fromkeys(r["config"]["backbone"] for r in ok))
-    cols = min(3, len(strategies))
-    rows = -(-len(strategies) // cols)
-    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
-    colors = [f"C{i}" for i in range(10)]
-    metric = ok[0].get("metric_name", "metric") if ok else "metric"
-    for i, s in enumerate(strategies):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for r in (r for r in ok if r["config"]["strategy"] == s):
-            b = r["config"]["backbone"]
-            y = curve(r)
-            ax.plot(range(1, len(y) + 1), y, marker=".", color=colors[backbones.index(b) % 10],
-                    alpha=0.8, label=f"{b} seed {r['config'].get('seed')}")
-        ax.set_title(s)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"val {metric}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle("Learning curves per strategy")
-    fig.tight_layout()
-    return fig
+    for rec in ok:
+        cfg = rec.get("config") or {}
+        cell = " / ".join(str(v) for v in (cfg.get("backbone"), cfg.get("strategy"),
+                                           cfg.get("dataset")) if v is not None)
+        if cfg.get("seed") is not None:
+            cell += f" / seed {cfg['seed']}"
+        epochs = (rec.get("history") or {}).get("epochs", [])
+        for i, e in enumerate(epochs):
+            for series, key in (("validation", "val_metric"), ("train", "train_metric")):
+                if e.get(key) is not None:
+                    rows.append({"cell": cell, "epoch": i + 1, "phase": e.get("phase", ""),
+                                 "series": series, "value": e[key], "lr": e.get("lr")})
+    if not rows:
+        return None
+    metric = ok[0].get("metric_name") or "metric"
+    return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": rows},
+            "title": f"Learning curves per cell ({metric} per epoch, all phases in order)",
+            "facet": {"field": "cell", "type": "nominal", "title": None,
+                      "sort": list(dict.fromkeys(r["cell"] for r in rows))},
+            "columns": 3,
+            "spec": {"width": 230, "height": 140,
+                     "mark": {"type": "line", "point": True},
+                     "encoding": {
+                         "x": {"field": "epoch", "type": "quantitative",
+                               "axis": {"tickMinStep": 1, "format": "d"}},
+                         "y": {"field": "value", "type": "quantitative",
+                               "scale": {"zero": False}, "title": metric},
+                         "color": {"field": "series", "type": "nominal"},
+                         "tooltip": [{"field": "cell"}, {"field": "phase"},
+                                     {"field": "epoch"}, {"field": "series"},
+                                     {"field": "value", "format": ".4f", "title": metric},
+                                     {"field": "lr", "format": ".3g"}]}}}
 
 
-def plot_benefits(records: list[dict]) -> Optional[Figure]:
-    """Grouped bars: start, slope (normalized AUC) and asymptote gains over scratch, mean over
-    seeds, as :func:`harness.report.benefits.transfer_benefits` computes them."""
+def benefits_spec(records: list[dict]) -> Optional[dict]:
+    """Vega-Lite: mean gain over scratch of start, slope (normalized AUC) and asymptote,
+    as :func:`harness.benefits.transfer_benefits` computes them, per strategy and backbone."""
     rows = [r for r in transfer_benefits(records) if r.get("baseline_key") is not None]
     if not rows:
         return None
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["strategy"], r["backbone"]), []).append(r)
-    labels = [f"{s}\n{b}" for s, b in groups]
-    fig = Figure(figsize=(max(6, 1.3 * len(groups) + 2), 4.2))
-    ax = fig.add_subplot()
-    width = 0.27
-    for j, (k, name) in enumerate((("start", "higher start"), ("slope", "higher slope (AUC)"),
-                                   ("asymptote", "higher asymptote"))):
-        vals = [statistics.fmean(r[k]["gain"] for r in g) for g in groups.values()]
-        ax.bar([i + (j - 1) * width for i in range(len(groups))], vals, width, label=name)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(len(groups)), labels, fontsize=7)
-    metric = records[0].get("metric_name") or "metric"
-    ax.set_ylabel(f"gain over scratch, val {metric}")
-    ax.set_title("The three benefits of transfer (Torrey & Shavlik 2009), vs scratch")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    values = [{"group": f"{s} / {b}", "benefit": name, "gain": statistics.fmean(
+        r[k]["gain"] for r in g), "n": len(g)}
+        for (s, b), g in groups.items()
+        for k, name in (("start", "higher start"), ("slope", "higher slope (AUC)"),
+                        ("asymptote", "higher asymptote"))]
+    metric = rows[0].get("metric") or "metric"
+    return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": values},
+            "title": "The three benefits of transfer (Torrey & Shavlik 2009), vs scratch",
+            "width": {"step": 28}, "height": 260, "mark": "bar",
+            "encoding": {
+                "x": {"field": "group", "type": "nominal", "title": "strategy / backbone",
+                      "axis": {"labelAngle": -30}},
+                "xOffset": {"field": "benefit", "sort": ["higher start", "higher slope (AUC)",
+                                                         "higher asymptote"]},
+                "y": {"field": "gain", "type": "quantitative",
+                      "title": f"gain over scratch, val {metric}"},
+                "color": {"field": "benefit", "type": "nominal",
+                          "sort": ["higher start", "higher slope (AUC)", "higher asymptote"]},
+                "tooltip": [{"field": "group"}, {"field": "benefit"},
+                            {"field": "gain", "format": "+.4f"},
+                            {"field": "n", "title": "seeds"}]}}
 
 
 def figures(records: list[dict], budget_ms: Optional[float] = None) -> dict:
-    """``{file name: (title, Figure)}`` for the run."""
+    """``{PNG file name: (title, Vega-Lite spec)}`` for the run."""
     out = {}
-    profiles = list(dict.fromkeys(c.profile for c in candidates(records)))
-    for p in profiles:
+    for p in dict.fromkeys(c.profile for c in candidates(records)):
         out[f"pareto-{p}.png"] = (f"Accuracy vs latency, profile {p}",
-                                  plot_pareto(records, p, budget_ms))
-    out["learning-curves.png"] = ("Learning curves per strategy", plot_curves(records))
-    fig = plot_benefits(records)
-    if fig is not None:
-        out["transfer-benefits.png"] = ("Benefits of transfer per strategy", fig)
+                                  pareto_spec(records, p, budget_ms))
+    for name, title, spec in (("learning-curves.png", "Learning curves per cell",
+                               curves_spec(records)),
+                              ("transfer-benefits.png", "Benefits of transfer per strategy",
+                               benefits_spec(records))):
+        if spec is not None:
+            out[name] = (title, spec)
     return out
 
 
-def _table_html(headers: list, rows: list) -> str:
-    from tabulate import tabulate  # escapes cells; values shown as str() shows them
-    return tabulate([[str(v) for v in r] for r in rows], headers=[str(h) for h in headers],
-                    tablefmt="html", disable_numparse=True)
+# -- tables -----------------------------------------------------------------------------------
+def _table_html(headers: list, rows: list, cls: str = "", row_cls=None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        f"<tr{_attr('class', row_cls(i) if row_cls else '')}>"
+        + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
+        for i, r in enumerate(rows))
+    return f"<table{_attr('class', cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
-table{border-collapse:collapse;font-size:12px;margin:1em 0}
-td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}
-img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}pre{background:#f6f6f6;padding:1em;
-overflow-x:auto;font-size:12px}"""
+def _attr(name: str, value: str) -> str:
+    return f" {name}='{html.escape(value)}'" if value else ""
+
+
+def recommendation_html(records: list[dict], budget_ms: Optional[float]) -> str:
+    """One table per profile: per data/task and device class, its Pareto front (fastest
+    first) with the pick marked, or the reason there is none within the budget."""
+    recs = recommend(records, budget_ms)
+    if not recs:
+        return "<p>No finished cell has both a test metric and a latency.</p>"
+    budget = "no limit" if budget_ms is None else f"{budget_ms:g} ms"
+    parts = [f"<p>The pick is the most accurate candidate whose p50 is within the budget "
+             f"(<b>{html.escape(budget)}</b>); it always lies on the Pareto front of its "
+             f"device class, listed with it (no other candidate is both faster and more "
+             f"accurate).</p>"]
+    headers = ["data/task", "class", "", "backbone + strategy", "weights", "runtime",
+               "precision", "metric (95% interval)", "p50 ms", "p90 ms"]
+    for profile in dict.fromkeys(r.profile for r in recs):
+        rows, marks = [], []
+        for r in (r for r in recs if r.profile == profile):
+            where = [f"{r.dataset}/{r.task}", r.device_class]
+            if r.pick is None:
+                rows.append(where + ["no pick", r.reason, "", "", "", "", "", ""])
+                marks.append("none")
+            for c in r.front:
+                rows.append(where + ["★ pick" if c == r.pick else "front",
+                                     f"{c.backbone} + {c.strategy}", c.weights, c.runtime,
+                                     c.precision, f"{c.metric_name} {_metric_text(c)}",
+                                     f"{c.latency_ms:.3g}",
+                                     "-" if c.p90_ms is None else f"{c.p90_ms:.3g}"])
+                marks.append("pick" if c == r.pick else "")
+        parts.append(f"<h3>Profile {html.escape(profile)}</h3>"
+                     + _table_html(headers, rows, "recommendation", lambda i: marks[i]))
+    return "".join(parts)
+
+
+def _settings(d: dict) -> list[tuple[str, str]]:
+    return [(k, v if isinstance(v, str) else json.dumps(v, default=str))
+            for k, v in flatten(d or {}).items()]
+
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--head:#f6f8fa;--pick:#fff4d6}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);margin:0 auto;
+max-width:1500px;padding:1.5em 2em;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0.2em}h2{margin-top:1.8em;border-bottom:1px solid var(--line);
+padding-bottom:0.2em}h3{margin:1.2em 0 0.3em}.muted{color:var(--muted)}
+nav a{margin-right:1em}
+.table-wrap{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid var(--line)}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
+td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+th{background:var(--head)}.table-wrap th{position:sticky;top:0}
+table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
+tr.pick td{background:var(--pick);font-weight:600}tr.none td{color:#b35900}
+tbody tr:hover td{background:#eef4ff}
+.plot{margin:0.8em 0 1.6em}input.filter{font-size:14px;padding:4px 8px;width:22em}
+.env td:first-child{font-family:ui-monospace,monospace;white-space:nowrap}
+"""
+
+_SCRIPT = """
+const specs = JSON.parse(document.getElementById('tb-specs').textContent);
+for (const [id, spec] of Object.entries(specs)) {
+  const el = document.getElementById(id);
+  window.vegaEmbed(el, spec, {renderer: 'svg', actions: {export: true, source: false,
+    compiled: false, editor: false}})
+    .then(() => { el.dataset.rendered = 'true'; })
+    .catch(err => { el.dataset.rendered = 'error'; console.error(id, err); });
+}
+const num = s => { const m = /^[-+]?\\d*\\.?\\d+(e[-+]?\\d+)?/i.exec(s.trim()); return m ? parseFloat(m[0]) : null; };
+for (const table of document.querySelectorAll('table.sortable')) {
+  const ths = [...table.tHead.rows[0].cells];
+  ths.forEach((th, col) => th.addEventListener('click', () => {
+    const dir = th.getAttribute('aria-sort') === 'ascending' ? 'descending' : 'ascending';
+    ths.forEach(h => h.removeAttribute('aria-sort'));
+    th.setAttribute('aria-sort', dir);
+    const body = table.tBodies[0], sign = dir === 'ascending' ? 1 : -1;
+    const rows = [...body.rows].sort((a, b) => {
+      const x = a.cells[col].textContent, y = b.cells[col].textContent;
+      const nx = num(x), ny = num(y);
+      if (nx !== null && ny !== null) return sign * (nx - ny);
+      if (nx !== null) return -1;
+      if (ny !== null) return 1;
+      return sign * x.localeCompare(y);
+    });
+    rows.forEach(r => body.appendChild(r));
+  }));
+}
+for (const input of document.querySelectorAll('input.filter')) {
+  const table = document.getElementById(input.dataset.table);
+  input.addEventListener('input', () => {
+    const words = input.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    let shown = 0;
+    for (const row of table.tBodies[0].rows) {
+      const text = row.textContent.toLowerCase();
+      const ok = words.every(w => text.includes(w));
+      row.hidden = !ok; shown += ok;
+    }
+    document.getElementById(input.dataset.table + '-count').textContent =
+      `${shown} of ${table.tBodies[0].rows.length} rows`;
+  });
+}
+"""
+
+
+def _script_json(obj) -> str:
+    """JSON that cannot end the <script> element it sits in."""
+    return json.dumps(obj, default=str).replace("</", "<\\/")
 
 
 def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = None) -> Path:
-    """Write ``report.html`` (PNGs embedded as base64) and the same PNGs beside it.
+    """Write ``report.html`` (self-contained: plots and their libraries embedded) and every
+    plot as a PNG beside it.
 
     Args:
         store: a :class:`harness.run.results.RunStore`.
@@ -175,42 +380,63 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     Returns:
         The path of the HTML file.
     """
-    from ..api.files import atomic_write_text
+    import vl_convert
+
+    from ..api.files import atomic_write_bytes, atomic_write_text
 
     out = Path(out) if out else store.path / "report"
     html_path = out if out.suffix in (".html", ".htm") else out / "report.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     records = store.records()
-    env = {}
     try:
         env = store.environment()
-    except (OSError, ValueError):
-        pass
-    parts = [f"<h1>transfer-bench report: {html.escape(store.path.name)}</h1>",
-             f"<p>{len(records)} cells, "
-             f"{sum(r.get('status') == 'ok' for r in records)} ok. Run folder: "
-             f"<code>{html.escape(str(store.path))}</code></p>",
-             "<h2>Recommendation</h2>",
-             f"<pre>{html.escape(format_recommendations(recommend(records, budget_ms)))}</pre>"]
-    for name, (title, fig) in figures(records, budget_ms).items():
-        png = _png(fig)
-        (html_path.parent / name).write_bytes(png)
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
-                     f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    except (OSError, ValueError) as exc:
+        env = {"environment.json": f"cannot read: {exc}"}
+    n_ok = sum(r.get("status") == "ok" for r in records)
+    name = html.escape(store.path.name)
+    sections = [("recommendation", "Recommendation"), ("plots", "Plots"), ("cells", "Cells")]
     if has_repeats(records):
-        parts.append("<h2>Repeats over seeds</h2><p>Mean ± 95% Student-t interval; "
-                     "n.s. = not significantly different from the best strategy (paired t "
-                     "over seeds, alpha 0.05).</p>" + _table_html(*repeat_rows(records)))
-    parts.append("<h2>Cells</h2>" + _table_html(*summary_rows(records)))
+        sections.append(("repeats", "Repeats over seeds"))
+    sections.append(("environment", "Environment"))
+    parts = [f"<h1>transfer-bench report: {name}</h1>",
+             f"<p class='muted'>{len(records)} cells, {n_ok} ok"
+             + (f", <b>{len(records) - n_ok} failed</b> (their errors are in the cells "
+                f"table)" if n_ok < len(records) else "")
+             + f". Run folder: <code>{html.escape(str(store.path))}</code></p>",
+             "<nav>" + "".join(f"<a href='#{i}'>{t}</a>" for i, t in sections) + "</nav>",
+             "<h2 id='recommendation'>Recommendation</h2>",
+             recommendation_html(records, budget_ms), "<h2 id='plots'>Plots</h2>"]
+    specs = {}
+    for i, (png_name, (title, spec)) in enumerate(figures(records, budget_ms).items()):
+        atomic_write_bytes(html_path.parent / png_name, vl_convert.vegalite_to_png(spec, scale=2))
+        specs[f"plot-{i}"] = spec
+        parts.append(f"<h3>{html.escape(title)}</h3><div class='plot' id='plot-{i}' "
+                     f"role='img' aria-label='{html.escape(title)}'></div>")
+    headers, rows = summary_rows(records)
+    parts.append(
+        "<h2 id='cells'>Cells</h2><p><input class='filter' type='search' data-table='cells-table'"
+        " placeholder='filter: words that every shown row contains' aria-label='filter cells'> "
+        f"<span id='cells-table-count' class='muted'>{len(rows)} of {len(rows)} rows</span>"
+        " <span class='muted'>&middot; click a column header to sort</span></p>"
+        "<div class='table-wrap'>"
+        + _table_html(headers, rows, "sortable").replace("<table", "<table id='cells-table'", 1)
+        + "</div>")
     notes = unmeasured_notes(records)
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    if env:
-        import json
-        parts.append("<h2>Environment</h2><pre>"
-                     f"{html.escape(json.dumps(env, indent=2, default=str))}</pre>")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>transfer-bench "
-           f"{html.escape(store.path.name)}</title><style>{_CSS}</style></head><body>"
-           + "\n".join(parts) + "</body></html>\n")
+    if has_repeats(records):
+        parts.append("<h2 id='repeats'>Repeats over seeds</h2><p>Mean ± 95% Student-t "
+                     "interval; n.s. = not significantly different from the best strategy "
+                     "(paired t over seeds, alpha 0.05).</p>"
+                     + _table_html(*repeat_rows(records), "sortable"))
+    parts.append("<h2 id='environment'>Environment</h2>"
+                 + _table_html(["setting", "value"], _settings(env), "env"))
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+           f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+           f"<title>transfer-bench {name}</title><style>{_CSS}</style></head><body>"
+           + "\n".join(parts)
+           + f"\n<script type='application/json' id='tb-specs'>{_script_json(specs)}</script>"
+           + f"\n<script type='module'>{vega_bundle()}</script>"
+           + f"\n<script type='module'>{_SCRIPT}</script>\n</body></html>\n")
     atomic_write_text(html_path, doc)
     return html_path

@@ -73,13 +73,24 @@ def _weights_label(w: dict) -> str:
     return label if w.get("pretrained") else f"{label} (not pretrained)"
 
 
+def trained_on(rec: dict) -> str:
+    """``cpu fp32``, ``cuda bf16 channels-last compiled``...: device and precision trained."""
+    hw = rec.get("hardware") or {}
+    if not hw:
+        return "-"
+    parts = [str(hw.get("device", "?")).split(":")[0], str(hw.get("precision", "?"))]
+    parts += [w for k, w in (("channels_last", "channels-last"), ("compile", "compiled"))
+              if hw.get(k)]
+    return " ".join(parts)
+
+
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
     seeds = {(r.get("config") or {}).get("seed") for r in records}
     show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
     headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
-        "dataset", "metric", "test", "train s", "params M", "trained M"]
+        "dataset", "metric", "test", "train s", "trained on", "params M", "trained M"]
     for rt, prof, prec in cols:
         label = rt if len(profiles) == 1 else f"{rt} {prof}"
         if prec not in ("fp32", "-"):
@@ -100,7 +111,7 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         if show_seed:
             row.append(cfg.get("seed"))
         row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
-                _fmt(rec.get("train_seconds"), 1),
+                _fmt(rec.get("train_seconds"), 1), trained_on(rec),
                 _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
                 _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
                 else "-"]
@@ -245,11 +256,12 @@ def compare_rows(records_a: list[dict], records_b: list[dict]) -> tuple[list, li
     return headers, rows, notes
 
 
-def _flat(d, prefix=""):
+def flatten(d, prefix=""):
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (nested mappings to dotted keys)."""
     out = {}
     for k, v in (d or {}).items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -257,6 +269,6 @@ def _flat(d, prefix=""):
 
 def setting_differences(a: dict, b: dict, skip=("cell_keys",)) -> list[str]:
     """``key: A -> B`` for every flattened setting that differs between two mappings."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flatten(a), flatten(b)
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
             if fa.get(k) != fb.get(k) and not any(k.startswith(s) for s in skip)]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -14,9 +12,11 @@ import torch
 
 from .config import CellConfig
 from ..train.data import DataSplits
+from ..train.device import device_name
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
 from ..measure.isolate import measure_in_worker
+from ..measure.lifetime import temp_folder
 from ..measure.latency import MeasureSettings
 from ..api.manager import PluginSystem
 from ..train.model import TransferModel, count_parameters
@@ -86,12 +86,15 @@ def resolve_profile(plugins: PluginSystem, name: str, custom: dict) -> ProfileSp
 
 def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
              progress: Callable[[str], None] = lambda m: None,
-             custom_profiles: Optional[dict] = None) -> dict:
-    """Run one cell; never raises for the cell's own failures (they go in the record)."""
+             custom_profiles: Optional[dict] = None, onnx_dir: Optional[Path] = None) -> dict:
+    """Run one cell; never raises for the cell's own failures (they go in the record).
+
+    With ``onnx_dir`` the cell's exported ONNX file is kept there as ``KEY.onnx`` (its path
+    is recorded in ``onnx.kept``)."""
     rec: dict = {"key": key, "config": cfg.to_dict(), "status": "running",
                  "started": time.time()}
     try:
-        _run(plugins, cfg, rec, progress, custom_profiles or {})
+        _run(plugins, cfg, rec, progress, custom_profiles or {}, onnx_dir)
         rec["status"] = "ok"
     except KeyboardInterrupt:
         raise
@@ -104,7 +107,8 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
     return rec
 
 
-def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles) -> None:
+def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
+         onnx_dir: Optional[Path] = None) -> None:
     bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
     task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
     st_cls = plugins.strategies.get(cfg.strategy.name).cls
@@ -115,6 +119,10 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["data"] = {"name": data.info.name, "sizes": data.sizes(), "synthetic": data.info.synthetic,
                    "source": data.info.source, "notes": list(data.info.notes),
                    "num_classes": data.info.num_classes}
+
+    settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})
+    ctx = TrainContext(task, data.info, settings, progress=progress)
+    rec["hardware"] = hardware_record(ctx, cfg)
 
     torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.backbone.kwargs)
@@ -127,7 +135,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
         "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress}) or {})
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
+        "device": str(ctx.device), "amp": ctx.precision.amp}) or {})
     winfo.setdefault("source", weights)
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
@@ -149,8 +158,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         "mean": list(backbone.mean), "std": list(backbone.std),
     }
 
-    settings = TrainSettings(**{**cfg.train, "seed": cfg.seed})
-    ctx = TrainContext(task, data.info, settings, progress=progress)
+    ctx.place(model)
     t0 = time.perf_counter()
     history = strategy.fit(model, data, ctx)
     rec["train_seconds"] = time.perf_counter() - t0
@@ -172,8 +180,20 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         rec["curve_summary"] = {"start": curve[0], "best": best,
                                 "mean": sum(curve) / len(curve)}
 
+    # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
+    model.to("cpu").to(memory_format=torch.contiguous_format)
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
-                                      rec)
+                                      rec, onnx_dir)
+
+
+def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
+    """Where and how the cell trained (``rec["hardware"]``; the table's "trained on")."""
+    s = ctx.settings
+    return {"device": str(ctx.device), "device_name": cfg.device_name or device_name(ctx.device),
+            "precision": ctx.precision.name, "channels_last": bool(s.channels_last),
+            "compile": bool(s.compile),
+            "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
+            "eval_batch_size": ctx.eval_batch_size}
 
 
 def _trained_param_count(model: TransferModel, history) -> int:
@@ -183,23 +203,21 @@ def _trained_param_count(model: TransferModel, history) -> int:
                for p in g.params)
 
 
-def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec) -> list:
+def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
+                     onnx_dir: Optional[Path] = None) -> list:
     """Latency rows of every (profile, runtime, precision); each runtime runs in its own
     worker process (:mod:`harness.measure.isolate`). Outputs a runtime returns on the test images
     (``test_outputs``, for lower precisions) become ``accuracy_after`` here, scored by the
     task's own metrics."""
     if not cfg.runtimes:
         return []
-    workdir = Path(tempfile.mkdtemp(prefix="tb-cell-"))
-    try:
+    with temp_folder() as workdir:  # removed on any exit; swept next run after a SIGKILL
         return _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
-                             workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+                             workdir, onnx_dir)
 
 
 def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
-                  workdir: Path) -> list:
+                  workdir: Path, onnx_dir: Optional[Path] = None) -> list:
     task = ctx.task
     test_x = data.test.images[:512]
     test_y = data.test.targets[:512]
@@ -209,7 +227,7 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                     evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
                                                               data.info))
     runtimes = [plugins.runtimes.get(r) for r in cfg.runtimes]
-    if any(r.needs_onnx for r in runtimes):
+    if onnx_dir is not None or any(r.needs_onnx for r in runtimes):
         progress("exporting ONNX")
         try:
             art.onnx_path = export_onnx(model, cfg.image_size, workdir / "model.onnx")
@@ -218,6 +236,11 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
             rec["onnx"]["parity"] = (
                 verify(model, art.onnx_path, cfg.image_size) if verify
                 else "not checked: no runtime of the cell verifies exports")
+            if onnx_dir is not None:
+                from ..api.files import atomic_write_bytes
+                kept = Path(onnx_dir) / f"{rec['key']}.onnx"
+                atomic_write_bytes(kept, art.onnx_path.read_bytes())
+                rec["onnx"]["kept"] = str(kept)
         except Exception as exc:
             rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
             if getattr(exc, "result", None):  # ParityError: keep how far off the export was

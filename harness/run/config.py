@@ -88,6 +88,9 @@ class MatrixConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     latency: MeasureSettings = field(default_factory=MeasureSettings)
     name: str = "matrix"
+    # what the run prints, not what it runs: left out of to_dict() and so of the run key
+    notes: list = field(default_factory=list, compare=False)
+    user_weights: dict = field(default_factory=dict, compare=False)  # typed by the user
 
     def __post_init__(self) -> None:
         for axis in AXES:
@@ -128,6 +131,7 @@ class MatrixConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        del d["notes"], d["user_weights"]
         for axis in AXES:
             d[axis] = [i.label() for i in getattr(self, axis)]
         return d
@@ -148,6 +152,9 @@ class CellConfig:
     runtimes: tuple
     profiles: tuple
     latency: dict
+    #: the training device's name (GPU or CPU model), set when the run resolves the device
+    #: (:func:`harness.train.device.resolve_hardware`); part of the key with ``train["device"]``
+    device_name: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)

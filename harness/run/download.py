@@ -2,10 +2,14 @@
 
 Reliability rules (see ``shared/MEASUREMENT.md``):
 
-* a file is downloaded to ``NAME.part`` and renamed into place only after its checksum
-  (SHA-256 or MD5) matched, so an interrupted or corrupt download is never taken as the file;
-* an archive is extracted into ``FOLDER.part`` and renamed, then a marker file is written;
-  a folder without the marker is an interrupted extraction and is extracted again;
+* like every cache entry (:mod:`harness.run.locks`), a download and an extraction hold
+  the entry's lock (``NAME.lock``, ``FOLDER.lock``), so two workers fetching one archive at
+  once download it once: the second waits, then finds it verified in place;
+* a file is downloaded to a unique temporary name (``.NAME.*.part``) and renamed into place
+  only after its checksum (SHA-256 or MD5) matched, so an interrupted or corrupt download is
+  never taken as the file;
+* an archive is extracted into a unique temporary folder and renamed, then a marker file is
+  written; a folder without the marker is an interrupted extraction and is extracted again;
 * extraction refuses members whose path leaves the folder (``../``, absolute paths, links);
 * the host is given ``connect_timeout`` seconds: offline, the error says which file to
   download from where and where to put it, so the next run finds it.
@@ -18,6 +22,7 @@ import os
 import shutil
 import socket
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -28,6 +33,7 @@ from typing import Optional
 
 from ..api.errors import BenchError, DataUnavailable
 from ..api.files import atomic_path
+from .locks import cache_lock
 
 MARKER = ".extracted-ok"
 CHUNK = 1 << 20
@@ -107,6 +113,15 @@ def fetch(res: Resource, folder: Path, base_url: Optional[str] = None,
     if dest.exists():
         verify(dest, res)  # a user-supplied file is checked too; it is not deleted
         return dest
+    with cache_lock(dest):
+        if dest.exists():  # another worker downloaded it while this one waited
+            verify(dest, res)
+            return dest
+        return _download(res, dest, base_url, connect_timeout, progress)
+
+
+def _download(res: Resource, dest: Path, base_url: Optional[str], connect_timeout: float,
+              progress: bool) -> Path:
     url = res.url if base_url is None else base_url.rstrip("/") + "/" + res.filename
     try:
         with atomic_path(dest) as part:  # removed on any error: nothing half-done is kept
@@ -142,11 +157,15 @@ def _bar(total, desc, enabled):
                 leave=False)
 
 
-def _check_member(name: str, root: Path, archive: Path) -> Path:
+def _check_member(name: str, root: Path, archive: Path, member: Optional[str] = None) -> Path:
+    """``name`` (a member, or with ``member`` the target of that link member) must stay
+    inside ``root``; the message names the member either way."""
     target = (root / name).resolve()
     if os.path.isabs(name) or (target != root and root not in target.parents):
-        raise UnsafeArchive(f"{archive}: member {name!r} would be written outside "
-                            f"{root}; refusing to extract this archive")
+        what = (f"member {name!r} would be written" if member is None else
+                f"link member {member!r} points to {name!r},")
+        raise UnsafeArchive(f"{archive}: {what} outside the extraction folder; refusing to "
+                            f"extract this archive (use an intact copy of the published one)")
     return target
 
 
@@ -159,11 +178,17 @@ def extract(archive: Path, folder: Path) -> Path:
     """
     if (folder / MARKER).exists():
         return folder
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with cache_lock(folder):
+        if (folder / MARKER).exists():  # another worker extracted it while this one waited
+            return folder
+        return _extract(archive, folder)
+
+
+def _extract(archive: Path, folder: Path) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
     root = tmp.resolve()
     try:
         if zipfile.is_zipfile(archive):
@@ -180,7 +205,7 @@ def extract(archive: Path, folder: Path) -> Path:
                         if m.issym() or m.islnk():
                             link = m.linkname if m.islnk() else os.path.join(
                                 os.path.dirname(m.name), m.linkname)
-                            _check_member(link, root, archive)
+                            _check_member(link, root, archive, member=m.name)
                         if m.isdev():
                             raise UnsafeArchive(f"{archive}: member {m.name!r} is a device file")
                     tf.extractall(tmp, members=members, filter="data")
@@ -190,6 +215,9 @@ def extract(archive: Path, folder: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, folder)
-    (folder / MARKER).write_text(f"extracted from {archive.name}\n")
+    (tmp / MARKER).write_text(f"extracted from {archive.name}\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the cache is meant to be shared
+    os.replace(tmp, folder)  # the folder appears complete, marker included, or not at all
     return folder

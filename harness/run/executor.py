@@ -151,6 +151,7 @@ class CellJob:
         custom_profiles: profiles defined in the matrix file.
         recipe: how a worker rebuilds the plugin system.
         needs_gpu: whether the cell trains or measures on a GPU (Ray asks for one).
+        keep_onnx: keep the cell's ONNX file as ``RUN/onnx/KEY.onnx`` (``--keep-onnx``).
     """
 
     cfg: CellConfig
@@ -159,6 +160,7 @@ class CellJob:
     custom_profiles: dict = field(default_factory=dict)
     recipe: PluginRecipe = field(default_factory=PluginRecipe)
     needs_gpu: bool = False
+    keep_onnx: bool = False
 
     def label(self) -> str:
         return self.cfg.label()
@@ -201,15 +203,51 @@ def worker_info(threads: Optional[int] = None) -> dict:
             threads or torch.get_num_threads()}
 
 
-def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
+def gpu_count() -> int:
+    """CUDA devices PyTorch sees in this process (0 without CUDA)."""
+    import torch
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver: no GPU to hand out
+        return 0
+
+
+class GpuSlots:
+    """Hands each concurrently running worker its own CUDA device, round robin over the
+    least used ones, so ``--jobs N`` on a machine with several GPUs spreads the cells.
+
+    Only cells that train on ``cuda`` without an index get a slot; ``cuda:N`` stays as
+    asked, and CPU cells get none.
+    """
+
+    def __init__(self, count: int):
+        self.count = int(count)
+        self.load = [0] * self.count
+
+    def take(self, job: "CellJob") -> Optional[int]:
+        if self.count < 1 or str(job.cfg.train.get("device", "cpu")) != "cuda":
+            return None
+        gpu = min(range(self.count), key=lambda i: self.load[i])
+        self.load[gpu] += 1
+        return gpu
+
+    def give_back(self, gpu: Optional[int]) -> None:
+        if gpu is not None:
+            self.load[gpu] -= 1
+
+
+def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] = None) -> dict:
     """Run one cell in a worker and write its records into the run folder.
 
     Args:
         job: the cell.
         threads: torch intra-op threads for this worker (``None`` keeps torch's default).
+        gpu: the CUDA device this worker trains on (:class:`GpuSlots`); a cell configured
+            for ``cuda`` trains on the current device, which this sets.
 
     Returns:
-        The cell's final record (also written to ``RUN/cells/KEY.json``).
+        The cell's final record (also written to ``RUN/cells/KEY.json``; the driver's
+        ``on_done`` writes it again, so a worker that cannot write loses nothing).
     """
     import torch
 
@@ -221,7 +259,11 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
 
     if threads:
         torch.set_num_threads(int(threads))
+    if gpu is not None:
+        torch.cuda.set_device(int(gpu))
     info = worker_info()
+    if gpu is not None:
+        info["gpu"] = int(gpu)
     if not Path(job.run_dir, "config.json").exists():
         return failure_record(job, "failed", (
             f"the run folder {job.run_dir} is not visible on worker host {info['host']}; put "
@@ -232,14 +274,19 @@ def execute_job(job: CellJob, threads: Optional[int] = None) -> dict:
         plugins = build_plugins(job.recipe)
         store.write_cell({"key": job.key, "config": job.cfg.to_dict(), "status": "running",
                           "started": time.time(), "worker": info})
-        rec = run_cell(plugins, job.cfg, job.key, custom_profiles=job.custom_profiles)
+        rec = run_cell(plugins, job.cfg, job.key, custom_profiles=job.custom_profiles,
+                       onnx_dir=Path(job.run_dir) / "onnx" if job.keep_onnx else None)
     except Exception as exc:  # the worker's own set-up failed; record it like a cell failure
         rec = failure_record(job, "failed", f"worker set-up: {type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())
     rec["worker"] = info
-    store.write_cell(rec)
+    try:
+        store.write_cell(rec)
+    except OSError:  # the driver writes it too, retrying, and stops the run naming the path
+        pass
     return rec
 
 
 __all__ = ["Executor", "InProcessExecutor", "CellJob", "PluginRecipe", "recipe_for",
-           "build_plugins", "execute_job", "failure_record", "describe_exit", "cell_needs_gpu"]
+           "build_plugins", "execute_job", "failure_record", "describe_exit", "cell_needs_gpu",
+           "GpuSlots", "gpu_count"]

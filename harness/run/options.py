@@ -19,7 +19,8 @@ from .runner import build_matrix
 AXES = ("backbones", "tasks", "datasets", "strategies")
 """The options that replace an axis of the matrix (each may be repeated)."""
 LISTS = AXES + ("runtimes", "profiles")
-TRAIN = ("epochs", "batch_size", "lr", "schedule")
+TRAIN = ("epochs", "batch_size", "lr", "schedule", "device", "amp", "channels_last", "compile",
+         "eval_batch_size")
 """Options that replace a ``[train]`` setting."""
 
 
@@ -66,10 +67,12 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
         raise ConfigError("give --matrix or --preset, not both")
     if opts.get("matrix_file"):
         base = kwargs_to_mapping(load_matrix_file(Path(opts["matrix_file"])))
-    elif opts.get("preset"):
-        base = plugins.presets.get(opts["preset"]).resolve()
+        base_name = f"matrix file {opts['matrix_file']}"
     else:
-        base = plugins.default("presets").resolve()
+        spec = (plugins.presets.get(opts["preset"]) if opts.get("preset")
+                else plugins.default("presets"))
+        base = spec.resolve()
+        base_name = f"preset {spec.name!r}"
     overrides = {k: tuple(opts.get(k) or ()) for k in LISTS}
     overrides.update(weights=weights_mapping(opts.get("weights") or ()),
                      train={k: opts[k] for k in TRAIN if opts.get(k) is not None},
@@ -79,7 +82,7 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
         base = {**base, "name": name}
     elif any(overrides[a] for a in AXES):
         base = {**base, "name": f"{base.get('name', 'matrix')}-custom"}
-    return build_matrix(base, overrides)
+    return build_matrix(base, overrides, base_name)
 
 
 __all__ = ["AXES", "TRAIN", "weights_mapping", "kwargs_to_mapping", "matrix_from_options"]

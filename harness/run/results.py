@@ -13,9 +13,24 @@ Every file is written to a temporary file and ``os.replace``d, so a killed proce
 leaves either the old file or the new one, never half of one. Cells are keyed by a
 hash of their configuration and the versions; a cell whose file says ``ok`` is not
 run again.
+
+Several ``bench run`` processes may share one run folder (a second terminal, a resumed
+run while the first still goes, Ray and process workers). Three rules keep it consistent:
+
+* **claims** - a run claims a cell (an exclusive ``flock`` on ``claims/KEY.lock``, held
+  for as long as the cell runs and released by the kernel if the holder dies) before it
+  runs it, so no cell runs twice at once; a run that finds a cell claimed waits for it;
+* **write rule** - under the folder's write lock, a cell record is only replaced by a
+  newer *finished* one: ``running`` never replaces a finished record, and an ``ok``
+  record is never replaced (``--fresh`` starts a new folder instead);
+* **one source** - ``results.json`` / ``results.csv`` are rebuilt from ``cells/`` under the
+  same lock, and a ``running`` record whose claim nobody holds (its run was killed) is
+  rewritten as ``interrupted`` first, so the files never disagree and a report never shows
+  a dead run's cell as running.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,6 +40,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..api.files import atomic_write_text
+
+from .locks import LockTimeout, cache_lock
 
 
 def _clean(obj: Any) -> Any:
@@ -113,12 +130,32 @@ def cell_rows(rec: dict) -> list[dict]:
     return rows or [base]
 
 
+#: statuses of a cell that is done (a record with one of them is not replaced by ``running``)
+FINISHED = ("ok", "failed", "oom", "timeout", "interrupted")
+
+INTERRUPTED = ("the bench run that ran this cell stopped before the cell finished (killed, "
+               "or its machine went down); run the same command again to run it")
+
+
+class CellClaim:
+    """A held claim on one cell (see the module docstring); release it when the cell's
+    final record is written. Releasing twice is harmless."""
+
+    def __init__(self, key: str, stack: contextlib.ExitStack):
+        self.key, self._stack = key, stack
+
+    def release(self) -> None:
+        self._stack.close()
+
+
 class RunStore:
-    """Reads and writes one run folder."""
+    """Reads and writes one run folder (several processes may share it; see above)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.cells_dir = self.path / "cells"
+        self.claims_dir = self.path / "claims"
+        self._holding = 0
 
     @classmethod
     def create(cls, root: Path, name: str, config: dict, environment: dict) -> "RunStore":
@@ -133,27 +170,108 @@ class RunStore:
     def cell_path(self, key: str) -> Path:
         return self.cells_dir / f"{key}.json"
 
-    def finished(self, key: str) -> Optional[dict]:
-        """The cell's record if it finished ok, else None (failed cells run again)."""
-        p = self.cell_path(key)
-        if not p.exists():
-            return None
+    # -- locks ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_lock(self):
+        """The folder's short write lock: every change to cells/ and results.* holds it
+        (re-entrant within this store object: a second ``flock`` would wait on itself)."""
+        if self._holding:
+            self._holding += 1
+            try:
+                yield
+            finally:
+                self._holding -= 1
+            return
+        with cache_lock(self.path / ".write"):
+            self._holding = 1
+            try:
+                yield
+            finally:
+                self._holding = 0
+
+    def claim(self, key: str, wait: bool = False) -> Optional[CellClaim]:
+        """Claim cell ``key`` for this process; None when another process holds it and
+        ``wait`` is False. With ``wait`` it blocks until the holder finishes or dies."""
+        stack = contextlib.ExitStack()
         try:
-            rec = read_json(p)
+            stack.enter_context(cache_lock(self.claims_dir / key, timeout=None if wait else 0))
+        except LockTimeout:
+            stack.close()
+            return None
+        return CellClaim(key, stack)
+
+    def claimed(self, key: str) -> Optional[bool]:
+        """Whether some process (this one included) holds the claim on ``key``; None when
+        the folder is not writable, so nobody can tell."""
+        try:
+            c = self.claim(key)
+        except OSError:
+            return None
+        if c is None:
+            return True
+        c.release()
+        return False
+
+    # -- cell records -----------------------------------------------------------------------
+    def _read_cell(self, key: str) -> Optional[dict]:
+        try:
+            return read_json(self.cell_path(key))
         except (OSError, json.JSONDecodeError):
             return None
-        return rec if rec.get("status") == "ok" else None
 
-    def write_cell(self, rec: dict) -> None:
-        atomic_write_json(self.cell_path(rec["key"]), rec)
+    def finished(self, key: str) -> Optional[dict]:
+        """The cell's record if it finished ok, else None (failed cells run again)."""
+        rec = self._read_cell(key)
+        return rec if rec is not None and rec.get("status") == "ok" else None
+
+    def write_cell(self, rec: dict) -> bool:
+        """Write a cell's record under the write rule; False when the rule kept the old one.
+
+        A ``running`` record never replaces a finished one, nothing replaces ``ok``, and a
+        finished record replaces another finished one only when it finished later.
+        """
+        with self._write_lock():
+            old = self._read_cell(rec["key"])
+            if not _may_replace(old, rec):
+                return False
+            atomic_write_json(self.cell_path(rec["key"]), rec)
+            return True
+
+    def _settle_stale(self, rec: dict) -> dict:
+        """``rec`` itself, or the ``interrupted`` record that replaces a dead run's
+        ``running`` one (written to cells/ when the folder is writable)."""
+        if rec.get("status") != "running" or not rec.get("key"):
+            return rec
+        try:
+            claim = self.claim(rec["key"])
+        except OSError:  # read-only folder: nobody can claim or settle it; show it as it is
+            return rec
+        if claim is None:  # really running, in some process
+            return rec
+        try:
+            now = self._read_cell(rec["key"])  # re-read while holding the claim
+            if now is None or now.get("status") != "running":
+                return now or rec
+            settled = {**now, "status": "interrupted", "error": INTERRUPTED,
+                       "finished": time.time()}
+            try:
+                with self._write_lock():
+                    atomic_write_json(self.cell_path(rec["key"]), settled)
+            except OSError:
+                pass  # shown as interrupted anyway; a writable run settles it for good
+            return settled
+        finally:
+            claim.release()
 
     def records(self) -> list[dict]:
         out = []
         for p in sorted(self.cells_dir.glob("*.json")):
             try:
-                out.append(read_json(p))
+                rec = read_json(p)
             except (OSError, json.JSONDecodeError) as exc:
-                out.append({"key": p.stem, "status": "corrupt", "error": f"{p}: {exc}"})
+                rec = {"key": p.stem, "status": "corrupt", "error": f"{p}: {exc}"}
+            out.append(self._settle_stale(rec) if isinstance(rec, dict) else
+                       {"key": p.stem, "status": "corrupt", "error": f"{p}: not a record"})
         order = {k: i for i, k in enumerate(self.order())}
         out.sort(key=lambda r: order.get(r.get("key"), len(order)))
         return out
@@ -161,7 +279,7 @@ class RunStore:
     def order(self) -> list[str]:
         try:
             return read_json(self.path / "config.json").get("cell_keys", [])
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, AttributeError):
             return []
 
     def config(self) -> dict:
@@ -171,17 +289,31 @@ class RunStore:
         return read_json(self.path / "environment.json")
 
     def aggregate(self) -> list[dict]:
-        """Rewrite results.json and results.csv from the cell files; return the rows."""
-        recs = self.records()
-        rows = [r for rec in recs for r in cell_rows(rec)]
-        atomic_write_json(self.path / "results.json", recs)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-        atomic_write_text(self.path / "results.csv", buf.getvalue())
+        """Rewrite results.json and results.csv from the cell files; return the rows.
+
+        Held under the write lock, so the last aggregation always reads the newest cells and
+        two processes never interleave an old view over a new one.
+        """
+        with self._write_lock():
+            recs = self.records()
+            rows = [r for rec in recs for r in cell_rows(rec)]
+            atomic_write_json(self.path / "results.json", recs)
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+            atomic_write_text(self.path / "results.csv", buf.getvalue())
         return rows
+
+
+def _may_replace(old: Optional[dict], new: dict) -> bool:
+    """The write rule of :meth:`RunStore.write_cell`."""
+    if old is None or old.get("status") not in FINISHED:
+        return True  # absent, corrupt, or running
+    if old.get("status") == "ok" or new.get("status") not in FINISHED:
+        return False
+    return float(new.get("finished") or 0) >= float(old.get("finished") or 0)
 
 
 def _slug(text: str) -> str:

@@ -1,16 +1,23 @@
 """Expanding, validating and running a matrix into a results store."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 from .cell import resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
+from ..train.device import Hardware, resolve_hardware
 from ..measure.env import environment, package_versions
-from ..api.errors import ConfigError, UnknownName
+from ..api.errors import BenchError, ConfigError, UnknownName
+from ..measure.lifetime import sweep_temp_folders
 from .executor import CellJob, cell_needs_gpu, recipe_for
 from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
@@ -19,29 +26,67 @@ _AXIS_REGISTRY = {"backbones": "backbones", "tasks": "tasks", "datasets": "datas
                   "strategies": "strategies"}
 
 
-def build_matrix(base: dict, overrides: dict) -> MatrixConfig:
-    """A matrix from a preset or file mapping, with command-line values replacing its own."""
+def merge_weights(base: dict, given: dict, base_name: str = "the preset"
+                  ) -> tuple[dict, list[str]]:
+    """Weights that follow what the user typed: ``given`` (the command line) over ``base``
+    (a matrix file's or preset's), and in each layer a backbone's own entry over ``*``.
+
+    A global ``--weights SRC`` therefore replaces every per-backbone entry of the base too
+    (the user asked for SRC everywhere), while ``--weights resnet18=SRC`` replaces only
+    resnet18's. Returns the merged mapping and one note per base value that was replaced.
+    """
+    given = {k: v for k, v in (given or {}).items() if v}
+    if not given:
+        return dict(base or {}), []
+    out, notes = {}, []
+    if "*" not in given:
+        out = dict(base or {})
+    for bb, old in sorted((base or {}).items()):
+        new = given.get(bb, given.get("*"))
+        if new is not None and new != old:
+            what = "for every backbone" if bb == "*" else f"for {bb}"
+            flag = f"--weights {new}" if bb not in given else f"--weights {bb}={new}"
+            notes.append(f"{flag} replaces {base_name}'s weights {what} ({old})")
+    out.update(given)
+    return out, notes
+
+
+def build_matrix(base: dict, overrides: dict, base_name: str = "the preset") -> MatrixConfig:
+    """A matrix from a preset or file mapping, with command-line values replacing its own.
+
+    Args:
+        base: the preset's or matrix file's mapping.
+        overrides: command-line values (empty ones are ignored); ``weights`` follows
+            :func:`merge_weights`.
+        base_name: how notes name ``base`` ("preset 'default'", "matrix file m.toml").
+    """
     data = dict(base)
+    notes: list[str] = []
     for k, v in overrides.items():
-        if v in (None, (), []):
+        if v in (None, (), [], {}):
             continue
         if k in ("train", "latency"):
             data[k] = {**data.get(k, {}), **v}
         elif k == "weights":
-            data[k] = {**data.get(k, {}), **v}
+            data[k], notes = merge_weights(data.get(k, {}), v, base_name)
         else:
             data[k] = list(v) if isinstance(v, tuple) else v
     kw = matrix_kwargs(data)
     kw.setdefault("name", base.get("name", "matrix"))
-    return MatrixConfig(**kw)
+    user = dict(overrides.get("weights") or {})
+    if not base_name.startswith("the preset") and not base_name.startswith("preset"):
+        user = {**(base.get("weights") or {}), **user}  # a matrix file is the user's too
+    return MatrixConfig(**kw, notes=notes, user_weights=user)
 
 
 def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConfig], list[str]]:
-    """Check every name before anything runs; drop dataset/task pairs with no labels.
+    """Check everything that can be checked before anything runs (names, parameters of
+    every plugin, profiles, precisions, weights); drop dataset/task pairs with no labels.
 
     Raises:
         UnknownName: an axis names something no plugin registered (lists the choices).
-        ConfigError: parameters a plugin does not accept, or an empty matrix.
+        ConfigError: parameters a plugin does not accept, an impossible profile, or an
+            empty matrix.
     """
     matrix.fill_defaults(plugins)  # the task and profile plugins declared default, if unnamed
     for axis in AXES:
@@ -50,20 +95,27 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
             reg.resolve(item.name)
         if not getattr(matrix, axis):
             raise ConfigError(f"the matrix has no {axis}; name at least one")
-    for rt in matrix.runtimes:
-        plugins.runtimes.get(rt)
+    for item in matrix.backbones:
+        _check_backbone(plugins, item)
+    for item in matrix.datasets:
+        _check_dataset_params(plugins, item)
+    runtimes = [plugins.runtimes.get(rt) for rt in matrix.runtimes]
+    notes = list(matrix.notes)
     for pr in matrix.profiles:
-        if pr not in matrix.custom_profiles:
-            plugins.profiles.get(pr)
-    unused = []
+        notes += _check_profile(plugins, pr, matrix, runtimes)
     for bb, w in matrix.weights.items():
-        if bb != "*" and bb not in {i.name for i in matrix.backbones}:
-            unused.append(bb)  # e.g. the default's weights for a backbone the user left out
-        plugins.weights.resolve(w)
+        spec, arg = plugins.weights.resolve(w)
+        if spec.check is not None:
+            try:
+                spec.check(arg)
+            except (TypeError, ValueError, OSError) as exc:
+                flag = f"--weights {w}" if bb == "*" else f"--weights {bb}={w}"
+                raise ConfigError(f"{flag}: {exc}") from None
+    pretrained = []
     for item in matrix.strategies:
         cls = plugins.strategies.get(item.name).cls
         try:
-            cls(**item.kwargs)
+            pretrained.append(bool(cls(**item.kwargs).pretrained))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"strategy {item.label()!r}: {exc}. It accepts: "
                               f"{', '.join(f'{k}={v}' for k, v in cls.parameters().items()) or 'no parameters'}"
@@ -73,9 +125,8 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
             plugins.tasks.get(item.name).factory(**item.kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"task {item.label()!r}: {exc}") from None
-    cells, notes = [], []
-    if unused:
-        notes.append(f"weights given for {', '.join(unused)}, which the matrix does not run")
+    notes += _unused_weights(matrix, any(pretrained))
+    cells = []
     for cell in matrix.cells():
         ds = plugins.datasets.get(cell.dataset.name)
         if cell.task.name not in ds.tasks:
@@ -90,6 +141,88 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     return cells, notes
 
 
+def _accepted(fn, skip: tuple) -> Optional[list[str]]:
+    """The keyword parameters ``fn`` accepts beyond ``skip``; None when it takes any."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in skip
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_dataset_params(plugins: PluginSystem, item) -> None:
+    spec = plugins.datasets.get(item.name)
+    accepted = _accepted(spec.load, ("task", "image_size", "seed", "cache_dir"))
+    if accepted is None:
+        return
+    bad = [k for k in item.kwargs if k not in accepted]
+    if bad:
+        raise ConfigError(f"dataset {item.label()!r}: unknown parameter(s) {', '.join(bad)}. "
+                          f"{item.name} accepts: {', '.join(accepted) or 'no parameters'}")
+
+
+def _check_backbone(plugins: PluginSystem, item) -> None:
+    spec, arg = plugins.backbones.resolve(item.name)
+    accepted = _accepted(spec.build, ("arg",))
+    if accepted is not None:
+        bad = [k for k in item.kwargs if k not in accepted]
+        if bad:
+            raise ConfigError(f"backbone {item.label()!r}: unknown parameter(s) "
+                              f"{', '.join(bad)}. It accepts: "
+                              f"{', '.join(accepted) or 'no parameters'}")
+    if spec.check is not None:
+        try:
+            spec.check(arg, **item.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"backbone {item.label()!r}: {exc}") from None
+
+
+def _check_profile(plugins: PluginSystem, name: str, matrix: MatrixConfig,
+                   runtimes: list) -> list[str]:
+    """Raise for a profile that cannot be measured (a precision no runtime declares); notes
+    for precisions of the user's own profiles that no runtime of the matrix measures
+    although another registered runtime would (built-in profiles list GPU precisions on
+    purpose: CPU runtimes show them as unavailable)."""
+    try:
+        profile = resolve_profile(plugins, name, matrix.custom_profiles)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[profile.{name}]: {exc}") from None
+    known = {p: [r.name for r in plugins.runtimes if p in r.precisions]
+             for r in plugins.runtimes for p in r.precisions}
+    if not runtimes or any(not r.precisions for r in runtimes):
+        return []  # nothing measured, or a runtime that does not say what it measures
+    notes = []
+    for prec in profile.precisions:
+        if prec not in known:
+            raise ConfigError(f"profile {name!r}: precision {prec!r} is measured by no "
+                              f"runtime; choose from {', '.join(sorted(known))}")
+        if name in matrix.custom_profiles and not any(prec in r.precisions for r in runtimes):
+            notes.append(f"profile {name!r}: no runtime of the matrix measures {prec} "
+                         f"(add -r {' or -r '.join(known[prec])})")
+    return notes
+
+
+def _unused_weights(matrix: MatrixConfig, any_pretrained: bool) -> list[str]:
+    user = matrix.user_weights
+    if not user:
+        return []
+    names = [i.name for i in matrix.backbones]
+    notes = []
+    for bb, w in user.items():
+        if bb != "*" and bb not in names:
+            notes.append(f"--weights {bb}={w} is not used: the matrix runs no backbone {bb} "
+                         f"(it runs {', '.join(names)})")
+    if "*" in user and all(n in user for n in names):
+        notes.append(f"--weights {user['*']} is not used: every backbone has its own weights")
+    if not any_pretrained:
+        notes.append(f"--weights {', '.join(sorted(set(user.values())))} is not used: no "
+                     f"strategy of the matrix starts from pretrained weights")
+    return notes
+
+
 def run_dir_for(out_root: Path, matrix: MatrixConfig,
                 plugins: Optional[PluginSystem] = None) -> Path:
     blob = json.dumps({"matrix": matrix.to_dict(), "versions": package_versions(plugins)},
@@ -97,58 +230,168 @@ def run_dir_for(out_root: Path, matrix: MatrixConfig,
     return Path(out_root) / f"{matrix.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
+def prepare_run_dir(path: Path, fresh: bool = False) -> None:
+    """Create the run folder (emptied first with ``fresh``) and prove it is writable.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (names it and the fix).
+    """
+    try:
+        if fresh and path.exists():
+            shutil.rmtree(path)
+        (path / "cells").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path / "cells", prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run folder {path}: {exc.strerror or exc}; "
+                          f"give --out a folder you can write") from None
+
+
+class RecordNotSaved(BenchError):
+    """A cell's record could not be written after retries; the run stops."""
+
+
+def save_with_retries(what: str, path: Path, write, attempts: int = 3,
+                      pause_s: float = 0.5):
+    """``write()``, retried on ``OSError`` (a full disk that frees up, an NFS hiccup); the
+    record stays in memory meanwhile. Raises :class:`RecordNotSaved` naming ``path``."""
+    for i in range(attempts):
+        try:
+            return write()
+        except OSError as exc:
+            last = exc
+            if i + 1 < attempts:
+                time.sleep(pause_s * (i + 1))
+    raise RecordNotSaved(
+        f"cannot write {what} to {path} ({last.strerror or last}) after {attempts} tries; the "
+        f"run stops so that no more results are lost. Make {path.parent} writable (or free "
+        f"space) and run the same command again: finished cells are kept")
+
+
 def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                executor: Optional[str] = None, executor_options: Optional[dict] = None,
-               fresh: bool = False, show_progress: bool = True) -> RunStore:
-    """Run every cell not already finished in the run folder; return the store."""
+               fresh: bool = False, show_progress: bool = True, keep_onnx: bool = False
+               ) -> RunStore:
+    """Run every cell not already finished in the run folder; return the store.
+
+    Several runs of one matrix may share the run folder at once: each cell is claimed
+    before it runs (:meth:`RunStore.claim`), a run skips the cells another run holds and,
+    after its own, waits for them (running those whose holder died or failed).
+    ``keep_onnx`` keeps each cell's exported ONNX file as ``RUN/onnx/KEY.onnx`` (the
+    ``mlflow`` reporter logs it); it is not part of the cells' configuration.
+    """
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
+    hardware = resolve_hardware(matrix.train.device, matrix.train.amp)  # ConfigError: usage
+    cells = [with_hardware(c, hardware) for c in cells]
     runner = make_executor(plugins, executor, executor_options)
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
     path = run_dir_for(out_root, matrix, plugins)
-    if fresh and path.exists():
-        import shutil
-        shutil.rmtree(path)
+    made_here = fresh or not path.exists()
+    prepare_run_dir(path, fresh)
+    sweep_temp_folders()  # what a SIGKILLed run left behind
     store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
               "executor": executor, "executor_options": dict(executor_options or {})}
-    store.write_meta(config, environment(plugins))
+    store.write_meta(config, {**environment(plugins), "training": {
+        "device": hardware.device, "device_name": hardware.device_name,
+        "precision": hardware.precision, "how_chosen": hardware.note or "asked"}})
+    store.aggregate()  # settles the cells a killed run left "running"
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
                     cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)
-                                       for p in c.profiles]))
+                                       for p in c.profiles]), keep_onnx=keep_onnx)
             for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
+    print(hardware.header(), file=sys.stderr)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if done_before:
         print(f"resuming {path}: {done_before} of {len(keyed)} cells already finished",
               file=sys.stderr)
     bar = _progress_bar(len(keyed), done_before, show_progress)
+    claims: dict = {}
+
+    def claimed(jobs: list, held: list):
+        """The jobs this run may run now, claimed one by one as the executor draws them."""
+        for job in jobs:
+            c = store.claim(job.key)
+            if c is None:
+                held.append(job)  # another bench run is running it
+                continue
+            if store.finished(job.key) is not None:  # another run finished it meanwhile
+                c.release()
+                bar.update(1)
+                continue
+            claims[job.key] = c
+            yield job
+
+    def save(rec: dict) -> None:
+        save_with_retries(f"the record of cell {rec.get('key')}", store.cell_path(rec["key"]),
+                          lambda: store.write_cell(rec))
 
     def run_one(job: CellJob) -> dict:
         cfg, key = job.cfg, job.key
         bar.set_description(_short(cfg))
-        store.write_cell({"key": key, "config": cfg.to_dict(), "status": "running"})
+        save({"key": key, "config": cfg.to_dict(), "status": "running",
+              "started": time.time()})
         return run_cell(plugins, cfg, key, progress=lambda m: bar.set_postfix_str(m[:60]),
-                        custom_profiles=matrix.custom_profiles)
+                        custom_profiles=matrix.custom_profiles,
+                        onnx_dir=path / "onnx" if keep_onnx else None)
 
     def on_done(rec):
-        store.write_cell(rec)
-        store.aggregate()
+        try:
+            save(rec)
+            save_with_retries("the results", path / "results.json", store.aggregate)
+        finally:
+            c = claims.pop(rec.get("key"), None)
+            if c is not None:
+                c.release()
         if rec.get("status") != "ok":
             bar.write(f"cell failed: {rec['config'].get('backbone')} / "
                       f"{rec['config'].get('strategy')}: {rec.get('error')}")
         bar.update(1)
 
+    removed = False
     try:
-        runner.run(todo, run_one, on_done)
+        pending = todo
+        while pending:
+            held: list = []
+            try:
+                runner.run(claimed(pending, held), run_one, on_done)
+            except ConfigError:  # the executor could not start (Ray's address...)
+                if made_here and not any(store.cells_dir.glob("*.json")):
+                    shutil.rmtree(path, ignore_errors=True)  # nothing half-made stays
+                    removed = True
+                raise
+            if not held:
+                break
+            bar.write(f"waiting for {len(held)} cell(s) that another bench run is running "
+                      f"in {path}")
+            for job in held:
+                store.claim(job.key, wait=True).release()
+            pending = [j for j in held if store.finished(j.key) is None]
+            bar.update(len(held) - len(pending))
     finally:
+        for c in claims.values():
+            c.release()
         bar.close()
-        store.aggregate()
+        sweep_temp_folders()  # those of workers killed on the way out
+        try:
+            if not removed:
+                store.aggregate()
+        except OSError as exc:
+            print(f"warning: could not rewrite {path}/results.json ({exc.strerror}); "
+                  f"bench report {path} rebuilds it from cells/", file=sys.stderr)
     atomic_write_json(path / "config.json", config)
     return store
+
+
+def with_hardware(cell: CellConfig, hw: Hardware) -> CellConfig:
+    """``cell`` with its device and precision resolved (so they are part of its key)."""
+    return dataclasses.replace(cell, train={**cell.train, "device": hw.device, "amp": hw.amp},
+                               device_name=hw.device_name)
 
 
 def make_executor(plugins: PluginSystem, name: str, options: Optional[dict] = None):
@@ -158,7 +401,6 @@ def make_executor(plugins: PluginSystem, name: str, options: Optional[dict] = No
     try:
         return spec.factory(**options)
     except (TypeError, ValueError) as exc:
-        import inspect
         try:
             params = [p for p in inspect.signature(spec.factory).parameters
                       if p not in ("self", "options")]
@@ -178,4 +420,5 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-__all__ = ["build_matrix", "validate", "run_matrix", "run_dir_for", "UnknownName"]
+__all__ = ["build_matrix", "merge_weights", "validate", "run_matrix", "run_dir_for",
+           "prepare_run_dir", "save_with_retries", "RecordNotSaved", "UnknownName"]

@@ -64,16 +64,33 @@ class TensorSplit:
         return len(self.images)
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None,
-                augment=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(float images in [0, 1], targets)`` batches."""
+                generator: Optional[torch.Generator] = None, augment=None,
+                device: Optional[torch.device] = None,
+                channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(float images in [0, 1], targets)`` batches.
+
+        Args:
+            device: where the batches go (default: where the split is). uint8 images
+                travel as uint8 (a quarter of the bytes) and become floats there; to CUDA
+                the copy is non-blocking from pinned memory (:func:`harness.train.device.to_device`).
+            channels_last: hand image batches over in the channels-last layout.
+        """
+        from .device import to_device
+
         n = len(self)
+        # the order is drawn on the CPU with the run's generator: the same on every device
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if self.images.device != order.device:  # a feature cache kept on the device
+            order = order.to(self.images.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             x = self.images[idx]
+            y = self.targets[idx.to(self.targets.device)]
+            if device is not None:
+                x, y = to_device(x, device), to_device(y, device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            y = self.targets[idx]
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if augment is not None:
                 x, y = augment(x, y, generator)
             yield x, y
@@ -126,18 +143,64 @@ def stratified_split(labels: torch.Tensor, fractions: tuple, seed: int) -> list[
 
 # -- image files: decode and resize once, into a cache -------------------------------------
 
-CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+CACHE_FORMAT = 2  # bump when the cached arrays change meaning (2: every Pillow mode, to_rgb8)
 
 
 class BadData(ValueError):
     """A data file or annotation that cannot be used; the message names the file and the fix."""
 
 
+#: background that transparent pixels are composited onto (as a browser shows them on white)
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def to_rgb8(im):
+    """Any image Pillow opens, as an 8-bit ``RGB`` Pillow image with the colours it shows.
+
+    * ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's own conversion;
+    * alpha (``LA``, ``La``, ``PA``, ``RGBA``, ``RGBa``, ``P`` with transparency): composited
+      onto :data:`ALPHA_BACKGROUND`, so transparent pixels show the background, not
+      whatever colour happens to be stored under them;
+    * more than 8 bits per pixel (``I;16``, ``I;16B``, ``I;16L``, ``I`` 32-bit, ``F`` float,
+      e.g. 16-bit PNG and float TIFF): scaled linearly from the image's own range
+      (its smallest to its largest finite value) to 0..255. Pillow's ``convert("RGB")``
+      clips these at 255 instead, which turns a 16-bit photo white. A constant image keeps
+      its value when it lies in 0..255, else it becomes 0. NaN and infinities become 0.
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        finite = np.isfinite(arr)
+        arr = np.where(finite, arr, 0.0)
+        vals = arr[finite]
+        lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
+        if hi > lo:
+            out = (arr - lo) * (255.0 / (hi - lo))
+        else:
+            out = np.full_like(arr, lo if 0.0 <= lo <= 255.0 else 0.0)
+        out = np.where(finite, out, 0.0)
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("PA", "La", "RGBa", "LA"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        bg = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_image(path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """One image file as uint8 ``(3, size, size)`` RGB, plus its original ``(width, height)``.
 
     The image is stretched to a square (no crop), so coordinates normalized to [0, 1]
-    (boxes, keypoints) stay valid. Grey, palette, CMYK and alpha images become RGB.
+    (boxes, keypoints) stay valid. Every Pillow mode becomes 8-bit RGB by :func:`to_rgb8`
+    (16-bit and float images scaled by their own range, alpha composited on white).
 
     Raises:
         BadData: the file is missing, truncated or not an image; the message names it.
@@ -149,8 +212,8 @@ def decode_image(path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
             orig = im.size
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
-            im = im.convert("RGB")
             im.load()
+            im = to_rgb8(im)
             im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
             arr = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     except FileNotFoundError:

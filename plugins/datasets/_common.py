@@ -56,3 +56,62 @@ def check_box(box: tuple, width: int, height: int, where: str) -> None:
     if not (0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height):
         raise BadData(f"{where}: box (xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}) is "
                       f"empty or outside its {width}x{height} image; fix or remove the annotation")
+
+
+# -- label checks every loader makes before training (the file and line in each message) ----
+
+def check_label_range(labels: torch.Tensor, num_classes: int, where: str,
+                      line_of=None) -> None:
+    """Raise :class:`BadData` naming ``where`` (and the line, when ``line_of(index)`` says)
+    when a label lies outside ``0 .. num_classes - 1``."""
+    bad = torch.nonzero((labels < 0) | (labels >= num_classes)).flatten()
+    if len(bad):
+        i = int(bad[0])
+        at = f" line {line_of(i)}" if line_of else f" (entry {i})"
+        raise BadData(f"{where}{at}: label {int(labels[i])} is outside 0..{num_classes - 1} "
+                      f"({len(bad)} such label(s)); fix the labels or the class list")
+
+
+def check_classes_present(labels: torch.Tensor, class_names: list, where: str) -> None:
+    """Raise :class:`BadData` when a declared class has no image at all (an empty class
+    would get a head output that is never trained)."""
+    counts = torch.bincount(labels, minlength=len(class_names)) if len(labels) else \
+        torch.zeros(len(class_names), dtype=torch.long)
+    empty = [class_names[i] for i in range(len(class_names)) if counts[i] == 0]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more"
+                                                  if len(empty) > 5 else "")
+        raise BadData(f"{where}: {len(empty)} class(es) have no image: {shown}; add images "
+                      f"for them or remove them from the class list")
+
+
+def check_disjoint(a: list, b: list, where_a: str, where_b: str, line_a=None,
+                   line_b=None) -> None:
+    """Raise :class:`BadData` when one item (an image name or index) is in both splits."""
+    seen = {x: i for i, x in enumerate(a)}
+    for j, x in enumerate(b):
+        if x in seen:
+            la = f" line {line_a(seen[x])}" if line_a else ""
+            lb = f" line {line_b(j)}" if line_b else ""
+            n = len(set(a) & set(b))
+            raise BadData(f"{where_b}{lb}: {x} is also in {where_a}{la} ({n} item(s) in both); "
+                          f"the splits must not overlap (an image seen in training inflates "
+                          f"the score): remove it from one of them")
+
+
+def absent_class_notes(train_y: torch.Tensor, others: dict, class_names: list,
+                       where: str) -> list[str]:
+    """Notes naming the classes that are in training but have no image in a held-out split
+    (``others``: split name -> labels), e.g. a class with one image (it can only go to
+    train): that split's metric says nothing about them."""
+    notes = []
+    in_train = set(train_y.tolist())
+    for split, y in others.items():
+        missing = sorted(in_train - set(y.tolist()))
+        if missing:
+            names = ", ".join(str(class_names[i]) if i < len(class_names) else str(i)
+                              for i in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            notes.append(f"{where}: {len(missing)} class(es) have no image in the {split} split "
+                         f"({names}); too few images to hold one out, so the {split} metric "
+                         f"does not cover them")
+    return notes

@@ -15,7 +15,8 @@ from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
 from harness.run.download import Resource, fetch
 from harness.api.errors import DataUnavailable
 
-from ._common import mirror_url, fetch_and_extract, require_files, splits_from
+from ._common import (absent_class_notes, check_disjoint, fetch_and_extract, mirror_url,
+                      require_files, splits_from)
 
 NUM_IMAGES, PER_CLASS = 1360, 80
 # Class order as listed on the dataset page (images 1-80, 81-160, ...).
@@ -32,15 +33,21 @@ RESOURCES = {
 }
 
 
-def read_splits(mat_path: Path, split: int) -> list[torch.Tensor]:
-    """0-based indices of ``trn{split}``, ``val{split}``, ``tst{split}`` from datasplits.mat."""
+def read_splits(mat_path: Path, split: int, user_file: bool = False) -> list[torch.Tensor]:
+    """0-based indices of ``trn{split}``, ``val{split}``, ``tst{split}`` from datasplits.mat,
+    checked: numbers in range, no image in two splits.
+
+    Args:
+        user_file: the file is the user's own (``root=``): advice never says to delete it.
+    """
     import scipy.io
 
+    fix = (f"replace it with the official datasplits.mat ({RESOURCES['splits'].url})"
+           if user_file else "delete it and download datasplits.mat again")
     try:
         mat = scipy.io.loadmat(str(mat_path))
     except Exception as exc:
-        raise BadData(f"{mat_path} is not a readable MATLAB file ({exc}); delete it and "
-                      f"download datasplits.mat again") from None
+        raise BadData(f"{mat_path} is not a readable MATLAB file ({exc}); {fix}") from None
     out = []
     for key in (f"trn{split}", f"val{split}", f"tst{split}"):
         if key not in mat:
@@ -49,8 +56,14 @@ def read_splits(mat_path: Path, split: int) -> list[torch.Tensor]:
                           f"the official file has trn1..3, val1..3, tst1..3")
         idx = torch.as_tensor(mat[key].astype("int64").ravel())
         if len(idx) == 0 or idx.min() < 1 or idx.max() > NUM_IMAGES:
-            raise BadData(f"{mat_path}: split {key} holds image numbers outside 1..{NUM_IMAGES}")
+            raise BadData(f"{mat_path}: split {key} holds image numbers outside 1..{NUM_IMAGES}"
+                          f"; {fix}")
         out.append(idx - 1)
+    names = [f"{k}{split}" for k in ("trn", "val", "tst")]
+    for a in range(3):
+        for b in range(a + 1, 3):
+            check_disjoint([int(i) + 1 for i in out[a]], [int(i) + 1 for i in out[b]],
+                           f"{mat_path} split {names[a]}", f"{mat_path} split {names[b]} image")
     return out
 
 
@@ -80,12 +93,17 @@ def load_flowers17(task: str, image_size: int, seed: int, cache_dir: Path,
         base = fetch_and_extract(RESOURCES["images"], folder, mirror, "17flowers")
         mat_path = fetch(RESOURCES["splits"], folder, base_url=mirror)
     files = [base / "jpg" / f"image_{i:04d}.jpg" for i in range(1, NUM_IMAGES + 1)]
+    layout = f"The published 17flowers.tgz has jpg/image_0001.jpg ... image_{NUM_IMAGES}.jpg"
     require_files(files, "Oxford 17 Flowers",
-                  f"The published 17flowers.tgz has jpg/image_0001.jpg ... image_{NUM_IMAGES}.jpg; "
-                  f"delete {base} and run again to re-extract it")
+                  f"{layout}; put the missing files in {base / 'jpg'} (from 17flowers.tgz)"
+                  if root else f"{layout}; delete {base} (a cache folder) and run again to "
+                  f"re-extract it")
     images, _, _ = decode_cached(files, image_size, cache_dir)
     labels = torch.arange(NUM_IMAGES) // PER_CLASS
-    parts = read_splits(mat_path, int(split))
+    parts = read_splits(mat_path, int(split), user_file=bool(root))
+    notes = absent_class_notes(labels[parts[0]], {"val": labels[parts[1]],
+                                                  "test": labels[parts[2]]}, CLASSES,
+                               f"{mat_path} split {split}")
     info = DataInfo("oxford_flowers17", num_classes=len(CLASSES), class_names=list(CLASSES),
-                    source=f"{base} (official split {split})")
+                    source=f"{base} (official split {split})", notes=notes)
     return splits_from(images, labels, parts, info)

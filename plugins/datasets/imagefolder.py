@@ -21,7 +21,7 @@ import torch
 from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
 from harness.api.errors import DataUnavailable
 
-from ._common import check_box, seeded_split, splits_from
+from ._common import absent_class_notes, check_box, seeded_split, splits_from
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_CSV = {"localization": "boxes.csv", "pose": "keypoints.csv"}
@@ -126,6 +126,8 @@ def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
     else:
         t = y
     parts = seeded_split(len(files), (1 - val_frac - test_frac, val_frac, test_frac), seed, y)
+    notes += absent_class_notes(y[parts[0]], {"val": y[parts[1]], "test": y[parts[2]]},
+                                classes, f"imagefolder {rootp}")
     info = DataInfo(f"imagefolder:{rootp.name}", num_classes=len(classes), class_names=classes,
                     num_keypoints=len(kps), keypoint_names=list(kps), source=str(rootp),
                     notes=notes)

@@ -11,6 +11,8 @@ import torch
 from harness.train.data import DataInfo, DataSplits, TensorSplit, stratified_split, to_rgb_resized
 from harness.api.errors import DataUnavailable
 
+from ._common import check_classes_present, check_label_range
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
@@ -66,6 +68,9 @@ def load_fashion_mnist(task: str, image_size: int, seed: int, cache_dir: Path,
     xte, yte = read_idx(files["t10k-images"]), read_idx(files["t10k-labels"]).long()
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataUnavailable(f"Fashion-MNIST in {root}: image and label counts differ")
+    for name, y in (("train-labels", ytr), ("t10k-labels", yte)):
+        check_label_range(y, len(FASHION_CLASSES), str(files[name]))
+        check_classes_present(y, FASHION_CLASSES, str(files[name]))
     pool = _subset(ytr, n_train + n_val, seed)
     tr_rel, va_rel = stratified_split(ytr[pool], (n_train / (n_train + n_val),
                                                   n_val / (n_train + n_val)), seed + 1)

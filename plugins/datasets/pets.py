@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -21,7 +21,8 @@ from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
 from harness.run.download import Resource
 from harness.api.errors import DataUnavailable
 
-from ._common import check_box, fetch_and_extract, mirror_url, seeded_split, splits_from
+from ._common import (absent_class_notes, check_box, check_classes_present, check_disjoint,
+                      fetch_and_extract, mirror_url, seeded_split, splits_from)
 
 DATA = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 # MD5s as published with torchvision's OxfordIIITPet loader.
@@ -34,8 +35,22 @@ RESOURCES = {
 LABELS = ("breed", "species")
 
 
-def read_list(path: Path) -> list[tuple[str, int, int]]:
-    """``(name, class_id - 1, species - 1)`` for each line of list.txt / trainval.txt / test.txt."""
+NUM_BREEDS, NUM_SPECIES = 37, 2
+
+
+class Row(NamedTuple):
+    """One line of list.txt / trainval.txt / test.txt (ids 0-based here)."""
+
+    name: str
+    cid: int
+    species: int
+    line: int
+    path: Path
+
+
+def read_list(path: Path) -> list[Row]:
+    """The rows of list.txt / trainval.txt / test.txt, ids checked against the published
+    ranges (class 1..37, species 1..2); a bad line is named with its file and number."""
     if not path.is_file():
         raise BadData(f"{path} not found; the published annotations.tar.gz has "
                       f"annotations/{path.name}")
@@ -45,11 +60,40 @@ def read_list(path: Path) -> list[tuple[str, int, int]]:
             continue
         parts = line.split()
         try:
-            rows.append((parts[0], int(parts[1]) - 1, int(parts[2]) - 1))
+            row = Row(parts[0], int(parts[1]) - 1, int(parts[2]) - 1, n, path)
         except (IndexError, ValueError):
             raise BadData(f"{path} line {n}: expected 'name class_id species breed_id', got "
                           f"{line.strip()!r}") from None
+        if not 0 <= row.cid < NUM_BREEDS:
+            raise BadData(f"{path} line {n}: class id {row.cid + 1} is outside 1..{NUM_BREEDS} "
+                          f"(Oxford-IIIT Pets numbers its {NUM_BREEDS} breeds from 1); fix the line")
+        if not 0 <= row.species < NUM_SPECIES:
+            raise BadData(f"{path} line {n}: species {row.species + 1} is neither 1 (cat) nor "
+                          f"2 (dog); fix the line")
+        rows.append(row)
     return rows
+
+
+def check_lists(every: list[Row], trainval: list[Row], test: list[Row]) -> None:
+    """The split lists agree with list.txt, leave no breed empty and do not overlap."""
+    ref = {r.name: r for r in every}
+    if not every:
+        raise BadData("annotations/list.txt lists no image; use the published one")
+    for r in trainval + test:
+        e = ref.get(r.name)
+        if e is not None and (e.cid, e.species) != (r.cid, r.species):
+            raise BadData(f"{r.path} line {r.line}: {r.name} is class {r.cid + 1} species "
+                          f"{r.species + 1}, but {e.path} line {e.line} says class {e.cid + 1} "
+                          f"species {e.species + 1}; make them agree")
+    present = {r.cid for r in every}
+    for r in trainval + test:
+        if r.cid not in present:
+            raise BadData(f"{r.path} line {r.line}: class id {r.cid + 1} has no image in "
+                          f"{every[0].path}; add its images there or fix the line")
+    if trainval and test:
+        check_disjoint([r.name for r in trainval], [r.name for r in test],
+                       str(trainval[0].path), str(test[0].path),
+                       line_a=lambda i: trainval[i].line, line_b=lambda j: test[j].line)
 
 
 def read_head_box(xml_path: Path, images_dir: Path) -> tuple[int, int, tuple]:
@@ -103,16 +147,27 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
         raise ValueError(f"oxford_pets labels {labels!r} is not one of {', '.join(LABELS)}")
     images_dir, ann = _layout(root, cache_dir, base_url)
     every = read_list(ann / "list.txt")
-    breeds = {}
-    for name, cid, _ in every:
-        breeds.setdefault(cid, name.rsplit("_", 1)[0])
-    class_names = [breeds.get(i, str(i)) for i in range(max(breeds) + 1)]
     trainval, test = read_list(ann / "trainval.txt"), read_list(ann / "test.txt")
+    check_lists(every, trainval, test)
+    breeds = {}
+    for r in every:
+        breeds.setdefault(r.cid, r.name.rsplit("_", 1)[0])
+    present = sorted(breeds)  # a subset of the 37 breeds: one head output per breed it has
+    label = {cid: i for i, cid in enumerate(present)}
+    class_names = [breeds[c] for c in present]
     notes: list[str] = []
-    for name, _, _ in trainval + test:
-        if not (images_dir / f"{name}.jpg").is_file():
-            raise BadData(f"{ann}: lists image {name!r} but {images_dir / (name + '.jpg')} does "
-                          f"not exist; re-extract images.tar.gz")
+    gaps = [c + 1 for c in range(present[-1] + 1) if c not in breeds]
+    if gaps:
+        notes.append(f"{ann / 'list.txt'}: class id(s) {', '.join(map(str, gaps[:10]))}"
+                     f"{' ...' if len(gaps) > 10 else ''} have no image; the {len(present)} "
+                     f"breeds it has are numbered 0..{len(present) - 1} in id order (no empty "
+                     f"head output)")
+    for r in trainval + test:
+        if not (images_dir / f"{r.name}.jpg").is_file():
+            fix = ("put the image there or remove the line" if root else
+                   "re-extract images.tar.gz")
+            raise BadData(f"{r.path} line {r.line}: lists image {r.name!r} but "
+                          f"{images_dir / (r.name + '.jpg')} does not exist; {fix}")
     if max_per_class:
         trainval, test = _cap(trainval, max_per_class), _cap(test, max_per_class)
     rows = trainval + test
@@ -121,7 +176,7 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
         notes.append(f"head boxes: {len(rows)} of {len(rows) + skipped} images have "
                      f"annotations/xmls/*.xml; {skipped} without a box were skipped (the "
                      f"published data labels heads only for part of the images)")
-    paths = [images_dir / f"{name}.jpg" for name, _, _ in rows]
+    paths = [images_dir / f"{r.name}.jpg" for r in rows]
     imgs, sizes, bad = decode_cached(paths, image_size, cache_dir, skip_bad=True)
     keep = torch.ones(len(rows), dtype=torch.bool)
     for i, msg in bad:
@@ -145,15 +200,20 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
                      "(the official test list has none)")
         info = DataInfo("oxford_pets", num_classes=0, source=str(images_dir.parent), notes=notes)
         return splits_from(imgs, targets.float(), parts, info)
-    col = 1 if labels == "breed" else 2
-    y = torch.tensor([r[col] for r in rows], dtype=torch.long)
+    y = torch.tensor([label[r.cid] if labels == "breed" else r.species for r in rows],
+                     dtype=torch.long)
     tv = torch.nonzero(keep[:n_tv]).flatten()
     tr_rel, va_rel = seeded_split(len(tv), (1 - val_frac, val_frac), seed, y[tv])
     te = torch.nonzero(keep[n_tv:]).flatten() + n_tv
     names = class_names if labels == "breed" else ["cat", "dog"]
+    parts = [tv[tr_rel], tv[va_rel], te]
+    where = f"{ann / 'trainval.txt'} and {ann / 'test.txt'}"
+    check_classes_present(y[torch.cat(parts)], names, f"{where} (labels={labels})")
+    notes += absent_class_notes(y[parts[0]], {"val": y[parts[1]], "test": y[parts[2]]}, names,
+                                f"oxford_pets {where}")
     info = DataInfo("oxford_pets", num_classes=len(names), class_names=names,
                     source=str(images_dir.parent), notes=notes)
-    return splits_from(imgs, y, [tv[tr_rel], tv[va_rel], te], info)
+    return splits_from(imgs, y, parts, info)
 
 
 def _cap(rows: list, n: int) -> list:

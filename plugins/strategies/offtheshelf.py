@@ -99,14 +99,15 @@ class OffTheShelf(Strategy):
                              "with a classification task (integer class labels)")
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-        train = extract_features(model, data.train)
-        val = extract_features(model, data.val)
-        x = train.images.double().numpy()
+        train = extract_features(model, data.train, ctx.eval_batch_size, ctx)
+        val = extract_features(model, data.val, ctx.eval_batch_size, ctx)
+        x = train.images.double().cpu().numpy()  # scikit-learn fits on the CPU
         scaler = StandardScaler().fit(x)
         clf = self._classifier(ctx.settings.seed).fit(scaler.transform(x),
-                                                      train.targets.numpy())
+                                                      train.targets.cpu().numpy())
         model.head = linear_from_sklearn(clf, scaler, ctx.info.num_classes)
         model.head.requires_grad_(False)
+        ctx.place(model)  # the fitted head joins the backbone on the training device
         ctx.progress(f"offtheshelf {self.model} fitted")
         head = model.head
         tr_loss, tr_m = evaluate(head, train, ctx)

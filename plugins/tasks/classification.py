@@ -62,7 +62,7 @@ class Classification(Task):
         pred = outputs.argmax(1)
         k = min(5, outputs.shape[1])
         top5 = (outputs.topk(k, dim=1).indices == targets[:, None]).any(1).float().mean()
-        cm = torch.zeros(n, n, dtype=torch.long)
+        cm = torch.zeros(n, n, dtype=torch.long, device=outputs.device)
         cm.index_put_((targets, pred), torch.ones_like(targets), accumulate=True)
         tp = cm.diag().float()
         precision = tp / cm.sum(0).clamp(min=1)

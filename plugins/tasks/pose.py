@@ -64,7 +64,7 @@ def pck(pred: torch.Tensor, target: torch.Tensor, alpha: float, reference: str) 
         hi = torch.where(vis[..., None], xy, torch.full_like(xy, -big)).amax(1)
         ref = (hi - lo).amax(-1).clamp(min=1e-6)[:, None]
     else:
-        ref = torch.ones(xy.shape[0], 1, dtype=xy.dtype)
+        ref = torch.ones(xy.shape[0], 1, dtype=xy.dtype, device=xy.device)
     dist = (pred[..., :2] - xy).norm(dim=-1)
     return float((dist <= alpha * ref)[vis].float().mean())
 
