@@ -32,7 +32,8 @@ from torch import nn
 
 from .train.data import DataInfo, DataSplits, TensorSplit
 from .train.model import Backbone, LayerGroup, TransferModel
-from .api.specs import BackboneSpec, RuntimeSpec, StrategySpec, TaskSpec
+from . import hookimpl
+from .api.specs import BackboneSpec, DatasetSpec, RuntimeSpec, StrategySpec, TaskSpec
 
 
 class ConformanceError(AssertionError):
@@ -91,8 +92,42 @@ class TinyBackbone(Backbone):
 
 
 def tiny_backbone_spec() -> BackboneSpec:
+    """:class:`TinyBackbone` as the backbone ``testkit_tiny`` (random weights)."""
     return BackboneSpec("testkit_tiny", build=TinyBackbone, device_class="mobile",
                         default_weights="random", description="test kit stand-in")
+
+
+def _load_tiny(task: str, image_size: int, seed: int, cache_dir: Path,
+               n_train: int = 160) -> DataSplits:
+    return make_tiny_splits(image_size=image_size, n_train=int(n_train), seed=seed)
+
+
+def tiny_dataset_spec() -> DatasetSpec:
+    """The quadrant problem of :func:`make_tiny_splits` as the dataset ``testkit_quadrants``
+    (classification, 4 classes, synthetic; parameter ``n_train``, default 160)."""
+    return DatasetSpec("testkit_quadrants", load=_load_tiny, tasks=("classification",),
+                       synthetic=True, offline=True,
+                       description="test kit: a bright quadrant gives the class")
+
+
+class TestkitPlugin:
+    """A plugin registering :func:`tiny_backbone_spec` and :func:`tiny_dataset_spec`, so a
+    plugin's tests can run real (tiny, seconds-long) ``bench run`` matrices::
+
+        register_plugin(TestkitPlugin(), name="testkit")
+        run_matrix(plugin_system, MatrixConfig(backbones=["testkit_tiny"],
+                   datasets=["testkit_quadrants"], strategies=["my_strategy"], ...), tmp_path)
+    """
+
+    __test__ = False  # not a pytest test class
+
+    @hookimpl
+    def register_backbones(self):
+        return [tiny_backbone_spec()]
+
+    @hookimpl
+    def register_datasets(self):
+        return [tiny_dataset_spec()]
 
 
 # -- conformance checks -----------------------------------------------------------------------
@@ -237,19 +272,28 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
 def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
                    backbone_spec: Optional[BackboneSpec] = None, epochs: int = 6,
                    margin: float = 0.15, **params: Any) -> dict:
-    """Check that a strategy trains a model that beats chance on a tiny problem.
+    """Check that a strategy trains what it declares, leaves the rest alone, and learns.
 
     The default problem is the 4-class quadrant images (chance 0.25) on
     :class:`TinyBackbone` at random init (there are no pretrained weights for it, so a
-    "pretrained" strategy starts from the same random backbone). The strategy must
-    return a :class:`harness.train.loop.History` with at least one epoch, and test accuracy
-    must beat chance by ``margin``.
+    "pretrained" strategy starts from the same random backbone). Checked:
+
+    - ``cls`` subclasses :class:`harness.train.strategy.Strategy`, ``bn_policy`` is ``"freeze"``
+      or ``"train"``, and ``cls(**params)`` builds;
+    - ``trained_parameters(model, ctx)`` names existing parameters;
+    - after ``fit``: every parameter it does not name is bit-identical to before (a
+      strategy that claims to freeze a part but trains it fails here), and every one it
+      names has changed (or was replaced by a new module);
+    - ``fit`` returns a :class:`harness.train.loop.History` with at least one epoch, and test
+      accuracy beats chance by ``margin``.
 
     Returns:
-        ``{"accuracy", "chance", "epochs"}``.
+        ``{"accuracy", "chance", "epochs", "trained", "frozen"}`` (the last two: how many
+        parameter tensors changed and stayed).
     """
-    from .train.loop import History, TrainContext, TrainSettings, evaluate
+    from .train.model import changed_parameters, parameter_fingerprints
     from .train.strategy import Strategy
+    from .train.loop import History, TrainContext, TrainSettings, evaluate
 
     what = f"strategy {spec.name!r}"
     _require(isinstance(spec, StrategySpec), what, "is not a harness.api.specs.StrategySpec")
@@ -265,16 +309,38 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
     model = TransferModel(bb, task.build_head(bb, splits.info))
     ctx = TrainContext(task, splits.info, TrainSettings(epochs=epochs, batch_size=32, lr=1e-2,
                                                         patience=epochs))
-    history = spec.cls(**params).fit(model, splits, ctx)
+    strategy = spec.cls(**params)
+    declared = list(strategy.trained_parameters(model, ctx))
+    names = [n for n, _ in model.named_parameters()]
+    unknown = sorted(set(declared) - set(names))
+    _require(not unknown, what, f"trained_parameters() names parameters the model does not "
+             f"have: {unknown[:5]}; use names from model.named_parameters()")
+    before = parameter_fingerprints(model)
+    history = strategy.fit(model, splits, ctx)
     _require(isinstance(history, History) and len(history.epochs) > 0, what,
              "fit() must return a harness.train.loop.History with at least one epoch")
+    changed = set(changed_parameters(model, before))
+    now = {n for n, _ in model.named_parameters()}
+    frozen = [n for n in names if n not in set(declared)]
+    touched = [n for n in frozen if n in changed or n not in now]
+    _require(not touched, what,
+             f"changed {len(touched)} of the {len(frozen)} parameters it declares frozen "
+             f"({', '.join(touched[:4])}{', ...' if len(touched) > 4 else ''}): freeze them "
+             f"(requires_grad_(False)), or name them in trained_parameters()")
+    still = [n for n in declared if n in now and n not in changed]
+    _require(not still, what,
+             f"did not change {len(still)} of the {len(declared)} parameters it declares "
+             f"trained ({', '.join(still[:4])}{', ...' if len(still) > 4 else ''}) in "
+             f"{len(history.epochs)} epochs: train them, or leave them out of "
+             f"trained_parameters()")
     _, metrics = evaluate(model.eval(), splits.test, ctx)
     chance = 1.0 / splits.info.num_classes
     acc = float(metrics["accuracy"])
     _require(acc >= chance + margin, what,
              f"test accuracy {acc:.3f} after {len(history.epochs)} epochs does not beat chance "
              f"{chance:.2f} by {margin}; the strategy does not seem to train the model")
-    return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs)}
+    return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs),
+            "trained": len(declared), "frozen": len(frozen)}
 
 
 class _ClassificationForChecks:
