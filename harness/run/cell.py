@@ -67,7 +67,20 @@ def gmacs(module: torch.nn.Module, image_size: int) -> Optional[float]:
 
 @dataclass
 class Artifacts:
-    """What a runtime plugin measures: the trained model, its ONNX file, sample data."""
+    """What a runtime plugin measures: the trained model, its ONNX file, sample data.
+
+    Attributes:
+        model: the trained :class:`harness.train.model.TransferModel` (eval mode; takes
+            float images in [0, 1], normalization inside).
+        image_size: the input size (square).
+        workdir: a temporary folder for the runtime's own files (removed after the cell).
+        onnx_path: the exported ONNX file when the runtime's spec says ``needs_onnx``.
+        calibration: float images in [0, 1] from the training split, for int8 calibration.
+        evaluate_outputs: ``f(outputs on test_images) -> metrics`` (the task's metrics).
+        test_images: float test images in [0, 1]; outputs on them, returned as
+            ``test_outputs``, become ``accuracy_after``.
+        extra: free-form; ``{}``.
+    """
 
     model: TransferModel
     image_size: int

@@ -98,7 +98,13 @@ class TensorSplit:
 
 @dataclass
 class DataSplits:
-    """Train, validation and test splits plus the dataset's :class:`DataInfo`."""
+    """Train, validation and test splits plus the dataset's :class:`DataInfo`: what a
+    dataset plugin's ``load`` returns.
+
+    Each split is a non-empty :class:`TensorSplit` of uint8 ``(N, 3, S, S)`` images at
+    the size asked for and targets in the task's format; no image is in two splits.
+    ``bench run`` checks this (:func:`validate_splits`) before training.
+    """
 
     train: TensorSplit
     val: TensorSplit

@@ -24,6 +24,8 @@ class LayerGroup:
 class Backbone(nn.Module):
     """Interface of a backbone. Subclasses set the attributes and implement the methods.
 
+    A worked example with its test: docs/plugins/backbone.md.
+
     Attributes:
         num_features: size of the pooled feature vector returned by ``forward``.
         feature_channels: channels of the map returned by ``forward_spatial``.

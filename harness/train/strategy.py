@@ -36,6 +36,8 @@ from .loop import History, Phase, TrainContext, run_phase
 class Strategy:
     """A way of adapting a (pretrained) backbone plus a new head to a target task.
 
+    A worked example with its test: docs/plugins/strategy.md.
+
     Class attributes:
         pretrained: whether the strategy starts from pretrained weights (False for
             training from scratch, which uses random initialisation).

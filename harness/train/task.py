@@ -13,6 +13,8 @@ from .model import Backbone
 class Task:
     """Base class for tasks. Subclasses set the attributes and implement the methods.
 
+    A worked example with its test: docs/plugins/task.md.
+
     Attributes:
         name: task name as shown in results.
         head_input: ``"pooled"`` (feature vector) or ``"spatial"`` (feature map).
