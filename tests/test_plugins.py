@@ -355,3 +355,14 @@ def test_documented_minimal_plugin_installs_by_entry_point_and_learns(site):
     spec = system.strategies.get("bias_only")
     report = check_strategy(spec, epochs=4)
     assert report["accuracy"] > report["chance"]
+
+
+def test_only_plugins_loads_just_the_named_entry_points(site, monkeypatch):
+    install_faults(site, {"import": FAULTS["import"]})
+    monkeypatch.setenv(ONLY_ENV, "good")
+    system = PluginSystem()
+    assert system.infos["good"].status == "ok" and "good_net" in system.backbones
+    assert "bad_import" not in system.infos  # not imported at all, so not broken either
+    assert system.broken() == []
+    monkeypatch.setenv(ONLY_ENV, "")
+    assert "good" not in PluginSystem().infos  # empty: built-ins only
