@@ -109,13 +109,22 @@ def list_cmd(kind):
 def _describe(kind: str, spec) -> str:
     text = spec.description or ""
     if kind == "backbones":
-        text = f"[{spec.device_class}, weights: {spec.default_weights}] {text}"
+        text = f"[{spec.device_class}, weights: {spec.default_weights or 'none'}] {text}"
         facts = dict(spec.facts or {})
+        if not facts.get("params"):  # a plugin's backbone: measure it as the built-ins are
+            from .train.model import measure_backbone
+            try:
+                facts = {**measure_backbone(spec.build, facts.get("input_size")), **facts}
+            except Exception as exc:
+                text += f"; facts unknown: build() raised {type(exc).__name__}: {exc}"
         if facts.get("params"):
             top1 = facts.get("imagenet_top1")
-            text += (f"; {facts['params'] / 1e6:.1f}M params, {facts.get('weights_mb', 0):.0f} MB"
-                     + (f", {facts['gmacs']:.2f} GMACs@{facts.get('gmacs_at')}px"
-                        if facts.get("gmacs") is not None else "")
+            n, mb = facts["params"], facts.get("weights_mb", 0)
+            count = f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+            text += (f"; {count} params, {mb:.0f} MB" if mb >= 10 else
+                     f"; {count} params, {mb:.2g} MB")
+            text += ((f", {facts['gmacs']:.{'2f' if facts['gmacs'] >= 0.01 else '2g'}} GMACs@{facts.get('gmacs_at')}px"
+                      if facts.get("gmacs") is not None else "")
                      + (f", ImageNet top-1 {top1:.1f}%" if top1 is not None else
                         ", ImageNet top-1 unknown")
                      + (f", input {facts['input_size']}px, mean {_r(facts.get('mean'))} std "

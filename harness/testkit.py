@@ -20,8 +20,10 @@ names the spec and what to fix, and returns a small dict of what it measured.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -32,7 +34,9 @@ from torch import nn
 
 from .train.data import DataInfo, DataSplits, TensorSplit
 from .train.model import Backbone, LayerGroup, TransferModel
-from .api.specs import BackboneSpec, RuntimeSpec, StrategySpec, TaskSpec
+from . import hookimpl
+from .api.specs import (BackboneSpec, DatasetSpec, ReporterSpec, RuntimeSpec, StrategySpec,
+                        TaskSpec, WeightSourceSpec)
 
 
 class ConformanceError(AssertionError):
@@ -91,8 +95,42 @@ class TinyBackbone(Backbone):
 
 
 def tiny_backbone_spec() -> BackboneSpec:
+    """:class:`TinyBackbone` as the backbone ``testkit_tiny`` (random weights)."""
     return BackboneSpec("testkit_tiny", build=TinyBackbone, device_class="mobile",
                         default_weights="random", description="test kit stand-in")
+
+
+def _load_tiny(task: str, image_size: int, seed: int, cache_dir: Path,
+               n_train: int = 160) -> DataSplits:
+    return make_tiny_splits(image_size=image_size, n_train=int(n_train), seed=seed)
+
+
+def tiny_dataset_spec() -> DatasetSpec:
+    """The quadrant problem of :func:`make_tiny_splits` as the dataset ``testkit_quadrants``
+    (classification, 4 classes, synthetic; parameter ``n_train``, default 160)."""
+    return DatasetSpec("testkit_quadrants", load=_load_tiny, tasks=("classification",),
+                       synthetic=True, offline=True,
+                       description="test kit: a bright quadrant gives the class")
+
+
+class TestkitPlugin:
+    """A plugin registering :func:`tiny_backbone_spec` and :func:`tiny_dataset_spec`, so a
+    plugin's tests can run real (tiny, seconds-long) ``bench run`` matrices::
+
+        register_plugin(TestkitPlugin(), name="testkit")
+        run_matrix(plugin_system, MatrixConfig(backbones=["testkit_tiny"],
+                   datasets=["testkit_quadrants"], strategies=["my_strategy"], ...), tmp_path)
+    """
+
+    __test__ = False  # not a pytest test class
+
+    @hookimpl
+    def register_backbones(self):
+        return [tiny_backbone_spec()]
+
+    @hookimpl
+    def register_datasets(self):
+        return [tiny_dataset_spec()]
 
 
 # -- conformance checks -----------------------------------------------------------------------
@@ -213,6 +251,10 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
     loss.backward()
     _require(any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()),
              what, "the loss gives the head no gradient")
+    for split in ("train", "test"):
+        problem = task.check_targets(getattr(splits, split).targets, splits.info)
+        _require(problem is None, what, f"check_targets() rejects the {split} targets of "
+                 f"the splits given: {problem}")
     from .train.loop import predict
     metrics = task.metrics(predict(model, splits.test), splits.test.targets, splits.info)
     _require(task.primary_metric in metrics, what,
@@ -237,19 +279,28 @@ def check_task(spec: TaskSpec, splits: Optional[DataSplits] = None,
 def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
                    backbone_spec: Optional[BackboneSpec] = None, epochs: int = 6,
                    margin: float = 0.15, **params: Any) -> dict:
-    """Check that a strategy trains a model that beats chance on a tiny problem.
+    """Check that a strategy trains what it declares, leaves the rest alone, and learns.
 
     The default problem is the 4-class quadrant images (chance 0.25) on
     :class:`TinyBackbone` at random init (there are no pretrained weights for it, so a
-    "pretrained" strategy starts from the same random backbone). The strategy must
-    return a :class:`harness.train.loop.History` with at least one epoch, and test accuracy
-    must beat chance by ``margin``.
+    "pretrained" strategy starts from the same random backbone). Checked:
+
+    - ``cls`` subclasses :class:`harness.train.strategy.Strategy`, ``bn_policy`` is ``"freeze"``
+      or ``"train"``, and ``cls(**params)`` builds;
+    - ``trained_parameters(model, ctx)`` names existing parameters;
+    - after ``fit``: every parameter it does not name is bit-identical to before (a
+      strategy that claims to freeze a part but trains it fails here), and every one it
+      names has changed (or was replaced by a new module);
+    - ``fit`` returns a :class:`harness.train.loop.History` with at least one epoch, and test
+      accuracy beats chance by ``margin``.
 
     Returns:
-        ``{"accuracy", "chance", "epochs"}``.
+        ``{"accuracy", "chance", "epochs", "trained", "frozen"}`` (the last two: how many
+        parameter tensors changed and stayed).
     """
-    from .train.loop import History, TrainContext, TrainSettings, evaluate
+    from .train.model import changed_parameters, parameter_fingerprints
     from .train.strategy import Strategy
+    from .train.loop import History, TrainContext, TrainSettings, evaluate
 
     what = f"strategy {spec.name!r}"
     _require(isinstance(spec, StrategySpec), what, "is not a harness.api.specs.StrategySpec")
@@ -265,16 +316,38 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
     model = TransferModel(bb, task.build_head(bb, splits.info))
     ctx = TrainContext(task, splits.info, TrainSettings(epochs=epochs, batch_size=32, lr=1e-2,
                                                         patience=epochs))
-    history = spec.cls(**params).fit(model, splits, ctx)
+    strategy = spec.cls(**params)
+    declared = list(strategy.trained_parameters(model, ctx))
+    names = [n for n, _ in model.named_parameters()]
+    unknown = sorted(set(declared) - set(names))
+    _require(not unknown, what, f"trained_parameters() names parameters the model does not "
+             f"have: {unknown[:5]}; use names from model.named_parameters()")
+    before = parameter_fingerprints(model)
+    history = strategy.fit(model, splits, ctx)
     _require(isinstance(history, History) and len(history.epochs) > 0, what,
              "fit() must return a harness.train.loop.History with at least one epoch")
+    changed = set(changed_parameters(model, before))
+    now = {n for n, _ in model.named_parameters()}
+    frozen = [n for n in names if n not in set(declared)]
+    touched = [n for n in frozen if n in changed or n not in now]
+    _require(not touched, what,
+             f"changed {len(touched)} of the {len(frozen)} parameters it declares frozen "
+             f"({', '.join(touched[:4])}{', ...' if len(touched) > 4 else ''}): freeze them "
+             f"(requires_grad_(False)), or name them in trained_parameters()")
+    still = [n for n in declared if n in now and n not in changed]
+    _require(not still, what,
+             f"did not change {len(still)} of the {len(declared)} parameters it declares "
+             f"trained ({', '.join(still[:4])}{', ...' if len(still) > 4 else ''}) in "
+             f"{len(history.epochs)} epochs: train them, or leave them out of "
+             f"trained_parameters()")
     _, metrics = evaluate(model.eval(), splits.test, ctx)
     chance = 1.0 / splits.info.num_classes
     acc = float(metrics["accuracy"])
     _require(acc >= chance + margin, what,
              f"test accuracy {acc:.3f} after {len(history.epochs)} epochs does not beat chance "
              f"{chance:.2f} by {margin}; the strategy does not seem to train the model")
-    return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs)}
+    return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs),
+            "trained": len(declared), "frozen": len(frozen)}
 
 
 class _ClassificationForChecks:
@@ -345,6 +418,259 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
         _require(stats.get("p50_ms", 0) > 0 and math.isfinite(stats["p50_ms"]), what,
                  f"result {r.get('precision')} has no positive stats['p50_ms']")
     return {"available": True, "reason": reason, "results": results}
+
+
+def _task_objects(spec: DatasetSpec, plugins: Any) -> dict:
+    """The task objects of a dataset's declared tasks, from ``plugins`` (default: the
+    process-wide plugin system, which the ``plugin_system`` fixture sets)."""
+    from .api.manager import get_plugins
+    plugins = plugins or get_plugins()
+    what = f"dataset {spec.name!r}"
+    _require(isinstance(spec.tasks, (tuple, list)) and len(spec.tasks) > 0, what,
+             f"tasks is {spec.tasks!r}; give a tuple of task names, e.g. ('classification',)")
+    out = {}
+    for name in spec.tasks:
+        _require(name in plugins.tasks, what,
+                 f"declares task {name!r}, which no plugin registers; tasks are "
+                 f"{', '.join(plugins.tasks.names())}")
+        out[name] = plugins.tasks.get(name).factory()
+    return out
+
+
+def check_dataset(spec: DatasetSpec, image_size: int = 32, seed: int = 0,
+                  cache_dir: Optional[Path] = None, plugins: Any = None,
+                  **params: Any) -> dict:
+    """Check that a dataset loads, for every task it declares, what the harness trains on.
+
+    For each name in ``spec.tasks`` (each must be a registered task), ``spec.load(task=...,
+    image_size=..., seed=..., cache_dir=..., **params)`` must return a
+    :class:`harness.train.data.DataSplits` whose three splits are non-empty and disjoint (no
+    image in two splits), whose images are uint8 ``(N, 3, image_size, image_size)``, and
+    whose targets pass the task's :meth:`harness.train.task.Task.check_targets` (class labels in
+    ``[0, num_classes)``, boxes ``(N, 4)`` in [0, 1], ...): the checks ``bench run`` makes
+    before training (:func:`harness.train.data.validate_splits`). The first task is also loaded
+    at ``image_size + 8``, to catch a loader that ignores ``image_size``, and
+    ``DataInfo.synthetic`` must match the spec's.
+
+    Args:
+        cache_dir: where the loader may download or cache; default a temporary folder,
+            removed afterwards.
+        plugins: the plugin system whose tasks to use (default: the process-wide one).
+        **params: passed to ``load`` (the user's ``-d NAME,k=v``).
+
+    Returns:
+        ``{task name: {"train": n, "val": n, "test": n}}``.
+    """
+    from .train.data import InvalidDataset, validate_splits
+
+    what = f"dataset {spec.name!r}"
+    _require(isinstance(spec, DatasetSpec), what, "is not a harness.api.specs.DatasetSpec")
+    tasks = _task_objects(spec, plugins)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(cache_dir) if cache_dir is not None else Path(tmp)
+        sizes = [image_size, image_size + 8]
+        for i, (name, task) in enumerate(tasks.items()):
+            for size in sizes[:2 if i == 0 else 1]:
+                try:
+                    splits = spec.load(task=name, image_size=size, seed=seed, cache_dir=where,
+                                       **params)
+                except Exception as exc:
+                    raise ConformanceError(f"{what}: load(task={name!r}, image_size={size}) "
+                                           f"raised {type(exc).__name__}: {exc}") from exc
+                try:
+                    counts = validate_splits(splits, spec.name, size, task)
+                except InvalidDataset as exc:
+                    raise ConformanceError(f"{exc} (task {name!r}, image_size={size})") from None
+                _require(splits.info.synthetic == spec.synthetic, what,
+                         f"DataInfo.synthetic is {splits.info.synthetic} but the spec says "
+                         f"synthetic={spec.synthetic}; make them agree")
+            out[name] = counts
+    return out
+
+
+def check_weight_source(spec: WeightSourceSpec, backbone_spec: Optional[BackboneSpec] = None,
+                        arg: Optional[str] = None, plugins: Any = None,
+                        image_size: int = 32) -> dict:
+    """Check that a weight source loads weights into a backbone in place, as cells call it.
+
+    ``spec.load(backbone_spec, backbone, arg, context)`` is called on a freshly built
+    backbone (default :class:`TinyBackbone`) with the context a cell passes (``cache_dir``
+    a temporary folder, ``plugins``, ``image_size``, ``seed``, ``dataset``,
+    ``progress``). Checked: it returns a dict or None whose ``description`` (if any) is a
+    string, ``pretrained`` a bool, ``mean``/``std`` three numbers, ``input_size`` a positive
+    int; the backbone keeps its parameter names and shapes and gives finite outputs of the
+    same shape; and, for a pretrained source, at least one parameter changed (weights put
+    somewhere else than into the given backbone load nothing).
+
+    Returns:
+        ``{"changed", "params", "info"}``: parameters changed, parameters, the dict returned.
+    """
+    from .train.model import changed_parameters, parameter_fingerprints
+    from .api.manager import get_plugins
+
+    what = f"weight source {spec.name!r}"
+    _require(isinstance(spec, WeightSourceSpec), what,
+             "is not a harness.api.specs.WeightSourceSpec")
+    backbone_spec = backbone_spec or tiny_backbone_spec()
+    torch.manual_seed(0)
+    bb = backbone_spec.build()
+    shapes = {n: tuple(p.shape) for n, p in bb.named_parameters()}
+    x = torch.rand(2, 3, image_size, image_size)
+    before = parameter_fingerprints(bb)
+    messages: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        context = {"cache_dir": Path(tmp), "plugins": plugins or get_plugins(),
+                   "image_size": image_size, "seed": 0, "dataset": "testkit_quadrants",
+                   "progress": messages.append}
+        try:
+            info = spec.load(backbone_spec, bb, arg, context)
+        except Exception as exc:
+            raise ConformanceError(f"{what}: load({backbone_spec.name!r} backbone, arg={arg!r})"
+                                   f" raised {type(exc).__name__}: {exc}") from exc
+    _require(info is None or isinstance(info, dict), what,
+             f"load() returned {type(info).__name__}; return a dict describing the weights "
+             f"(or None)")
+    info = dict(info or {})
+    for key, kind in (("description", str), ("pretrained", bool)):
+        _require(key not in info or isinstance(info[key], kind), what,
+                 f"the returned {key!r} must be a {kind.__name__}, not {info.get(key)!r}")
+    for key in ("mean", "std"):
+        _require(key not in info or len(tuple(info[key])) == 3, what,
+                 f"the returned {key!r} must have 3 values, not {info.get(key)!r}")
+    _require("input_size" not in info or (isinstance(info["input_size"], int)
+                                          and info["input_size"] > 0), what,
+             f"the returned 'input_size' must be a positive int, not {info.get('input_size')!r}")
+    now = {n: tuple(p.shape) for n, p in bb.named_parameters()}
+    _require(now == shapes, what,
+             "load() changed the backbone's parameter names or shapes; load weights in place "
+             "(backbone.load_state_dict(state)) instead of replacing modules")
+    for attr in ("mean", "std"):
+        _require(len(tuple(getattr(bb, attr))) == 3, what, f"backbone.{attr} must keep 3 values")
+    bb.eval()
+    with torch.no_grad():
+        out = bb(x)
+    _require(tuple(out.shape) == (2, bb.num_features) and bool(torch.isfinite(out).all()),
+             what, "after load() the backbone gives non-finite or mis-shaped features")
+    changed = changed_parameters(bb, before)
+    pretrained = info.get("pretrained", spec.pretrained)
+    _require(not pretrained or changed, what,
+             f"says its weights are pretrained but load() changed no parameter of "
+             f"{backbone_spec.name!r}; load into the backbone it is given, in place")
+    return {"changed": len(changed), "params": len(now), "info": info}
+
+
+_TINY_RUN: dict = {}
+
+
+def tiny_run() -> Any:
+    """A real finished run folder (a :class:`harness.run.results.RunStore`) to report on.
+
+    ``bench run`` of :class:`TinyBackbone` on the quadrant problem, built-in plugins only:
+    ``finetune`` with PyTorch latency on one profile, plus one cell that fails (a dataset
+    with an empty training split), so reporters meet a failed cell too. Made once per
+    process (seconds) in a temporary folder removed at exit.
+    """
+    if "store" not in _TINY_RUN:
+        import atexit
+        import shutil
+
+        from .run.config import MatrixConfig
+        from .measure.latency import MeasureSettings
+        from .api.manager import PluginSystem
+        from .run.runner import run_matrix
+        from .train.loop import TrainSettings
+
+        system = PluginSystem(entry_points=False)
+        system.register(TestkitPlugin(), name="testkit", origin="test kit")
+        system._build_registries()
+        tmp = tempfile.mkdtemp(prefix="tb-testkit-run-")
+        atexit.register(shutil.rmtree, tmp, True)
+        matrix = MatrixConfig(
+            backbones=["testkit_tiny"], strategies=["finetune"],
+            datasets=["testkit_quadrants,n_train=64", "testkit_quadrants,n_train=0"],
+            runtimes=["pytorch"], profiles=["testkit"], image_size=16, name="testkit",
+            custom_profiles={"testkit": {"batch_size": 1, "threads": 1}},
+            train=TrainSettings(epochs=1, batch_size=32),
+            latency=MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3, min_s=0.0))
+        import io
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            # the planted failure would print "cell failed: ..." into the author's test log
+            _TINY_RUN["store"] = run_matrix(system, matrix, Path(tmp), show_progress=False)
+    return _TINY_RUN["store"]
+
+
+@contextlib.contextmanager
+def _working_dir(path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def check_reporter(spec: ReporterSpec, store: Any = None) -> dict:
+    """Check that a reporter writes a run as ``bench report --format NAME`` calls it.
+
+    On ``store`` (default :func:`tiny_run`: ok and failed cells, latency rows):
+    ``write(store, None)`` returns the report as a non-empty string; ``write(store, out)``
+    writes to ``out`` (a file or a folder appears there) and returns a string or None;
+    a reporter that takes ``budget_ms`` accepts ``budget_ms=1.0``; the cell records are
+    left unchanged; and a run with no finished cell yet (``bench report`` on a run that
+    was just started) reports without raising.
+
+    Returns:
+        ``{"chars", "out"}``: the length of the text report, what ``out`` became.
+    """
+    import inspect
+    import shutil
+
+    from .run.results import RunStore
+
+    what = f"reporter {spec.name!r}"
+    _require(isinstance(spec, ReporterSpec), what, "is not a harness.api.specs.ReporterSpec")
+    store = RunStore(Path(store.path).resolve()) if store is not None else tiny_run()
+    params = inspect.signature(spec.write).parameters
+    takes_budget = "budget_ms" in params or any(p.kind is p.VAR_KEYWORD
+                                                for p in params.values())
+    cells = {p.name: p.read_bytes() for p in sorted(store.cells_dir.glob("*.json"))}
+
+    def call(st, out, **kw):
+        try:
+            return spec.write(st, out, **kw)
+        except Exception as exc:
+            raise ConformanceError(f"{what}: write({'a run' if st is store else 'an empty run'}"
+                                   f", out={'None' if out is None else 'PATH'}"
+                                   f"{', budget_ms=1.0' if kw else ''}) raised "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
+    with tempfile.TemporaryDirectory() as cwd, _working_dir(cwd):
+        # a reporter may write beside the current folder (publish: results/); not the author's
+        text = call(store, None)
+    _require(isinstance(text, str) and text.strip() != "", what,
+             f"write(store, None) returned {text!r}; with no out, return the report text")
+    with tempfile.TemporaryDirectory() as tmp, _working_dir(tmp):
+        if takes_budget:
+            _require(isinstance(call(store, None, budget_ms=1.0), str), what,
+                     "write(store, None, budget_ms=1.0) must return the report text")
+        out = Path(tmp) / f"report-{spec.name}"
+        summary = call(store, out)
+        _require(summary is None or isinstance(summary, str), what,
+                 f"write(store, out) returned {type(summary).__name__}; return a one-line "
+                 f"summary or None")
+        _require(out.exists(), what, f"write(store, out) wrote nothing at out ({out.name})")
+        made = "folder" if out.is_dir() else "file"
+        empty = RunStore(Path(tmp) / "empty-run")
+        empty.path.mkdir()
+        (empty.path / "cells").mkdir()
+        shutil.copy(store.path / "config.json", empty.path / "config.json")
+        shutil.copy(store.path / "environment.json", empty.path / "environment.json")
+        call(empty, None)
+    after = {p.name: p.read_bytes() for p in sorted(store.cells_dir.glob("*.json"))}
+    _require(after == cells, what, "write() changed the run's cell records; a reporter "
+             "only reads them")
+    return {"chars": len(text), "out": made}
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -48,32 +48,16 @@ def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
 
 @lru_cache(maxsize=None)
 def backbone_facts(model_name: str, pool: str, weights: str) -> dict:
-    """Parameter count, fp32 weight size, GMACs and the default weights' facts.
-
-    The model is laid out on PyTorch's meta device (no memory, no initialisation) and
-    its MACs at the weights' input size are counted by ``torch.utils.flop_counter``, so
-    listing VGG-19 costs milliseconds.
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """Parameter count, fp32 weight size, GMACs (at the weights' input size, see
+    :func:`harness.train.model.measure_backbone`) and the default weights' facts."""
+    from harness.train.model import measure_backbone
 
     from .weights import default_weights_facts
 
     wfacts = default_weights_facts(model_name, weights)
-    with torch.device("meta"):
-        bb = TimmBackbone(model_name, pool=pool).eval()
-    size = int(wfacts.get("input_size") or bb.input_size)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            bb(torch.empty(1, 3, size, size, device="meta"))
-        gmacs = counter.get_total_flops() / 2e9
-    except Exception:  # an op the counter cannot trace: say unknown rather than guess
-        gmacs = None
-    state = bb.state_dict()
-    return {"params": sum(p.numel() for p in bb.parameters()),
-            "weights_mb": sum(t.numel() * t.element_size() for t in state.values()) / 2**20,
-            "gmacs": gmacs, "gmacs_at": size, "num_features": bb.num_features,
-            "default_weights": weights, **wfacts}
+    measured = measure_backbone(partial(TimmBackbone, model_name, pool=pool),
+                                wfacts.get("input_size"))
+    return {**measured, "default_weights": weights, **wfacts}
 
 
 class _LazyFacts(Mapping):

@@ -128,6 +128,7 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
               progress, hardware: dict) -> dict:
     """Train ``backbone`` + a linear classifier on the source dataset, on the cell's device and
     in its precision (``hardware``: ``device``, ``amp``); return what it reached."""
+    from harness.train.data import validate_splits
     from harness.train.model import TransferModel
     from harness.train.loop import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
 
@@ -137,6 +138,7 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
     except TypeError as exc:
         raise WeightsUnavailable(f"source dataset {ds_spec.name}: bad parameter ({exc})") from None
     task = plugins.tasks.get("classification").factory(hidden=(), dropout=0.0)
+    validate_splits(data, ds_spec.name, train["image_size"], task)
     torch.manual_seed(train["seed"])
     model = TransferModel(backbone, task.build_head(backbone, data.info), "pooled")
     settings = TrainSettings(epochs=train["epochs"], batch_size=train["batch_size"],

@@ -18,6 +18,13 @@ _SESSION_CACHE = tempfile.mkdtemp(prefix="transfer-bench-test-cache-")
 os.environ["TRANSFER_BENCH_CACHE"] = _SESSION_CACHE
 torch.set_num_threads(2)
 
+# Hermetic: whatever else is installed in this environment (other transfer-bench plugins,
+# broken ones included) is not loaded, here or in the bench subprocesses and workers the
+# tests start. Built-ins always load; the plugins under test are the repository's example
+# (examples/transfer-bench-efficientnet) and those a test installs itself (make_dist in
+# test_plugins.py adds their names).
+os.environ["TRANSFER_BENCH_ONLY_PLUGINS"] = "efficientnet"
+
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

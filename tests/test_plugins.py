@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from harness import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
                      ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec, hookimpl)
-from harness.api.manager import PluginSystem
+from harness.api.manager import ONLY_ENV, PluginSystem
 from harness.testkit import (TinyBackbone, check_backbone, check_runtime, check_strategy,
                              check_task, make_tiny_splits)
 
@@ -36,6 +36,9 @@ def make_dist(site: Path, dist: str, version: str, modules: dict[str, str],
         "[transfer_bench]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
     for mod, src in modules.items():
         (site / f"{mod}.py").write_text(textwrap.dedent(src))
+    # the suite loads only the plugins under test (tests/conftest.py): these are
+    only = [n for n in os.environ.get(ONLY_ENV, "").split(",") if n]
+    os.environ[ONLY_ENV] = ",".join(only + [n for n in entry_points if n not in only])
 
 
 GOOD = """
@@ -94,6 +97,7 @@ def site(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("TRANSFER_BENCH_DISABLE_PLUGINS", raising=False)
+    monkeypatch.setenv(ONLY_ENV, os.environ.get(ONLY_ENV, ""))  # make_dist extends it; restored
     yield site
     for mod in [m for m, v in sys.modules.items()
                 if str(site) in str(getattr(v, "__file__", "") or "")]:
@@ -351,3 +355,14 @@ def test_documented_minimal_plugin_installs_by_entry_point_and_learns(site):
     spec = system.strategies.get("bias_only")
     report = check_strategy(spec, epochs=4)
     assert report["accuracy"] > report["chance"]
+
+
+def test_only_plugins_loads_just_the_named_entry_points(site, monkeypatch):
+    install_faults(site, {"import": FAULTS["import"]})
+    monkeypatch.setenv(ONLY_ENV, "good")
+    system = PluginSystem()
+    assert system.infos["good"].status == "ok" and "good_net" in system.backbones
+    assert "bad_import" not in system.infos  # not imported at all, so not broken either
+    assert system.broken() == []
+    monkeypatch.setenv(ONLY_ENV, "")
+    assert "good" not in PluginSystem().infos  # empty: built-ins only

@@ -57,6 +57,9 @@ def _registration(kind: str, noun: str):
 def register_backbones() -> list[BackboneSpec]:
     """Register backbones that can be built by name.
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/backbone.md.
+
     Called once when the registries are built. Receives nothing.
 
     Returns:
@@ -73,6 +76,9 @@ def register_backbones() -> list[BackboneSpec]:
 @_registration("tasks", "task")
 def register_tasks() -> list[TaskSpec]:
     """Register target tasks (a head, a loss and metrics).
+
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/task.md.
 
     Called once when the registries are built. Receives nothing.
 
@@ -92,6 +98,9 @@ def register_tasks() -> list[TaskSpec]:
 def register_strategies() -> list[StrategySpec]:
     """Register fine-tune strategies.
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/strategy.md.
+
     Called once when the registries are built. Receives nothing.
 
     Returns:
@@ -109,6 +118,9 @@ def register_strategies() -> list[StrategySpec]:
 @_registration("datasets", "dataset")
 def register_datasets() -> list[DatasetSpec]:
     """Register datasets.
+
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/dataset.md.
 
     Called once when the registries are built. Receives nothing. Loading happens later,
     per cell, through the spec's ``load`` callable.
@@ -128,6 +140,9 @@ def register_datasets() -> list[DatasetSpec]:
 def register_weight_sources() -> list[WeightSourceSpec]:
     """Register sources of backbone weights (``imagenet``, ``packaged``, ``file``...).
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/weight-source.md.
+
     Called once when the registries are built. Receives nothing. A weights string
     ``"NAME:ARG"`` selects the source ``NAME`` and passes it ``ARG``.
 
@@ -145,6 +160,9 @@ def register_weight_sources() -> list[WeightSourceSpec]:
 @_registration("runtimes", "runtime")
 def register_runtimes() -> list[RuntimeSpec]:
     """Register inference runtimes whose latency is measured.
+
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/runtime.md.
 
     Called once when the registries are built. Receives nothing. Each runtime must say
     whether it can run here (``available()``) and why not.
@@ -164,6 +182,9 @@ def register_runtimes() -> list[RuntimeSpec]:
 def register_profiles() -> list[ProfileSpec]:
     """Register deployment profiles (batch size, threads, precisions, device).
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/profile.md.
+
     Called once when the registries are built. Receives nothing. Users can also define
     profiles in a matrix file.
 
@@ -182,6 +203,9 @@ def register_profiles() -> list[ProfileSpec]:
 def register_reporters() -> list[ReporterSpec]:
     """Register report writers used by ``bench report --format NAME``.
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/reporter.md.
+
     Called once when the registries are built. Receives nothing.
 
     Returns:
@@ -198,6 +222,9 @@ def register_reporters() -> list[ReporterSpec]:
 @_registration("executors", "executor")
 def register_executors() -> list[ExecutorSpec]:
     """Register executors that run the cells of a matrix (in process, processes, cluster).
+
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/executor.md.
 
     Called once when the registries are built. Receives nothing.
 
@@ -216,6 +243,9 @@ def register_executors() -> list[ExecutorSpec]:
 def register_presets() -> list[PresetSpec]:
     """Register named matrices for ``bench run --preset NAME``.
 
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/preset.md.
+
     Called once when the registries are built. Receives nothing. The preset named
     ``default`` is what ``bench run`` runs when given no axis.
 
@@ -233,6 +263,9 @@ def register_presets() -> list[PresetSpec]:
 @hookspec
 def register_commands(cli) -> None:
     """Add commands to the ``bench`` command line.
+
+    A complete example with its test, the interfaces it receives and every default of
+    its spec: docs/plugins/command.md.
 
     Called once when the CLI is built, with the top-level :class:`click.Group`.
     Returns nothing; attach commands with ``cli.add_command`` or ``@cli.command``.

@@ -24,6 +24,10 @@ from .registry import Registry
 
 ENTRY_POINT_GROUP = "transfer_bench"
 DISABLE_ENV = "TRANSFER_BENCH_DISABLE_PLUGINS"
+ONLY_ENV = "TRANSFER_BENCH_ONLY_PLUGINS"
+"""When set, only the entry-point plugins it names (comma-separated; empty: none) are
+loaded; the others are not imported at all. Built-ins always load. Test suites set it so
+that whatever else is installed cannot change what they see."""
 
 #: Built-in plugins, registered exactly as third-party ones are.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -193,7 +197,11 @@ class PluginSystem:
         self.rebuild()
 
     def _load_entry_points(self) -> None:
+        only = os.environ.get(ONLY_ENV)
+        wanted = None if only is None else {n.strip() for n in only.split(",") if n.strip()}
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if wanted is not None and ep.name not in wanted:
+                continue
             dist = getattr(ep, "dist", None)
             origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
             self._register_import(ep.name, ep.value, origin, loader=ep.load)

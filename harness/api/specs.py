@@ -25,25 +25,37 @@ class BackboneSpec:
     """A pretrained CNN family member that can be built by name.
 
     Attributes:
-        name: registry key, e.g. ``"resnet18"``.
+        name: registry key, e.g. ``"resnet18"`` (required).
         build: ``build(**params) -> Backbone`` returns a fresh, randomly initialised
-            :class:`harness.train.model.Backbone`. Weights are loaded afterwards by a weight source.
+            :class:`harness.train.model.Backbone` (required). Weights are loaded afterwards by a
+            weight source. ``params`` are the user's ``-b NAME,k=v`` parameters; for a
+            ``NAME:ARG`` backbone string (``timm:convnext_nano``) ``ARG`` comes as ``arg=``.
         family: free-form family label ("resnet", "vgg", ...), shown in listings.
+            Default ``""``.
         device_class: ``"mobile"`` or ``"server"``: which recommendation it competes in.
-        default_weights: weight-source string used when a strategy wants pretrained weights
-            and the user named none (e.g. ``"imagenet"`` or ``"packaged"``).
-        description: one line for ``bench list``.
-        facts: static facts (ImageNet top-1 of the default weights, paper, ...).
+            Default ``"server"``.
+        default_weights: weight-source string (``"imagenet"``, ``"packaged"``,
+            ``"file:PATH"``, a plugin's own source...) used when a pretrained strategy runs
+            and the user named no weights for this backbone. Default ``None``: no default
+            weights, so a pretrained strategy starts from random initialisation unless the
+            user gives ``--weights NAME=SOURCE``; ``bench run`` prints a note saying so and
+            the cell's weights read "random init (not pretrained)".
+        description: one line for ``bench list``. Default ``""``.
+        facts: static facts shown by ``bench list backbones``. Default ``{}``; the keys
+            ``params``, ``weights_mb`` and ``gmacs`` (at ``gmacs_at`` pixels) are computed
+            from the built model when absent, ``imagenet_top1`` (percent) is shown when
+            given.
         check: optional ``check(arg, **params)``, cheap (builds nothing), raising
             ``ValueError`` with the fix for an argument or parameters ``build`` would refuse
-            (``timm:not_a_model``); ``bench run`` calls it before any cell runs.
+            (``timm:not_a_model``); ``bench run`` calls it before any cell runs. Default
+            ``None`` (no check).
     """
 
     name: str
     build: Callable[..., Any]
     family: str = ""
     device_class: str = "server"
-    default_weights: str = "imagenet"
+    default_weights: Optional[str] = None
     description: str = ""
     facts: dict = field(default_factory=dict)
     check: Optional[Callable[..., None]] = None
@@ -59,10 +71,11 @@ class TaskSpec:
     """A target task: which head to put on a backbone, its loss and its metrics.
 
     Attributes:
-        name: registry key, e.g. ``"classification"``.
-        factory: ``factory(**params) -> harness.train.task.Task``.
-        description: one line for ``bench list``.
-        default: the task of a matrix that names none (the first registered one wins).
+        name: registry key, e.g. ``"classification"`` (required).
+        factory: ``factory(**params) -> harness.train.task.Task`` (required); ``params`` are the
+            user's ``-t NAME,k=v`` parameters.
+        description: one line for ``bench list``. Default ``""``.
+        default: the task of a matrix that names none (the first registered one wins). Default ``False``.
     """
 
     name: str
@@ -79,10 +92,12 @@ class StrategySpec:
     """A way of adapting a backbone to a task (scratch, frozen, fine-tune, chain-thaw...).
 
     Attributes:
-        name: registry key.
-        cls: a subclass of :class:`harness.train.strategy.Strategy`; instantiated per cell with
-            the user's parameters as keyword arguments.
+        name: registry key (required).
+        cls: a subclass of :class:`harness.train.strategy.Strategy` (required); instantiated per
+            cell with the user's ``-s NAME,k=v`` parameters as keyword arguments, which are
+            checked against its ``__init__`` before the run starts.
         description: one line for ``bench list``; cite the paper where there is one.
+            Default ``""``.
     """
 
     name: str
@@ -98,13 +113,20 @@ class DatasetSpec:
     """A dataset that can produce train/validation/test splits for one or more tasks.
 
     Attributes:
-        name: registry key.
+        name: registry key (required).
         load: ``load(task: str, image_size: int, seed: int, cache_dir: Path, **params)``
-            returning a :class:`harness.train.data.DataSplits`.
-        tasks: names of the tasks the dataset has labels for.
+            returning a :class:`harness.train.data.DataSplits` (required). ``params`` are the
+            user's ``-d NAME,k=v`` parameters. Images must be uint8 ``(N, 3, image_size,
+            image_size)``; targets in the task's format (class labels in
+            ``[0, num_classes)`` for classification). ``bench run`` checks this before
+            training and fails the cell with a message naming the dataset otherwise.
+        tasks: names of the tasks the dataset has labels for. Default
+            ``("classification",)``.
         synthetic: True for generated data; it is labelled so wherever it appears.
+            Default ``False``.
         offline: True when the data installs without internet (packaged or Debian).
-        description: one line for ``bench list``.
+            Default ``False``.
+        description: one line for ``bench list``. Default ``""``.
     """
 
     name: str
@@ -123,18 +145,26 @@ class WeightSourceSpec:
     """Where backbone weights come from (``imagenet``, ``packaged``, ``file:PATH``...).
 
     Attributes:
-        name: the prefix before ``:`` in a weights string (``file`` for ``file:/x.pth``).
-        load: ``load(backbone_spec, backbone, arg, context) -> WeightsInfo``; loads weights
-            into ``backbone`` in place. ``arg`` is the text after ``:`` or ``None``.
+        name: the prefix before ``:`` in a weights string (``file`` for ``file:/x.pth``)
+            (required).
+        load: ``load(backbone_spec, backbone, arg, context) -> dict | None`` (required);
+            loads weights into ``backbone`` (a freshly built :class:`harness.train.model.Backbone`)
+            in place. ``arg`` is the text after ``:`` or ``None``. ``context`` is a dict
+            with ``cache_dir`` (Path), ``plugins`` (the plugin system), ``image_size``,
+            ``seed``, ``dataset`` (name) and ``progress`` (``progress(message)``). The
+            returned dict describes the weights; every key is optional: ``description``
+            (shown in tables; default the weights string), ``pretrained`` (default the
+            spec's), ``imagenet_top1``, ``input_size``, ``mean``, ``std``, ``file``. Set
+            ``backbone.mean``/``std`` when the weights expect another normalization.
             Raise :class:`harness.api.errors.WeightsUnavailable` with the alternatives when the
             weights cannot be had here.
-        pretrained: whether weights from this source count as pretrained.
-        description: one line for ``bench list``.
+        pretrained: whether weights from this source count as pretrained. Default ``True``.
+        description: one line for ``bench list``. Default ``""``.
         default: the source a strategy that does not transfer (``pretrained = False``)
-            starts from; must not be ``pretrained`` (the first registered one wins).
+            starts from; must not be ``pretrained`` (the first registered one wins). Default ``False``.
         check: optional ``check(arg)``, cheap, raising ``ValueError`` or ``OSError`` with the
             fix for an argument ``load`` would refuse (a ``file:`` path that does not
-            exist); ``bench run`` calls it before any cell runs.
+            exist); ``bench run`` calls it before any cell runs. Default ``None``.
     """
 
     name: str
@@ -153,23 +183,30 @@ class RuntimeSpec:
     """An inference runtime whose latency is measured (PyTorch, ONNX Runtime, TensorRT...).
 
     Attributes:
-        name: registry key.
-        available: ``available() -> (bool, reason)``; the reason is shown instead of a
-            number when the runtime cannot run here.
-        measure: ``measure(artifacts, profile, settings) -> dict`` with latency statistics;
-            see :mod:`harness.measure.latency`.
-        needs_onnx: whether the runtime consumes the exported ONNX file.
-        description: one line for ``bench list``.
+        name: registry key (required).
+        available: ``available() -> (bool, reason)`` (required); the reason is shown
+            instead of a number when the runtime cannot run here.
+        measure: ``measure(artifacts, profile, settings) -> list[dict]`` (required), run in
+            a worker process. ``artifacts`` is a :class:`harness.run.cell.Artifacts` (the
+            trained model, ``onnx_path``, calibration and test images), ``profile`` a
+            :class:`ProfileSpec`, ``settings`` a :class:`harness.measure.latency.MeasureSettings`.
+            One dict per precision: ``{"precision": "fp32", "stats": {...}}`` with the
+            statistics of :func:`harness.measure.latency.measure`, or
+            ``{"precision": ..., "unavailable": reason}``; optional ``test_outputs``
+            (outputs on ``artifacts.test_images``) become ``accuracy_after``.
+        needs_onnx: whether the runtime consumes the exported ONNX file
+            (``artifacts.onnx_path``). Default ``False``.
+        description: one line for ``bench list``. Default ``""``.
         packages: distributions the runtime runs on (``("onnxruntime",)``); their installed
             versions enter every cell's key and ``environment.json``, so a new version
-            measures again instead of reusing cached latency.
+            measures again instead of reusing cached latency. Default ``()``.
         verify_export: ``verify_export(model, onnx_path, image_size) -> dict`` compares the
             exported ONNX file's outputs with the model's and raises
             :class:`harness.measure.export.ParityError` beyond tolerance; a cell runs the
-            first one its runtimes offer.
+            first one its runtimes offer. Default ``None``.
         precisions: the precisions it can measure (``("fp32", "int8")``); a profile asking
             for one that no registered runtime declares is refused before the run. Empty:
-            not declared (nothing is checked against this runtime).
+            not declared (nothing is checked against this runtime). Default ``()``.
     """
 
     name: str
@@ -190,13 +227,14 @@ class ProfileSpec:
     """A deployment profile under which latency is measured.
 
     Attributes:
-        name: registry key (``mobile``, ``server``, or user-defined).
-        batch_size: inference batch size.
-        threads: CPU threads for runtimes; ``0`` means all cores.
-        precisions: precisions to try, e.g. ``("fp32", "int8")``.
+        name: registry key (``mobile``, ``server``, or user-defined) (required).
+        batch_size: inference batch size. Default ``1``.
+        threads: CPU threads for runtimes; ``0`` means all cores. Default ``1``.
+        precisions: precisions to try, e.g. ``("fp32", "int8")``. Default ``("fp32",)``.
         device: ``"cpu"`` or ``"gpu"``; ``"gpu"`` runs on CUDA runtimes where present.
-        description: one line for ``bench list``.
-        default: the profile of a matrix that names none (the first registered one wins).
+            Default ``"cpu"``.
+        description: one line for ``bench list``. Default ``""``.
+        default: the profile of a matrix that names none (the first registered one wins). Default ``False``.
     """
 
     name: str
@@ -220,9 +258,14 @@ class ReporterSpec:
     """A way of writing a finished run (table, markdown, HTML...).
 
     Attributes:
-        name: registry key, used by ``bench report --format NAME``.
-        write: ``write(run: harness.run.results.RunRecord, out: Path | None) -> str | None``.
-        description: one line for ``bench list``.
+        name: registry key, used by ``bench report --format NAME`` (required).
+        write: ``write(store: harness.run.results.RunStore, out: Path | None) -> str | None``
+            (required). ``store.records()`` gives the cell records (dicts: ``status``,
+            ``config``, ``test_metrics``, ``latency``, ``error``...; see
+            :class:`harness.run.results.RunStore`). With ``out`` None, return the report text
+            (printed); otherwise write to ``out`` and return a one-line summary. Accept a
+            ``budget_ms`` keyword to receive ``bench report --budget-ms``.
+        description: one line for ``bench list``. Default ``""``.
     """
 
     name: str
@@ -238,12 +281,15 @@ class ExecutorSpec:
     """How the cells of a matrix are executed (in process, worker processes, a cluster).
 
     Attributes:
-        name: registry key, used by ``bench run --executor NAME``.
-        factory: ``factory(**options) -> harness.run.executor.Executor``.
-        description: one line for ``bench list``.
+        name: registry key, used by ``bench run --executor NAME`` (required).
+        factory: ``factory(**options) -> harness.run.executor.Executor`` (required). ``options``
+            are those the user gave of ``jobs`` (``--jobs``), ``address`` (``--address``)
+            and ``cell_timeout`` (``--cell-timeout``); one the factory does not accept is a
+            usage error listing those it does.
+        description: one line for ``bench list``. Default ``""``.
         default: what ``bench run`` uses when given no ``--executor`` ...
         parallel: ... and ``--jobs`` above 1 or ``--cell-timeout`` (the first registered
-            one of each wins).
+            one of each wins). Defaults ``False``.
     """
 
     name: str
@@ -261,12 +307,13 @@ class PresetSpec:
     """A named matrix that ``bench run --preset NAME`` runs.
 
     Attributes:
-        name: registry key.
+        name: registry key (required).
         matrix: a mapping in the matrix-file format (see README, "Picking a matrix"), or
-            a callable returning one.
-        description: one line for ``bench list``.
+            a callable returning one (required). Keys it leaves out take the matrix
+            defaults of :class:`harness.run.config.MatrixConfig`.
+        description: one line for ``bench list``. Default ``""``.
         default: what ``bench run`` runs when given no ``--preset`` or ``--matrix`` (the
-            first registered one wins).
+            first registered one wins). Default ``False``.
     """
 
     name: str

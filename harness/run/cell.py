@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import CellConfig
-from ..train.data import DataSplits
+from ..train.data import DataSplits, validate_splits
 from ..train.device import device_name
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
@@ -19,7 +19,7 @@ from ..measure.isolate import measure_in_worker
 from ..measure.lifetime import temp_folder
 from ..measure.latency import MeasureSettings
 from ..api.manager import PluginSystem
-from ..train.model import TransferModel, count_parameters
+from ..train.model import TransferModel, changed_parameters, count_parameters, parameter_fingerprints
 from ..api.specs import ProfileSpec
 from ..train.loop import TrainContext, TrainSettings, evaluate
 
@@ -39,8 +39,12 @@ def load_data(plugins: PluginSystem, cfg: CellConfig) -> DataSplits:
         if cfg.task.name not in spec.tasks:
             raise BenchError(f"dataset {spec.name!r} has no labels for task {cfg.task.name!r}; "
                              f"it supports: {', '.join(spec.tasks)}")
-        _DATA_CACHE[key] = spec.load(task=cfg.task.name, image_size=cfg.image_size,
-                                     seed=cfg.seed, cache_dir=cache_dir(), **cfg.dataset.kwargs)
+        splits = spec.load(task=cfg.task.name, image_size=cfg.image_size, seed=cfg.seed,
+                           cache_dir=cache_dir(), **cfg.dataset.kwargs)
+        # a dataset that breaks the contract fails here, naming itself, not in the loss
+        task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
+        validate_splits(splits, spec.name, cfg.image_size, task)
+        _DATA_CACHE[key] = splits
         if len(_DATA_CACHE) > 8:  # keep memory bounded over long matrices
             _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
     return _DATA_CACHE[key]
@@ -63,7 +67,20 @@ def gmacs(module: torch.nn.Module, image_size: int) -> Optional[float]:
 
 @dataclass
 class Artifacts:
-    """What a runtime plugin measures: the trained model, its ONNX file, sample data."""
+    """What a runtime plugin measures: the trained model, its ONNX file, sample data.
+
+    Attributes:
+        model: the trained :class:`harness.train.model.TransferModel` (eval mode; takes
+            float images in [0, 1], normalization inside).
+        image_size: the input size (square).
+        workdir: a temporary folder for the runtime's own files (removed after the cell).
+        onnx_path: the exported ONNX file when the runtime's spec says ``needs_onnx``.
+        calibration: float images in [0, 1] from the training split, for int8 calibration.
+        evaluate_outputs: ``f(outputs on test_images) -> metrics`` (the task's metrics).
+        test_images: float test images in [0, 1]; outputs on them, returned as
+            ``test_outputs``, become ``accuracy_after``.
+        extra: free-form; ``{}``.
+    """
 
     model: TransferModel
     image_size: int
@@ -73,6 +90,14 @@ class Artifacts:
     evaluate_outputs: Optional[Callable] = None  # f(outputs on test images) -> metrics
     test_images: Optional[torch.Tensor] = None
     extra: dict = field(default_factory=dict)
+
+
+def no_default_weights_message(backbone: str) -> str:
+    """What a cell and ``bench run`` say when a pretrained strategy meets a backbone with no
+    default weights (``BackboneSpec.default_weights`` is None) and the user gave none."""
+    return (f"backbone {backbone!r} has no default weights, so pretrained strategies start "
+            f"from random init; give --weights {backbone}=SOURCE (e.g. file:PATH) for "
+            f"pretrained ones")
 
 
 def resolve_profile(plugins: PluginSystem, name: str, custom: dict) -> ProfileSpec:
@@ -131,12 +156,17 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     backbone = bb_spec.build(**kwargs)
     weights = ((cfg.weights or bb_spec.default_weights) if strategy.pretrained
                else plugins.default("weights").name)
+    no_default = weights is None  # the backbone declares no default weights, the user gave none
+    weights = weights or plugins.default("weights").name
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
         "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
         "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
         "device": str(ctx.device), "amp": ctx.precision.amp}) or {})
+    if no_default:
+        winfo["description"] = "random init (not pretrained)"
+        winfo["note"] = no_default_weights_message(cfg.backbone.name)
     winfo.setdefault("source", weights)
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
@@ -159,11 +189,15 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     }
 
     ctx.place(model)
+    before = parameter_fingerprints(model)
     t0 = time.perf_counter()
     history = strategy.fit(model, data, ctx)
     rec["train_seconds"] = time.perf_counter() - t0
     rec["history"] = history.as_dict()
-    rec["trainable_params"] = _trained_param_count(model, history)
+    # parameters training actually changed (a bias-only strategy counts its biases, not
+    # the whole groups they sit in)
+    named = dict(model.named_parameters())
+    rec["trainable_params"] = sum(named[n].numel() for n in changed_parameters(model, before))
     rec["strategy"] = {"name": cfg.strategy.name, "bn_policy": strategy.bn_policy,
                        "pretrained": strategy.pretrained}
     model.eval()
@@ -194,13 +228,6 @@ def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
             "compile": bool(s.compile),
             "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
             "eval_batch_size": ctx.eval_batch_size}
-
-
-def _trained_param_count(model: TransferModel, history) -> int:
-    trained = {g for e in history.epochs for g in e.trainable_groups}
-    named = dict(model.named_parameters())
-    return sum(named[p].numel() for g in model.layer_groups() if g.name in trained
-               for p in g.params)
 
 
 def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,

@@ -73,7 +73,28 @@ class AxisItem:
 
 @dataclass
 class MatrixConfig:
-    """Everything ``bench run`` needs to expand and run a matrix."""
+    """Everything ``bench run`` needs to expand and run a matrix.
+
+    A matrix file or a preset's mapping gives these keys; each one it leaves out takes the
+    default below.
+
+    Attributes:
+        backbones, datasets, strategies: axis items (``"NAME"`` or ``"NAME,k=v"``).
+            Default: empty, and a matrix must name at least one of each.
+        tasks: default ``["classification"]``.
+        weights: backbone name (or ``"*"`` for all) -> weights string. Default ``{}``:
+            each backbone's ``BackboneSpec.default_weights``.
+        runtimes: latency runtimes. Default ``[]`` (no latency measured).
+        profiles: latency profiles. Default ``["mobile"]``.
+        custom_profiles: profiles defined in the matrix (``[profile.NAME]`` in a file).
+            Default ``{}``.
+        seeds: repeats of every cell with seeds ``train.seed``, ``train.seed + 1``, ...
+            Default ``1``.
+        image_size: input size in pixels. Default ``64``.
+        train: :class:`harness.train.loop.TrainSettings` (its defaults apply per key).
+        latency: :class:`harness.measure.latency.MeasureSettings` (its defaults apply per key).
+        name: names the run folder. Default ``"matrix"``.
+    """
 
     backbones: list = field(default_factory=list)
     tasks: Optional[list] = None  # None: the task a plugin declared default (validate fills it)

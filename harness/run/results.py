@@ -149,7 +149,27 @@ class CellClaim:
 
 
 class RunStore:
-    """Reads and writes one run folder (several processes may share it; see above)."""
+    """Reads and writes one run folder (several processes may share it; see above); what a
+    reporter plugin receives.
+
+    Attributes:
+        path: the run folder (``config.json``, ``environment.json``, ``cells/KEY.json``,
+            ``results.json``, ``results.csv``).
+        cells_dir: ``path / "cells"``.
+
+    Reading a run: :meth:`records` gives the cell records (dicts) in matrix order. Every
+    record has ``key``, ``status`` (``"ok"``, ``"failed"``, ``"oom"``, ``"running"``, or
+    ``"corrupt"`` for an unreadable file) and ``config`` (the cell's ``backbone``,
+    ``task``, ``dataset``, ``strategy``, ``weights``, ``seed``, ``image_size``, ``train``,
+    ``runtimes``, ``profiles``, ``latency``); a failed one has ``error`` (and
+    ``traceback``); a finished one has ``metric_name``, ``higher_is_better``,
+    ``test_metrics``, ``test_loss``, ``history`` (per-epoch curves and phases),
+    ``weights``, ``data``, ``backbone_facts``, ``trainable_params`` (parameters training
+    changed), ``train_seconds``, ``curve_summary`` and ``latency`` (one dict per runtime x
+    profile x precision with ``stats``, or ``unavailable``/``error``).
+    :func:`cell_rows` flattens a record into table rows; :meth:`config` and
+    :meth:`environment` give the matrix and the machine.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -264,6 +284,7 @@ class RunStore:
             claim.release()
 
     def records(self) -> list[dict]:
+        """Every cell record of the run, in the matrix's order (see the class docstring)."""
         out = []
         for p in sorted(self.cells_dir.glob("*.json")):
             try:

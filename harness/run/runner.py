@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .cell import resolve_profile, run_cell
+from .cell import no_default_weights_message, resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
 from ..train.device import Hardware, resolve_hardware
 from ..measure.env import environment, package_versions
@@ -127,6 +127,11 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
             raise ConfigError(f"task {item.label()!r}: {exc}") from None
     notes += _unused_weights(matrix, any(pretrained))
     cells = []
+    for item in matrix.backbones:
+        spec, _ = plugins.backbones.resolve(item.name)
+        if any(pretrained) and spec.default_weights is None and not (
+                item.name in matrix.weights or "*" in matrix.weights):
+            notes.append(no_default_weights_message(item.name))
     for cell in matrix.cells():
         ds = plugins.datasets.get(cell.dataset.name)
         if cell.task.name not in ds.tasks:

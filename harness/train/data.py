@@ -98,7 +98,13 @@ class TensorSplit:
 
 @dataclass
 class DataSplits:
-    """Train, validation and test splits plus the dataset's :class:`DataInfo`."""
+    """Train, validation and test splits plus the dataset's :class:`DataInfo`: what a
+    dataset plugin's ``load`` returns.
+
+    Each split is a non-empty :class:`TensorSplit` of uint8 ``(N, 3, S, S)`` images at
+    the size asked for and targets in the task's format; no image is in two splits.
+    ``bench run`` checks this (:func:`validate_splits`) before training.
+    """
 
     train: TensorSplit
     val: TensorSplit
@@ -287,4 +293,93 @@ def decode_cached(paths: list, size: int, cache_dir: Optional[Path], extra: str 
             np.savez(f, images=images.numpy(), sizes=sizes.numpy(),
                      bad=np.array([i for i, _ in bad], dtype=np.int64))
     return images, sizes, bad
+
+
+class InvalidDataset(BadData):
+    """Splits a dataset plugin returned break the contract of :class:`DataSplits`; the
+    message names the dataset, the split and what is wrong."""
+
+
+def _image_problem(images, image_size: int) -> Optional[str]:
+    if not torch.is_tensor(images):
+        return f"images are a {type(images).__name__}, not a torch.Tensor"
+    shape = tuple(images.shape)
+    fix = ("; convert with harness.train.data.to_rgb_resized(images, image_size), which makes "
+           "uint8 (N, 3, image_size, image_size)")
+    if images.dtype != torch.uint8:
+        return f"images are {str(images.dtype).replace('torch.', '')}, not uint8 (0..255){fix}"
+    if images.dim() != 4:
+        return f"images have shape {shape}, not (N, 3, {image_size}, {image_size}){fix}"
+    if shape[1] == 1:
+        return (f"images are grey, 1 channel {shape}; give RGB (N, 3, {image_size}, "
+                f"{image_size}) (grey repeated in 3 channels){fix}")
+    if shape[1] != 3:
+        return f"images have {shape[1]} channels {shape}, not 3 (RGB){fix}"
+    if shape[2:] != (image_size, image_size):
+        return (f"images are {shape[2]}x{shape[3]} but the run asked for image_size="
+                f"{image_size}; load(image_size=...) must resize to it{fix}")
+    return None
+
+
+def _row_digests(images: torch.Tensor) -> list[bytes]:
+    import hashlib
+    flat = images.reshape(len(images), -1).contiguous().numpy()
+    return [hashlib.blake2b(row, digest_size=16).digest() for row in flat]
+
+
+def validate_splits(splits, name: str, image_size: int, task=None,
+                    disjoint: bool = True) -> dict:
+    """Check what a dataset plugin returned, before anything trains on it.
+
+    Checked: a :class:`DataSplits` of three non-empty :class:`TensorSplit`; images uint8
+    ``(N, 3, image_size, image_size)``; the targets in ``task``'s format (:meth:`harness.train.task.Task.
+    check_targets`: class labels in ``[0, num_classes)`` for classification); and, with
+    ``disjoint``, no image in two splits (a test image seen in training inflates
+    results).
+
+    Args:
+        splits: what ``DatasetSpec.load`` returned.
+        name: the dataset's name, for messages.
+        image_size: the size the run asked for.
+        task: a :class:`harness.train.task.Task` whose targets these are (None: not checked).
+
+    Returns:
+        the split sizes, ``{"train": n, "val": n, "test": n}``.
+
+    Raises:
+        InvalidDataset: the first problem found, in one sentence naming the dataset.
+    """
+    what = f"dataset {name!r}"
+    if not isinstance(splits, DataSplits):
+        raise InvalidDataset(f"{what}: load() returned {type(splits).__name__}, not a "
+                             f"harness.train.data.DataSplits(train, val, test, info)")
+    if not isinstance(splits.info, DataInfo):
+        raise InvalidDataset(f"{what}: DataSplits.info is {type(splits.info).__name__}, not "
+                             f"a harness.train.data.DataInfo")
+    info = splits.info
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    for split, part in parts.items():
+        if not isinstance(part, TensorSplit):
+            raise InvalidDataset(f"{what}: the {split} split is {type(part).__name__}, not a "
+                                 f"harness.train.data.TensorSplit(images, targets)")
+        if len(part) == 0:
+            raise InvalidDataset(f"{what}: the {split} split is empty; every split needs "
+                                 f"at least one example")
+        problem = _image_problem(part.images, image_size)
+        if problem is None and task is not None:
+            problem = task.check_targets(part.targets, info)
+        if problem:
+            raise InvalidDataset(f"{what}, {split} split: {problem}")
+    if disjoint:
+        seen = set(_row_digests(splits.train.images))
+        for split in ("val", "test"):
+            rows = _row_digests(parts[split].images)
+            both = [i for i, d in enumerate(rows) if d in seen]
+            if both:
+                raise InvalidDataset(
+                    f"{what}: {len(both)} {split} image(s) also appear in an earlier split "
+                    f"(first: {split} index {both[0]}); the splits must be disjoint, or the "
+                    f"{split} results measure memory, not transfer")
+            seen.update(rows)
+    return splits.sizes()
 

@@ -24,6 +24,8 @@ class LayerGroup:
 class Backbone(nn.Module):
     """Interface of a backbone. Subclasses set the attributes and implement the methods.
 
+    A worked example with its test: docs/plugins/backbone.md.
+
     Attributes:
         num_features: size of the pooled feature vector returned by ``forward``.
         feature_channels: channels of the map returned by ``forward_spatial``.
@@ -119,3 +121,60 @@ def set_trainable(model: TransferModel, groups: list[str]) -> None:
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def measure_backbone(build, image_size: int | None = None) -> dict:
+    """Parameter count, fp32 weight size (MB) and GMACs of one image for a backbone.
+
+    ``build()`` is called on PyTorch's meta device (no memory, no initialisation), so
+    measuring VGG-19 costs milliseconds; a backbone that cannot be built there is built
+    on the CPU instead. MACs are counted by ``torch.utils.flop_counter`` at
+    ``image_size`` (default: the backbone's ``input_size``); ``gmacs`` is None when the
+    counter cannot trace an op (said rather than guessed).
+
+    Returns:
+        ``{"params", "weights_mb", "gmacs", "gmacs_at", "num_features"}``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.device("meta"):
+            bb = build().eval()
+        device = "meta"
+    except Exception:  # e.g. a build that fills tensors from numpy: build it for real
+        bb = build().eval()
+        device = "cpu"
+    size = int(image_size or getattr(bb, "input_size", 224))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            bb(torch.zeros(1, 3, size, size, device=device))
+        gmacs = counter.get_total_flops() / 2e9
+    except Exception:  # an op the counter cannot trace: say unknown rather than guess
+        gmacs = None
+    return {"params": sum(p.numel() for p in bb.parameters()),
+            "weights_mb": sum(t.numel() * t.element_size()
+                              for t in bb.state_dict().values()) / 2**20,
+            "gmacs": gmacs, "gmacs_at": size, "num_features": getattr(bb, "num_features", None)}
+
+
+def parameter_fingerprints(model: nn.Module) -> dict[str, bytes]:
+    """A digest of every parameter's exact bytes, by name (no copy of the weights kept).
+
+    Compare two with :func:`changed_parameters`: that is how ``bench run`` counts the
+    parameters training changed ("trained M") and how the test kit checks that what a
+    strategy declares frozen stays bit-identical.
+    """
+    import hashlib
+
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous().reshape(-1)
+        out[name] = hashlib.blake2b(t.view(torch.uint8).numpy(), digest_size=16).digest()
+    return out
+
+
+def changed_parameters(model: nn.Module, before: dict[str, bytes]) -> list[str]:
+    """Names of the parameters whose bytes differ from ``before`` (or are new)."""
+    now = parameter_fingerprints(model)
+    return [n for n, d in now.items() if before.get(n) != d]
+

@@ -7,6 +7,10 @@ cell with the user's parameters. The default :meth:`Strategy.fit` calls, in orde
 2. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run;
 3. for each phase, :meth:`on_epoch_start` before every epoch.
 
+A strategy also declares what it trains, :meth:`trained_parameters` (default: the
+groups its phases name); the test kit checks the declaration against what training
+changed.
+
 Override :meth:`fit` only for strategies that do not train by gradient descent on the
 model (e.g. a shallow model on extracted features) or that train on cached features.
 
@@ -31,6 +35,8 @@ from .loop import History, Phase, TrainContext, run_phase
 
 class Strategy:
     """A way of adapting a (pretrained) backbone plus a new head to a target task.
+
+    A worked example with its test: docs/plugins/strategy.md.
 
     Class attributes:
         pretrained: whether the strategy starts from pretrained weights (False for
@@ -86,6 +92,20 @@ class Strategy:
 
     def on_epoch_start(self, model: TransferModel, phase: Phase, epoch: int) -> None:
         """Called before every epoch of every phase. Default: nothing."""
+
+    def trained_parameters(self, model: TransferModel, ctx: TrainContext) -> list[str]:
+        """Names (as in ``model.named_parameters()``) of every parameter this strategy may
+        change; it promises to leave all others bit-identical.
+
+        The test kit's :func:`harness.testkit.check_strategy` holds a strategy to it: each
+        parameter named here must change in a short training run and every other must keep
+        its exact bytes. Default: the parameters of the layer groups that :meth:`phases`
+        names. Override it when ``on_epoch_start`` freezes part of a group (e.g. all but
+        the biases) or when ``fit`` is overridden.
+        """
+        named = {g.name: g.params for g in model.layer_groups()}
+        groups = {g for ph in self.phases(model, ctx) for g in ph.groups}
+        return [p for g in model.layer_groups() if g.name in groups for p in named[g.name]]
 
     # -- driver -------------------------------------------------------------------------
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:

@@ -1,6 +1,8 @@
 """Interface of a target task: a head, a loss and metrics."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -10,6 +12,8 @@ from .model import Backbone
 
 class Task:
     """Base class for tasks. Subclasses set the attributes and implement the methods.
+
+    A worked example with its test: docs/plugins/task.md.
 
     Attributes:
         name: task name as shown in results.
@@ -35,6 +39,18 @@ class Task:
                 info: DataInfo) -> dict:  # pragma: no cover
         """Metrics over a whole split; must include ``primary_metric``. Values are JSON-able."""
         raise NotImplementedError
+
+    def check_targets(self, targets: torch.Tensor, info: DataInfo) -> Optional[str]:
+        """What is wrong with a split's targets for this task, in a sentence, or None.
+
+        ``bench run`` calls it on every split a dataset returns, before training, so a
+        dataset in the wrong format fails its cell with a message naming the dataset
+        instead of a traceback from inside the loss. The base class checks that there is
+        one target per image row (a tensor); tasks check shapes and ranges.
+        """
+        if not torch.is_tensor(targets):
+            return f"targets are a {type(targets).__name__}, not a torch.Tensor"
+        return None
 
     def flip_targets(self, targets: torch.Tensor, info: DataInfo) -> torch.Tensor:
         """The targets of the same images mirrored left to right (training augmentation).

@@ -69,6 +69,10 @@ class Frozen(TrainingStrategy):
         super().__init__(lr=lr, schedule=schedule)
         self.cache_features = bool(cache_features)
 
+    def trained_parameters(self, model, ctx):
+        """The head only: the backbone stays as the weights gave it."""
+        return [f"head.{n}" for n, _ in model.head.named_parameters()]
+
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         history = History()
         for p in model.backbone.parameters():

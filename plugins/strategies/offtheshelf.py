@@ -89,6 +89,10 @@ class OffTheShelf(Strategy):
         from sklearn.svm import LinearSVC
         return LinearSVC(C=self.C, max_iter=self.max_iter, random_state=seed)
 
+    def trained_parameters(self, model, ctx):
+        """The head only (replaced by the fitted linear model); the backbone stays."""
+        return [f"head.{n}" for n, _ in model.head.named_parameters()]
+
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         from sklearn.preprocessing import StandardScaler
 

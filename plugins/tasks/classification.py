@@ -19,6 +19,26 @@ def dense_head(in_features: int, hidden: tuple, out_features: int, dropout: floa
     return nn.Sequential(*layers)
 
 
+def class_label_problem(labels: torch.Tensor, num_classes: int) -> str | None:
+    """What is wrong with class labels for ``num_classes`` classes, or None."""
+    if num_classes < 2:
+        return (f"DataInfo.num_classes is {num_classes}; classification needs the number of "
+                f"classes (>= 2)")
+    if labels.dim() != 1:
+        return f"labels have shape {tuple(labels.shape)}; give one class index per image, (N,)"
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        return (f"labels are {str(labels.dtype).replace('torch.', '')}; give integer class "
+                f"indices (torch.long)")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        bad = int(((labels < 0) | (labels >= num_classes)).sum())
+        hint = (" (they look numbered from 1: subtract 1)" if lo >= 1 and hi == num_classes
+                else "")
+        return (f"labels must be in [0, {num_classes}) for its {num_classes} classes "
+                f"(DataInfo.num_classes) but range {lo}..{hi}, {bad} outside{hint}")
+    return None
+
+
 class Classification(Task):
     """Single-label classification (lecture: "VGG19 + 2 Dense layers + Output layer").
 
@@ -45,6 +65,16 @@ class Classification(Task):
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.label_smoothing = float(label_smoothing)
+
+    def check_targets(self, targets, info):
+        """Integer class labels ``(N,)`` in ``[0, info.num_classes)``."""
+        problem = super().check_targets(targets, info)
+        if problem:
+            return problem
+        if info.class_names and len(info.class_names) != info.num_classes:
+            return (f"DataInfo has {len(info.class_names)} class_names but num_classes="
+                    f"{info.num_classes}; give one name per class")
+        return class_label_problem(targets, info.num_classes)
 
     def build_head(self, backbone, info):
         if info.num_classes < 2:

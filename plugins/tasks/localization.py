@@ -90,6 +90,22 @@ class Localization(Task):
             layers.append(nn.ReLU())
         return nn.Sequential(*layers)
 
+    def check_targets(self, targets, info):
+        """Float boxes ``(N, 4)`` ``(xmin, ymin, xmax, ymax)`` in [0, 1], min <= max."""
+        problem = super().check_targets(targets, info)
+        if problem:
+            return problem
+        if targets.dim() != 2 or targets.shape[1] != 4:
+            return (f"boxes have shape {tuple(targets.shape)}; give (N, 4) "
+                    f"(xmin, ymin, xmax, ymax) normalized to [0, 1]")
+        t = targets.float()
+        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+            return ("box coordinates must be normalized to [0, 1] by the image size; found "
+                    f"{float(t.min()):.3g}..{float(t.max()):.3g}")
+        if bool((t[:, 2] < t[:, 0]).any() | (t[:, 3] < t[:, 1]).any()):
+            return "some boxes have xmax < xmin or ymax < ymin; give (xmin, ymin, xmax, ymax)"
+        return None
+
     def flip_targets(self, targets, info):
         """Normalized (xmin, ymin, xmax, ymax): x -> 1 - x, and xmin and xmax trade places."""
         out = targets.clone()

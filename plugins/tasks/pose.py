@@ -130,6 +130,23 @@ class Pose(Task):
         return SoftArgmaxHead(backbone.feature_channels, info.num_keypoints, self.hidden,
                               self.upsample)
 
+    def check_targets(self, targets, info):
+        """``(N, num_keypoints, 3)`` of ``(x, y, v)``; labelled (v > 0) x, y in [0, 1]."""
+        problem = super().check_targets(targets, info)
+        if problem:
+            return problem
+        k = info.num_keypoints
+        if targets.dim() != 3 or targets.shape[1:] != (k, 3):
+            return (f"keypoints have shape {tuple(targets.shape)}; give (N, {k}, 3) of "
+                    f"(x, y, v) for DataInfo.num_keypoints={k}")
+        t = targets.float()
+        xy = t[..., :2][t[..., 2] > 0]
+        if len(xy) and (not bool(torch.isfinite(xy).all()) or float(xy.min()) < 0
+                        or float(xy.max()) > 1):
+            return ("labelled keypoints (v > 0) must be normalized to [0, 1] by the image "
+                    f"size; found {float(xy.min()):.3g}..{float(xy.max()):.3g}")
+        return None
+
     def flip_targets(self, targets, info):
         """Normalized (x, y, v) keypoints: x -> 1 - x, and each left keypoint trades places
         with its right partner (found by name, see :func:`mirror_pairs`), as pose
