@@ -583,7 +583,7 @@ def tiny_run() -> Any:
 
         system = PluginSystem(entry_points=False)
         system.register(TestkitPlugin(), name="testkit", origin="test kit")
-        system._build_registries()
+        system.rebuild()
         tmp = tempfile.mkdtemp(prefix="tb-testkit-run-")
         atexit.register(shutil.rmtree, tmp, True)
         matrix = MatrixConfig(
