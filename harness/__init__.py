@@ -14,8 +14,9 @@ arm_from_env()  # a bench worker dies with its parent from its first import on (
 import pluggy  # noqa: E402
 
 from .api import specs  # noqa: E402
-from .api.specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
-                        ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
+from .api.specs import (BackboneSpec, DatasetSpec, EstimatorInput, EstimatorSpec,  # noqa: E402
+                        ExecutorSpec, PresetSpec, ProfileSpec, ReporterSpec, RuntimeSpec,
+                        StrategySpec, TaskSpec, WeightSourceSpec)
 
 # ``import harness.specs`` / ``from harness.specs import ...`` (the layout before sub-packages)
 # keep working for third-party plugins: the module lives in harness/api/specs.py.
@@ -27,6 +28,6 @@ hookimpl = pluggy.HookimplMarker("transfer_bench")
 """Marker for hook implementations: ``@hookimpl def register_backbones(): ...``."""
 
 __all__ = [
-    "hookimpl", "BackboneSpec", "DatasetSpec", "ExecutorSpec", "PresetSpec", "ProfileSpec", "ReporterSpec",
-    "RuntimeSpec", "StrategySpec", "TaskSpec", "WeightSourceSpec", "__version__",
+    "hookimpl", "BackboneSpec", "DatasetSpec", "EstimatorInput", "EstimatorSpec", "ExecutorSpec",
+    "PresetSpec", "ProfileSpec", "ReporterSpec", "RuntimeSpec", "StrategySpec", "TaskSpec", "WeightSourceSpec", "__version__",
 ]

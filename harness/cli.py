@@ -138,6 +138,8 @@ def _describe(kind: str, spec) -> str:
     elif kind == "profiles":
         text = (f"batch {spec.batch_size}, threads {spec.threads or 'all'}, "
                 f"{'/'.join(spec.precisions)}, {spec.device}")
+    elif kind == "estimators":
+        text += " (needs the weights' source classifier)" if spec.needs_source_classifier else ""
     elif kind == "runtimes":
         ok, why = spec.available()
         text += "" if ok else f" (unavailable here: {why})"
@@ -256,10 +258,14 @@ def matrix_options(fn):
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               expose_value=False, callback=lambda c, _, v: c.meta.__setitem__("budget_ms", v),
               help="Latency budget (p50, ms) of the recommendation printed at the end.")
+@click.option("--rank-first", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Score every backbone with a transferability estimator first (frozen "
+                   "features, seconds) and train only the K best per dataset.")
+@click.option("--rank-by", default="logme", show_default=True, metavar="ESTIMATOR[,k=v]",
+              help="The estimator --rank-first uses (see bench list estimators).")
 @click.pass_context
 def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_onnx, as_json,
-            quiet,
-            **matrix_opts):
+            quiet, rank_first, rank_by, **matrix_opts):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
     With no option it runs the embedded default matrix (offline, a few minutes on 2 CPU
@@ -272,12 +278,16 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
     plugins = get_plugins()
     try:
         matrix = matrix_from_options(plugins, matrix_opts)
+        ranking = None
+        if rank_first is not None:
+            ranking = _rank_first(plugins, matrix, rank_first, rank_by, quiet)
         executor = executor or plugins.default(
             "executors", "parallel" if (jobs or 1) > 1 or cell_timeout else "default").name
         store = run_matrix(plugins, matrix, Path(out_root), executor=executor,
                            executor_options={"jobs": jobs, "address": address,
                                              "cell_timeout": cell_timeout},
-                           fresh=fresh, show_progress=not quiet, keep_onnx=keep_onnx)
+                           fresh=fresh, show_progress=not quiet, keep_onnx=keep_onnx,
+                           ranking=ranking)
     except (UnknownName, ConfigError) as exc:
         _fail_usage(ctx, exc)
         return
@@ -291,11 +301,110 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
     else:
         from .report.table import report_text
         click.echo(report_text(records, ctx.meta.get("budget_ms")))
+        if ranking is not None:
+            from .report.ranking import ranking_text
+            click.echo("\n" + ranking_text(ranking, records))
         click.echo(f"\nresults: {store.path}")
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
                    f"table and in {store.path}/cells/", err=True)
+        ctx.exit(1)
+
+
+def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:
+    """Score the matrix's backbones with ``rank_by`` (its first seed) and keep the top ``k``
+    per dataset; returns the ranking that run_matrix stores and the report shows."""
+    import time
+
+    from .run.rank import rank_matrix, rank_units, resolve_estimators, top_backbones
+
+    estimators = resolve_estimators(plugins, [rank_by])
+    (item, spec), = estimators
+    first = min(c.seed for c in matrix.cells())
+    units = [u for u in rank_units(matrix) if u.seed == first]
+    t0 = time.perf_counter()
+    rows = rank_matrix(plugins, matrix, estimators, units=units,
+                       progress=(lambda m: None) if quiet else
+                       (lambda m: click.echo(f"ranking: {m}", err=True)))
+    seconds = time.perf_counter() - t0
+    kept = top_backbones(rows, item.label(), k, spec.higher_is_better)
+    for r in rows:
+        why = r.get("error") or (r["estimates"].get(item.label()) or {}).get("unavailable") \
+            or (r["estimates"].get(item.label()) or {}).get("error")
+        if why:
+            click.echo(f"warning: {r['backbone']} on {r['dataset']} was not ranked and is not "
+                       f"trained: {why}", err=True)
+    return {"estimator": item.label(), "k": k, "higher_is_better": spec.higher_is_better,
+            "kept": kept, "rows": rows, "seconds": seconds}
+
+
+# -- bench rank -----------------------------------------------------------------------------
+@cli.command("rank", epilog="\b\nExamples:\n  bench rank -d digits\n"
+                             "  bench rank -b mobilenetv2_100 -b resnet18 -e logme -e leep\n"
+                             "  bench rank --preset default --json > ranking.json")
+@click.option("-b", "--backbone", "backbones", multiple=True, metavar="NAME[,k=v]",
+              help="Backbones to score (repeat for more).")
+@click.option("-t", "--task", "tasks", multiple=True, metavar="NAME[,k=v]",
+              help="Task (estimators score classification labels).")
+@click.option("-d", "--dataset", "datasets", multiple=True, metavar="NAME[,k=v]",
+              help="Target datasets.")
+@click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
+              help="Weights to score: imagenet, packaged, file:PATH, source:DATASET, random.")
+@click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME[,k=v]",
+              help="Estimators (default: all; see bench list estimators).")
+@click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
+              help="A TOML or YAML matrix file (its backbones, datasets, weights).")
+@click.option("--preset", default=None, help="A registered preset matrix.")
+@click.option("--image-size", type=int, help="Input size in pixels.")
+@click.option("--batch-size", type=int, help="Batch size of the feature pass.")
+@click.option("--seeds", type=int, help="Score every pair on this many seeds' data splits.")
+@click.option("--sort-by", default=None, metavar="ESTIMATOR",
+              help="Order each dataset's pairs by this estimator (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows as JSON to this file.")
+@click.pass_context
+def rank_cmd(ctx, backbones, tasks, datasets, weights, estimators, matrix_file, preset,
+             image_size, batch_size, seeds, sort_by, as_json, out):
+    """Score backbones on target data before training: transferability estimators (LogME,
+    LEEP, NCE, H-score, GBC, kNN, linear probe) on frozen features computed once per
+    backbone, weights and dataset; each estimate is timed."""
+    from .report.ranking import rank_table
+    from .run.rank import rank_matrix, resolve_estimators
+    from .run.results import atomic_write_json
+
+    from .run.options import matrix_from_options
+
+    plugins = get_plugins()
+    try:
+        matrix = matrix_from_options(plugins, {
+            "backbones": backbones, "tasks": tasks, "datasets": datasets, "weights": weights,
+            "matrix_file": matrix_file, "preset": preset, "image_size": image_size,
+            "seeds": seeds, "batch_size": batch_size})
+        for axis in ("backbones", "datasets", "tasks"):
+            reg = plugins.registries[axis]
+            for item in getattr(matrix, axis):
+                reg.resolve(item.name)
+        for w in matrix.weights.values():
+            plugins.weights.resolve(w)
+        chosen = resolve_estimators(plugins, estimators)
+        labels = [i.label() for i, _ in chosen]
+        if sort_by is not None and sort_by not in labels:
+            raise ConfigError(f"--sort-by {sort_by!r} is not among the estimators run: "
+                              f"{', '.join(labels)}")
+        rows = rank_matrix(plugins, matrix, chosen,
+                           progress=lambda m: click.echo(f"rank: {m}", err=True))
+    except (UnknownName, ConfigError) as exc:
+        _fail_usage(ctx, exc)
+        return
+    if out:
+        atomic_write_json(Path(out), rows)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        click.echo(rank_table(rows, labels, sort_by))
+    if any(r.get("error") for r in rows):
         ctx.exit(1)
 
 

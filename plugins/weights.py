@@ -96,14 +96,29 @@ def packaged_path(name: str) -> Path:
     return path
 
 
+def _source_classifier(state: dict, prefixes: tuple, classes: str):
+    """The checkpoint's final linear classifier (the last 2-D weight under ``prefixes`` and
+    its bias), kept for the estimators that need the source task (LEEP, NCE)."""
+    from harness.train.model import SourceClassifier
+
+    weights = [k for k in state if k.startswith(prefixes) and k.endswith("weight")
+               and state[k].dim() == 2]
+    if not weights:
+        return None
+    w = weights[-1]
+    b = w[: -len("weight")] + "bias"
+    return SourceClassifier(state[w].detach().clone(), state[b].detach().clone(), classes)
+
+
 def _packaged(spec, backbone, arg, context):
     arch = getattr(backbone, "model_name", spec.name)
     path = packaged_path(arch)
     dist, _package, _rel, what, drop = PACKAGED[arch]
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    full = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in full.items() if not k.startswith(drop)}
     load_state_dict_checked(_target(backbone), state, f"{path.name} ({dist})", positional=True)
     backbone.mean, backbone.std, backbone.input_size = IMAGENET_MEAN, IMAGENET_STD, 224
+    backbone.source_classifier = _source_classifier(full, drop, "ImageNet-1k")
     try:
         version = md.version(dist)
     except md.PackageNotFoundError:

@@ -21,7 +21,9 @@ early stopping on its validation split (:func:`harness.train.loop.run_phase`, be
 restored); the classifier is dropped afterwards. The weights are cached under
 ``<cache dir>/source-weights/`` keyed by a SHA-256 of everything that determines them: the
 architecture and its initial weights, the dataset and its parameters, the image size, the
-training settings and the library versions. Files are written atomically.
+training settings and the library versions. Files are written atomically. The source
+classifier is kept beside the weights (``*.head.safetensors``) and set as the backbone's
+``source_classifier``, which the LEEP and NCE estimators need.
 """
 from __future__ import annotations
 
@@ -125,9 +127,10 @@ def _atomic_save(state: dict, path: Path) -> None:
 
 
 def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_dir: Path,
-              progress, hardware: dict) -> dict:
+              progress, hardware: dict) -> tuple[dict, dict]:
     """Train ``backbone`` + a linear classifier on the source dataset, on the cell's device and
-    in its precision (``hardware``: ``device``, ``amp``); return what it reached."""
+    in its precision (``hardware``: ``device``, ``amp``); return the classifier's tensors (on
+    the CPU) and what it reached."""
     from harness.train.data import validate_splits
     from harness.train.model import TransferModel
     from harness.train.loop import History, Phase, TrainContext, TrainSettings, evaluate, run_phase
@@ -157,7 +160,9 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
     _, test = evaluate(model, data.test, ctx)
     phase = history.phases[-1]
     model.to("cpu")  # the backbone goes back where the cell builds its model
-    return {"source_val_accuracy": float(val["accuracy"]),
+    linear = model.head[-1]
+    head = {"weight": linear.weight.detach().clone(), "bias": linear.bias.detach().clone()}
+    return head, {"source_val_accuracy": float(val["accuracy"]),
             "source_test_accuracy": float(test["accuracy"]),
             "source_epochs_run": phase["epochs_run"], "source_best_epoch": phase["best_epoch"] + 1,
             "source_sizes": data.sizes(), "source_train_seconds": seconds,
@@ -189,23 +194,30 @@ def load_source(spec, backbone, arg, context) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}__{name}__{key[:16]}".replace(":", "_")
     wpath, ipath = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    hpath = folder / f"{stem}.head.safetensors"
     target = getattr(backbone, "model", backbone)
     progress = context.get("progress") or (lambda m: None)
     with cache_lock(wpath):  # parallel workers wait for one pretraining instead of repeating it
-        if wpath.exists() and ipath.exists():
+        # an entry without its classifier file predates keeping it: pretrain again
+        if wpath.exists() and ipath.exists() and hpath.exists():
             from safetensors.torch import load_file
             from .weights import load_state_dict_checked
             reached = json.loads(ipath.read_text())["reached"]
             load_state_dict_checked(target, load_file(str(wpath)),
                                     f"cached source weights {wpath}")
+            head = load_file(str(hpath))
             cached = True
         else:
             progress(f"pretraining on source dataset {name} (cached afterwards)")
-            reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root, progress,
-                                hardware)
+            head, reached = _pretrain(plugins, ds_spec, backbone, train, data_params, root,
+                                      progress, hardware)
+            _atomic_save(head, hpath)
             _atomic_save(target.state_dict(), wpath)
             atomic_write_json(ipath, {"key": key, "material": material, "reached": reached})
             cached = False
+    from harness.train.model import SourceClassifier
+    backbone.source_classifier = SourceClassifier(head["weight"], head["bias"],
+                                                  f"{name} ({head['weight'].shape[0]} classes)")
     target_ds = context.get("dataset")
     notes = ([f"the source dataset is the target dataset ({name}): this is not transfer"]
              if target_ds == name else [])

@@ -51,3 +51,8 @@ class ParityError(BenchError):
     def __init__(self, message: str, result: dict | None = None):
         super().__init__(message)
         self.result = result or {}
+
+
+class EstimatorUnavailable(BenchError):
+    """A transferability estimator that cannot score this backbone (e.g. LEEP without the
+    weights' source classifier); the message says why and what would make it work."""

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import pluggy
 
-from .specs import (BackboneSpec, DatasetSpec, ExecutorSpec, PresetSpec, ProfileSpec,
-                    ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec)
+from .specs import (BackboneSpec, DatasetSpec, EstimatorSpec, ExecutorSpec, PresetSpec,
+                    ProfileSpec, ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec,
+                    WeightSourceSpec)
 
 hookspec = pluggy.HookspecMarker("transfer_bench")
 
@@ -257,6 +258,27 @@ def register_presets() -> list[PresetSpec]:
         @hookimpl
         def register_presets():
             return [PresetSpec("tiny", matrix={"backbones": ["resnet18"], "strategies": ["frozen"]})]
+    """
+
+
+@_registration("estimators", "estimator")
+def register_estimators() -> list[EstimatorSpec]:
+    """Register transferability estimators, which score a pretrained backbone on target
+    data from frozen features before any training (``bench rank``, ``--rank-first K``).
+
+    Called once when the registries are built. Receives nothing. Each estimator's
+    ``score`` is later called with a :class:`harness.api.specs.EstimatorInput` (features
+    computed once per backbone, weights and dataset, shared by all estimators).
+
+    Returns:
+        A list of :class:`harness.api.specs.EstimatorSpec`.
+
+    Example::
+
+        @hookimpl
+        def register_estimators():
+            return [EstimatorSpec("fisher", score=lambda inputs: fisher_ratio(inputs.features,
+                                                                            inputs.labels))]
     """
 
 

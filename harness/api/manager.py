@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.executors",
     "plugins.presets",
     "plugins.regression",
+    "plugins.estimators",
 )
 
 @dataclass

@@ -326,3 +326,58 @@ class PresetSpec:
 
     def resolve(self) -> dict:
         return self.matrix() if callable(self.matrix) else dict(self.matrix)
+
+
+@dataclass(frozen=True)
+class EstimatorInput:
+    """What a transferability estimator scores: frozen features of one backbone (with its
+    weights) on one target dataset, computed once and shared by every estimator.
+
+    Attributes:
+        features: ``(n, d)`` float64 pooled features of the target training images.
+        labels: ``(n,)`` integer class labels.
+        val_features, val_labels: the same for the validation images (for estimators that
+            fit on the training features and score held-out ones, such as kNN).
+        num_classes: target classes.
+        source_probs: ``(n, Z)`` softmax of the weights' own classifier on the training
+            images, or ``None`` when the weights have none (see ``source_missing``).
+        source_classes: what the ``Z`` source classes are (``"ImageNet-1k"``).
+        source_missing: why ``source_probs`` is ``None``.
+        seed: the cell's seed, for estimators that draw random numbers.
+    """
+
+    features: Any
+    labels: Any
+    val_features: Any
+    val_labels: Any
+    num_classes: int
+    source_probs: Any = None
+    source_classes: str = ""
+    source_missing: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A transferability estimator: scores a pretrained backbone on target data before
+    any training, from frozen features (``bench rank``, ``bench run --rank-first K``).
+
+    Attributes:
+        name: registry key, used by ``bench rank -e NAME`` and ``--rank-by NAME``.
+        score: ``score(inputs: EstimatorInput, **params) -> float | dict``; a dict holds
+            ``"score"`` and any diagnostics (iterations, converged...). Raise
+            :class:`harness.errors.EstimatorUnavailable` when it cannot score these inputs.
+        higher_is_better: whether a larger score predicts a better transfer.
+        needs_source_classifier: whether it needs ``inputs.source_probs`` (LEEP, NCE).
+        description: one line for ``bench list``; cite the paper.
+    """
+
+    name: str
+    score: Callable[..., Any]
+    higher_is_better: bool = True
+    needs_source_classifier: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("estimator", self.name)
+

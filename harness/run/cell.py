@@ -304,3 +304,30 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                     r["evaluated_on"] = int(len(outputs))
                 out.append({**base, **r})
     return out
+
+
+def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = True,
+                   progress: Callable[[str], None] = lambda m: None):
+    """A unit's backbone for ranking (:mod:`harness.run.rank`), seeded, with its weights
+    loaded as a cell loads them (on the CPU).
+
+    Returns:
+        ``(backbone spec, backbone, weights info)``.
+    """
+    bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
+    torch.manual_seed(cfg.seed)
+    kwargs = dict(cfg.backbone.kwargs)
+    if bb_arg is not None:
+        kwargs["arg"] = bb_arg
+    backbone = bb_spec.build(**kwargs)
+    weights = ((cfg.weights or bb_spec.default_weights) if pretrained else None) \
+        or plugins.default("weights").name
+    progress(f"loading weights {weights}")
+    ws_spec, ws_arg = plugins.weights.resolve(weights)
+    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
+        "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress}) or {})
+    winfo.setdefault("source", weights)
+    winfo.setdefault("pretrained", ws_spec.pretrained)
+    winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
+    return bb_spec, backbone, winfo

