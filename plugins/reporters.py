@@ -1,7 +1,8 @@
 """Built-in reporters for ``bench report``: terminal table, Markdown, CSV, JSON, HTML, MLflow.
 
 The table and Markdown reporters add the repeats table (mean ± 95% interval over seeds,
-paired tests between strategies) and the recommendation within ``budget_ms``.
+paired tests between strategies) and the recommendation within ``budget_ms``; a run made
+with ``--rank-first K`` also shows its ranking next to the accuracy each pair measured.
 """
 from __future__ import annotations
 
@@ -22,12 +23,25 @@ def _emit(text: str, out: Path | None) -> str | None:
     return f"wrote {out}"
 
 
+def _ranking(store, records, fmt: str) -> str:
+    """The ``--rank-first`` ranking next to the measured accuracy, when the run has one."""
+    path = Path(store.path) / "ranking.json"
+    if not path.exists():
+        return ""
+    from harness.report.ranking import ranking_text
+    return "\n\n" + ranking_text(json.loads(path.read_text()), records, fmt=fmt)
+
+
 def write_table(store, out=None, budget_ms: Optional[float] = None):
-    return _emit(report_text(store.records(), budget_ms) + "\n", out)
+    records = store.records()
+    return _emit(report_text(records, budget_ms) + _ranking(store, records, "simple") + "\n",
+                 out)
 
 
 def write_markdown(store, out=None, budget_ms: Optional[float] = None):
-    return _emit(report_text(store.records(), budget_ms, fmt="github") + "\n", out)
+    records = store.records()
+    return _emit(report_text(records, budget_ms, fmt="github")
+                 + _ranking(store, records, "github") + "\n", out)
 
 
 def write_csv(store, out=None):

@@ -346,3 +346,19 @@ def test_decode_cache_skips_decoding_on_second_call(tmp_path, monkeypatch):
     files[0].write_bytes(files[1].read_bytes())  # a changed file is a new cache key
     with pytest.raises(AssertionError, match="decoded again"):
         hd.decode_cached(files, SIZE, tmp_path / "c")
+
+
+def test_shapes_classification_labels_the_quadrant_of_the_kite():
+    from plugins.datasets.synthetic import load_shapes
+
+    data = load_shapes("classification", SIZE, 3, None, n_train=64, n_val=4, n_test=4)
+    boxes = load_shapes("localization", SIZE, 3, None, n_train=64, n_val=4, n_test=4).train.targets
+    y = data.train.targets
+    assert y.dtype == torch.long and data.info.num_classes == 4 and data.info.synthetic
+    assert set(y.tolist()) == {0, 1, 2, 3}  # 64 kites fall in every quadrant
+    # the kite's centre (mean of its vertices) lies inside its box: the box's side agrees
+    # with the label wherever the box is all on one side of the middle
+    right = boxes[:, 0] >= 0.5
+    assert ((y[right] % 2) == 1).all()
+    below = boxes[:, 1] >= 0.5
+    assert ((y[below] // 2) == 1).all()

@@ -214,4 +214,8 @@ def test_cli_run_rank_first_trains_only_the_top_k(register_plugin, tmp_path):
     assert ranking["kept"] == {"tiny_quadrants": [bb]}
     cells = [json.loads(p.read_text()) for p in (run / "cells").glob("*.json")]
     assert [c["config"]["backbone"] for c in cells] == [bb]
+    # bench report shows the ranking again, next to the measured accuracy
+    rep = CliRunner().invoke(cli, ["report", str(run)])
+    assert rep.exit_code == 0 and "Ranking by knn before training" in rep.output
+    assert "not trained (below top K)" in rep.output
     assert system is not None

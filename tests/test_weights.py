@@ -123,15 +123,19 @@ def test_source_pretrains_once_then_loads_from_cache(register_plugin, tmp_path):
     assert first["short"].startswith("source:digits") and "not ImageNet" in first["description"]
     assert first["source_epochs_run"] >= 1 and len(first["source_curve"]) >= 1
     assert first["source_val_accuracy"] > 0.3  # 10 classes: chance is 0.1
-    files = sorted(p.suffix for p in (tmp_path / "source-weights").iterdir()
+    files = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "source-weights").iterdir()
                    if p.suffix != ".lock")  # the lock file of harness.run.locks stays, empty
-    assert files == [".json", ".safetensors"], "written atomically: no temporary files left"
+    assert files == ["head.safetensors", "json", "safetensors"], \
+        "written atomically: no temporary files left"
+    # the source classifier is kept for LEEP/NCE: 10 digit classes on the pooled features
+    assert bb1.source_classifier.weight.shape == (10, bb1.num_features)
 
     bb2, second = _load_source(system, arg, tmp_path)
     assert second["cached"] is True and second["cache_key"] == first["cache_key"]
     assert second["source_val_accuracy"] == first["source_val_accuracy"]
     for (k, a), b in zip(bb1.state_dict().items(), bb2.state_dict().values()):
         assert torch.equal(a, b), k
+    assert torch.equal(bb1.source_classifier.weight, bb2.source_classifier.weight)
 
     _, other = _load_source(system, "digits,epochs=1,batch_size=32,lr=0.01", tmp_path)
     assert other["cache_key"] != first["cache_key"] and other["cached"] is False

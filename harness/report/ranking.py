@@ -51,7 +51,7 @@ def rank_table(rows: list[dict], estimators: list[str], sort_by: Optional[str] =
     return text
 
 
-def ranking_text(ranking: dict, records: list[dict]) -> str:
+def ranking_text(ranking: dict, records: list[dict], fmt: str = "simple") -> str:
     """The ranking ``--rank-first`` used, next to the accuracy each pair then measured
     (mean test metric over seeds per strategy), or why it was not trained."""
     from tabulate import tabulate
@@ -84,4 +84,4 @@ def ranking_text(ranking: dict, records: list[dict]) -> str:
             f"estimates took {ranking['seconds']:.1f} s):")
     return head + "\n" + tabulate(table, headers=["dataset", "rank", "backbone", "weights",
                                                   est] + [f"{s} test" for s in strategies],
-                                  tablefmt="simple", disable_numparse=True)
+                                  tablefmt=fmt, disable_numparse=True)

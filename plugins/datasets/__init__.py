@@ -32,7 +32,8 @@ def register_datasets():
                     tasks=("classification", "localization", "pose"),
                     description="your images: root=PATH, one subfolder per class; "
                     "boxes.csv / keypoints.csv for localization / pose"),
-        DatasetSpec("shapes", load=load_shapes, tasks=("localization", "pose"), synthetic=True,
-                    offline=True, description="SYNTHETIC kites with a box and 4 keypoints "
-                    "(default localization and pose cells)"),
+        DatasetSpec("shapes", load=load_shapes, tasks=("localization", "pose", "classification"),
+                    synthetic=True, offline=True,
+                    description="SYNTHETIC kites with a box and 4 keypoints (default "
+                    "localization and pose cells); classification: the kite's quadrant"),
     ]

@@ -4,7 +4,9 @@ Serves the default localization and pose cells where no real data with boxes or
 keypoints installs offline. Each image shows one convex quadrilateral (a "kite") of a
 random colour, size, aspect and position on a cluttered background (a colour gradient,
 noise and distractor discs). Targets: its tight box, and its four vertices in the fixed
-order top, right, bottom, left (all visible). Everything is labelled synthetic.
+order top, right, bottom, left (all visible); for classification, the quadrant that holds
+the kite's centre (4 classes: a task where the position matters, which globally pooled
+features must keep). Everything is labelled synthetic.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from harness.train.data import DataInfo, DataSplits, TensorSplit
 
 KEYPOINTS = ["top", "right", "bottom", "left"]
+QUADRANTS = ["top-left", "top-right", "bottom-left", "bottom-right"]
 SUPERSAMPLE = 4
 
 
@@ -64,6 +67,10 @@ def make_split(n: int, size: int, seed: int, task: str) -> TensorSplit:
     kps[:, :, 2] = 2.0
     if task == "pose":
         return TensorSplit(images, kps)
+    if task == "classification":  # which quadrant holds the kite's centre: 0 TL 1 TR 2 BL 3 BR
+        centre = kps[:, :, :2].mean(1)
+        return TensorSplit(images, ((centre[:, 0] >= 0.5).long()
+                                    + 2 * (centre[:, 1] >= 0.5).long()))
     boxes = torch.cat([kps[:, :, :2].amin(1), kps[:, :, :2].amax(1)], 1)
     return TensorSplit(images, boxes)
 
@@ -71,12 +78,15 @@ def make_split(n: int, size: int, seed: int, task: str) -> TensorSplit:
 def load_shapes(task: str, image_size: int, seed: int, cache_dir: Path, n_train: int = 512,
                 n_val: int = 128, n_test: int = 128) -> DataSplits:
     """Generated kites; identical for the same seed, size and counts."""
-    if task not in ("localization", "pose"):
-        raise ValueError(f"shapes has labels for localization and pose, not {task!r}")
+    if task not in ("localization", "pose", "classification"):
+        raise ValueError(f"shapes has labels for localization, pose and classification, "
+                         f"not {task!r}")
     splits = [make_split(n, image_size, seed * 1000 + k, task)
               for k, n in enumerate((n_train, n_val, n_test))]
     info = DataInfo("shapes", num_keypoints=len(KEYPOINTS) if task == "pose" else 0,
-                    class_names=list(KEYPOINTS) if task == "pose" else [],
+                    num_classes=4 if task == "classification" else 0,
+                    class_names=(list(KEYPOINTS) if task == "pose" else QUADRANTS
+                                 if task == "classification" else []),
                     keypoint_names=list(KEYPOINTS) if task == "pose" else [], synthetic=True,
                     source="generated (plugins.datasets.synthetic)",
                     notes=["SYNTHETIC: generated kites on cluttered backgrounds"])
