@@ -61,10 +61,14 @@ def logme_per_class(features: np.ndarray, target: np.ndarray, tol: float = 1e-5,
     for it in range(1, max_iter + 1):
         denom = alpha + beta * sigma
         gamma = float(np.sum(beta * sigma / denom))
+        # n - gamma, summed from its own positive terms: subtracting gamma from n loses
+        # every digit when the features can fit y almost exactly (n <= D), and a zero there
+        # would collapse beta, then alpha, to 0
+        n_minus_gamma = float(np.sum(alpha / denom)) + (n - len(sigma))
         mm = float(np.sum((beta * s * z / denom) ** 2))
         res2 = float(np.sum((alpha * z / denom) ** 2) + rest)
         new_alpha = gamma / max(mm, 1e-300)
-        new_beta = (n - gamma) / max(res2, 1e-300)
+        new_beta = n_minus_gamma / max(res2, 1e-300)
         done = (abs(new_alpha - alpha) <= tol * abs(alpha)
                 and abs(new_beta - beta) <= tol * abs(beta))
         alpha, beta = new_alpha, new_beta
