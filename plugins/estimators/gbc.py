@@ -20,7 +20,7 @@ def bhattacharyya_coefficient(mu1, var1, mu2, var2) -> float:
         D_B = 1/8 (mu1 - mu2)^T S^-1 (mu1 - mu2) + 1/2 ln( det S / sqrt(det S1 det S2) ),
         S = (S1 + S2) / 2
 
-    (Pandy et al. 2022, Sec. 3: the Bhattacharyya distance of two Gaussians).
+    (the Bhattacharyya distance between two Gaussians that Pandy et al. 2022 use).
     """
     mu1, var1, mu2, var2 = (np.asarray(a, dtype=np.float64) for a in (mu1, var1, mu2, var2))
     var = (var1 + var2) / 2
@@ -34,7 +34,7 @@ def gbc(features: np.ndarray, labels: np.ndarray, pca_dim: int = 64,
         min_var: float = 1e-6) -> dict:
     """GBC: ``- sum_{i != j} BC(D_ci, D_cj)`` over ordered pairs of target classes, each
     class modelled as a Gaussian ``N(mu_c, diag(sigma_c^2))`` of its (PCA-reduced) features
-    (Pandy et al. 2022, Sec. 3; the diagonal covariance is the paper's choice for its
+    (Pandy et al. 2022's definition of GBC; the diagonal covariance is the paper's choice for its
     main results, and the features are first reduced by PCA as the paper does).
 
     Classes that overlap give a coefficient near 1 per pair, separated ones near 0: the

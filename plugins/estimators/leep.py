@@ -11,7 +11,7 @@ import numpy as np
 
 def empirical_joint(source_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``P^(y, z) = 1/n sum_{i: y_i = y} theta(x_i)_z``: the empirical joint of target label
-    ``y`` and source ("dummy") label ``z`` (Nguyen et al. 2020, Sec. 3, step 2).
+    ``y`` and source ("dummy") label ``z`` (Nguyen et al. 2020, the second step of LEEP).
 
     Rows are target classes, columns source classes. Hard source labels (NCE) are the
     special case of one-hot ``theta``.
@@ -26,7 +26,7 @@ def empirical_joint(source_probs: np.ndarray, labels: np.ndarray, num_classes: i
 def leep(source_probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
     """LEEP, the log expected empirical prediction (Nguyen, Hassner, Seeger and Archambeau,
     "LEEP: A New Measure to Evaluate Transferability of Learned Representations", ICML
-    2020, Sec. 3):
+    2020; their definition of LEEP):
 
         T(theta, D) = 1/n sum_i log( sum_z P^(y_i | z) theta(x_i)_z ),
 
@@ -51,7 +51,7 @@ def nce(source_labels: np.ndarray, labels: np.ndarray, num_source: int | None = 
         num_classes: int | None = None) -> float:
     """NCE, the negative conditional entropy ``-H(Y | Z)`` of the target labels given the
     source labels (Tran, Nguyen and Hassner, "Transferability and Hardness of Supervised
-    Classification Tasks", ICCV 2019; the conditional entropy of their Sec. 3):
+    Classification Tasks", ICCV 2019; their conditional entropy of the target labels given the source labels):
 
         H(Y | Z) = - sum_{y, z} P^(y, z) log P^(y | z),
         P^(y, z) = #{i : y_i = y, z_i = z} / n.

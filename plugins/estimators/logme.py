@@ -9,7 +9,7 @@ import numpy as np
 
 
 def log_evidence(features: np.ndarray, target: np.ndarray, alpha: float, beta: float) -> float:
-    """The log evidence ``log p(y | F, alpha, beta)`` of the paper's Eq. (2), computed densely.
+    """The log evidence ``log p(y | F, alpha, beta)`` that LogME maximises, computed densely.
 
     The model is ``y = F w + e`` with prior ``w ~ N(0, alpha^-1 I)`` and noise
     ``e ~ N(0, beta^-1 I)``; integrating ``w`` out gives
@@ -88,7 +88,7 @@ def logme_per_class(features: np.ndarray, target: np.ndarray, tol: float = 1e-5,
 def logme(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None,
           tol: float = 1e-5, max_iter: int = 1000) -> dict:
     """LogME of features for class labels: the mean over classes of the per-sample maximum
-    log evidence (You et al. 2021, Sec. 4, Algorithm 1: a classification target is its
+    log evidence (You et al. 2021, Algorithm 1: a classification target is its
     one-hot columns, each fitted as a regression target; the score is
     ``1/K sum_k L_k(alpha_k*, beta_k*) / n``).
 
