@@ -123,8 +123,10 @@ def main(argv=None) -> int:
               f"{r['config']['seed']}: {r.get('error')}" for r in records
               if r.get("status") != "ok"]
 
+    from harness.run.config import AxisItem
+    labels = [AxisItem.parse(d).label() for d in DATASETS]  # as the records name them
     corr = []
-    for ds in DATASETS:
+    for ds in labels:
         for e in names:
             for st in ("finetune", "frozen"):
                 pairs = [p for (d, p) in scores[e] if d == ds and (ds, p) in measured[st]]
@@ -151,6 +153,7 @@ def main(argv=None) -> int:
         "load_average_at_end": list(__import__("os").getloadavg()),
         "versions": env.get("versions"),
     }
+    conditions["dataset_labels"] = labels
     result = {"conditions": conditions, "correlations": corr,
               "scores": {e: {f"{d} | {p}": v for (d, p), v in s.items()} for e, s in
                          scores.items()},
@@ -184,7 +187,7 @@ def markdown(result: dict, names: list) -> str:
              f"{c['wall_seconds'] / 60:.1f} min.", "",
              "Datasets: " + "; ".join(c["datasets"]) + " (shapes is SYNTHETIC).", "",
              "Pairs: " + "; ".join(f"{b} with {w}" for b, w in c["pairs"]) + ".", ""]
-    for ds in c["datasets"]:
+    for ds in c["dataset_labels"]:
         lines += [f"## {ds}", ""]
         pairs = sorted({k.split(" | ")[1] for k in result["measured"]["finetune"]
                         if k.startswith(ds + " | ")})
