@@ -217,6 +217,12 @@ _MATRIX_OPTIONS = [
                  help="torch.compile the forward passes (default off; part of the cell key)."),
     click.option("--eval-batch-size", type=click.IntRange(min=0), default=None,
                  help="Evaluation/prediction batch size (default 0: the training batch size)."),
+    click.option("--patience", type=click.IntRange(min=1),
+                 help="Early-stopping patience (epochs without a better validation loss)."),
+    click.option("--budget", type=click.Choice(["phase", "epochs", "steps", "images"]),
+                 help="Training budget: per phase, or a total of --epochs epochs' worth of "
+                      "epochs/steps/images shared by all phases (the same cap for every "
+                      "strategy)."),
     click.option("--image-size", type=int, help="Input size in pixels."),
     click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
 ]

@@ -311,11 +311,15 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
     spec.cls.parameters()  # must be introspectable for `bench list`
     splits = splits or make_tiny_splits()
     task = _ClassificationForChecks()
-    torch.manual_seed(0)
-    bb = (backbone_spec.build() if backbone_spec else TinyBackbone())
+    def scratch_backbone():
+        torch.manual_seed(0)
+        return backbone_spec.build() if backbone_spec else TinyBackbone()
+
+    bb = scratch_backbone()
     model = TransferModel(bb, task.build_head(bb, splits.info))
     ctx = TrainContext(task, splits.info, TrainSettings(epochs=epochs, batch_size=32, lr=1e-2,
                                                         patience=epochs))
+    ctx.scratch_backbone = scratch_backbone
     strategy = spec.cls(**params)
     declared = list(strategy.trained_parameters(model, ctx))
     names = [n for n, _ in model.named_parameters()]

@@ -24,7 +24,7 @@ DEFAULT = {
     "profiles": ["mobile", "server"],
     "image_size": 64,
     "weights": {"resnet18": "source:digits,epochs=5,image_size=32"},  # pretrained here, not ImageNet
-    "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},
+    "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
     "latency": {"min_s": 0.5, "min_count": 30, "warmup_s": 0.2},
 }
 
@@ -58,7 +58,7 @@ FLOWERS_MODELS_1_4 = {
     "runtimes": ["pytorch", "onnxruntime"],
     "profiles": ["server"],
     "image_size": 224,
-    "train": {"epochs": 20, "batch_size": 32, "lr": 1e-4, "patience": 3},
+    "train": {"epochs": 20, "batch_size": 32, "lr": 1e-4, "patience": 3, "budget": "epochs"},
 }
 
 #: The lecture's Pets localization models: VGG19 + output layer predicting the box,
@@ -75,28 +75,36 @@ PETS_LOCALIZATION = {
     "train": {"epochs": 20, "batch_size": 32, "lr": 1e-4, "patience": 3},
 }
 
-# Yosinski et al. 2014 on ResNet-18's 5 layer groups (stem, layer1..layer4). The matrix
-# format keys weights by backbone, so the transfer networks (AnB, AnB+) and the selffer
-# controls (BnB, BnB+) are two presets differing only in the source weights. A and B here
-# are two offline datasets (A = scikit-learn digits, B = Fashion-MNIST) rather than the
-# paper's two random halves of ImageNet's classes. BnB's source network is trained on B's
-# own training split (same dataset, seed and subset as the target cells).
+#: Yosinski, Clune, Bengio & Lipson 2014, "How transferable are features in deep neural
+#: networks?", done the paper's way on one offline dataset: Fashion-MNIST's classes split
+#: into halves A (0-4: T-shirt/top, trouser, pullover, dress, coat) and B (5-9: sandal,
+#: shirt, sneaker, bag, ankle boot), same domain. Base A and base B are trained here by the
+#: ``source:`` weight source (a backbone + linear classifier on that half's own training
+#: split); every target cell trains on B: scratch is baseB, ``layer_transfer`` with the A
+#: weights gives AnB / AnB+, with the B weights BnB / BnB+ (the selffer control, copied
+#: from a base B trained on the same images), for n = 1..5 over the backbone's 5 layer
+#: groups. ``timm:test_resnet`` (a 0.37 M-parameter ResNet with timm's stem/layer1..4
+#: groups) at 32 px, 500 training images per half, 6 epochs, 3 seeds: small enough for a
+#: loaded 2-core machine (see results/README.md for the time it took).
+#: ``python scripts/plot_yosinski.py RUN --out results/`` draws the paper's Fig. 2.
 _YOSINSKI_GROUPS = 5
-_YOSINSKI_BASE = {
-    "backbones": ["resnet18"],
+_YOSINSKI_DATA = "n_train=500,n_val=250,n_test=500"
+YOSINSKI = {
+    "name": "yosinski",
+    "backbones": ["timm:test_resnet"],
     "tasks": ["classification"],
-    "datasets": ["fashion_mnist"],
-    "strategies": [f"layer_transfer,n={n},fine_tune={ft}"
-                   for ft in ("false", "true") for n in range(1, _YOSINSKI_GROUPS + 1)],
-    "runtimes": ["pytorch"],
+    "datasets": [f"fashion_mnist,classes=5-9,{_YOSINSKI_DATA}"],
+    "strategies": ["scratch"] + [f"layer_transfer,n={n},fine_tune={ft}"
+                                 for ft in ("false", "true")
+                                 for n in range(1, _YOSINSKI_GROUPS + 1)],
+    "weights": {"*": [f"source:fashion_mnist,classes=0-4,{_YOSINSKI_DATA},epochs=6",
+                      f"source:fashion_mnist,classes=5-9,{_YOSINSKI_DATA},epochs=6"]},
+    "runtimes": [],
     "profiles": ["server"],
     "image_size": 32,
-    "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2},
+    "seeds": 3,
+    "train": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
 }
-YOSINSKI = {**_YOSINSKI_BASE, "name": "yosinski",
-            "weights": {"resnet18": "source:digits,epochs=5,image_size=32"}}
-YOSINSKI_SELFFER = {**_YOSINSKI_BASE, "name": "yosinski_selffer",
-                    "weights": {"resnet18": "source:fashion_mnist,epochs=5,image_size=32"}}
 
 #: The ULMFiT recipe against plain fine-tuning and from-scratch training, offline.
 ULMFIT = {
@@ -108,7 +116,8 @@ ULMFIT = {
     "runtimes": ["pytorch"],
     "profiles": ["mobile"],
     "image_size": 64,
-    "train": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "patience": 2},
+    # one total budget for all: gradual unfreezing and ulmfit get 6 epochs like finetune
+    "train": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
 }
 
 
@@ -128,11 +137,9 @@ def register_presets():
                        description="lecture Pets localization: VGG19 frozen vs finetune "
                                    "(ImageNet weights: hub)"),
             PresetSpec("yosinski", matrix=YOSINSKI,
-                       description="Yosinski 2014 AnB/AnB+ for n=1..5 on ResNet-18, A=digits, "
-                                   "B=Fashion-MNIST (offline)"),
-            PresetSpec("yosinski_selffer", matrix=YOSINSKI_SELFFER,
-                       description="Yosinski 2014 selffer controls BnB/BnB+ for n=1..5 on "
-                                   "ResNet-18, B=Fashion-MNIST (offline)"),
+                       description="Yosinski 2014 fig. 2: baseB, AnB, AnB+, BnB, BnB+ for "
+                                   "n=1..5, Fashion-MNIST classes 0-4 (A) / 5-9 (B), 3 seeds "
+                                   "(offline)"),
             PresetSpec("ulmfit", matrix=ULMFIT,
                        description="ULMFiT recipe (discriminative + gradual unfreezing + STLR) "
                                    "vs its parts, finetune and scratch, MobileNetV2 offline")]

@@ -154,3 +154,48 @@ def test_every_runtime_competes_openvino_and_executorch_included():
     assert (r.pick.runtime, r.pick.precision, r.pick.metric) == ("executorch", "fp32", 0.80)
     assert {(c.runtime, c.precision) for c in r.front} == {("openvino", "int8"),
                                                           ("executorch", "fp32")}
+
+
+# -- uncertainty: the tie rule ----------------------------------------------------------------
+def _seeds(backbone, strategy, accs, lat, flops=None):
+    out = []
+    for seed, acc in enumerate(accs):
+        r = rec(backbone, strategy, acc, lat, "server", seed=seed)
+        if flops is not None:
+            r["budget"] = {"train_flops": flops}
+        out.append(r)
+    return out
+
+
+def test_overlapping_intervals_are_a_tie_and_the_faster_wins():
+    """Means 0.82 vs 0.80 with spreads that make the 95% intervals overlap: the data cannot
+    rank them, so the faster one is picked and the verdict says tie (p = ...)."""
+    recs = (_seeds("big", "finetune", [0.78, 0.86, 0.82], 20.0)
+            + _seeds("big", "frozen", [0.77, 0.83, 0.80], 5.0))
+    (r,) = recommend(recs)
+    assert (r.pick.strategy, r.pick.n) == ("frozen", 3)
+    p = paired_t([0.77, 0.83, 0.80], [0.78, 0.86, 0.82]).p
+    assert r.verdict.startswith(f"tie (p = {p:.2g}) with big + finetune (onnxruntime) 0.820")
+    assert "picked the faster" in r.verdict
+    assert [c.strategy for c in r.ties] == ["finetune"]
+    assert "tie (p = " in format_recommendations([r])
+
+
+def test_tie_at_equal_latency_goes_to_the_cheaper_to_train():
+    recs = (_seeds("big", "finetune", [0.78, 0.86, 0.82], 5.0, flops=9e12)
+            + _seeds("big", "chain_thaw", [0.79, 0.87, 0.83], 5.0, flops=3e13))
+    (r,) = recommend(recs)
+    assert r.pick.strategy == "finetune" and "cheaper to train" in r.verdict
+
+
+def test_separated_intervals_keep_the_most_accurate():
+    recs = (_seeds("big", "finetune", [0.90, 0.91, 0.92], 20.0)
+            + _seeds("big", "frozen", [0.70, 0.71, 0.72], 5.0))
+    (r,) = recommend(recs)
+    assert r.pick.strategy == "finetune" and r.verdict.startswith("clear")
+
+
+def test_one_seed_says_uncertainty_is_unknown():
+    (r,) = [x for x in recommend(RECORDS) if x.device_class == "server"]
+    assert r.verdict == "uncertainty unknown (1 seed)"
+    assert "uncertainty unknown" in format_recommendations([r])

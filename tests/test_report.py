@@ -25,7 +25,8 @@ def _rec(backbone, strategy, seed, acc, lat, curve, dclass="mobile"):
             "weights": {"description": "random", "pretrained": strategy != "scratch"},
             "metric_name": "accuracy", "higher_is_better": True,
             "test_metrics": {"accuracy": acc}, "train_seconds": 1.0,
-            "history": {"epochs": [{"val_metric": v} for v in curve]},
+            "history": {"start": {"val_metric": curve[0]},  # before training: epoch 0
+                        "epochs": [{"val_metric": v} for v in curve[1:]]},
             "latency": [{"runtime": "onnxruntime", "profile": "mobile", "precision": "fp32",
                          "stats": {"p50_ms": lat, "p90_ms": lat * 1.3}}]}
 
@@ -130,8 +131,10 @@ def test_transfer_benefits_against_scratch_of_same_seed(run_dir):
     r = rows[0]
     assert r["start"]["gain"] == pytest.approx(0.4)
     assert r["asymptote"]["gain"] == pytest.approx(0.35)
-    # trapezoid area over 2 epoch intervals: (0.7 + 0.825) / 2 against (0.3 + 0.45) / 2
-    assert r["slope"]["gain"] == pytest.approx((0.7 + 0.825 - 0.3 - 0.45) / 2)
+    # slope is a rate: least squares over epochs 0..2, (0.85 - 0.6) / 2 against (0.5 - 0.2) / 2
+    assert r["slope"]["gain"] == pytest.approx(0.125 - 0.15)
+    # the area is its own figure: (0.7 + 0.825) / 2 against (0.3 + 0.45) / 2
+    assert r["auc"]["gain"] == pytest.approx((0.7 + 0.825 - 0.3 - 0.45) / 2)
 
 
 def test_compare_matches_by_configuration_not_key(tmp_path):

@@ -143,29 +143,44 @@ def test_frozen_cached_equals_naive_loop(tiny_splits):
 
 
 # -- off the shelf ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["logreg", "svm"])
-def test_offtheshelf_head_is_the_sklearn_model(kind, tiny_splits):
-    """The installed torch head reproduces the fitted scikit-learn model's outputs."""
+@pytest.mark.parametrize("kind,normalize,C", [("svm", "l2", "val"), ("logreg", "standard", 1.0)])
+def test_offtheshelf_head_is_the_sklearn_model(kind, normalize, C, tiny_splits):
+    """The installed torch head reproduces the fitted scikit-learn model's outputs; with
+    C="val" the C kept is the one with the best validation accuracy (Razavian's recipe:
+    L2-normalised features and a linear SVM is the default)."""
     model, task = make_model()
     ctx = make_ctx(task, tiny_splits)
-    strat = OffTheShelf(model=kind)
-    captured = {}
+    strat = OffTheShelf(model=kind, normalize=normalize, C=C)
+    fitted = {}
     real = strat._classifier
 
-    def spy(seed):
-        captured["clf"] = real(seed)
-        return captured["clf"]
+    def spy(seed, c):
+        fitted[c] = real(seed, c)
+        return fitted[c]
     strat._classifier = spy
     hist = strat.fit(model, tiny_splits, ctx)
-    assert len(hist.epochs) == 1
-    assert isinstance(model.head, nn.Linear)
-    clf = captured["clf"]
-    from sklearn.preprocessing import StandardScaler
+    assert len(hist.epochs) == 1 and hist.start is not None
+    search = hist.phases[0]["C_search"]
+    if C == "val":
+        from plugins.strategies.offtheshelf import C_GRID
+        assert [t["C"] for t in search] == list(C_GRID)
+        best = max(t["val_accuracy"] for t in search)
+        assert hist.phases[0]["C"] == min(t["C"] for t in search if t["val_accuracy"] == best)
+    else:
+        assert [t["C"] for t in search] == [C]
+    clf = fitted[hist.phases[0]["C"]]
     model.eval()
     train_f = torch.cat([model.features(x) for x, _ in tiny_splits.train.batches(256)]).detach()
     test_f = torch.cat([model.features(x) for x, _ in tiny_splits.test.batches(256)]).detach()
-    scaler = StandardScaler().fit(train_f.double().numpy())
-    z = scaler.transform(test_f.double().numpy())
+    xt = test_f.double().numpy()
+    if normalize == "standard":
+        from sklearn.preprocessing import StandardScaler
+        z = StandardScaler().fit(train_f.double().numpy()).transform(xt)
+        assert isinstance(model.head, nn.Linear)
+    else:
+        import numpy as np
+        z = xt / np.linalg.norm(xt, axis=1, keepdims=True)
+        assert isinstance(model.head, nn.Sequential)
     out = predict(model, tiny_splits.test).double()
     if kind == "logreg":
         ref = torch.from_numpy(clf.predict_proba(z))
@@ -176,13 +191,17 @@ def test_offtheshelf_head_is_the_sklearn_model(kind, tiny_splits):
     assert torch.equal(out.argmax(1), torch.from_numpy(clf.predict(z)))
 
 
+def test_offtheshelf_rejects_bad_C():
+    with pytest.raises(ValueError, match="C must be a number > 0 or 'val'"):
+        OffTheShelf(C="best")
+
+
 # -- chain-thaw -----------------------------------------------------------------------------
-def test_chain_thaw_phases_groups_order_and_restores_best(tiny_splits, monkeypatch):
-    """New layers, then g0, g1, g2 alone, then all; each phase ends on its best weights."""
-    import harness.train.loop as train_mod
+def test_chain_thaw_phases_groups_order_and_rates(tiny_splits, monkeypatch):
+    """New layers at new_lr, then g0, g1, g2 alone, then all at lr; only those move."""
     model, task = make_model()
-    ctx = make_ctx(task, tiny_splits, epochs=3, patience=1)
-    seen = []  # (phase, trainable groups in the optimizer step, params that changed)
+    ctx = make_ctx(task, tiny_splits, epochs=2, patience=1, lr=1e-2)
+    seen = []  # (groups whose parameters changed in the step, rates of the step)
     real_step = torch.optim.AdamW.step
 
     def step(self, *a, **k):
@@ -191,50 +210,62 @@ def test_chain_thaw_phases_groups_order_and_restores_best(tiny_splits, monkeypat
         out = real_step(self, *a, **k)
         changed = {g.name for g in model.layer_groups()
                    if any(not torch.equal(before[n], named[n]) for n in g.params)}
-        seen.append(changed)
+        seen.append((changed, {pg["lr"] for pg in self.param_groups}))
         return out
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
-
-    best_states = []
-    real_copy = train_mod.copy.deepcopy
-    snapshots = {}
-
-    def deepcopy(obj, *a):
-        res = real_copy(obj, *a)
-        if isinstance(obj, dict):
-            snapshots["last"] = res
-        return res
-    monkeypatch.setattr(train_mod.copy, "deepcopy", deepcopy)
-    real_load = nn.Module.load_state_dict
-
-    def load(self, state, *a, **k):
-        best_states.append(state is snapshots.get("last"))
-        return real_load(self, state, *a, **k)
-    monkeypatch.setattr(nn.Module, "load_state_dict", load)
-
     hist = ChainThaw().fit(model, tiny_splits, ctx)
     names = [p["name"] for p in hist.phases]
     assert names == ["new layers", "backbone.g0", "backbone.g1", "backbone.g2", "all"]
     assert [p["groups"] for p in hist.phases] == [
         ["head"], ["backbone.g0"], ["backbone.g1"], ["backbone.g2"],
         ["backbone.g0", "backbone.g1", "backbone.g2", "head"]]
-    # every epoch of each phase trained exactly that phase's groups
-    for e in hist.epochs:
-        phase = next(p for p in hist.phases if p["name"] == e.phase)
-        assert e.trainable_groups == phase["groups"]
-    # and only those parameters moved
+    # DeepMoji's rates: new layers at the run's lr, every later phase at a tenth of it
+    assert [set(p["lrs"].values()) for p in hist.phases] == [{1e-2}] + [{1e-3}] * 4
     i = 0
-    steps_per_epoch = math.ceil(len(tiny_splits.train) / 32)
     for e in hist.epochs:
         phase = next(p for p in hist.phases if p["name"] == e.phase)
-        for changed in seen[i:i + steps_per_epoch]:
-            assert changed <= set(phase["groups"]) and changed
-        i += steps_per_epoch
-    # each phase restored the weights of its best epoch (the last snapshot taken)
-    assert best_states == [True] * 5
-    # the model ends at the best validation loss of the last phase
-    assert evaluate(model, tiny_splits.val, ctx)[0] == pytest.approx(hist.phases[-1]["best_val_loss"],
-                                                                     rel=1e-5)
+        for changed, rates in seen[i:i + e.steps]:
+            assert changed and changed <= set(phase["groups"])
+        i += e.steps
+    assert i == len(seen)
+
+
+def test_chain_thaw_rolls_back_a_phase_that_does_not_beat_the_best_so_far(tiny_splits):
+    """DeepMoji's one checkpoint (val_loss, best only) across phases: with a rate so high
+    for the later phases that they make the model worse, each such phase is discarded and
+    the model ends on the best weights of any phase."""
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=3, patience=1)
+    hist = ChainThaw(new_lr=1e-2, lr=30.0, clip_norm=0).fit(model, tiny_splits, ctx)
+    first = hist.phases[0]
+    assert first["improved_best_so_far"] and not first["rolled_back"]
+    worse = [p for p in hist.phases[1:] if p["best_val_loss"] >= first["best_val_loss"]]
+    assert worse, [p["best_val_loss"] for p in hist.phases]  # the test's premise
+    losses = [(e.phase, e.val_loss) for e in hist.epochs]
+    for i, p in enumerate(hist.phases[1:], 1):
+        before = min(v for ph, v in losses if ph in {q["name"] for q in hist.phases[:i]})
+        own = min(v for ph, v in losses if ph == p["name"])
+        assert p["rolled_back"] == (own >= before - 1e-7) == (not p["improved_best_so_far"])
+    for p in worse:
+        assert p["rolled_back"]
+        assert all(e.rolled_back for e in hist.epochs if e.phase == p["name"])
+    best = min(e.val_loss for e in hist.epochs)
+    assert evaluate(model, tiny_splits.val, ctx)[0] == pytest.approx(best, rel=1e-5)
+    assert hist.phases[-1]["best_so_far_val_loss"] == pytest.approx(best)
+
+
+def test_chain_thaw_takes_patience_like_the_paper():
+    """-s chain_thaw,patience=1 is a real parameter (DeepMoji's early-stopping patience)."""
+    from harness.run.config import AxisItem
+    item = AxisItem.parse("chain_thaw,patience=1")
+    strat = ChainThaw(**item.kwargs)
+    model, task = make_model()
+    from harness.testkit import make_tiny_splits
+    splits = make_tiny_splits()
+    phases = strat.phases(model, make_ctx(task, splits, patience=4))
+    assert {p.patience for p in phases} == {1}
+    with pytest.raises(ValueError, match="patience must be an integer >= 1"):
+        ChainThaw(patience=0)
 
 
 def test_restore_best_after_val_loss_rises(tiny_splits):
@@ -275,6 +306,28 @@ def test_gradual_unfreezing_one_more_group_each_epoch(tiny_splits):
     assert len(groups) >= 4, "early stopping waits until every group is unfrozen"
 
 
+def test_gradual_unfreezing_patience_and_best_only_once_all_groups_train(tiny_splits):
+    """ULMFiT's model is the fully unfrozen one: epochs with frozen groups neither count
+    towards patience nor can be restored, even when their validation loss is lower."""
+    from harness.train.loop import Phase, run_phase
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=2, patience=1, lr=0.5)  # a rate that hurts
+    strat = GradualUnfreezing()
+    hist = History()
+    phase = strat.phases(model, ctx)[0]
+    assert phase.track_from == 3  # 4 groups: epoch index 3 is the first with all trainable
+    run_phase(model, phase, tiny_splits.train, tiny_splits.val, ctx, hist,
+              on_epoch_start=lambda e, p: strat.on_epoch_start(model, p, e))
+    rec = hist.phases[0]
+    full = [e for e in hist.epochs if len(e.trainable_groups) == 4]
+    # patience 1 counts from the first fully unfrozen epoch: at most 2 of them
+    assert len(hist.epochs) == 3 + len(full) and 1 <= len(full) <= 2
+    assert rec["best_epoch"] >= 3
+    assert rec["best_val_loss"] == pytest.approx(min(e.val_loss for e in full))
+    assert evaluate(model, tiny_splits.val, ctx)[0] == pytest.approx(rec["best_val_loss"],
+                                                                     rel=1e-5)
+
+
 def test_ulmfit_combines_stlr_discriminative_and_unfreezing(tiny_splits, monkeypatch):
     model, task = make_model()
     ctx = make_ctx(task, tiny_splits, epochs=2, patience=5, lr=0.01)
@@ -297,19 +350,40 @@ def test_ulmfit_combines_stlr_discriminative_and_unfreezing(tiny_splits, monkeyp
 
 
 # -- Yosinski layer transfer ----------------------------------------------------------------
+def _ctx_with_scratch(task, splits, seed=0, **kw):
+    ctx = make_ctx(task, splits, seed=seed, **kw)
+
+    def scratch():  # as the cell runner builds a scratch backbone: this function, this seed
+        torch.manual_seed(seed)
+        return TinyBackbone()
+    ctx.scratch_backbone = scratch
+    return ctx
+
+
 @pytest.mark.parametrize("fine_tune", [False, True])
 def test_layer_transfer_copies_n_groups_and_reinitialises_the_rest(fine_tune, tiny_splits):
     model, task = make_model(seed=0)
+    with torch.no_grad():  # a "source network" unlike any fresh build
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+        model.backbone.b2.running_mean.fill_(3.0)
     source = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    ctx = make_ctx(task, tiny_splits, epochs=2)
+    ctx = _ctx_with_scratch(task, tiny_splits, seed=7, epochs=2)
     strat = LayerTransfer(n=1, fine_tune=fine_tune)
-    strat._seed = 0
+    strat._fresh = ctx.scratch_backbone
+    rng = torch.get_rng_state()
     strat.freeze_before_training(model)
+    assert torch.equal(torch.get_rng_state(), rng), "re-initialising leaves the RNG alone"
     bb = model.backbone.state_dict()
-    assert torch.equal(bb["c1.weight"], source["c1.weight"])  # copied
-    assert not torch.equal(bb["c2.weight"], source["c2.weight"])  # re-initialised
-    assert not torch.equal(bb["c3.weight"], source["c3.weight"])
+    torch.manual_seed(7)
+    scratch = TinyBackbone().state_dict()  # a fresh scratch build, same seed
+    for k in bb:
+        if k.startswith(("c1.", "b1.")):  # group g0: copied from the source
+            assert torch.equal(bb[k], source[k]), k
+        else:  # g1, g2: exactly the scratch build's tensors, BN statistics included
+            assert torch.equal(bb[k], scratch[k]), k
     model, task = make_model(seed=0)
+    source = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     hist = strat.fit(model, tiny_splits, ctx)
     after = model.backbone.state_dict()
     if fine_tune:  # AnB+: copied layers learn too
@@ -322,36 +396,151 @@ def test_layer_transfer_copies_n_groups_and_reinitialises_the_rest(fine_tune, ti
             assert torch.equal(after[k], source[k]), k
 
 
+def test_layer_transfer_without_a_scratch_build_says_why(tiny_splits):
+    model, task = make_model()
+    with pytest.raises(RuntimeError, match="scratch-build function"):
+        LayerTransfer(n=1).fit(model, tiny_splits, make_ctx(task, tiny_splits))
+
+
 def test_layer_transfer_n_out_of_range_names_the_groups(tiny_splits):
     model, task = make_model()
     with pytest.raises(ValueError, match="3 layer groups.*n=0..3"):
-        LayerTransfer(n=4).fit(model, tiny_splits, make_ctx(task, tiny_splits))
+        LayerTransfer(n=4).fit(model, tiny_splits, _ctx_with_scratch(task, tiny_splits))
 
 
 # -- the three benefits (Torrey & Shavlik) ----------------------------------------------------
-def _rec(strategy, curve, key, seed=0, status="ok"):
+def _rec(strategy, curve, key, seed=0, status="ok", rolled_back=()):
+    """A cell record whose curve[0] is the metric before training."""
     return {"key": key, "status": status, "higher_is_better": True, "metric_name": "accuracy",
             "transfer": strategy != "scratch",  # what run_cell records from Strategy.pretrained
             "config": {"backbone": "b", "task": "t", "dataset": "d", "seed": seed,
                        "strategy": strategy},
-            "history": {"epochs": [{"val_metric": v} for v in curve]}}
+            "history": {"start": {"val_metric": curve[0], "val_loss": 1.0},
+                        "epochs": [{"val_metric": v, "rolled_back": i + 1 in rolled_back}
+                                   for i, v in enumerate(curve[1:])]}}
 
 
 def test_transfer_benefits_against_scratch():
-    from harness.report.benefits import normalized_auc, transfer_benefits
-    cells = [_rec("scratch", [0.2, 0.4, 0.6, 0.7], "s"),
-             _rec("finetune,lr=0.01", [0.6, 0.8], "f"),
+    from harness.report.benefits import slope, transfer_benefits
+    cells = [_rec("scratch", [0.1, 0.2, 0.4, 0.6, 0.7], "s"),
+             _rec("finetune,lr=0.01", [0.5, 0.6, 0.8], "f"),
              _rec("frozen", [0.1, 0.2, 0.3, 0.4], "z", seed=1)]
     out = {e["key"]: e for e in transfer_benefits(cells)}
     f = out["f"]
     assert f["baseline_key"] == "s"
-    assert f["start"] == {"value": 0.6, "baseline": 0.2, "gain": pytest.approx(0.4),
+    # start: before any training step (epoch 0), not after the first epoch
+    assert f["start"] == {"value": 0.5, "baseline": 0.1, "gain": pytest.approx(0.4),
                           "better": True}
     assert f["asymptote"]["gain"] == pytest.approx(0.1)
-    # finetune stopped after 2 epochs: extended with its best (0.8) to the 4-epoch horizon
-    assert f["slope"]["value"] == pytest.approx((0.7 + 0.8 + 0.8) / 3)
-    assert f["slope"]["baseline"] == pytest.approx((0.3 + 0.5 + 0.65) / 3)
+    # finetune has epochs 0..2: slope and area over the epochs both curves have, no padding
+    assert f["slope_epochs"] == f["auc_epochs"] == 2
+    assert f["slope"]["value"] == pytest.approx(0.15) and f["slope"]["baseline"] == pytest.approx(0.15)
+    assert f["auc"]["value"] == pytest.approx((0.55 + 0.7) / 2)
+    assert f["auc"]["baseline"] == pytest.approx((0.15 + 0.3) / 2)
     assert out["z"]["baseline_key"] is None and "no ok from-scratch" in out["z"]["missing"]
     named = {e["key"]: e for e in transfer_benefits(cells, baseline="frozen")}
     assert named["s"]["baseline_key"] is None and "no ok 'frozen' cell" in named["s"]["missing"]
-    assert normalized_auc([0.5]) == 0.5
+    assert slope([0.1, 0.3]) == pytest.approx(0.2)
+
+
+def test_slope_is_a_rate_a_shifted_curve_has_the_same_slope():
+    from harness.report.benefits import normalized_auc, slope, transfer_benefits
+    curve = [0.2, 0.35, 0.5, 0.55, 0.6]
+    shifted = [v + 0.1 for v in curve]
+    assert slope(shifted) == pytest.approx(slope(curve))
+    assert normalized_auc(shifted) == pytest.approx(normalized_auc(curve) + 0.1)
+    out = transfer_benefits([_rec("scratch", curve, "s"), _rec("finetune", shifted, "f")])[0]
+    assert out["slope"]["gain"] == pytest.approx(0.0, abs=1e-12)
+    assert not out["slope"]["better"]  # the same rate is no higher slope
+    assert out["start"]["gain"] == pytest.approx(0.1) and out["auc"]["gain"] == pytest.approx(0.1)
+
+
+def test_benefits_do_not_pad_early_stoppers_and_skip_rolled_back_epochs():
+    from harness.report.benefits import normalized_auc, transfer_benefits
+    with pytest.raises(ValueError, match="past the curve's last epoch"):
+        normalized_auc([0.1, 0.5], horizon=3)
+    base = _rec("scratch", [0.1, 0.3, 0.5, 0.7, 0.9], "s")
+    stopper = _rec("chain_thaw", [0.1, 0.6, 0.95, 0.6], "c", rolled_back=(2,))
+    out = transfer_benefits([base, stopper])[0]
+    assert out["auc_epochs"] == 3
+    assert out["auc"]["value"] == pytest.approx(normalized_auc([0.1, 0.6, 0.95, 0.6]))
+    assert out["auc"]["baseline"] == pytest.approx(normalized_auc([0.1, 0.3, 0.5, 0.7]))
+    # 0.95 came from a rolled-back phase: not part of the delivered model
+    assert out["asymptote"]["value"] == pytest.approx(0.6)
+    assert out["asymptote"]["baseline"] == pytest.approx(0.9)
+
+
+def test_every_strategy_records_the_metric_before_training(tiny_splits):
+    """Epoch 0 is evaluated for every strategy, frozen and offtheshelf included, and it is
+    the untrained model's metric."""
+    for strat in (Frozen(), Frozen(cache_features=False), OffTheShelf(), ChainThaw(),
+                  GradualUnfreezing()):
+        model, task = make_model()
+        ctx = make_ctx(task, tiny_splits, epochs=1)
+        loss0, metrics0 = evaluate(model, tiny_splits.val, ctx)
+        hist = strat.fit(model, tiny_splits, ctx)
+        assert hist.start["val_loss"] == pytest.approx(loss0, rel=1e-5), strat
+        assert hist.start["val_metric"] == pytest.approx(metrics0["accuracy"]), strat
+
+
+# -- budgets --------------------------------------------------------------------------------
+@pytest.mark.parametrize("unit", ["epochs", "steps", "images"])
+def test_equal_budgets_give_equal_step_counts(unit, tiny_splits):
+    """Under a total budget, one-phase and many-phase strategies spend the same: 3 epochs'
+    worth of steps/images (early stopping off via a patience longer than the budget)."""
+    from plugins.strategies import Scratch
+    spent = {}
+    for strat in (Scratch(), ChainThaw(), GradualUnfreezing(), ULMFiT(), Frozen(),
+                  LayerTransfer(n=1)):
+        model, task = make_model()
+        ctx = _ctx_with_scratch(task, tiny_splits, epochs=3, patience=50, budget=unit)
+        hist = strat.fit(model, tiny_splits, ctx)
+        u = hist.usage
+        assert (u.unit, u.limit) == (unit, {"epochs": 3, "steps": 3 * 5, "images": 3 * 160}[unit])
+        spent[type(strat).__name__] = (u.steps, u.images)
+        assert u.steps == sum(e.steps for e in hist.epochs)
+        assert u.images == sum(e.images for e in hist.epochs)
+        if unit == "epochs":
+            assert u.epochs == 3
+    assert set(spent.values()) == {(15, 480)}, spent
+
+
+def test_images_budget_cuts_the_last_batch(tiny_splits):
+    """Chain-thaw's 5 phases share 2 epochs' worth of images (320): 64 each, which batches
+    of 48 do not divide, so each phase's second batch is cut to 16 and the total is exact."""
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=2, patience=50, budget="images", batch_size=48)
+    hist = ChainThaw().fit(model, tiny_splits, ctx)
+    assert hist.usage.images == 320 and hist.usage.limit == 320
+    assert [(p["images"], p["steps"]) for p in hist.phases] == [(64, 2)] * 5
+
+
+def test_per_phase_budget_lets_many_phases_train_longer(tiny_splits):
+    from plugins.strategies import FineTune
+    steps = {}
+    for strat in (FineTune(), ChainThaw()):
+        model, task = make_model()
+        hist = strat.fit(model, tiny_splits, make_ctx(task, tiny_splits, epochs=2, patience=50))
+        steps[type(strat).__name__] = hist.usage.steps
+    assert steps == {"FineTune": 2 * 5, "ChainThaw": 5 * 2 * 5}
+
+
+def test_training_flops_are_counted_per_step(tiny_splits):
+    """FLOPs of every optimizer step, forward and backward, by PyTorch's counter: twice the
+    epochs cost twice the FLOPs, and training the head alone costs less than everything."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from plugins.strategies import FineTune
+    flops = {}
+    for name, strat, epochs in (("ft1", FineTune(), 1), ("ft2", FineTune(), 2),
+                                ("frozen-naive", Frozen(cache_features=False), 1)):
+        model, task = make_model()
+        hist = strat.fit(model, tiny_splits, make_ctx(task, tiny_splits, epochs=epochs,
+                                                      patience=50))
+        flops[name] = hist.usage.train_flops
+    assert flops["ft2"] == pytest.approx(2 * flops["ft1"])
+    assert 0 < flops["frozen-naive"] < flops["ft1"]
+    model, task = make_model()
+    x = tiny_splits.train.images[:32].float() / 255
+    with FlopCounterMode(display=False) as c:
+        task.loss(model(x), tiny_splits.train.targets[:32]).backward()
+    assert flops["ft1"] == pytest.approx(c.get_total_flops() / 32 * len(tiny_splits.train))

@@ -1,13 +1,26 @@
 """Torrey & Shavlik's three benefits of transfer, measured against training from scratch.
 
 Torrey & Shavlik 2009, "Transfer Learning", Handbook of Research on Machine Learning
-Applications, section 2 (quoted in the lecture): a transferred model may show
+Applications, Fig. 1, in the lecture's words: a transferred model may show
 
-1. a **higher start**: better skill before refinement; here the validation metric after
-   the first epoch;
-2. a **higher slope**: faster improvement; here the normalized area under the validation
-   learning curve (see :func:`normalized_auc`);
-3. a **higher asymptote**: better converged skill; here the best validation metric.
+1. a **higher start**: "the initial skill (before refining the model) ... is higher";
+   here the validation metric of the model before its first training step
+   (``History.start``, the learning curve's epoch 0, recorded by every strategy);
+2. a **higher slope**: "the rate of improvement of skill during training ... is
+   steeper"; here the least-squares slope of the validation metric against the epoch
+   over epochs 0..k, k = ``SLOPE_EPOCHS`` or fewer when either curve is shorter
+   (:func:`slope`). It is a rate (metric per epoch): a curve shifted up by a constant has
+   the same slope;
+3. a **higher asymptote**: "the converged skill of the trained model is better"; here
+   the best validation metric among the epochs the strategy kept (epochs of a chain-thaw
+   phase that was rolled back are not part of the delivered model).
+
+The area under the learning curve, which mixes level and rate, is kept as a fourth,
+separately named figure, ``auc``: the trapezoid area over epochs 0..H divided by H, where
+H is the last epoch *both* curves have (Taylor & Stone 2009, "Transfer Learning for
+Reinforcement Learning Domains: A Survey", JMLR 10, list it as "total reward"). No
+curve is extended past its end, so an early stopper is neither rewarded nor punished for
+epochs it did not train.
 
 Each is compared with the *baseline* cell of the same backbone, task, dataset and seed
 (by default a cell whose strategy does not transfer, ``Strategy.pretrained = False``: the
@@ -19,48 +32,78 @@ Signature, for the reports::
 
 ``cells`` are cell records as :func:`harness.run.cell.run_cell` writes them (keys used:
 ``key``, ``status``, ``config`` with ``backbone``/``task``/``dataset``/``strategy``/``seed``,
-``history.epochs[*].val_metric``, ``higher_is_better``, ``metric_name``). The result has
-one entry per ``ok`` cell that is not a baseline and has an ``ok`` baseline::
+``history.start``, ``history.epochs[*].val_metric``/``rolled_back``, ``higher_is_better``,
+``metric_name``). The result has one entry per ``ok`` cell that is not a baseline::
 
     {"key": ..., "baseline_key": ..., "strategy": ..., "backbone": ..., "task": ...,
      "dataset": ..., "seed": ..., "metric": "accuracy",
      "start":     {"value": v, "baseline": b, "gain": g, "better": bool},
-     "slope":     {...}, "asymptote": {...}}
+     "slope":     {...}, "asymptote": {...}, "auc": {...},
+     "slope_epochs": k, "auc_epochs": H}
 
 ``gain`` is ``value - baseline`` for metrics where higher is better and ``baseline -
-value`` otherwise, so a positive gain is always a benefit. Cells without a baseline are
-listed with ``"baseline_key": None`` and ``"missing": "<reason>"`` instead of numbers.
+value`` otherwise, so a positive gain is always a benefit (for ``slope``: faster
+improvement). Cells without a baseline are listed with ``"baseline_key": None`` and
+``"missing": "<reason>"``; cells recorded before epoch 0 was evaluated have no ``start``,
+``slope`` or ``auc`` (``"missing"`` says so) but keep ``asymptote``.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 BENEFITS = ("start", "slope", "asymptote")
+SLOPE_EPOCHS = 3
 
 
 def _strategy_name(label: str) -> str:
     return label.split(",", 1)[0]
 
 
-def normalized_auc(curve: list, horizon: Optional[int] = None, higher_is_better: bool = True
-                   ) -> float:
-    """Area under a per-epoch curve by the trapezoid rule, divided by its length in epochs.
+def learning_curve(rec: dict) -> list:
+    """Validation metric per epoch, epoch 0 (before training) first when recorded."""
+    hist = rec.get("history") or {}
+    start = (hist.get("start") or {}).get("val_metric")
+    pts = [e["val_metric"] for e in hist.get("epochs", []) if e.get("val_metric") is not None]
+    return ([start] if start is not None else []) + pts
 
-    Curves of different lengths (early stopping) are compared over a common ``horizon``:
-    a curve that stopped earlier is extended with its best value, since a phase ends by
-    restoring its best weights and that is the model it delivers. A one-point curve's
-    area is its value. The result is in the metric's units (a mean level of skill).
+
+def slope(curve: list, k: int = SLOPE_EPOCHS) -> float:
+    """Least-squares slope of ``curve[0..k]`` against the epoch (metric per epoch).
+
+    Raises:
+        ValueError: fewer than two points to fit.
+    """
+    pts = [float(v) for v in curve[:k + 1]]
+    if len(pts) < 2:
+        raise ValueError("a slope needs at least two points of the learning curve")
+    n = len(pts)
+    mx, my = (n - 1) / 2, sum(pts) / n
+    num = sum((x - mx) * (y - my) for x, y in enumerate(pts))
+    den = sum((x - mx) ** 2 for x in range(n))
+    return num / den
+
+
+def normalized_auc(curve: list, horizon: Optional[int] = None) -> float:
+    """Trapezoid area under ``curve[0..horizon]`` divided by ``horizon`` (in epochs).
+
+    The result is in the metric's units (a mean level of skill). A one-point curve's area
+    is its value. Never extends a curve: ``horizon`` beyond its end is an error.
     """
     if not curve:
         raise ValueError("empty learning curve")
     pts = [float(v) for v in curve]
-    horizon = max(horizon or len(pts), len(pts))
-    best = max(pts) if higher_is_better else min(pts)
-    pts += [best] * (horizon - len(pts))
+    horizon = len(pts) - 1 if horizon is None else horizon
+    if horizon > len(pts) - 1:
+        raise ValueError(f"horizon {horizon} is past the curve's last epoch {len(pts) - 1}")
+    pts = pts[:horizon + 1]
     if len(pts) == 1:
         return pts[0]
-    area = sum((a + b) / 2 for a, b in zip(pts, pts[1:]))
-    return area / (len(pts) - 1)
+    return sum((a + b) / 2 for a, b in zip(pts, pts[1:])) / (len(pts) - 1)
+
+
+def _kept(rec: dict) -> list:
+    return [e["val_metric"] for e in (rec.get("history") or {}).get("epochs", [])
+            if e.get("val_metric") is not None and not e.get("rolled_back")]
 
 
 def _group_key(rec: dict) -> tuple:
@@ -81,8 +124,12 @@ def _is_baseline(rec: dict, baseline: Optional[str]) -> bool:
     return rec.get("transfer", (rec.get("weights") or {}).get("pretrained", True)) is False
 
 
+def _has_start(rec: dict) -> bool:
+    return ((rec.get("history") or {}).get("start") or {}).get("val_metric") is not None
+
+
 def transfer_benefits(cells: list, baseline: Optional[str] = None) -> list:
-    """The three benefits of every ok cell against its baseline cell (see module doc).
+    """The benefits of every ok cell against its baseline cell (see module doc).
 
     Args:
         cells: cell records.
@@ -111,14 +158,22 @@ def transfer_benefits(cells: list, baseline: Optional[str] = None) -> list:
             out.append(entry)
             continue
         higher = bool(c.get("higher_is_better", True))
-        cur = [e["val_metric"] for e in c["history"]["epochs"]]
-        ref = [e["val_metric"] for e in base["history"]["epochs"]]
-        horizon = max(len(cur), len(ref))
         pick = max if higher else min
         entry["baseline_key"] = base.get("key")
+        entry["asymptote"] = _compare(pick(_kept(c) or learning_curve(c)),
+                                      pick(_kept(base) or learning_curve(base)), higher)
+        if not (_has_start(c) and _has_start(base)):
+            entry["missing"] = ("start, slope and auc need the metric before training "
+                                "(history.start), which this record predates")
+            out.append(entry)
+            continue
+        cur, ref = learning_curve(c), learning_curve(base)
+        k = min(SLOPE_EPOCHS, len(cur) - 1, len(ref) - 1)
+        horizon = min(len(cur), len(ref)) - 1
         entry["start"] = _compare(cur[0], ref[0], higher)
-        entry["slope"] = _compare(normalized_auc(cur, horizon, higher),
-                                  normalized_auc(ref, horizon, higher), higher)
-        entry["asymptote"] = _compare(pick(cur), pick(ref), higher)
+        entry["slope"] = _compare(slope(cur, k), slope(ref, k), higher)
+        entry["auc"] = _compare(normalized_auc(cur, horizon), normalized_auc(ref, horizon),
+                                higher)
+        entry["slope_epochs"], entry["auc_epochs"] = k, horizon
         out.append(entry)
     return out

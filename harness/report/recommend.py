@@ -7,8 +7,19 @@ latency (the median over seeds of the p50). Candidates compete separately by the
 class of their backbone (``mobile`` / ``server``, from ``BackboneSpec.device_class``).
 
 The pick is the candidate with the best metric whose p50 is within the budget (ties go to
-the faster one). Such a pick always lies on the Pareto front (no other candidate is both
-faster and more accurate), which is printed with it as the justification.
+the faster one). With one seed such a pick always lies on the Pareto front (no other candidate is both
+faster and more accurate; with several seeds the tie rule below may trade a point of mean
+metric for speed), which is printed with it as the justification.
+
+Uncertainty. With two or more seeds every candidate has a 95% Student-t interval of its
+metric (:func:`harness.report.stats.mean_ci`). Candidates whose interval overlaps the most
+accurate one's are a *tie*: the data cannot rank them, so the pick among them is the
+fastest (lowest p50), then the cheaper to train (fewer training FLOPs, or training seconds
+where FLOPs were not recorded), and the verdict says ``tie (p = ...)`` with the paired t
+p-value against the most accurate (:func:`harness.report.stats.compare_configs`). With one
+seed the verdict says the uncertainty is unknown. (Overlapping 95% intervals are a
+conservative test: two means can differ significantly while their intervals overlap;
+the printed p says how close it was.)
 """
 from __future__ import annotations
 
@@ -18,7 +29,7 @@ from typing import Iterable, Optional
 
 from tabulate import tabulate
 
-from .stats import configuration, mean_ci
+from .stats import compare_configs, configuration, mean_ci
 
 DEVICE_CLASSES = ("mobile", "server")
 
@@ -45,6 +56,10 @@ class Candidate:
     """Median over seeds of the p90 latency."""
     metric_ci: Optional[float] = None
     """Half-width of the 95% Student-t interval of ``metric`` over seeds; None for one seed."""
+    per_seed: tuple = ()  # ((seed, metric), ...)
+    ci_half: Optional[float] = None  # 95% t half-width (None with one seed)
+    train_flops: Optional[float] = None  # mean over seeds; None when not recorded
+    train_seconds: Optional[float] = None
 
     def label(self) -> str:
         prec = "" if self.precision == "fp32" else f" {self.precision}"
@@ -53,6 +68,19 @@ class Candidate:
     def score(self) -> float:
         """Larger is better, whatever the metric's direction."""
         return self.metric if self.higher_is_better else -self.metric
+
+    def overlaps(self, other: "Candidate") -> bool:
+        """Whether the two 95% intervals overlap (False when either has none)."""
+        if self.ci_half is None or other.ci_half is None:
+            return False
+        return (self.metric - self.ci_half <= other.metric + other.ci_half
+                and other.metric - other.ci_half <= self.metric + self.ci_half)
+
+    def train_cost(self) -> tuple:
+        """Sort key of training cost: FLOPs where recorded, else seconds, unknown last."""
+        if self.train_flops is not None:
+            return (0, self.train_flops)
+        return (1, self.train_seconds if self.train_seconds is not None else float("inf"))
 
 
 @dataclass
@@ -67,11 +95,14 @@ class Recommendation:
     pick: Optional[Candidate]
     front: list = field(default_factory=list)
     reason: str = ""
+    verdict: str = ""  # how sure the pick is: tie (p = ...), clear, or uncertainty unknown
+    ties: list = field(default_factory=list)  # candidates the pick is tied with
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["pick"] = asdict(self.pick) if self.pick else None
         d["front"] = [asdict(c) for c in self.front]
+        d["ties"] = [asdict(c) for c in self.ties]
         return d
 
 
@@ -93,11 +124,14 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
             k = (configuration(rec), lat.get("profile"), lat.get("runtime"),
                  lat.get("precision"))
             g = groups.setdefault(k, {"rec": rec, "class": dclass, "lat": [], "p90": [],
-                                      "metric": []})
+                                      "metric": [], "seeds": [], "flops": [], "seconds": []})
             g["lat"].append(st["p50_ms"])
             if st.get("p90_ms") is not None:
                 g["p90"].append(st["p90_ms"])
             g["metric"].append(metric)
+            g["seeds"].append(((rec.get("config") or {}).get("seed"), metric))
+            g["flops"].append((rec.get("budget") or {}).get("train_flops"))
+            g["seconds"].append(rec.get("train_seconds"))
     out = []
     for (_, profile, runtime, precision), g in groups.items():
         cfg, rec = g["rec"]["config"], g["rec"]
@@ -110,8 +144,40 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
             latency_ms=statistics.median(g["lat"]), metric=interval.mean,
             metric_name=rec["metric_name"], higher_is_better=rec.get("higher_is_better", True),
             n=len(g["metric"]), p90_ms=statistics.median(g["p90"]) if g["p90"] else None,
-            metric_ci=interval.half))
+            metric_ci=interval.half, per_seed=tuple(g["seeds"]), ci_half=interval.half,
+            train_flops=(statistics.fmean(g["flops"]) if None not in g["flops"] else None),
+            train_seconds=(statistics.fmean(g["seconds"]) if None not in g["seconds"]
+                           else None)))
     return out
+
+
+def pick_with_ties(pool: list) -> tuple:
+    """``(pick, ties, verdict)`` among candidates within the budget (module doc)."""
+    best = max(pool, key=lambda c: (c.score(), -c.latency_ms))
+    if best.n < 2:
+        return best, [], f"uncertainty unknown ({best.n} seed)"
+    tied = [c for c in pool if c is best or best.overlaps(c)]
+    pick = min(tied, key=lambda c: (c.latency_ms, c.train_cost(), -c.score()))
+    others = [c for c in tied if c is not pick]
+    if not others:
+        rest = [c for c in pool if c is not best]
+        if not rest:
+            return best, [], "the only candidate"
+        runner = max(rest, key=lambda c: c.score())
+        p = compare_configs(dict(best.per_seed), dict(runner.per_seed)).p
+        return best, [], ("clear: no other 95% interval overlaps"
+                          + (f" (next best p = {p:.2g})" if p is not None else ""))
+    ref = best if pick is not best else max(others, key=lambda c: c.score())
+    p = compare_configs(dict(pick.per_seed), dict(ref.per_seed)).p
+    ptext = f"p = {p:.2g}" if p is not None else "p untestable: no shared seed"
+    if pick is best:
+        why = "the most accurate is also the fastest"
+    elif pick.latency_ms < best.latency_ms:
+        why = "picked the faster"
+    else:
+        why = "picked the cheaper to train"
+    return pick, others, (f"tie ({ptext}) with {ref.label()} {ref.metric:.3f}: {why}"
+                          + (f"; {len(others)} tied" if len(others) > 1 else ""))
 
 
 def pareto_front(cands: Iterable[Candidate]) -> list[Candidate]:
@@ -145,12 +211,12 @@ def recommend(records: Iterable[dict], budget_ms: Optional[float] = None) -> lis
                 continue
             front = pareto_front(pool)
             within = [c for c in pool if budget_ms is None or c.latency_ms <= budget_ms]
-            pick = max(within, key=lambda c: (c.score(), -c.latency_ms)) if within else None
+            pick, ties, verdict = pick_with_ties(within) if within else (None, [], "")
             reason = "" if pick else (
                 f"no {dclass}-class candidate is within {budget_ms:g} ms; the fastest takes "
                 f"{front[0].latency_ms:.3g} ms ({front[0].label()})")
             out.append(Recommendation(dataset, task, profile, dclass, budget_ms, pick, front,
-                                      reason))
+                                      reason, verdict, ties))
     return out
 
 
@@ -166,15 +232,17 @@ def format_recommendations(recs: list[Recommendation], fmt: str = "simple") -> s
         front = "; ".join(f"{c.label()} {c.latency_ms:.3g} ms {c.metric:.3f}" for c in r.front)
         if r.pick:
             p = r.pick
+            ci = f" ± {p.ci_half:.3f}" if p.ci_half is not None else ""
             rows.append([f"{r.dataset}/{r.task}", r.profile, r.device_class, p.label(),
-                         f"{p.metric_name} {p.metric:.3f}" + (f" (n={p.n})" if p.n > 1 else ""),
-                         f"{p.latency_ms:.3g}", front])
+                         f"{p.metric_name} {p.metric:.3f}{ci}"
+                         + (f" (n={p.n})" if p.n > 1 else ""),
+                         f"{p.latency_ms:.3g}", r.verdict, front])
         else:
             rows.append([f"{r.dataset}/{r.task}", r.profile, r.device_class, "none",
-                         r.reason, "-", front])
+                         r.reason, "-", "-", front])
     lines.append(tabulate(rows, headers=["data/task", "profile", "class", "pick", "metric",
-                                         "p50 ms", "Pareto front (latency, metric)"],
+                                         "p50 ms", "certainty", "Pareto front (latency, metric)"],
                           tablefmt=fmt, disable_numparse=True,
-                          maxcolwidths=[None, None, None, 40, 45, None, 70]
+                          maxcolwidths=[None, None, None, 40, 45, None, 40, 70]
                           if fmt == "simple" else None))
     return "\n".join(lines)

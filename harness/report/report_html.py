@@ -40,9 +40,17 @@ _CLASS_DASH = {"mobile": [1, 0], "server": [6, 3]}
 
 
 def curve(rec: dict) -> list[float]:
-    """Validation metric per epoch, over all phases in training order."""
-    return [e["val_metric"] for e in (rec.get("history") or {}).get("epochs", [])
-            if e.get("val_metric") is not None]
+    """Validation metric per epoch, over all phases in training order; epoch 0 (before
+    training) first when the record has it."""
+    return learning_curve(rec)
+
+
+def _rolled_back_epochs(rec: dict) -> list[int]:
+    """Curve indices (as :func:`curve` numbers them) of epochs in rolled-back phases."""
+    hist = rec.get("history") or {}
+    offset = 1 if (hist.get("start") or {}).get("val_metric") is not None else 0
+    return [i + offset for i, e in enumerate(hist.get("epochs", []))
+            if e.get("val_metric") is not None and e.get("rolled_back")]
 
 
 @functools.lru_cache(maxsize=1)
@@ -200,9 +208,10 @@ def curves_spec(records: list[dict]) -> Optional[dict]:
 
 
 def benefits_spec(records: list[dict]) -> Optional[dict]:
-    """Vega-Lite: mean gain over scratch of start, slope (normalized AUC) and asymptote,
+    """Vega-Lite: mean gain over scratch of start, slope (a rate, metric per epoch) and asymptote,
     as :func:`harness.benefits.transfer_benefits` computes them, per strategy and backbone."""
-    rows = [r for r in transfer_benefits(records) if r.get("baseline_key") is not None]
+    rows = [r for r in transfer_benefits(records)
+            if r.get("baseline_key") is not None and "start" in r]
     if not rows:
         return None
     groups: dict = {}
@@ -211,7 +220,7 @@ def benefits_spec(records: list[dict]) -> Optional[dict]:
     values = [{"group": f"{s} / {b}", "benefit": name, "gain": statistics.fmean(
         r[k]["gain"] for r in g), "n": len(g)}
         for (s, b), g in groups.items()
-        for k, name in (("start", "higher start"), ("slope", "higher slope (AUC)"),
+        for k, name in (("start", "higher start"), ("slope", "higher slope (rate)"),
                         ("asymptote", "higher asymptote"))]
     metric = rows[0].get("metric") or "metric"
     return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": values},
@@ -220,12 +229,12 @@ def benefits_spec(records: list[dict]) -> Optional[dict]:
             "encoding": {
                 "x": {"field": "group", "type": "nominal", "title": "strategy / backbone",
                       "axis": {"labelAngle": -30}},
-                "xOffset": {"field": "benefit", "sort": ["higher start", "higher slope (AUC)",
+                "xOffset": {"field": "benefit", "sort": ["higher start", "higher slope (rate)",
                                                          "higher asymptote"]},
                 "y": {"field": "gain", "type": "quantitative",
                       "title": f"gain over scratch, val {metric}"},
                 "color": {"field": "benefit", "type": "nominal",
-                          "sort": ["higher start", "higher slope (AUC)", "higher asymptote"]},
+                          "sort": ["higher start", "higher slope (rate)", "higher asymptote"]},
                 "tooltip": [{"field": "group"}, {"field": "benefit"},
                             {"field": "gain", "format": "+.4f"},
                             {"field": "n", "title": "seeds"}]}}

@@ -84,13 +84,42 @@ def trained_on(rec: dict) -> str:
     return " ".join(parts)
 
 
+def budget_cell(rec: dict) -> str:
+    """``epochs / steps`` the cell trained (from its recorded usage), with the phases a
+    shared checkpoint rolled back (chain-thaw) after them: ``9 / 144, 2 of 7 rolled back``."""
+    use = rec.get("budget") or (rec.get("history") or {}).get("usage")
+    if not use:
+        return "-"
+    text = f"{use.get('epochs', 0)} / {use.get('steps', 0)}"
+    phases = (rec.get("history") or {}).get("phases", [])
+    back = sum(1 for p in phases if p.get("rolled_back"))
+    if back:
+        text += f", {back} of {len(phases)} phases rolled back"
+    return text
+
+
+def budget_note(records: list[dict]) -> str:
+    """Which budget the cells ran under (one line), or '' when none recorded one."""
+    units = sorted({(r.get("budget") or {}).get("unit") for r in records
+                    if (r.get("budget") or {}).get("unit")})
+    if not units:
+        return ""
+    if units == ["phase"]:
+        return ("budget: per phase (each phase up to the run's epochs), so strategies with "
+                "more phases may train longer; [train] budget = \"epochs\"|\"steps\"|"
+                "\"images\" gives every strategy the same cap")
+    return "budget: " + ", ".join(f"{u} (the same total cap for every strategy)"
+                                  if u != "phase" else "per phase" for u in units)
+
+
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
     seeds = {(r.get("config") or {}).get("seed") for r in records}
     show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
     headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
-        "dataset", "metric", "test", "train s", "trained on", "params M", "trained M"]
+        "dataset", "metric", "test", "epochs / steps", "train s", "trained on", "params M",
+        "trained M"]
     for rt, prof, prec in cols:
         label = rt if len(profiles) == 1 else f"{rt} {prof}"
         if prec not in ("fp32", "-"):
@@ -111,7 +140,7 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         if show_seed:
             row.append(cfg.get("seed"))
         row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
-                _fmt(rec.get("train_seconds"), 1), trained_on(rec),
+                budget_cell(rec), _fmt(rec.get("train_seconds"), 1), trained_on(rec),
                 _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
                 _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
                 else "-"]
@@ -128,6 +157,9 @@ def summary_table(records: list[dict], fmt: str = "simple") -> str:
     headers, rows = summary_rows(records)
     text = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     notes = unmeasured_notes(records)
+    bnote = budget_note(records)
+    if bnote:
+        notes = [bnote] + notes
     if notes:
         bullet = "- " if fmt in ("github", "pipe") else ""
         text += "\n\n" + "\n".join(bullet + n for n in notes)

@@ -153,7 +153,13 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     kwargs = dict(cfg.backbone.kwargs)
     if bb_arg is not None:
         kwargs["arg"] = bb_arg
-    backbone = bb_spec.build(**kwargs)
+
+    def scratch_backbone():
+        """The backbone as a train-from-scratch cell builds it: this function, this seed."""
+        torch.manual_seed(cfg.seed)
+        return bb_spec.build(**kwargs)
+
+    backbone = scratch_backbone()
     weights = ((cfg.weights or bb_spec.default_weights) if strategy.pretrained
                else plugins.default("weights").name)
     no_default = weights is None  # the backbone declares no default weights, the user gave none
@@ -190,10 +196,12 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     ctx.place(model)
     before = parameter_fingerprints(model)
+    ctx.scratch_backbone = scratch_backbone
     t0 = time.perf_counter()
     history = strategy.fit(model, data, ctx)
     rec["train_seconds"] = time.perf_counter() - t0
     rec["history"] = history.as_dict()
+    rec["budget"] = history.usage.as_dict()
     # parameters training actually changed (a bias-only strategy counts its biases, not
     # the whole groups they sit in)
     named = dict(model.named_parameters())
@@ -206,11 +214,13 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss
     rec["test_metrics"] = test_metrics
-    curve = [e["val_metric"] for e in rec["history"]["epochs"]]
+    curve = (([history.start["val_metric"]] if history.start else [])
+             + [e.val_metric for e in history.epochs])
     if curve:
         best = max(curve) if task.higher_is_better else min(curve)
-        # this cell's own curve; the benefits against scratch need the scratch cell too and
-        # are computed across cells by harness.report.benefits.transfer_benefits
+        # this cell's own curve (epoch 0 = before training); the benefits against scratch
+        # need the scratch cell too and are computed across cells by
+        # harness.report.benefits.transfer_benefits
         rec["curve_summary"] = {"start": curve[0], "best": best,
                                 "mean": sum(curve) / len(curve)}
 

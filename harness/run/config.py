@@ -100,7 +100,10 @@ class MatrixConfig:
     tasks: Optional[list] = None  # None: the task a plugin declared default (validate fills it)
     datasets: list = field(default_factory=list)
     strategies: list = field(default_factory=list)
-    weights: dict = field(default_factory=dict)  # backbone name or "*" -> weights string
+    #: backbone name or "*" -> a weights string, or a list of them: a weights axis (every
+    #: pretrained cell of that backbone runs once per source; cells that train from
+    #: scratch ignore weights and run once, see harness.run.runner.validate)
+    weights: dict = field(default_factory=dict)
     runtimes: list = field(default_factory=list)
     profiles: Optional[list] = None  # None: the profile a plugin declared default
     custom_profiles: dict = field(default_factory=dict)  # name -> ProfileSpec kwargs
@@ -142,13 +145,18 @@ class MatrixConfig:
         out = []
         for ds, task, bb, st, seed in itertools.product(
                 self.datasets, self.tasks, self.backbones, self.strategies, range(self.seeds)):
-            out.append(CellConfig(
-                backbone=bb, task=task, dataset=ds, strategy=st,
-                weights=self.weights.get(bb.name, self.weights.get("*")),
-                seed=self.train.seed + seed, image_size=self.image_size,
-                train=asdict(self.train), runtimes=tuple(self.runtimes),
-                profiles=tuple(self.profiles), latency=asdict(self.latency)))
+            for weights in self.weights_of(bb.name):
+                out.append(CellConfig(
+                    backbone=bb, task=task, dataset=ds, strategy=st, weights=weights,
+                    seed=self.train.seed + seed, image_size=self.image_size,
+                    train=asdict(self.train), runtimes=tuple(self.runtimes),
+                    profiles=tuple(self.profiles), latency=asdict(self.latency)))
         return out
+
+    def weights_of(self, backbone: str) -> list:
+        """The weights a backbone's cells run with (``[None]``: the backbone's default)."""
+        w = self.weights.get(backbone, self.weights.get("*"))
+        return list(w) if isinstance(w, (list, tuple)) else [w]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -291,7 +299,11 @@ def matrix_kwargs(data: dict, text: str = "", path: Path = Path("<matrix>")) -> 
             if not isinstance(v, str):
                 _check(v, str, key, text, path)
     for k, v in data.get("weights", {}).items():
-        _check(v, str, k, text, path, "weights")
+        if isinstance(v, list) and v:  # a weights axis: one run per source
+            for w in v:
+                _check(w, str, k, text, path, "weights")
+        else:
+            _check(v, str, k, text, path, "weights")
     for section, cls in (("train", TrainSettings), ("latency", MeasureSettings)):
         if section in data:
             allowed = {f.name: f.type for f in fields(cls)}

@@ -19,8 +19,8 @@ from .runner import build_matrix
 AXES = ("backbones", "tasks", "datasets", "strategies")
 """The options that replace an axis of the matrix (each may be repeated)."""
 LISTS = AXES + ("runtimes", "profiles")
-TRAIN = ("epochs", "batch_size", "lr", "schedule", "device", "amp", "channels_last", "compile",
-         "eval_batch_size")
+TRAIN = ("epochs", "batch_size", "lr", "schedule", "patience", "budget", "device", "amp",
+         "channels_last", "compile", "eval_batch_size")
 """Options that replace a ``[train]`` setting."""
 
 

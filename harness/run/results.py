@@ -80,7 +80,8 @@ def new_run_dir(root: Path, name: str = "run") -> Path:
 ROW_FIELDS = [
     "status", "backbone", "device_class", "task", "dataset", "synthetic", "strategy", "weights",
     "pretrained", "seed", "metric", "test_metric", "best_val_metric", "start_metric",
-    "train_s", "params", "trainable_params", "gmacs", "runtime", "profile", "precision",
+    "train_s", "budget", "epochs", "steps", "images", "train_flops", "params",
+    "trainable_params", "gmacs", "runtime", "profile", "precision",
     "batch_size", "threads", "p50_ms", "p90_ms", "mean_ms", "cv", "throughput_per_s",
     "latency_note", "error", "key",
 ]
@@ -112,6 +113,9 @@ def cell_rows(rec: dict) -> list[dict]:
         "best_val_metric": curve.get("best"),
         "start_metric": curve.get("start"),
         "train_s": rec.get("train_seconds"),
+        **{k: (rec.get("budget") or {}).get(k)
+           for k in ("epochs", "steps", "images", "train_flops")},
+        "budget": (rec.get("budget") or {}).get("unit"),
         "params": rec.get("backbone_facts", {}).get("params_total"),
         "trainable_params": rec.get("trainable_params"),
         "gmacs": rec.get("backbone_facts", {}).get("gmacs"),

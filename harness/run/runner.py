@@ -104,13 +104,14 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     for pr in matrix.profiles:
         notes += _check_profile(plugins, pr, matrix, runtimes)
     for bb, w in matrix.weights.items():
-        spec, arg = plugins.weights.resolve(w)
-        if spec.check is not None:
-            try:
-                spec.check(arg)
-            except (TypeError, ValueError, OSError) as exc:
-                flag = f"--weights {w}" if bb == "*" else f"--weights {bb}={w}"
-                raise ConfigError(f"{flag}: {exc}") from None
+        for one in (w if isinstance(w, list) else [w]):  # a list: the weights axis
+            spec, arg = plugins.weights.resolve(one)
+            if spec.check is not None:
+                try:
+                    spec.check(arg)
+                except (TypeError, ValueError, OSError) as exc:
+                    flag = f"--weights {one}" if bb == "*" else f"--weights {bb}={one}"
+                    raise ConfigError(f"{flag}: {exc}") from None
     pretrained = []
     for item in matrix.strategies:
         cls = plugins.strategies.get(item.name).cls
@@ -132,7 +133,15 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
         if any(pretrained) and spec.default_weights is None and not (
                 item.name in matrix.weights or "*" in matrix.weights):
             notes.append(no_default_weights_message(item.name))
+    scratch_seen = set()
     for cell in matrix.cells():
+        if len(matrix.weights_of(cell.backbone.name)) > 1 \
+                and not plugins.strategies.get(cell.strategy.name).cls.pretrained:
+            # trains from random weights whatever the weights axis says: run it once
+            same = (cell.dataset, cell.task, cell.backbone, cell.strategy, cell.seed)
+            if same in scratch_seen:
+                continue
+            scratch_seen.add(same)
         ds = plugins.datasets.get(cell.dataset.name)
         if cell.task.name not in ds.tasks:
             note = (f"skipped {cell.dataset.name} x {cell.task.name}: the dataset has labels for "
@@ -223,7 +232,8 @@ def _unused_weights(matrix: MatrixConfig, any_pretrained: bool) -> list[str]:
     if "*" in user and all(n in user for n in names):
         notes.append(f"--weights {user['*']} is not used: every backbone has its own weights")
     if not any_pretrained:
-        notes.append(f"--weights {', '.join(sorted(set(user.values())))} is not used: no "
+        given = sorted({w for v in user.values() for w in (v if isinstance(v, list) else [v])})
+        notes.append(f"--weights {', '.join(given)} is not used: no "
                      f"strategy of the matrix starts from pretrained weights")
     return notes
 

@@ -193,15 +193,24 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> bool:
-        """Backward and optimizer step; with fp16 through the scaler. Returns False when the
-        scaler skipped the step (inf/NaN gradients: the scale is lowered instead)."""
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer,
+             clip_norm: Optional[float] = None) -> bool:
+        """Backward and optimizer step; with fp16 through the scaler. ``clip_norm`` clips
+        the global norm of the (unscaled) gradients first. Returns False when the scaler
+        skipped the step (inf/NaN gradients: the scale is lowered instead)."""
+        def clip():
+            if clip_norm:
+                params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
         if self.scaler is None:
             loss.backward()
+            clip()
             opt.step()
             return True
         before = self.scaler.get_scale()
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        clip()
         self.scaler.step(opt)
         self.scaler.update()
         return self.scaler.get_scale() >= before

@@ -4,8 +4,13 @@ A strategy is a class (registered through ``register_strategies``) instantiated 
 cell with the user's parameters. The default :meth:`Strategy.fit` calls, in order:
 
 1. :meth:`freeze_before_training` - once, before anything is trained;
-2. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run;
-3. for each phase, :meth:`on_epoch_start` before every epoch.
+2. the model is evaluated on the validation split (the learning curve's epoch 0,
+   ``History.start``);
+3. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run;
+4. for each phase, :meth:`on_epoch_start` before every epoch.
+
+A strategy with ``shared_checkpoint = True`` keeps one best-so-far checkpoint across its
+phases (DeepMoji's chain-thaw): a phase that does not beat it is rolled back.
 
 A strategy also declares what it trains, :meth:`trained_parameters` (default: the
 groups its phases name); the test kit checks the declaration against what training
@@ -30,7 +35,7 @@ from torch import nn
 from .data import DataSplits
 from .model import LayerGroup, TransferModel
 from .schedules import SCHEDULES
-from .loop import History, Phase, TrainContext, run_phase
+from .loop import BestSoFar, History, Phase, TrainContext, record_start, run_phase
 
 
 class Strategy:
@@ -43,6 +48,8 @@ class Strategy:
             training from scratch, which uses random initialisation).
         bn_policy: ``"freeze"`` (batch-norm layers of frozen groups keep their
             statistics) or ``"train"`` (they update).
+        shared_checkpoint: one best-validation-loss checkpoint across all phases (a
+            phase that does not improve on it is rolled back) instead of one per phase.
 
     Args:
         **params: strategy parameters from the command line or matrix file; each must
@@ -52,6 +59,7 @@ class Strategy:
     pretrained: bool = True
     bn_policy: str = "freeze"
     schedule: Optional[str] = None
+    shared_checkpoint: bool = False
 
     def __init__(self, **params: Any):
         if params:
@@ -110,14 +118,18 @@ class Strategy:
     # -- driver -------------------------------------------------------------------------
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         """Train ``model`` on ``data``; return its learning curves."""
-        history = History()
+        history = ctx.new_history(len(data.train))
         self.freeze_before_training(model)
-        for phase in self.phases(model, ctx):
+        record_start(model, data.val, ctx, history)
+        phases = self.phases(model, ctx)
+        best = BestSoFar() if self.shared_checkpoint else None
+        for i, phase in enumerate(phases):
             if phase.schedule is None:
                 phase.schedule = self.schedule
             run_phase(model, phase, data.train, data.val, ctx, history,
                       on_epoch_start=lambda e, p: self.on_epoch_start(model, p, e),
-                      bn_policy=self.bn_policy)
+                      bn_policy=self.bn_policy, best_so_far=best,
+                      phases_left=len(phases) - i)
         return history
 
     @classmethod

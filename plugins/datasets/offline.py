@@ -46,13 +46,37 @@ def _subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return idx
 
 
+def parse_classes(spec: object, num_classes: int) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0+3+7"`` -> [0, 3, 7]; ``"5-7+9"``; an int -> [it].
+
+    Raises:
+        ValueError: a malformed spec or a class outside 0..num_classes-1 (names the input).
+    """
+    out: list[int] = []
+    try:
+        for part in (str(spec).split("+") if not isinstance(spec, int) else [str(spec)]):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+            out.extend(range(a, b + 1))
+    except ValueError:
+        raise ValueError(f"classes={spec!r}: write a range and/or a +-separated list of class "
+                         f"indices, e.g. classes=0-4 or classes=0+2+5") from None
+    bad = [c for c in out if not 0 <= c < num_classes]
+    if not out or bad or len(set(out)) != len(out):
+        raise ValueError(f"classes={spec!r}: need distinct classes in 0..{num_classes - 1}")
+    return out
+
+
 def load_fashion_mnist(task: str, image_size: int, seed: int, cache_dir: Path,
                        root: str | None = None, n_train: int = 1000, n_val: int = 500,
-                       n_test: int = 1000) -> DataSplits:
+                       n_test: int = 1000, classes: object = None) -> DataSplits:
     """Fashion-MNIST (Xiao et al. 2017): a few-shot subset, resized to ``image_size``.
 
     Train and validation come from the official training set (disjoint, stratified),
-    test from the official test set. Subsets are deterministic by seed.
+    test from the official test set. Subsets are deterministic by seed. ``classes``
+    keeps only some classes (``classes=0-4``, ``classes=5-9``, ``classes=0+3``), relabelled
+    0..k-1 in the order given, e.g. the two halves A and B of a Yosinski et al. (2014)
+    experiment; ``n_train``/``n_val``/``n_test`` then count images of those classes.
     """
     root = Path(root or os.environ.get("FASHION_MNIST_DIR", FASHION_DIR))
     files = {k: root / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
@@ -71,13 +95,20 @@ def load_fashion_mnist(task: str, image_size: int, seed: int, cache_dir: Path,
     for name, y in (("train-labels", ytr), ("t10k-labels", yte)):
         check_label_range(y, len(FASHION_CLASSES), str(files[name]))
         check_classes_present(y, FASHION_CLASSES, str(files[name]))
+    names, name = FASHION_CLASSES, "fashion_mnist"
+    if classes is not None:
+        keep = parse_classes(classes, len(FASHION_CLASSES))
+        remap = torch.full((len(FASHION_CLASSES),), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        mtr, mte = remap[ytr] >= 0, remap[yte] >= 0
+        xtr, ytr, xte, yte = xtr[mtr], remap[ytr[mtr]], xte[mte], remap[yte[mte]]
+        names = [FASHION_CLASSES[c] for c in keep]
     pool = _subset(ytr, n_train + n_val, seed)
     tr_rel, va_rel = stratified_split(ytr[pool], (n_train / (n_train + n_val),
                                                   n_val / (n_train + n_val)), seed + 1)
     tr, va = pool[tr_rel], pool[va_rel]
     te = _subset(yte, n_test, seed + 2)
-    info = DataInfo("fashion_mnist", num_classes=10, class_names=FASHION_CLASSES,
-                    source=str(root))
+    info = DataInfo(name, num_classes=len(names), class_names=list(names), source=str(root))
     return DataSplits(
         TensorSplit(to_rgb_resized(xtr[tr], image_size), ytr[tr]),
         TensorSplit(to_rgb_resized(xtr[va], image_size), ytr[va]),

@@ -32,11 +32,13 @@ def register_strategies():
         StrategySpec("finetune", cls=FineTune,
                      description="model 3: pretrained backbone, fine-tune everything"),
         StrategySpec("offtheshelf", cls=OffTheShelf,
-                     description="off-the-shelf features + logistic regression or linear "
-                                 "SVM (model=logreg|svm; Razavian et al. 2014)"),
+                     description="off-the-shelf features: L2-normalised, linear SVM, C picked "
+                                 "on validation (Razavian et al. 2014); model=logreg, "
+                                 "normalize=standard, C=1 for the older recipe"),
         StrategySpec("chain_thaw", cls=ChainThaw,
-                     description="model 4: new layers, each group first to last, then all "
-                                 "(Felbo et al. 2017, DeepMoji)"),
+                     description="model 4: new layers (new_lr), each group first to last, then "
+                                 "all (lr); one best-so-far checkpoint, phases that do not beat "
+                                 "it rolled back (Felbo et al. 2017, DeepMoji)"),
         StrategySpec("gradual_unfreezing", cls=GradualUnfreezing,
                      description="unfreeze one more group from the top each epoch "
                                  "(Howard & Ruder 2018, ULMFiT)"),

@@ -10,7 +10,8 @@ from harness.train.data import DataSplits, TensorSplit
 from harness.train.device import to_device
 from harness.train.model import TransferModel
 from harness.train.strategy import HeadOnly, TrainingStrategy
-from harness.train.loop import History, Phase, TrainContext, module_device, run_phase
+from harness.train.loop import (History, Phase, TrainContext, count_flops, module_device,
+                               record_start, run_phase)
 
 
 @torch.inference_mode()
@@ -42,6 +43,19 @@ def extract_features(model: TransferModel, split: TensorSplit, batch_size: int =
     return TensorSplit(feats, to_device(split.targets, dev))
 
 
+@torch.inference_mode()
+def extraction_flops(model: TransferModel, split: TensorSplit) -> float:
+    """FLOPs of running the backbone once over ``split`` (counted on one image, times the
+    split's size: a CNN's FLOPs per image do not depend on the batch)."""
+    x, _ = next(split.batches(1))
+    x = x.to(module_device(model))
+    was = model.backbone.training
+    model.backbone.eval()
+    _, flops = count_flops(lambda: model.features(x))
+    model.backbone.train(was)
+    return flops * len(split)
+
+
 class Frozen(TrainingStrategy):
     """Model 2: frozen pretrained backbone; only the new head (two dense layers and an
     output layer) trains (lecture, "Model 2 ... Feature extractor concept. Freeze weights").
@@ -54,6 +68,9 @@ class Frozen(TrainingStrategy):
 
     Early stopping: one phase on validation loss, best epoch restored. Batch norm: frozen;
     the whole backbone stays in eval mode (statistics and any dropout as at inference).
+
+    Training FLOPs: the head's steps, plus (cached path) one backbone pass over the
+    training images to extract their features.
 
     Args:
         lr: learning rate of the head (default: the run's ``lr``).
@@ -74,20 +91,24 @@ class Frozen(TrainingStrategy):
         return [f"head.{n}" for n, _ in model.head.named_parameters()]
 
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
-        history = History()
+        history = ctx.new_history(len(data.train))
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         phase = Phase("head", ["head"], lr=self.lr, schedule=self.schedule,
                       eval_modules=("backbone",))
         if not self.cache_features:
+            record_start(model, data.val, ctx, history)
             torch.manual_seed(ctx.settings.seed)
             run_phase(model, phase, data.train, data.val, ctx, history, bn_policy="freeze")
             return history
         feats = {split: extract_features(model, getattr(data, split),
                                          ctx.settings.batch_size, ctx)
                  for split in ("train", "val")}
+        history.usage.add_flops(extraction_flops(model, data.train))
         ctx.progress("features cached")
         phase.eval_modules = ()
+        head = HeadOnly(model.head)
+        record_start(head, feats["val"], ctx, history)  # = the whole model on val images
         torch.manual_seed(ctx.settings.seed)
-        run_phase(HeadOnly(model.head), phase, feats["train"], feats["val"], ctx, history)
+        run_phase(head, phase, feats["train"], feats["val"], ctx, history)
         return history

@@ -5,7 +5,6 @@ from typing import Optional, Union
 
 import torch
 
-from harness.train.model import group_modules
 from harness.train.strategy import TrainingStrategy
 from harness.train.loop import Phase
 
@@ -26,8 +25,12 @@ class LayerTransfer(TrainingStrategy):
     Whether a cell is AnB or BnB is only which dataset those weights were trained on:
     source A and target B gives AnB; source and target the same dataset B gives BnB,
     the selffer control. Backbone layer groups play the role of the paper's layers.
-    Groups above ``n`` get fresh random weights (``reset_parameters`` of their modules,
-    seeded with the run's seed); the head is new as always.
+    Groups above ``n`` get fresh random weights from the backbone's own initialisation:
+    the backbone is built again by the same function, with the same seed, that builds a
+    train-from-scratch cell (``TrainContext.scratch_backbone``), and those groups'
+    parameters and batch-norm statistics are copied from it. So the layers AnB trains
+    from random start exactly where the scratch cell's start (timm's init, not PyTorch's
+    per-module default). The head is new as always.
 
     Early stopping: one phase on validation loss, best epoch restored. Batch norm:
     frozen copied groups keep the source statistics (``fine_tune=False``); everything
@@ -43,7 +46,7 @@ class LayerTransfer(TrainingStrategy):
     """
 
     bn_policy = "freeze"
-    _seed = 0  # the run's seed, set by fit() before freeze_before_training
+    _fresh = None  # the scratch-build function of the run, set by fit()
 
     def __init__(self, n: Union[int, str] = 1, fine_tune: bool = False,
                  lr: Optional[float] = None, schedule: Optional[str] = None):
@@ -67,14 +70,27 @@ class LayerTransfer(TrainingStrategy):
         return backbone[:n]
 
     def freeze_before_training(self, model) -> None:
+        if self._fresh is None:
+            raise RuntimeError("layer_transfer needs the run's scratch-build function "
+                               "(TrainContext.scratch_backbone) to re-initialise layers as a "
+                               "scratch cell would; the cell runner sets it")
         copied = set(self.copied_groups(model))
-        torch.manual_seed(self._seed)
-        for g in model.layer_groups():
-            if g.name == "head" or g.name in copied:
-                continue
-            for m in group_modules(model, g):
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+        reinit = {p for g in model.layer_groups() if g.name != "head" and g.name not in copied
+                  for p in g.params}
+        if not reinit:
+            return
+        with torch.random.fork_rng(devices=[]):  # leave the training RNG as it was
+            fresh = self._fresh().state_dict()
+        # a module is re-initialised whole: its parameters and its buffers (BN statistics)
+        modules = {p[len("backbone."):].rsplit(".", 1)[0] for p in reinit}
+        own = model.backbone.state_dict()
+        with torch.no_grad():
+            for k, v in own.items():
+                if k.rsplit(".", 1)[0] in modules:
+                    if k not in fresh or fresh[k].shape != v.shape:
+                        raise RuntimeError(f"the scratch build has no tensor {k!r} of shape "
+                                           f"{tuple(v.shape)}; it is not this backbone")
+                    v.copy_(fresh[k])
 
     def phases(self, model, ctx):
         groups = [g.name for g in model.layer_groups()]
@@ -84,5 +100,5 @@ class LayerTransfer(TrainingStrategy):
                       lr=self.lr)]
 
     def fit(self, model, data, ctx):
-        self._seed = ctx.settings.seed
+        self._fresh = ctx.scratch_backbone
         return super().fit(model, data, ctx)

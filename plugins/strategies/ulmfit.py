@@ -63,9 +63,11 @@ class GradualUnfreezing(TrainingStrategy):
 
     One phase: epoch 1 trains the head, epoch k trains the top k groups, and from epoch
     G (G = number of groups) on everything trains. The phase runs at most G - 1 + the
-    run's ``epochs`` epochs; early stopping on validation loss only acts once every
-    group is unfrozen (it would otherwise cut the schedule short), and the best epoch
-    is restored at the end.
+    run's ``epochs`` epochs (or the run's total ``[train] budget``, which caps it like
+    every other strategy). Early-stopping patience counts only epochs with every group
+    trainable, and the epoch restored at the end is the best of those: the paper's model
+    is the fully unfrozen one "fine-tuned until convergence", so a weight set from before
+    the bottom group was ever trained is not a candidate.
 
     Batch norm: frozen groups keep their statistics; a group's batch-norm layers update
     from the epoch it is unfrozen.
@@ -88,7 +90,7 @@ class GradualUnfreezing(TrainingStrategy):
         groups = [g.name for g in model.layer_groups()]
         n = len(groups)
         return [Phase("gradual unfreezing", groups, lr=self._rates(groups, ctx),
-                      epochs=n - 1 + ctx.settings.epochs, min_epochs=n)]
+                      epochs=n - 1 + ctx.settings.epochs, track_from=n - 1)]
 
     def on_epoch_start(self, model, phase, epoch):
         from harness.train.model import set_trainable

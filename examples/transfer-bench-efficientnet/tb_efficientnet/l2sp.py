@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from harness.train.strategy import Strategy
-from harness.train.loop import History, Phase, run_phase
+from harness.train.loop import History, Phase, record_start, run_phase
 
 
 class L2SP(Strategy):
@@ -68,7 +68,8 @@ class L2SP(Strategy):
         handles = self.attach(model)
         ctx_l2sp = copy.copy(ctx)  # same task, data info, progress and generator
         ctx_l2sp.settings = dataclasses.replace(ctx.settings, weight_decay=0.0)
-        history = History()
+        history = ctx.new_history(len(data.train))
+        record_start(model, data.val, ctx, history)
         try:
             run_phase(model, Phase("all (L2-SP)", [g.name for g in model.layer_groups()],
                                    lr=self.lr), data.train, data.val, ctx_l2sp, history,
