@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from .benefits import transfer_benefits
+from .benefits import learning_curve, transfer_benefits
 from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
 from .table import flatten, has_repeats, repeat_rows, summary_rows, unmeasured_notes
 
@@ -43,14 +43,6 @@ def curve(rec: dict) -> list[float]:
     """Validation metric per epoch, over all phases in training order; epoch 0 (before
     training) first when the record has it."""
     return learning_curve(rec)
-
-
-def _rolled_back_epochs(rec: dict) -> list[int]:
-    """Curve indices (as :func:`curve` numbers them) of epochs in rolled-back phases."""
-    hist = rec.get("history") or {}
-    offset = 1 if (hist.get("start") or {}).get("val_metric") is not None else 0
-    return [i + offset for i, e in enumerate(hist.get("epochs", []))
-            if e.get("val_metric") is not None and e.get("rolled_back")]
 
 
 @functools.lru_cache(maxsize=1)

@@ -134,7 +134,6 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
 
 def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
          onnx_dir: Optional[Path] = None) -> None:
-    bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
     task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
     st_cls = plugins.strategies.get(cfg.strategy.name).cls
     strategy = st_cls(**cfg.strategy.kwargs)
@@ -149,33 +148,9 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     ctx = TrainContext(task, data.info, settings, progress=progress)
     rec["hardware"] = hardware_record(ctx, cfg)
 
-    torch.manual_seed(cfg.seed)
-    kwargs = dict(cfg.backbone.kwargs)
-    if bb_arg is not None:
-        kwargs["arg"] = bb_arg
-
-    def scratch_backbone():
-        """The backbone as a train-from-scratch cell builds it: this function, this seed."""
-        torch.manual_seed(cfg.seed)
-        return bb_spec.build(**kwargs)
-
-    backbone = scratch_backbone()
-    weights = ((cfg.weights or bb_spec.default_weights) if strategy.pretrained
-               else plugins.default("weights").name)
-    no_default = weights is None  # the backbone declares no default weights, the user gave none
-    weights = weights or plugins.default("weights").name
-    progress(f"loading weights {weights}")
-    ws_spec, ws_arg = plugins.weights.resolve(weights)
-    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
-        "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
-        "device": str(ctx.device), "amp": ctx.precision.amp}) or {})
-    if no_default:
-        winfo["description"] = "random init (not pretrained)"
-        winfo["note"] = no_default_weights_message(cfg.backbone.name)
-    winfo.setdefault("source", weights)
-    winfo.setdefault("pretrained", ws_spec.pretrained)
-    winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
+    bb_spec, backbone, winfo, scratch_backbone = build_backbone(
+        plugins, cfg, pretrained=strategy.pretrained, progress=progress,
+        context={"device": str(ctx.device), "amp": ctx.precision.amp})
     rec["weights"] = winfo
     rec["transfer"] = bool(strategy.pretrained)  # False: a baseline of the transfer benefits
 
@@ -317,27 +292,44 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
 
 
 def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = True,
-                   progress: Callable[[str], None] = lambda m: None):
-    """A unit's backbone for ranking (:mod:`harness.run.rank`), seeded, with its weights
-    loaded as a cell loads them (on the CPU).
+                   progress: Callable[[str], None] = lambda m: None,
+                   context: Optional[dict] = None):
+    """A cell's backbone, seeded, with its weights loaded: the one path of training cells
+    (:func:`_run`) and of ranking (:mod:`harness.run.rank`).
+
+    Args:
+        pretrained: the strategy starts from pretrained weights (else the default source).
+        context: more entries for the weight source's context (``device``, ``amp``).
 
     Returns:
-        ``(backbone spec, backbone, weights info)``.
+        ``(backbone spec, backbone, weights info, scratch builder)``; the builder makes the
+        backbone as a train-from-scratch cell does (same function, same seed), for
+        strategies that re-initialise groups (``ctx.scratch_backbone``).
     """
     bb_spec, bb_arg = plugins.backbones.resolve(cfg.backbone.name)
-    torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.backbone.kwargs)
     if bb_arg is not None:
         kwargs["arg"] = bb_arg
-    backbone = bb_spec.build(**kwargs)
-    weights = ((cfg.weights or bb_spec.default_weights) if pretrained else None) \
-        or plugins.default("weights").name
+
+    def scratch_backbone():
+        torch.manual_seed(cfg.seed)
+        return bb_spec.build(**kwargs)
+
+    backbone = scratch_backbone()
+    weights = ((cfg.weights or bb_spec.default_weights) if pretrained
+               else plugins.default("weights").name)
+    no_default = weights is None  # the backbone declares no default weights, the user gave none
+    weights = weights or plugins.default("weights").name
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
         "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress}) or {})
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
+        **(context or {})}) or {})
+    if no_default:
+        winfo["description"] = "random init (not pretrained)"
+        winfo["note"] = no_default_weights_message(cfg.backbone.name)
     winfo.setdefault("source", weights)
     winfo.setdefault("pretrained", ws_spec.pretrained)
     winfo.setdefault("description", weights if ws_spec.pretrained else f"{weights} (not pretrained)")
-    return bb_spec, backbone, winfo
+    return bb_spec, backbone, winfo, scratch_backbone

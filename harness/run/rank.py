@@ -2,7 +2,7 @@
 
 For every (dataset, backbone with its weights, seed) of a matrix the backbone runs once,
 frozen and in eval mode, over the training and validation images (the frozen strategy's
-extractor, ``plugins.strategies.frozen.extract_features``); every estimator then scores the
+extractor, ``harness.train.features.extract_features``); every estimator then scores the
 same features, each timed on its own. The weights' own classifier, where the weight
 source kept it (:class:`harness.model.SourceClassifier`), gives the source-class
 probabilities LEEP and NCE need. A unit that fails (weights that cannot be had, a
@@ -22,6 +22,7 @@ from torch import nn
 from ..api.errors import ConfigError, EstimatorUnavailable
 from ..api.manager import PluginSystem
 from ..api.specs import EstimatorInput, EstimatorSpec
+from ..train.features import extract_features
 from ..train.model import TransferModel
 from .cell import build_backbone, load_data
 from .config import AxisItem, CellConfig, MatrixConfig
@@ -66,12 +67,11 @@ def frozen_inputs(plugins: PluginSystem, cfg: CellConfig,
                           f"shape {tuple(data.train.targets.shape[1:])}: rank a "
                           "classification task")
     t0 = time.perf_counter()
-    _spec, backbone, winfo = build_backbone(plugins, cfg, pretrained=True, progress=progress)
+    _spec, backbone, winfo, _scratch = build_backbone(plugins, cfg, pretrained=True,
+                                                      progress=progress)
     weights_seconds = time.perf_counter() - t0
     model = TransferModel(backbone, nn.Identity(), "pooled")
     batch = int(cfg.train.get("batch_size") or 32)
-    # the frozen strategy's extractor, so that the features are the ones it trains on
-    from plugins.strategies.frozen import extract_features
     progress("extracting features")
     t0 = time.perf_counter()
     train = extract_features(model, data.train, batch)

@@ -264,6 +264,10 @@ class TrainContext:
         self.device = runtime_device(settings.device)
         self.precision = Precision(self.device, parse_amp(settings.amp, self.device))
         self._compiled: dict = {}
+        #: builds the backbone exactly as a train-from-scratch cell does (same function,
+        #: same seed); set by the cell runner, needed by strategies that re-initialise
+        #: layers (``layer_transfer``). None where nobody provided one.
+        self.scratch_backbone: Optional[Callable[[], nn.Module]] = None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(settings.cudnn_benchmark)
 
@@ -290,10 +294,6 @@ class TrainContext:
         """``split.batches`` on this context's device and layout."""
         return split.batches(batch_size, device=self.device,
                              channels_last=self.settings.channels_last, **kw)
-        #: builds the backbone exactly as a train-from-scratch cell does (same function,
-        #: same seed); set by the cell runner, needed by strategies that re-initialise
-        #: layers (``layer_transfer``). None where nobody provided one.
-        self.scratch_backbone: Optional[Callable[[], nn.Module]] = None
 
     def new_history(self, n_train: int) -> "History":
         """An empty history whose usage carries this run's budget for ``n_train`` images."""
