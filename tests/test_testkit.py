@@ -103,8 +103,9 @@ def test_check_dataset_names_the_dataset_and_the_fault(plugin_system, fault, tas
 
 
 def test_check_dataset_passes_a_good_dataset_for_each_declared_task(plugin_system):
-    report = check_dataset(plugin_system.datasets.get("shapes"), image_size=24)
-    assert set(report) == {"localization", "pose"}
+    spec = plugin_system.datasets.get("shapes")
+    report = check_dataset(spec, image_size=24)
+    assert set(report) == set(spec.tasks) == {"classification", "localization", "pose"}
     assert all(min(sizes.values()) > 0 for sizes in report.values())
 
 
