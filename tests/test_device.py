@@ -356,7 +356,9 @@ def test_compile_setting_compiles_the_forward(monkeypatch, tiny_splits):
     FineTune().fit(model, tiny_splits, ctx)
     evaluate(model, tiny_splits.test, ctx)
     assert calls["compile"] == 1, "compiled once per module"
-    n_batches = -(-len(tiny_splits.train) // 64) + -(-len(tiny_splits.val) // 64) \
+    # one epoch of training and of validation, the validation before any training step
+    # (every strategy's epoch-0 start), and the test split
+    n_batches = -(-len(tiny_splits.train) // 64) + 2 * -(-len(tiny_splits.val) // 64) \
         + -(-len(tiny_splits.test) // 64)
     assert calls["forward"] == n_batches
 
