@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from ..api.errors import BenchError
 from .settings import CheckSettings, RoundSettings
-from .verdict import Verdict
+from .verdict import Verdict, latency_status
 
 WORKER = Path("harness") / "regression" / "worker.py"
 
@@ -113,12 +113,7 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
     else:
         p_slow = float(wilcoxon(logs, alternative="greater").pvalue)
         p_fast = float(wilcoxon(logs, alternative="less").pvalue)
-    if ratio > 1 + cs.latency_tolerance and p_slow < cs.alpha:
-        status, p = "regression", p_slow
-    elif ratio < 1 / (1 + cs.latency_tolerance) and p_fast < cs.alpha:
-        status, p = "improved", p_fast
-    else:
-        status, p = "pass", p_slow
+    status, p = latency_status(ratio, p_slow, p_fast, cs)
     note = f"paired with the base in this job, {what}"
     if status == "pass" and ratio > 1 + cs.latency_tolerance:
         note += f"; slower but not significant (p={p_slow:.3g})"

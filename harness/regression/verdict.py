@@ -9,6 +9,18 @@ from .settings import CheckSettings
 from .statistics import mann_whitney_greater
 
 
+def latency_status(ratio: float, p_slow: float, p_fast: float,
+                   cs: CheckSettings) -> tuple[str, float]:
+    """``(status, p)`` of a latency comparison, the one rule of both modes (stored baseline
+    and paired): a regression needs the ratio past the tolerance AND a significant one-sided
+    test (asv's rule); "improved" the same the other way; else "pass" with the slow side's p."""
+    if ratio > 1 + cs.latency_tolerance and p_slow < cs.alpha:
+        return "regression", p_slow
+    if ratio < 1 / (1 + cs.latency_tolerance) and p_fast < cs.alpha:
+        return "improved", p_fast
+    return "pass", p_slow
+
+
 @dataclass
 class Verdict:
     """One line of the verdict table."""
@@ -62,12 +74,7 @@ def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSetti
     p_slow = mann_whitney_greater(f, b)
     p_fast = mann_whitney_greater(b, f)
     bms, fms = statistics.median(base["round_ms"]), statistics.median(fresh["round_ms"])
-    if ratio > 1 + cs.latency_tolerance and p_slow < cs.alpha:
-        status, p = "regression", p_slow
-    elif ratio < 1 / (1 + cs.latency_tolerance) and p_fast < cs.alpha:
-        status, p = "improved", p_fast
-    else:
-        status, p = "pass", p_slow
+    status, p = latency_status(ratio, p_slow, p_fast, cs)
     stat = {"cpu": "CPU ms/call", "min": "fastest call", "median": "median call"}.get(
         base.get("statistic", "median"), "median call")
     note = ("instructions/call (hardware counters)" if counted else
