@@ -13,7 +13,7 @@ from .baseline import make_entry, resolved_profiles
 from .measure import measure_latency
 from .rebuild import cell_config, cell_identity
 from .settings import CheckSettings, RoundSettings
-from .verdict import Verdict, compare_latency, compare_metric
+from .verdict import Verdict, compare_latency, compare_metric, confirm_regression
 
 
 def _data_info(rec: dict) -> dict:
@@ -176,13 +176,6 @@ def run_check(plugins: PluginSystem, baseline: dict, cs: CheckSettings,
             second = compare_latency(first.cell, key, by_id[cid]["latency"][key],
                                      again.get(cid, {}).get(key, {"error": "not re-measured"}),
                                      cs, rs.calibrate)
-            history = first.detail.setdefault("confirmations", [])
-            history.append(second.detail)
-            if second.status != "regression":
-                first.status = "pass"
-                first.note += (f"; not confirmed on re-measurement {attempt + 1} "
-                               f"({second.change}, p={second.p_value if second.p_value is not None else 'n/a'})")
-            else:
-                first.note += f"; confirmed ({second.change}, p={second.p_value:.2g})"
+            confirm_regression(first, second, attempt)
     verdicts.extend(lat_verdicts.values())
     return verdicts

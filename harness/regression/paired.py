@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from ..api.errors import BenchError
 from .settings import CheckSettings, RoundSettings
-from .verdict import Verdict, latency_status
+from .verdict import Verdict, confirm_regression, latency_status
 
 WORKER = Path("harness") / "regression" / "worker.py"
 
@@ -182,13 +182,7 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
                 first = verdicts[k]
                 b, c = again.get(k, ([{"error": "not re-measured"}], [{}]))
                 second = compare_paired(first.cell, k[1], b, c, cs, rs.calibrate)
-                first.detail.setdefault("confirmations", []).append(second.detail)
-                if second.status != "regression":
-                    first.status = "pass"
-                    first.note += (f"; not confirmed on re-measurement {attempt + 1} "
-                                   f"({second.change})")
-                else:
-                    first.note += f"; confirmed ({second.change}, p={second.p_value:.2g})"
+                confirm_regression(first, second, attempt)
         static = [Verdict(labels.get(cid, cid), f"latency {key}",
                           "skipped" if v.get("unavailable") else "error",
                           note=v.get("unavailable") or v.get("error", ""))

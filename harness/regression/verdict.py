@@ -111,3 +111,16 @@ def exit_code(verdicts: list[Verdict]) -> int:
     if any(v.status == "error" for v in verdicts):
         return 2
     return 1 if any(v.status == "regression" for v in verdicts) else 0
+
+
+def confirm_regression(first: "Verdict", second: "Verdict", attempt: int) -> None:
+    """Fold re-measurement ``attempt``'s verdict ``second`` into the suspected regression
+    ``first`` (both modes, stored baseline and paired): kept in its detail; a regression
+    not seen again becomes a pass, with the reason in the note."""
+    first.detail.setdefault("confirmations", []).append(second.detail)
+    if second.status != "regression":
+        first.status = "pass"
+        p = second.p_value if second.p_value is not None else "n/a"
+        first.note += f"; not confirmed on re-measurement {attempt + 1} ({second.change}, p={p})"
+    else:
+        first.note += f"; confirmed ({second.change}, p={second.p_value:.2g})"
