@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -22,14 +23,38 @@ from harness.run.executor import (CellJob, Executor, GpuSlots, describe_exit, ex
 
 def _child(job: CellJob, conn, threads: Optional[int], driver_pid: int,
            gpu: Optional[int] = None) -> None:
+    """A cell worker's whole life. It always ends with ``os._exit``: once the record is sent
+    (or a signal ended the cell and its ``finally`` blocks removed what it made) nothing is
+    left to do, and the interpreter's own teardown (torch, ONNX Runtime, OpenVINO unloading,
+    multiprocessing's exit hooks) took seconds under load: a worker told to stop by SIGTERM
+    (the driver's death signal) was seen alive 15 s later in the kill -9 soak."""
     exit_on_signals()  # SIGTERM from the driver or the death signal: clean up, then go
     die_with_parent(driver_pid)  # a kill -9 of the driver takes its workers with it
+    code = 0
     try:
         rec = execute_job(job, threads, gpu)
+    except (SystemExit, KeyboardInterrupt) as exc:  # told to stop: nobody waits for a record
+        rec, code = None, exc.code if isinstance(exc, SystemExit) else 128 + 2
     except BaseException as exc:  # noqa: BLE001 - report anything rather than die silently
         rec = failure_record(job, "failed", f"worker: {type(exc).__name__}: {exc}")
-    conn.send(rec)
-    conn.close()
+    try:
+        if rec is not None:
+            conn.send(rec)
+        conn.close()
+    except OSError:  # the driver is gone (its end of the pipe closed)
+        code = code or 1
+    finally:
+        _leave(code)
+
+
+def _leave(code) -> None:
+    """Flush and end the process now (``os._exit``: no interpreter teardown)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
 
 
 @dataclass

@@ -51,7 +51,7 @@ def _set_pdeathsig(sig: int) -> bool:
 
 
 def die_with_parent(parent_pid: Optional[int] = None, poll_s: float = 1.0,
-                    grace_s: float = 10.0) -> str:
+                    grace_s: float = 3.0) -> str:
     """Make this process end when its parent does; returns how (for tests and logs).
 
     Args:
