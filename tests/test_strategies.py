@@ -544,3 +544,17 @@ def test_training_flops_are_counted_per_step(tiny_splits):
     with FlopCounterMode(display=False) as c:
         task.loss(model(x), tiny_splits.train.targets[:32]).backward()
     assert flops["ft1"] == pytest.approx(c.get_total_flops() / 32 * len(tiny_splits.train))
+
+
+@pytest.mark.parametrize("exact_modes", [False, True])
+def test_count_flops_matches_pytorchs_counter(tiny_splits, exact_modes):
+    """The plain dispatch-mode count and FlopCounterMode agree on a training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from harness.train.loop import count_flops
+    model, task = make_model()
+    x = tiny_splits.train.images[:8].float() / 255
+    y = tiny_splits.train.targets[:8]
+    _, flops = count_flops(lambda: task.loss(model(x), y).backward(), exact_modes=exact_modes)
+    with FlopCounterMode(display=False) as c:
+        task.loss(model(x), y).backward()
+    assert flops == c.get_total_flops() > 0
