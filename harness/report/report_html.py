@@ -381,9 +381,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
     Returns:
         The path of the HTML file.
     """
-    import vl_convert
-
-    from ..api.files import atomic_write_bytes, atomic_write_text
+    from ..api.files import atomic_write_text
 
     out = Path(out) if out else store.path / "report"
     html_path = out if out.suffix in (".html", ".htm") else out / "report.html"
@@ -407,29 +405,8 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
              "<nav>" + "".join(f"<a href='#{i}'>{t}</a>" for i, t in sections) + "</nav>",
              "<h2 id='recommendation'>Recommendation</h2>",
              recommendation_html(records, budget_ms), "<h2 id='plots'>Plots</h2>"]
-    specs = {}
-    for i, (png_name, (title, spec)) in enumerate(figures(records, budget_ms).items()):
-        atomic_write_bytes(html_path.parent / png_name, vl_convert.vegalite_to_png(spec, scale=2))
-        specs[f"plot-{i}"] = spec
-        parts.append(f"<h3>{html.escape(title)}</h3><div class='plot' id='plot-{i}' "
-                     f"role='img' aria-label='{html.escape(title)}'></div>")
-    headers, rows = summary_rows(records)
-    parts.append(
-        "<h2 id='cells'>Cells</h2><p><input class='filter' type='search' data-table='cells-table'"
-        " placeholder='filter: words that every shown row contains' aria-label='filter cells'> "
-        f"<span id='cells-table-count' class='muted'>{len(rows)} of {len(rows)} rows</span>"
-        " <span class='muted'>&middot; click a column header to sort</span></p>"
-        "<div class='table-wrap'>"
-        + _table_html(headers, rows, "sortable").replace("<table", "<table id='cells-table'", 1)
-        + "</div>")
-    notes = unmeasured_notes(records)
-    if notes:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    if has_repeats(records):
-        parts.append("<h2 id='repeats'>Repeats over seeds</h2><p>Mean ± 95% Student-t "
-                     "interval; n.s. = not significantly different from the best strategy "
-                     "(paired t over seeds, alpha 0.05).</p>"
-                     + _table_html(*repeat_rows(records), "sortable"))
+    specs = _plots(records, budget_ms, html_path.parent, parts)
+    parts += _cells_section(records)
     parts.append("<h2 id='environment'>Environment</h2>"
                  + _table_html(["setting", "value"], _settings(env), "env"))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -441,3 +418,42 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
            + f"\n<script type='module'>{_SCRIPT}</script>\n</body></html>\n")
     atomic_write_text(html_path, doc)
     return html_path
+
+
+def _plots(records: list, budget_ms: Optional[float], folder: Path, parts: list) -> dict:
+    """Every figure as a PNG in ``folder`` and a placeholder in ``parts``; returns the
+    Vega-Lite specs by placeholder id (the page renders them)."""
+    import vl_convert
+
+    from ..api.files import atomic_write_bytes
+
+    specs = {}
+    for i, (png_name, (title, spec)) in enumerate(figures(records, budget_ms).items()):
+        atomic_write_bytes(folder / png_name, vl_convert.vegalite_to_png(spec, scale=2))
+        specs[f"plot-{i}"] = spec
+        parts.append(f"<h3>{html.escape(title)}</h3><div class='plot' id='plot-{i}' "
+                     f"role='img' aria-label='{html.escape(title)}'></div>")
+    return specs
+
+
+def _cells_section(records: list) -> list:
+    """The filterable, sortable cells table, the notes on what was not measured, and the
+    repeats table where seeds repeat."""
+    headers, rows = summary_rows(records)
+    parts = [
+        "<h2 id='cells'>Cells</h2><p><input class='filter' type='search' data-table='cells-table'"
+        " placeholder='filter: words that every shown row contains' aria-label='filter cells'> "
+        f"<span id='cells-table-count' class='muted'>{len(rows)} of {len(rows)} rows</span>"
+        " <span class='muted'>&middot; click a column header to sort</span></p>"
+        "<div class='table-wrap'>"
+        + _table_html(headers, rows, "sortable").replace("<table", "<table id='cells-table'", 1)
+        + "</div>"]
+    notes = unmeasured_notes(records)
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    if has_repeats(records):
+        parts.append("<h2 id='repeats'>Repeats over seeds</h2><p>Mean ± 95% Student-t "
+                     "interval; n.s. = not significantly different from the best strategy "
+                     "(paired t over seeds, alpha 0.05).</p>"
+                     + _table_html(*repeat_rows(records), "sortable"))
+    return parts

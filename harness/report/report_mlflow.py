@@ -135,36 +135,66 @@ def log_run(store, tracking_uri: Optional[str] = None, budget_ms: Optional[float
     """
     from mlflow.tracking import MlflowClient
 
-    from .recommend import recommend
-    from ..run.results import atomic_write_json
-
     uri = tracking_uri or default_tracking_uri(store)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     config = store.config()
     matrix = config.get("matrix") or {}
-    exp_name = f"transfer-bench/{matrix.get('name') or 'matrix'}"
-    exp = client.get_experiment_by_name(exp_name)
-    if exp is not None:
-        exp_id = exp.experiment_id
-    elif uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns
-        exp_id = client.create_experiment(exp_name, artifact_location=(
-            Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri())
-    else:  # a tracking server decides where artifacts go
-        exp_id = client.create_experiment(exp_name)
-    folder = str(store.path.resolve())
-    run_id = hashlib.sha256(folder.encode()).hexdigest()[:20]
+    exp_id = _experiment(client, uri, f"transfer-bench/{matrix.get('name') or 'matrix'}")
+    run_id = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:20]
+    records = store.records()
+    pid = _log_parent(client, exp_id, run_id, store, config, records, budget_ms)
+    existing = {r.data.tags[CELL_TAG]: r for r in _find(
+        client, exp_id, f"tags.{RUN_TAG} = '{run_id}'") if CELL_TAG in r.data.tags}
+    counts = {"logged": 0, "kept": 0, "replaced": 0}
+    no_onnx = []
+    for rec in records:
+        if rec.get("status") == "running":
+            continue  # still running (or killed with its run): log it once it has finished
+        old = existing.get(rec.get("key"))
+        if old is not None and old.data.tags.get(FINISHED_TAG) == str(rec.get("finished", "")):
+            counts["kept"] += 1
+            continue
+        if old is not None:
+            client.delete_run(old.info.run_id)
+            counts["replaced"] += 1
+        if not _log_cell(client, exp_id, run_id, pid, store, rec):
+            no_onnx.append(rec.get("key"))
+        counts["logged"] += 1
+    client.set_terminated(pid, "FINISHED")
+    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid, **counts,
+            "no_onnx": no_onnx}
 
+
+def _experiment(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created where missing (with a sqlite store, its
+    artifacts beside the database rather than in ./mlruns)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if uri.startswith("sqlite:///"):
+        return client.create_experiment(name, artifact_location=(
+            Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri())
+    return client.create_experiment(name)  # a tracking server decides where artifacts go
+
+
+def _log_parent(client, exp_id: str, run_id: str, store, config: dict, records: list,
+                budget_ms: Optional[float]) -> str:
+    """The run folder's parent run (found again by its tag, else created): the matrix as
+    params once, cell counts, the folder's files and the recommendation. Returns its id."""
+    from .recommend import recommend
+    from ..run.results import atomic_write_json
+
+    folder = str(store.path.resolve())
     parents = [p for p in _find(client, exp_id, f"tags.{RUN_TAG} = '{run_id}'")
                if CELL_TAG not in p.data.tags]
     parent = parents[0] if parents else client.create_run(
         exp_id, run_name=store.path.name,
         tags={RUN_TAG: run_id, "transfer_bench_run_folder": folder})
     pid = parent.info.run_id
-    records = store.records()
     if not parents:
-        _log(client, pid, _params(matrix), [], {})
+        _log(client, pid, _params(config.get("matrix") or {}), [], {})
     _log(client, pid, {}, [("cells", float(len(records)), 0),
                            ("cells_ok", float(sum(r.get("status") == "ok" for r in records)), 0)],
          {"executor": config.get("executor", "")})
@@ -175,43 +205,28 @@ def log_run(store, tracking_uri: Optional[str] = None, budget_ms: Optional[float
         path = Path(tmp) / "recommendation.json"
         atomic_write_json(path, [r.as_dict() for r in recommend(records, budget_ms)])
         client.log_artifact(pid, str(path))
+    return pid
 
-    existing = {r.data.tags[CELL_TAG]: r for r in _find(
-        client, exp_id, f"tags.{RUN_TAG} = '{run_id}'") if CELL_TAG in r.data.tags}
-    logged, kept, replaced, no_onnx = 0, 0, 0, []
-    for rec in records:
-        key = rec.get("key")
-        if rec.get("status") == "running":
-            continue  # still running (or killed with its run): log it once it has finished
-        finished = str(rec.get("finished", ""))
-        old = existing.get(key)
-        if old is not None and old.data.tags.get(FINISHED_TAG) == finished:
-            kept += 1
-            continue
-        if old is not None:
-            client.delete_run(old.info.run_id)
-            replaced += 1
-        start = rec.get("started")
-        run = client.create_run(exp_id, run_name=_cell_name(rec),
-                                start_time=int(start * 1000) if _num(start) else None,
-                                tags={"mlflow.parentRunId": pid, RUN_TAG: run_id, CELL_TAG: key,
-                                      FINISHED_TAG: finished})
-        tags = {"status": rec.get("status", "?")}
-        if rec.get("error"):
-            tags["error"] = rec["error"]
-        cfg = rec.get("config") or {}
-        _log(client, run.info.run_id, _params(cfg), cell_metrics(rec), tags)
-        client.log_artifact(run.info.run_id, str(store.cell_path(key)))
-        onnx = (rec.get("onnx") or {}).get("kept")
-        if onnx and Path(onnx).exists():
-            client.log_artifact(run.info.run_id, onnx, "onnx")
-        elif rec.get("status") == "ok":
-            no_onnx.append(key)
-        end = rec.get("finished")
-        client.set_terminated(run.info.run_id,
-                              "FINISHED" if rec.get("status") == "ok" else "FAILED",
-                              end_time=int(end * 1000) if _num(end) else None)
-        logged += 1
-    client.set_terminated(pid, "FINISHED")
-    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": pid,
-            "logged": logged, "kept": kept, "replaced": replaced, "no_onnx": no_onnx}
+
+def _log_cell(client, exp_id: str, run_id: str, pid: str, store, rec: dict) -> bool:
+    """One finished cell as a child run: params, metrics, its record and ONNX file.
+    Returns False for an ok cell whose ONNX file was not kept."""
+    key, start, end = rec.get("key"), rec.get("started"), rec.get("finished")
+    run = client.create_run(exp_id, run_name=_cell_name(rec),
+                            start_time=int(start * 1000) if _num(start) else None,
+                            tags={"mlflow.parentRunId": pid, RUN_TAG: run_id, CELL_TAG: key,
+                                  FINISHED_TAG: str(rec.get("finished", ""))})
+    tags = {"status": rec.get("status", "?")}
+    if rec.get("error"):
+        tags["error"] = rec["error"]
+    _log(client, run.info.run_id, _params(rec.get("config") or {}), cell_metrics(rec), tags)
+    client.log_artifact(run.info.run_id, str(store.cell_path(key)))
+    onnx = (rec.get("onnx") or {}).get("kept")
+    has_onnx = bool(onnx and Path(onnx).exists())
+    if has_onnx:
+        client.log_artifact(run.info.run_id, onnx, "onnx")
+    client.set_terminated(run.info.run_id,
+                          "FINISHED" if rec.get("status") == "ok" else "FAILED",
+                          end_time=int(end * 1000) if _num(end) else None)
+    return has_onnx or rec.get("status") != "ok"
+

@@ -132,6 +132,33 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
     return rec
 
 
+def backbone_facts(bb_spec, backbone, model, winfo: dict, image_size: int) -> dict:
+    """What the report shows about a cell's backbone: class, size, cost, its weights."""
+    return {
+        "device_class": bb_spec.device_class, "family": bb_spec.family,
+        "params_total": count_parameters(model), "params_backbone": count_parameters(backbone),
+        "gmacs": gmacs(model, image_size), "image_size": image_size,
+        "layer_groups": [g.name for g in model.layer_groups()],
+        "weights_mb": sum(t.numel() * t.element_size()
+                          for t in backbone.state_dict().values()) / 2**20,
+        "imagenet_top1": winfo.get("imagenet_top1"),
+        "weights_input_size": winfo.get("input_size", backbone.input_size),
+        "mean": list(backbone.mean), "std": list(backbone.std),
+    }
+
+
+def curve_summary(history, higher_is_better: bool) -> Optional[dict]:
+    """Start, best and mean of this cell's own validation curve (epoch 0 = before
+    training); None without one. The benefits against scratch need the scratch cell too
+    and are computed across cells (:func:`harness.report.benefits.transfer_benefits`)."""
+    curve = (([history.start["val_metric"]] if history.start else [])
+             + [e.val_metric for e in history.epochs])
+    if not curve:
+        return None
+    best = max(curve) if higher_is_better else min(curve)
+    return {"start": curve[0], "best": best, "mean": sum(curve) / len(curve)}
+
+
 def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
          onnx_dir: Optional[Path] = None) -> None:
     task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
@@ -157,17 +184,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     torch.manual_seed(cfg.seed)
     head = task.build_head(backbone, data.info)
     model = TransferModel(backbone, head, task.head_input)
-    rec["backbone_facts"] = {
-        "device_class": bb_spec.device_class, "family": bb_spec.family,
-        "params_total": count_parameters(model), "params_backbone": count_parameters(backbone),
-        "gmacs": gmacs(model, cfg.image_size), "image_size": cfg.image_size,
-        "layer_groups": [g.name for g in model.layer_groups()],
-        "weights_mb": sum(t.numel() * t.element_size()
-                          for t in backbone.state_dict().values()) / 2**20,
-        "imagenet_top1": winfo.get("imagenet_top1"),
-        "weights_input_size": winfo.get("input_size", backbone.input_size),
-        "mean": list(backbone.mean), "std": list(backbone.std),
-    }
+    rec["backbone_facts"] = backbone_facts(bb_spec, backbone, model, winfo, cfg.image_size)
 
     ctx.place(model)
     before = parameter_fingerprints(model)
@@ -189,15 +206,9 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss
     rec["test_metrics"] = test_metrics
-    curve = (([history.start["val_metric"]] if history.start else [])
-             + [e.val_metric for e in history.epochs])
-    if curve:
-        best = max(curve) if task.higher_is_better else min(curve)
-        # this cell's own curve (epoch 0 = before training); the benefits against scratch
-        # need the scratch cell too and are computed across cells by
-        # harness.report.benefits.transfer_benefits
-        rec["curve_summary"] = {"start": curve[0], "best": best,
-                                "mean": sum(curve) / len(curve)}
+    summary = curve_summary(history, task.higher_is_better)
+    if summary is not None:
+        rec["curve_summary"] = summary
 
     # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
     model.to("cpu").to(memory_format=torch.contiguous_format)

@@ -103,6 +103,22 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     notes = list(matrix.notes)
     for pr in matrix.profiles:
         notes += _check_profile(plugins, pr, matrix, runtimes)
+    _check_weights(plugins, matrix)
+    pretrained = _check_strategies_and_tasks(plugins, matrix)
+    notes += _unused_weights(matrix, pretrained)
+    for item in matrix.backbones:
+        spec, _ = plugins.backbones.resolve(item.name)
+        if pretrained and spec.default_weights is None and not (
+                item.name in matrix.weights or "*" in matrix.weights):
+            notes.append(no_default_weights_message(item.name))
+    cells = _runnable_cells(plugins, matrix, notes)
+    if not cells:
+        raise ConfigError("no cell left to run: " + "; ".join(notes))
+    return cells, notes
+
+
+def _check_weights(plugins: PluginSystem, matrix: MatrixConfig) -> None:
+    """Every weights source named resolves and accepts its argument (``spec.check``)."""
     for bb, w in matrix.weights.items():
         for one in (w if isinstance(w, list) else [w]):  # a list: the weights axis
             spec, arg = plugins.weights.resolve(one)
@@ -112,32 +128,36 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
                 except (TypeError, ValueError, OSError) as exc:
                     flag = f"--weights {one}" if bb == "*" else f"--weights {bb}={one}"
                     raise ConfigError(f"{flag}: {exc}") from None
+
+
+def _check_strategies_and_tasks(plugins: PluginSystem, matrix: MatrixConfig) -> bool:
+    """Every strategy and task accepts its parameters; True when some strategy starts from
+    pretrained weights."""
     pretrained = []
     for item in matrix.strategies:
         cls = plugins.strategies.get(item.name).cls
         try:
             pretrained.append(bool(cls(**item.kwargs).pretrained))
         except (TypeError, ValueError) as exc:
+            accepts = ", ".join(f"{k}={v}" for k, v in cls.parameters().items())
             raise ConfigError(f"strategy {item.label()!r}: {exc}. It accepts: "
-                              f"{', '.join(f'{k}={v}' for k, v in cls.parameters().items()) or 'no parameters'}"
-                              ) from None
+                              f"{accepts or 'no parameters'}") from None
     for item in matrix.tasks:
         try:
             plugins.tasks.get(item.name).factory(**item.kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"task {item.label()!r}: {exc}") from None
-    notes += _unused_weights(matrix, any(pretrained))
-    cells = []
-    for item in matrix.backbones:
-        spec, _ = plugins.backbones.resolve(item.name)
-        if any(pretrained) and spec.default_weights is None and not (
-                item.name in matrix.weights or "*" in matrix.weights):
-            notes.append(no_default_weights_message(item.name))
-    scratch_seen = set()
+    return any(pretrained)
+
+
+def _runnable_cells(plugins: PluginSystem, matrix: MatrixConfig, notes: list) -> list:
+    """The matrix's cells, less the dataset/task pairs without labels (a note each) and the
+    repeats of a from-scratch cell over the weights axis (it trains from random weights
+    whatever the axis says: run once)."""
+    cells, scratch_seen = [], set()
     for cell in matrix.cells():
         if len(matrix.weights_of(cell.backbone.name)) > 1 \
                 and not plugins.strategies.get(cell.strategy.name).cls.pretrained:
-            # trains from random weights whatever the weights axis says: run it once
             same = (cell.dataset, cell.task, cell.backbone, cell.strategy, cell.seed)
             if same in scratch_seen:
                 continue
@@ -150,9 +170,7 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
                 notes.append(note)
             continue
         cells.append(cell)
-    if not cells:
-        raise ConfigError("no cell left to run: " + "; ".join(notes))
-    return cells, notes
+    return cells
 
 
 def _accepted(fn, skip: tuple) -> Optional[list[str]]:
@@ -302,34 +320,17 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     hardware = resolve_hardware(matrix.train.device, matrix.train.amp)  # ConfigError: usage
     cells = [with_hardware(c, hardware) for c in cells]
     if ranking is not None:
-        kept = ranking["kept"]
-        skipped = sorted({(c.dataset.label(), c.backbone.label()) for c in cells
-                          if c.backbone.label() not in kept.get(c.dataset.label(), [])})
-        cells = [c for c in cells if c.backbone.label() in kept.get(c.dataset.label(), [])]
-        for ds, bb in skipped:
-            notes.append(f"not trained: {bb} on {ds}, ranked below the top {ranking['k']} by "
-                         f"{ranking['estimator']}")
-        if not cells:
-            raise ConfigError(f"--rank-first left no cell to run: {ranking['estimator']} could "
-                              "score no backbone (see the warnings above)")
+        cells = _ranked_cells(cells, ranking, notes)
     runner = make_executor(plugins, executor, executor_options)
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
     path = run_dir_for(out_root, matrix, plugins)
     made_here = fresh or not path.exists()
-    prepare_run_dir(path, fresh)
-    sweep_temp_folders()  # what a SIGKILLed run left behind
-    store = RunStore(path)
     config = {"matrix": matrix.to_dict(), "cell_keys": [k for _, k in keyed], "notes": notes,
               "executor": executor, "executor_options": dict(executor_options or {})}
     if ranking is not None:
         config["ranking"] = {k: ranking[k] for k in ("estimator", "k", "kept", "seconds")}
-    store.write_meta(config, {**environment(plugins), "training": {
-        "device": hardware.device, "device_name": hardware.device_name,
-        "precision": hardware.precision, "how_chosen": hardware.note or "asked"}})
-    store.aggregate()  # settles the cells a killed run left "running"
-    if ranking is not None:
-        atomic_write_json(path / "ranking.json", ranking)
+    store = _open_run_folder(plugins, path, fresh, config, hardware, ranking)
     recipe = recipe_for(plugins)
     todo = [CellJob(c, k, str(path), matrix.custom_profiles, recipe,
                     cell_needs_gpu(c, [resolve_profile(plugins, p, matrix.custom_profiles)
@@ -342,82 +343,130 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     if done_before:
         print(f"resuming {path}: {done_before} of {len(keyed)} cells already finished",
               file=sys.stderr)
-    bar = _progress_bar(len(keyed), done_before, show_progress)
-    claims: dict = {}
+    driver = _Driver(plugins, matrix, store, _progress_bar(len(keyed), done_before,
+                                                           show_progress), keep_onnx)
+    driver.drive(runner, todo, made_here)
+    atomic_write_json(path / "config.json", config)
+    return store
 
-    def claimed(jobs: list, held: list):
+
+def _ranked_cells(cells: list, ranking: dict, notes: list) -> list:
+    """The cells of the backbones ``--rank-first`` kept; a note per backbone left out."""
+    kept = ranking["kept"]
+    skipped = sorted({(c.dataset.label(), c.backbone.label()) for c in cells
+                      if c.backbone.label() not in kept.get(c.dataset.label(), [])})
+    cells = [c for c in cells if c.backbone.label() in kept.get(c.dataset.label(), [])]
+    for ds, bb in skipped:
+        notes.append(f"not trained: {bb} on {ds}, ranked below the top {ranking['k']} by "
+                     f"{ranking['estimator']}")
+    if not cells:
+        raise ConfigError(f"--rank-first left no cell to run: {ranking['estimator']} could "
+                          "score no backbone (see the warnings above)")
+    return cells
+
+
+def _open_run_folder(plugins: PluginSystem, path: Path, fresh: bool, config: dict,
+                     hardware: Hardware, ranking: Optional[dict]) -> RunStore:
+    """Create (or reopen) the run folder, sweep what killed runs left, write its metadata
+    and settle the cells a killed run left "running"."""
+    prepare_run_dir(path, fresh)
+    sweep_temp_folders()  # what a SIGKILLed run left behind
+    store = RunStore(path)
+    store.write_meta(config, {**environment(plugins), "training": {
+        "device": hardware.device, "device_name": hardware.device_name,
+        "precision": hardware.precision, "how_chosen": hardware.note or "asked"}})
+    store.aggregate()  # settles the cells a killed run left "running"
+    if ranking is not None:
+        atomic_write_json(path / "ranking.json", ranking)
+    return store
+
+
+class _Driver:
+    """Hands the executor the cells this run may run (claimed one by one), saves each
+    record as it arrives, and waits for the cells another run holds."""
+
+    def __init__(self, plugins: PluginSystem, matrix: MatrixConfig, store: RunStore, bar,
+                 keep_onnx: bool):
+        self.plugins, self.matrix, self.store, self.bar = plugins, matrix, store, bar
+        self.keep_onnx = keep_onnx
+        self.claims: dict = {}
+
+    def claimed(self, jobs: list, held: list):
         """The jobs this run may run now, claimed one by one as the executor draws them."""
         for job in jobs:
-            c = store.claim(job.key)
+            c = self.store.claim(job.key)
             if c is None:
                 held.append(job)  # another bench run is running it
                 continue
-            if store.finished(job.key) is not None:  # another run finished it meanwhile
+            if self.store.finished(job.key) is not None:  # another run finished it meanwhile
                 c.release()
-                bar.update(1)
+                self.bar.update(1)
                 continue
-            claims[job.key] = c
+            self.claims[job.key] = c
             yield job
 
-    def save(rec: dict) -> None:
-        save_with_retries(f"the record of cell {rec.get('key')}", store.cell_path(rec["key"]),
-                          lambda: store.write_cell(rec))
+    def save(self, rec: dict) -> None:
+        save_with_retries(f"the record of cell {rec.get('key')}",
+                          self.store.cell_path(rec["key"]), lambda: self.store.write_cell(rec))
 
-    def run_one(job: CellJob) -> dict:
+    def run_one(self, job: CellJob) -> dict:
         cfg, key = job.cfg, job.key
-        bar.set_description(_short(cfg))
-        save({"key": key, "config": cfg.to_dict(), "status": "running",
-              "started": time.time()})
-        return run_cell(plugins, cfg, key, progress=lambda m: bar.set_postfix_str(m[:60]),
-                        custom_profiles=matrix.custom_profiles,
-                        onnx_dir=path / "onnx" if keep_onnx else None)
+        self.bar.set_description(_short(cfg))
+        self.save({"key": key, "config": cfg.to_dict(), "status": "running",
+                   "started": time.time()})
+        return run_cell(self.plugins, cfg, key,
+                        progress=lambda m: self.bar.set_postfix_str(m[:60]),
+                        custom_profiles=self.matrix.custom_profiles,
+                        onnx_dir=self.store.path / "onnx" if self.keep_onnx else None)
 
-    def on_done(rec):
+    def on_done(self, rec: dict) -> None:
         try:
-            save(rec)
-            save_with_retries("the results", path / "results.json", store.aggregate)
+            self.save(rec)
+            save_with_retries("the results", self.store.path / "results.json",
+                              self.store.aggregate)
         finally:
-            c = claims.pop(rec.get("key"), None)
+            c = self.claims.pop(rec.get("key"), None)
             if c is not None:
                 c.release()
         if rec.get("status") != "ok":
-            bar.write(f"cell failed: {rec['config'].get('backbone')} / "
-                      f"{rec['config'].get('strategy')}: {rec.get('error')}")
-        bar.update(1)
+            self.bar.write(f"cell failed: {rec['config'].get('backbone')} / "
+                           f"{rec['config'].get('strategy')}: {rec.get('error')}")
+        self.bar.update(1)
 
-    removed = False
-    try:
-        pending = todo
-        while pending:
-            held: list = []
-            try:
-                runner.run(claimed(pending, held), run_one, on_done)
-            except ConfigError:  # the executor could not start (Ray's address...)
-                if made_here and not any(store.cells_dir.glob("*.json")):
-                    shutil.rmtree(path, ignore_errors=True)  # nothing half-made stays
-                    removed = True
-                raise
-            if not held:
-                break
-            bar.write(f"waiting for {len(held)} cell(s) that another bench run is running "
-                      f"in {path}")
-            for job in held:
-                store.claim(job.key, wait=True).release()
-            pending = [j for j in held if store.finished(j.key) is None]
-            bar.update(len(held) - len(pending))
-    finally:
-        for c in claims.values():
-            c.release()
-        bar.close()
-        sweep_temp_folders()  # those of workers killed on the way out
+    def drive(self, runner, todo: list, made_here: bool) -> None:
+        """Run ``todo``, then the cells other runs held, until none is left; always leave
+        ``results.json`` rebuilt and every claim released."""
+        store, path, removed = self.store, self.store.path, False
         try:
-            if not removed:
-                store.aggregate()
-        except OSError as exc:
-            print(f"warning: could not rewrite {path}/results.json ({exc.strerror}); "
-                  f"bench report {path} rebuilds it from cells/", file=sys.stderr)
-    atomic_write_json(path / "config.json", config)
-    return store
+            pending = todo
+            while pending:
+                held: list = []
+                try:
+                    runner.run(self.claimed(pending, held), self.run_one, self.on_done)
+                except ConfigError:  # the executor could not start (Ray's address...)
+                    if made_here and not any(store.cells_dir.glob("*.json")):
+                        shutil.rmtree(path, ignore_errors=True)  # nothing half-made stays
+                        removed = True
+                    raise
+                if not held:
+                    break
+                self.bar.write(f"waiting for {len(held)} cell(s) that another bench run is "
+                               f"running in {path}")
+                for job in held:
+                    store.claim(job.key, wait=True).release()
+                pending = [j for j in held if store.finished(j.key) is None]
+                self.bar.update(len(held) - len(pending))
+        finally:
+            for c in self.claims.values():
+                c.release()
+            self.bar.close()
+            sweep_temp_folders()  # those of workers killed on the way out
+            try:
+                if not removed:
+                    store.aggregate()
+            except OSError as exc:
+                print(f"warning: could not rewrite {path}/results.json ({exc.strerror}); "
+                      f"bench report {path} rebuilds it from cells/", file=sys.stderr)
 
 
 def with_hardware(cell: CellConfig, hw: Hardware) -> CellConfig:

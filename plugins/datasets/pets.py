@@ -149,25 +149,8 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
     every = read_list(ann / "list.txt")
     trainval, test = read_list(ann / "trainval.txt"), read_list(ann / "test.txt")
     check_lists(every, trainval, test)
-    breeds = {}
-    for r in every:
-        breeds.setdefault(r.cid, r.name.rsplit("_", 1)[0])
-    present = sorted(breeds)  # a subset of the 37 breeds: one head output per breed it has
-    label = {cid: i for i, cid in enumerate(present)}
-    class_names = [breeds[c] for c in present]
-    notes: list[str] = []
-    gaps = [c + 1 for c in range(present[-1] + 1) if c not in breeds]
-    if gaps:
-        notes.append(f"{ann / 'list.txt'}: class id(s) {', '.join(map(str, gaps[:10]))}"
-                     f"{' ...' if len(gaps) > 10 else ''} have no image; the {len(present)} "
-                     f"breeds it has are numbered 0..{len(present) - 1} in id order (no empty "
-                     f"head output)")
-    for r in trainval + test:
-        if not (images_dir / f"{r.name}.jpg").is_file():
-            fix = ("put the image there or remove the line" if root else
-                   "re-extract images.tar.gz")
-            raise BadData(f"{r.path} line {r.line}: lists image {r.name!r} but "
-                          f"{images_dir / (r.name + '.jpg')} does not exist; {fix}")
+    label, class_names, notes = _breeds(every, ann)
+    _check_images_exist(trainval + test, images_dir, bool(root))
     if max_per_class:
         trainval, test = _cap(trainval, max_per_class), _cap(test, max_per_class)
     rows = trainval + test
@@ -179,29 +162,17 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
     paths = [images_dir / f"{r.name}.jpg" for r in rows]
     imgs, sizes, bad = decode_cached(paths, image_size, cache_dir, skip_bad=True)
     keep = torch.ones(len(rows), dtype=torch.bool)
-    for i, msg in bad:
+    for i, _ in bad:
         keep[i] = False
     if bad:
         notes.append(f"{len(bad)} image file(s) could not be decoded and were skipped: "
                      + "; ".join(Path(paths[i]).name for i, _ in bad[:10]))
-    n_tv = len(trainval) if task != "localization" else 0
     if task == "localization":
-        wrong = ((sizes[:, 0] != boxes[:, 4]) | (sizes[:, 1] != boxes[:, 5])) & keep
-        if wrong.any():
-            i = int(torch.nonzero(wrong)[0])
-            raise BadData(f"{ann / 'xmls' / (rows[i][0] + '.xml')}: size "
-                          f"{int(boxes[i, 4])}x{int(boxes[i, 5])} differs from the image's "
-                          f"{int(sizes[i, 0])}x{int(sizes[i, 1])}")
-        targets = boxes[:, :4] / boxes[:, [4, 5, 4, 5]]
-        idx = torch.nonzero(keep).flatten()
-        parts = [idx[p] for p in seeded_split(len(idx), (1 - 2 * val_frac, val_frac, val_frac),
-                                              seed, torch.tensor([rows[i][1] for i in idx]))]
-        notes.append("localization splits are drawn by seed from the images with head boxes "
-                     "(the official test list has none)")
-        info = DataInfo("oxford_pets", num_classes=0, source=str(images_dir.parent), notes=notes)
-        return splits_from(imgs, targets.float(), parts, info)
+        return _localization_splits(rows, boxes, imgs, sizes, keep, ann, images_dir, seed,
+                                    val_frac, notes)
     y = torch.tensor([label[r.cid] if labels == "breed" else r.species for r in rows],
                      dtype=torch.long)
+    n_tv = len(trainval)
     tv = torch.nonzero(keep[:n_tv]).flatten()
     tr_rel, va_rel = seeded_split(len(tv), (1 - val_frac, val_frac), seed, y[tv])
     te = torch.nonzero(keep[n_tv:]).flatten() + n_tv
@@ -214,6 +185,54 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
     info = DataInfo("oxford_pets", num_classes=len(names), class_names=names,
                     source=str(images_dir.parent), notes=notes)
     return splits_from(imgs, y, parts, info)
+
+
+def _breeds(every: list, ann: Path) -> tuple[dict, list, list]:
+    """(class id -> head output, breed names, notes) of the breeds ``list.txt`` has: a
+    subset of the 37 gets one head output per breed it has, numbered in id order."""
+    breeds: dict = {}
+    for r in every:
+        breeds.setdefault(r.cid, r.name.rsplit("_", 1)[0])
+    present = sorted(breeds)
+    notes = []
+    gaps = [c + 1 for c in range(present[-1] + 1) if c not in breeds]
+    if gaps:
+        notes.append(f"{ann / 'list.txt'}: class id(s) {', '.join(map(str, gaps[:10]))}"
+                     f"{' ...' if len(gaps) > 10 else ''} have no image; the {len(present)} "
+                     f"breeds it has are numbered 0..{len(present) - 1} in id order (no empty "
+                     f"head output)")
+    return {cid: i for i, cid in enumerate(present)}, [breeds[c] for c in present], notes
+
+
+def _check_images_exist(rows: list, images_dir: Path, own_root: bool) -> None:
+    """Every listed image is a file, else :class:`BadData` naming the list's line; the
+    advice never tells a ``root=`` user to delete their own data."""
+    for r in rows:
+        if not (images_dir / f"{r.name}.jpg").is_file():
+            fix = ("put the image there or remove the line" if own_root else
+                   "re-extract images.tar.gz")
+            raise BadData(f"{r.path} line {r.line}: lists image {r.name!r} but "
+                          f"{images_dir / (r.name + '.jpg')} does not exist; {fix}")
+
+
+def _localization_splits(rows, boxes, imgs, sizes, keep, ann: Path, images_dir: Path,
+                         seed: int, val_frac: float, notes: list) -> DataSplits:
+    """Head boxes as fractions of the image; splits drawn by seed from the images with a
+    box (the official test list has none). An XML whose size is not the image's is named."""
+    wrong = ((sizes[:, 0] != boxes[:, 4]) | (sizes[:, 1] != boxes[:, 5])) & keep
+    if wrong.any():
+        i = int(torch.nonzero(wrong)[0])
+        raise BadData(f"{ann / 'xmls' / (rows[i][0] + '.xml')}: size "
+                      f"{int(boxes[i, 4])}x{int(boxes[i, 5])} differs from the image's "
+                      f"{int(sizes[i, 0])}x{int(sizes[i, 1])}")
+    targets = boxes[:, :4] / boxes[:, [4, 5, 4, 5]]
+    idx = torch.nonzero(keep).flatten()
+    parts = [idx[p] for p in seeded_split(len(idx), (1 - 2 * val_frac, val_frac, val_frac),
+                                          seed, torch.tensor([rows[i][1] for i in idx]))]
+    notes.append("localization splits are drawn by seed from the images with head boxes "
+                 "(the official test list has none)")
+    info = DataInfo("oxford_pets", num_classes=0, source=str(images_dir.parent), notes=notes)
+    return splits_from(imgs, targets.float(), parts, info)
 
 
 def _cap(rows: list, n: int) -> list:
