@@ -120,7 +120,7 @@ def confirm_regression(first: "Verdict", second: "Verdict", attempt: int) -> Non
     first.detail.setdefault("confirmations", []).append(second.detail)
     if second.status != "regression":
         first.status = "pass"
-        p = second.p_value if second.p_value is not None else "n/a"
+        p = f"{second.p_value:.2g}" if second.p_value is not None else "n/a"
         first.note += f"; not confirmed on re-measurement {attempt + 1} ({second.change}, p={p})"
     else:
         first.note += f"; confirmed ({second.change}, p={second.p_value:.2g})"
