@@ -139,6 +139,9 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
                    **build_params: Any) -> dict:
     """Check that a backbone builds, runs, and describes its layers as the harness needs.
 
+    Long on purpose: a checklist of the hook's contract, one short step per promise, in the
+    order a failure is easiest to read; split up it would be one-use helpers.
+
     Checked: ``build(**build_params)`` returns a :class:`harness.train.model.Backbone`; ``forward``
     gives ``(batch, num_features)`` and ``forward_spatial`` ``(batch, feature_channels, h, w)``;
     ``layer_groups()`` is non-empty, has unique names, and holds every parameter exactly
@@ -280,6 +283,9 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
                    backbone_spec: Optional[BackboneSpec] = None, epochs: int = 6,
                    margin: float = 0.15, **params: Any) -> dict:
     """Check that a strategy trains what it declares, leaves the rest alone, and learns.
+
+    Long on purpose: a checklist of the hook's contract, one short step per promise, in the
+    order a failure is easiest to read; split up it would be one-use helpers.
 
     The default problem is the 4-class quadrant images (chance 0.25) on
     :class:`TinyBackbone` at random init (there are no pretrained weights for it, so a
@@ -498,6 +504,9 @@ def check_weight_source(spec: WeightSourceSpec, backbone_spec: Optional[Backbone
                         image_size: int = 32) -> dict:
     """Check that a weight source loads weights into a backbone in place, as cells call it.
 
+    Long on purpose: a checklist of the hook's contract, one short step per promise, in the
+    order a failure is easiest to read; split up it would be one-use helpers.
+
     ``spec.load(backbone_spec, backbone, arg, context)`` is called on a freshly built
     backbone (default :class:`TinyBackbone`) with the context a cell passes (``cache_dir``
     a temporary folder, ``plugins``, ``image_size``, ``seed``, ``dataset``,
@@ -616,6 +625,9 @@ def _working_dir(path) -> Iterator[None]:
 
 def check_reporter(spec: ReporterSpec, store: Any = None) -> dict:
     """Check that a reporter writes a run as ``bench report --format NAME`` calls it.
+
+    Long on purpose: a checklist of the hook's contract, one short step per promise, in the
+    order a failure is easiest to read; split up it would be one-use helpers.
 
     On ``store`` (default :func:`tiny_run`: ok and failed cells, latency rows):
     ``write(store, None)`` returns the report as a non-empty string; ``write(store, out)``

@@ -69,7 +69,11 @@ def _fail(ctx, exc) -> None:
 
 
 def baseline_group():
-    """The ``bench baseline`` command group."""
+    """The ``bench baseline`` command group.
+
+    Long only because click defines the commands and their options inside it; the bodies hand
+    over to :mod:`harness.regression`.
+    """
     from harness.cli import matrix_options
 
     @click.group("baseline", epilog=EPILOG_BASELINE)
@@ -164,7 +168,11 @@ def _report_created(entries, out) -> None:
 
 
 def check_command():
-    """The ``bench check`` command."""
+    """The ``bench check`` command.
+
+    Long only because click defines the commands and their options inside it; the bodies hand
+    over to :mod:`harness.regression`.
+    """
     from harness.cli import matrix_options
 
     @click.command("check", epilog=EPILOG_CHECK)
