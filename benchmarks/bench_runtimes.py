@@ -392,12 +392,12 @@ def run_model(name, files, profiles, runtimes, rounds, logdir, probes,
 
 
 def _stats(row) -> dict:
-    from harness.measure.latency import percentile
-    ms = sorted(row["raw_ms"])
+    import numpy as np
+    ms = row["raw_ms"]
     if not ms:
         return {}
-    return {"p50_ms": percentile(ms, 50), "p90_ms": percentile(ms, 90),
-            "iqr_ms": percentile(ms, 75) - percentile(ms, 25), "count": len(ms)}
+    p25, p50, p75, p90 = (float(v) for v in np.percentile(ms, [25, 50, 75, 90]))
+    return {"p50_ms": p50, "p90_ms": p90, "iqr_ms": p75 - p25, "count": len(ms)}
 
 
 def _label(row) -> str:
@@ -478,8 +478,9 @@ def publish(rows, models, peaks, meta, probes, logs, args, t_start, complete) ->
         text += "\n\nINCOMPLETE: written after each model; the run had not finished"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from harness.measure.env import cpu_slug
     stem = (f"bench_runtimes-{args.image_size}px-cpu{meta['cpus']}-"
-            f"{'_'.join(meta['cpu'].lower().split())}-torch{meta['versions'].get('torch')}-"
+            f"{cpu_slug(meta['cpu'])}-torch{meta['versions'].get('torch')}-"
             f"ort{meta['versions'].get('onnxruntime')}-ov{meta['versions'].get('openvino', 'none')}"
             f"-et{meta['versions'].get('executorch', 'none')}")
     data = {"meta": meta, "peaks": peaks,

@@ -206,3 +206,13 @@ def test_published_names_state_the_conditions(tmp_path):
         "default-fashion_mnist-64px-cpu2-intel_xeon-torch2.14.1-ort1.32.0.csv",
         "default-fashion_mnist-64px-cpu2-intel_xeon-torch2.14.1-ort1.32.0.md"]
     assert "torch 2.14.1" in paths[1].read_text()
+
+
+@pytest.mark.parametrize("model, slug", [
+    ("Intel(R) Xeon(R) Processor", "intel_xeon"),
+    ("Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz", "intel_xeon_platinum_8488c"),
+    ("AMD EPYC 9R45 96-Core Processor", "amd_epyc_9r45_96_core"),
+    ("", "cpu")])
+def test_cpu_names_in_file_names_drop_trademarks_and_clock(model, slug):
+    from harness.measure.env import cpu_slug
+    assert cpu_slug(model) == slug

@@ -47,6 +47,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_slug(model: str) -> str:
+    """A CPU model as a file-name part: ``Intel(R) Xeon(R) Processor`` -> ``intel_xeon``,
+    ``AMD EPYC 9R45 96-Core Processor`` -> ``amd_epyc_9r45_96_core`` (trademarks, the word
+    "processor"/"CPU" and the clock speed dropped)."""
+    import re
+    text = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b|@\s*[\d.]+\s*ghz", " ", str(model).lower())
+    return "_".join(re.findall(r"[a-z0-9.]+", text)) or "cpu"
+
+
 def cpu_flags() -> list:
     """Which of :data:`ISA_FLAGS` the CPU reports in ``/proc/cpuinfo`` (empty elsewhere)."""
     try:

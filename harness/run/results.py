@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..api.files import atomic_write_text
+from ..measure.env import cpu_slug
 
 from .locks import LockTimeout, cache_lock
 
@@ -352,7 +353,7 @@ def condition_stem(config: dict, env: dict) -> str:
     v = env.get("versions", {})
     gpu = env.get("gpu") or {}
     device = (_slug(gpu.get("name", "gpu")).lower() if gpu.get("cuda")
-              else f"cpu{env.get('affinity') or env.get('cpu_count')}-{_slug(env.get('cpu', '')).lower()}")
+              else f"cpu{env.get('affinity') or env.get('cpu_count')}-{cpu_slug(env.get('cpu', ''))}")
     parts = [m.get("name", "run"), "+".join(_slug(d) for d in m.get("datasets", [])),
              f"{m.get('image_size')}px", device, f"torch{v.get('torch', '?')}",
              f"ort{v.get('onnxruntime', 'none')}"]
