@@ -521,6 +521,39 @@ def test_worker_dies_when_its_parent_is_killed(no_prctl, tmp_path):
     wait_for(lambda: not alive(child), 30, "the orphaned worker to exit")
 
 
+CELL_WORKER = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    sys.path.insert(0, {root!r})
+    import plugins.executors_processes as ep
+
+    def cell(job, threads, gpu):  # a cell that runs until it is told to stop
+        try:
+            print("running", flush=True)
+            time.sleep(120)
+        finally:
+            open({marker!r}, "w").write("cleaned up")
+
+    ep.execute_job = cell
+    recv, send = multiprocessing.Pipe(duplex=False)
+    ep._child(None, send, None, os.getppid())
+""")
+
+
+@slow
+def test_cell_worker_told_to_stop_cleans_up_and_exits_at_once(tmp_path):
+    """SIGTERM (the driver's death signal) ends a cell worker through its finally blocks and
+    then os._exit: no record is sent, no interpreter teardown keeps it alive (the soak
+    once saw SIGTERMed workers 15 s later)."""
+    marker = tmp_path / "cleaned"
+    p = subprocess.Popen([sys.executable, "-c", CELL_WORKER.format(root=str(ROOT),
+                                                                   marker=str(marker))],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "running"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+    assert marker.read_text() == "cleaned up"
+
+
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})

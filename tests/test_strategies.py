@@ -309,7 +309,7 @@ def test_gradual_unfreezing_one_more_group_each_epoch(tiny_splits):
 def test_gradual_unfreezing_patience_and_best_only_once_all_groups_train(tiny_splits):
     """ULMFiT's model is the fully unfrozen one: epochs with frozen groups neither count
     towards patience nor can be restored, even when their validation loss is lower."""
-    from harness.train.loop import Phase, run_phase
+    from harness.train.loop import run_phase
     model, task = make_model()
     ctx = make_ctx(task, tiny_splits, epochs=2, patience=1, lr=0.5)  # a rate that hurts
     strat = GradualUnfreezing()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.run.config import AxisItem, MatrixConfig
+from harness.run.config import MatrixConfig
 from plugins.datasets.offline import load_fashion_mnist, parse_classes
 
 ROOT = Path(__file__).resolve().parents[1]
