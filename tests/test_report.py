@@ -160,3 +160,25 @@ def test_compare_reports_unmatched_and_bad_folders(tmp_path):
     assert res.exit_code == 2 and "not a run folder" in res.output
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "a"), "--format", "nope"])
     assert res.exit_code == 2 and "html" in res.output  # lists the choices
+
+
+def test_learning_curves_mark_rolled_back_epochs_and_start_at_epoch_0():
+    """Chain-thaw's discarded phases are visible in the plot, not only in the table."""
+    from harness.report.report_html import curves_spec
+    epochs = [{"phase": "new layers", "val_metric": 0.6, "train_metric": 0.5},
+              {"phase": "layer1", "val_metric": 0.55, "train_metric": 0.6, "rolled_back": True},
+              {"phase": "all", "val_metric": 0.7, "train_metric": 0.7}]
+    rec = {"status": "ok", "metric_name": "accuracy",
+           "config": {"backbone": "b", "strategy": "chain_thaw", "dataset": "d"},
+           "history": {"start": {"val_metric": 0.25}, "epochs": epochs}}
+    spec = curves_spec([rec])
+    rows = spec["data"]["values"]
+    assert (rows[0]["epoch"], rows[0]["value"]) == (0, 0.25)
+    assert [(r["epoch"], r["series"]) for r in rows if r["rolled_back"]] == [
+        (2, "validation"), (2, "train")]
+    marker = spec["spec"]["layer"][1]
+    assert marker["mark"]["shape"] == "cross" and "rolled" in spec["title"]
+    import vl_convert
+    assert vl_convert.vegalite_to_png(spec)[:8] == b"\x89PNG\r\n\x1a\n"  # it renders
+    rec["history"]["epochs"][1]["rolled_back"] = False
+    assert len(curves_spec([rec])["spec"]["layer"]) == 1  # no marker layer without one

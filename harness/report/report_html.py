@@ -162,7 +162,10 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
 
 
 def curves_spec(records: list[dict]) -> Optional[dict]:
-    """Vega-Lite: train and validation metric per epoch, one panel per cell."""
+    """Vega-Lite: train and validation metric per epoch, one panel per cell; epoch 0 is the
+    validation metric before training, and the epochs of a phase that was rolled back
+    (chain-thaw: it did not beat the best checkpoint, so its weights were discarded) are
+    drawn with a red cross."""
     rows = []
     ok = [r for r in records if r.get("status") == "ok" and curve(r)]
     for rec in ok:
@@ -171,32 +174,41 @@ def curves_spec(records: list[dict]) -> Optional[dict]:
                                            cfg.get("dataset")) if v is not None)
         if cfg.get("seed") is not None:
             cell += f" / seed {cfg['seed']}"
-        epochs = (rec.get("history") or {}).get("epochs", [])
-        for i, e in enumerate(epochs):
+        hist = rec.get("history") or {}
+        start = (hist.get("start") or {}).get("val_metric")
+        if start is not None:
+            rows.append({"cell": cell, "epoch": 0, "phase": "before training",
+                         "series": "validation", "value": start, "lr": None,
+                         "rolled_back": False})
+        for i, e in enumerate(hist.get("epochs", [])):
             for series, key in (("validation", "val_metric"), ("train", "train_metric")):
                 if e.get(key) is not None:
                     rows.append({"cell": cell, "epoch": i + 1, "phase": e.get("phase", ""),
-                                 "series": series, "value": e[key], "lr": e.get("lr")})
+                                 "series": series, "value": e[key], "lr": e.get("lr"),
+                                 "rolled_back": bool(e.get("rolled_back"))})
     if not rows:
         return None
     metric = ok[0].get("metric_name") or "metric"
-    return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": rows},
-            "title": f"Learning curves per cell ({metric} per epoch, all phases in order)",
+    x = {"field": "epoch", "type": "quantitative", "axis": {"tickMinStep": 1, "format": "d"}}
+    y = {"field": "value", "type": "quantitative", "scale": {"zero": False}, "title": metric}
+    tooltip = [{"field": "cell"}, {"field": "phase"}, {"field": "epoch"}, {"field": "series"},
+               {"field": "value", "format": ".4f", "title": metric},
+               {"field": "lr", "format": ".3g"}, {"field": "rolled_back"}]
+    layers = [{"mark": {"type": "line", "point": True},
+               "encoding": {"x": x, "y": y, "color": {"field": "series", "type": "nominal"},
+                            "tooltip": tooltip}}]
+    if any(r["rolled_back"] for r in rows):
+        layers.append({"transform": [{"filter": "datum.rolled_back"}],
+                       "mark": {"type": "point", "shape": "cross", "size": 90,
+                                "color": "#d62728", "filled": True},
+                       "encoding": {"x": x, "y": y, "tooltip": tooltip}})
+    title = f"Learning curves per cell ({metric} per epoch, all phases in order"
+    title += "; red cross: epoch of a rolled-back phase)" if len(layers) > 1 else ")"
+    return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": rows}, "title": title,
             "facet": {"field": "cell", "type": "nominal", "title": None,
                       "sort": list(dict.fromkeys(r["cell"] for r in rows))},
             "columns": 3,
-            "spec": {"width": 230, "height": 140,
-                     "mark": {"type": "line", "point": True},
-                     "encoding": {
-                         "x": {"field": "epoch", "type": "quantitative",
-                               "axis": {"tickMinStep": 1, "format": "d"}},
-                         "y": {"field": "value", "type": "quantitative",
-                               "scale": {"zero": False}, "title": metric},
-                         "color": {"field": "series", "type": "nominal"},
-                         "tooltip": [{"field": "cell"}, {"field": "phase"},
-                                     {"field": "epoch"}, {"field": "series"},
-                                     {"field": "value", "format": ".4f", "title": metric},
-                                     {"field": "lr", "format": ".3g"}]}}}
+            "spec": {"width": 230, "height": 140, "layer": layers}}
 
 
 def benefits_spec(records: list[dict]) -> Optional[dict]:
