@@ -147,12 +147,14 @@ def backbone_facts(bb_spec, backbone, model, winfo: dict, image_size: int) -> di
     }
 
 
-def curve_summary(history, higher_is_better: bool) -> Optional[dict]:
+def curve_summary(rec: dict, higher_is_better: bool) -> Optional[dict]:
     """Start, best and mean of this cell's own validation curve (epoch 0 = before
-    training); None without one. The benefits against scratch need the scratch cell too
-    and are computed across cells (:func:`harness.report.benefits.transfer_benefits`)."""
-    curve = (([history.start["val_metric"]] if history.start else [])
-             + [e.val_metric for e in history.epochs])
+    training; :func:`harness.report.benefits.learning_curve` of its record); None without
+    one. The benefits against scratch need the scratch cell too and are computed across
+    cells (:func:`harness.report.benefits.transfer_benefits`)."""
+    from ..report.benefits import learning_curve
+
+    curve = learning_curve(rec)
     if not curve:
         return None
     best = max(curve) if higher_is_better else min(curve)
@@ -206,7 +208,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss
     rec["test_metrics"] = test_metrics
-    summary = curve_summary(history, task.higher_is_better)
+    summary = curve_summary(rec, task.higher_is_better)
     if summary is not None:
         rec["curve_summary"] = summary
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -265,10 +266,11 @@ class TrainContext:
         self.device = runtime_device(settings.device)
         self.precision = Precision(self.device, parse_amp(settings.amp, self.device))
         self._compiled: dict = {}
-        #: FLOPs of one image's training step, per (model, trainable groups, input shape):
-        #: counted once per fit (:func:`count_flops` costs about one extra step), shared by
-        #: the phases of a strategy that train the same groups again
-        self.flops_per_image: dict = {}
+        #: FLOPs of one image's training step: model -> {(trainable groups, input shape):
+        #: FLOPs}, counted once per fit (:func:`count_flops` costs about one extra step),
+        #: shared by the phases of a strategy that train the same groups again; keyed by the
+        #: module itself (weakly), so a model built later in the fit never inherits a count
+        self.flops_per_image = weakref.WeakKeyDictionary()
         #: builds the backbone exactly as a train-from-scratch cell does (same function,
         #: same seed); set by the cell runner, needed by strategies that re-initialise
         #: layers (``layer_transfer``). None where nobody provided one.
@@ -554,7 +556,8 @@ class _PhaseRun:
         """Every training batch of one epoch; None when no step was taken."""
         ctx, precision, opt, usage = self.ctx, self.ctx.precision, self.opt, self.usage
         s = ctx.settings
-        key = (id(self.model), tuple(trainable), tuple(self.train.images.shape[1:]))
+        counted = ctx.flops_per_image.setdefault(self.model, {})
+        key = (tuple(trainable), tuple(self.train.images.shape[1:]))
         done = _EpochSteps(0.0, 0, 0, [], [], opt.param_groups[-1]["lr"])
         for x, y in ctx.batches(self.train, s.batch_size, shuffle=True,
                                 generator=ctx.generator, augment=self.augment):
@@ -572,9 +575,9 @@ class _PhaseRun:
                 precision.step(loss, opt, clip_norm=self.phase.clip_norm)
                 return out, loss
 
-            if key not in ctx.flops_per_image:
+            if key not in counted:
                 (out, loss), flops = count_flops(train_step, exact_modes=s.compile)
-                ctx.flops_per_image[key] = flops / len(x)
+                counted[key] = flops / len(x)
             else:
                 out, loss = train_step()
             if self.sched is not None:
@@ -582,7 +585,7 @@ class _PhaseRun:
             done.steps += 1
             usage.steps += 1
             usage.images += len(x)
-            usage.add_flops(ctx.flops_per_image[key] * len(x))
+            usage.add_flops(counted[key] * len(x))
             done.loss_sum = done.loss_sum + loss.detach().double() * len(x)
             done.images += len(x)
             done.outputs.append(out.detach())
