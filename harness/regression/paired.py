@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..api.archives import safe_extractall
 from ..api.errors import BenchError
 from .settings import CheckSettings, RoundSettings
 from .verdict import Verdict, confirm_regression, latency_status
@@ -65,7 +66,7 @@ def base_tree(against: str, into: Path) -> Path:
                              f"({proc.stderr.strip()}); give a commit, branch or tag")
         tree = into / "base"
         with tarfile.open(archive) as tf:
-            tf.extractall(tree, filter="data")
+            safe_extractall(tf, tree, archive=f"git archive {against}")
         archive.unlink()
     if not (tree / WORKER).exists():
         raise BenchError(f"--against {against}: {tree} has no {WORKER} (a revision older than "

@@ -10,7 +10,9 @@ Reliability rules (see ``shared/MEASUREMENT.md``):
   never taken as the file;
 * an archive is extracted into a unique temporary folder and renamed, then a marker file is
   written; a folder without the marker is an interrupted extraction and is extracted again;
-* extraction refuses members whose path leaves the folder (``../``, absolute paths, links);
+* extraction refuses members whose path leaves the folder (``../``, absolute paths, links),
+  and special files, on every Python (:func:`harness.api.archives.safe_extractall`: the
+  ``data`` filter where ``tarfile`` has it, the same rules by hand on 3.11.2 and older);
 * the host is given ``connect_timeout`` seconds: offline, the error says which file to
   download from where and where to put it, so the next run finds it.
 """
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..api.archives import UnsafeArchive  # noqa: F401 - re-exported: callers import it here
+from ..api.archives import check_name, safe_extractall
 from ..api.errors import BenchError, DataUnavailable
 from ..api.files import atomic_path
 from .locks import cache_lock
@@ -41,10 +45,6 @@ CHUNK = 1 << 20
 
 class ChecksumMismatch(BenchError):
     """A downloaded or user-supplied file whose checksum is not the published one."""
-
-
-class UnsafeArchive(BenchError):
-    """An archive member that would land outside the extraction folder."""
 
 
 @dataclass(frozen=True)
@@ -157,24 +157,13 @@ def _bar(total, desc, enabled):
                 leave=False)
 
 
-def _check_member(name: str, root: Path, archive: Path, member: Optional[str] = None) -> Path:
-    """``name`` (a member, or with ``member`` the target of that link member) must stay
-    inside ``root``; the message names the member either way."""
-    target = (root / name).resolve()
-    if os.path.isabs(name) or (target != root and root not in target.parents):
-        what = (f"member {name!r} would be written" if member is None else
-                f"link member {member!r} points to {name!r},")
-        raise UnsafeArchive(f"{archive}: {what} outside the extraction folder; refusing to "
-                            f"extract this archive (use an intact copy of the published one)")
-    return target
-
-
 def extract(archive: Path, folder: Path) -> Path:
     """Extract ``archive`` (tar, tar.gz, tgz, zip) into ``folder``, once.
 
     ``folder`` counts as extracted only when it holds the marker written after the last
     member; otherwise it is removed and extracted again. Members with absolute paths,
-    ``..`` or links pointing outside are refused before anything is written.
+    ``..``, links pointing outside, or special files are refused before anything is written
+    (:mod:`harness.api.archives`).
     """
     if (folder / MARKER).exists():
         return folder
@@ -194,21 +183,12 @@ def _extract(archive: Path, folder: Path) -> Path:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 for name in zf.namelist():
-                    _check_member(name, root, archive)
+                    check_name(name, root, archive)
                 zf.extractall(tmp)
         else:
             try:
                 with tarfile.open(archive) as tf:
-                    members = tf.getmembers()
-                    for m in members:
-                        _check_member(m.name, root, archive)
-                        if m.issym() or m.islnk():
-                            link = m.linkname if m.islnk() else os.path.join(
-                                os.path.dirname(m.name), m.linkname)
-                            _check_member(link, root, archive, member=m.name)
-                        if m.isdev():
-                            raise UnsafeArchive(f"{archive}: member {m.name!r} is a device file")
-                    tf.extractall(tmp, members=members, filter="data")
+                    safe_extractall(tf, tmp, archive=archive)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                 raise DataUnavailable(f"{archive} is not a complete tar/zip archive ({exc}); "
                                       f"delete it and download it again") from None
