@@ -3,7 +3,9 @@
 For every dataset/task and latency profile, each deployable variant of a configuration (a
 runtime and precision it was measured with) is one *candidate*: its accuracy (the mean test
 metric over seeds, or the accuracy measured after conversion for lower precisions) and its
-latency (the median over seeds of the p50). Candidates compete separately by the device
+latency (the median over seeds of the p50). Both metrics are scored on the same test
+images (:mod:`harness.report.scoring`): a row scored on a subset is no candidate, and a
+lower precision without a metric of its own never borrows the fp32 one. Candidates compete separately by the device
 class of their backbone (``mobile`` / ``server``, from ``BackboneSpec.device_class``).
 
 The pick is the candidate with the best metric whose p50 is within the budget (ties go to
@@ -29,6 +31,7 @@ from typing import Iterable, Optional
 
 from tabulate import tabulate
 
+from .scoring import row_metric
 from .stats import compare_configs, configuration, mean_ci
 
 DEVICE_CLASSES = ("mobile", "server")
@@ -112,13 +115,12 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
     for rec in records:
         if rec.get("status") != "ok" or not rec.get("metric_name"):
             continue
-        base = (rec.get("test_metrics") or {}).get(rec["metric_name"])
         dclass = (rec.get("backbone_facts") or {}).get("device_class", "server")
         for lat in rec.get("latency", []):
             st = lat.get("stats")
             if not st or st.get("p50_ms") is None:
                 continue
-            metric = lat.get("accuracy_after", base) if lat.get("precision") != "fp32" else base
+            metric = row_metric(rec, lat)  # fp32 metric or accuracy after, same images
             if metric is None:
                 continue
             k = (configuration(rec), lat.get("profile"), lat.get("runtime"),

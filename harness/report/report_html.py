@@ -31,7 +31,7 @@ from typing import Optional
 
 from .benefits import learning_curve, transfer_benefits
 from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
-from .table import flatten, has_repeats, repeat_rows, summary_rows, unmeasured_notes
+from .table import flatten, has_repeats, repeat_rows, summary_rows, table_notes
 
 VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 """Names the specification's version (vega-embed reads it); nothing is fetched from it."""
@@ -460,7 +460,7 @@ def _cells_section(records: list) -> list:
         "<div class='table-wrap'>"
         + _table_html(headers, rows, "sortable").replace("<table", "<table id='cells-table'", 1)
         + "</div>"]
-    notes = unmeasured_notes(records)
+    notes = table_notes(records)
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if has_repeats(records):

@@ -9,7 +9,9 @@ tag) in the experiment ``transfer-bench/<matrix name>``:
   parameter counts; the learning curve per epoch (``train_<metric>``, ``val_<metric>``,
   ``train_loss``, ``val_loss``, ``lr`` with ``step`` = epoch); per runtime/profile/precision
   ``latency_p50_ms/RUNTIME/PROFILE/PRECISION``, ``latency_p90_ms/...`` and, for lower
-  precisions, ``test_<metric>/RUNTIME/PROFILE/PRECISION`` (the metric after conversion);
+  precisions, ``test_<metric>/RUNTIME/PROFILE/PRECISION`` (the metric after conversion, on
+  the same test images as ``test_<metric>``; a record scored on the first N images only
+  logs ``test_<metric>_firstN/...`` instead, see :mod:`harness.report.scoring`);
 - artifacts: the cell's JSON record, and its ONNX file where the run kept it
   (``bench run --keep-onnx``); the parent gets config.json, environment.json, results.csv,
   the recommendation as JSON and the HTML report where one was written.
@@ -33,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from .scoring import scored_on_subset
 
 RUN_TAG = "transfer_bench_run_id"
 """Tag of the parent and child runs: a hash of the run folder's path (the folder itself is
@@ -93,7 +97,11 @@ def cell_metrics(rec: dict) -> list[tuple[str, float, int]]:
             if _num(st.get(q)) is not None:
                 out.append((f"latency_{q}/{where}", _num(st[q]), 0))
         if _num(lat.get("accuracy_after")) is not None:
-            out.append((f"test_{name}/{where}", _num(lat["accuracy_after"]), 0))
+            # compared with test_<metric> only when scored on the same images; a record
+            # scored on a subset logs it under a key that states the subset's size
+            sub = scored_on_subset(rec, lat)
+            key = f"test_{name}_first{sub[0]}" if sub else f"test_{name}"
+            out.append((f"{key}/{where}", _num(lat["accuracy_after"]), 0))
     return [(_key(k), v, s) for k, v, s in out]
 
 

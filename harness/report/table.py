@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from .scoring import subset_notes, subset_text
+
 
 def _fmt(v, digits=3):
     if v is None:
@@ -60,7 +62,8 @@ def _latency_cell(rec: dict, key: tuple) -> str:
             if st:
                 s = f"{st['p50_ms']:.2f} / {st['p90_ms']:.2f}"
                 if lat.get("accuracy_after") is not None:  # the task's primary metric
-                    s += f" ({rec.get('metric_name') or 'metric'} {lat['accuracy_after']:.3f})"
+                    s += (f" ({rec.get('metric_name') or 'metric'} "
+                          f"{lat['accuracy_after']:.3f}{subset_text(rec, lat)})")
                 return s
             return "n/a: " + str(lat.get("unavailable") or lat.get("error") or "?")[:60]
     return "-"
@@ -153,13 +156,17 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
+def table_notes(records: list[dict]) -> list[str]:
+    """The lines under the cells table (text and HTML): the budget, what was not measured,
+    metrics after conversion scored on a subset (:mod:`harness.report.scoring`)."""
+    bnote = budget_note(records)
+    return ([bnote] if bnote else []) + unmeasured_notes(records) + subset_notes(records)
+
+
 def summary_table(records: list[dict], fmt: str = "simple") -> str:
     headers, rows = summary_rows(records)
     text = tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
-    notes = unmeasured_notes(records)
-    bnote = budget_note(records)
-    if bnote:
-        notes = [bnote] + notes
+    notes = table_notes(records)
     if notes:
         bullet = "- " if fmt in ("github", "pipe") else ""
         text += "\n\n" + "\n".join(bullet + n for n in notes)

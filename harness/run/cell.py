@@ -244,8 +244,10 @@ def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, 
 def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
                   workdir: Path, onnx_dir: Optional[Path] = None) -> list:
     task = ctx.task
-    test_x = data.test.images[:512]
-    test_y = data.test.targets[:512]
+    # Every test image, the ones the fp32 test metric used: an accuracy after conversion is
+    # compared with that metric (table, recommendation, Pareto front), so it must be scored
+    # on the same images, not on a subset (issue 25).
+    test_x, test_y = data.test.images, data.test.targets
     art = Artifacts(model=model.eval(), image_size=cfg.image_size, workdir=workdir,
                     calibration=data.train.images[:64].float() / 255.0,
                     test_images=test_x.float() / 255.0,
@@ -293,13 +295,20 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
             for r in results:
                 r = dict(r)
                 outputs = r.pop("test_outputs", None)
+                if outputs is not None and len(outputs) != len(test_x):
+                    r = {k: v for k, v in r.items() if k != "stats"}
+                    r["error"] = (f"{rt.name} returned outputs for {len(outputs)} test images, "
+                                  f"the test set has {len(test_x)}: its accuracy after "
+                                  f"conversion would not be comparable with the fp32 test "
+                                  f"metric, so the row is not reported")
+                    outputs = None
                 if outputs is not None:
                     metrics = art.evaluate_outputs(outputs)
                     r["accuracy_after"] = metrics.get(task.primary_metric)
                     r["metric_after"] = task.primary_metric
                     r["metrics_after"] = {k: v for k, v in metrics.items()
                                           if isinstance(v, (int, float))}
-                    r["evaluated_on"] = int(len(outputs))
+                    r["evaluated_on"] = int(len(outputs))  # == the test set's size
                 out.append({**base, **r})
     return out
 

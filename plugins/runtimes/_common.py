@@ -41,7 +41,11 @@ def failed(precision: str, exc: BaseException) -> dict:
 
 
 def as_float_images(x) -> Optional[np.ndarray]:
-    """Test or calibration images as float32 numpy ``(N, 3, S, S)`` in [0, 1], or None."""
+    """Test or calibration images as float32 numpy ``(N, 3, S, S)`` in [0, 1], or None.
+
+    In a worker these are read-only memory maps of the cell's files (every test image, so
+    an accuracy after conversion is scored on the fp32 metric's images): read them a batch
+    at a time (:func:`batched_outputs`, :func:`fixed_batch_outputs`)."""
     if x is None:
         return None
     if hasattr(x, "detach"):
@@ -53,7 +57,8 @@ def batched_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
                     batch: int) -> np.ndarray:
     """Outputs of ``run`` over ``images`` in chunks of at most ``batch`` (for accuracy after
     quantization: the parent evaluates them with the task's own metrics)."""
-    outs = [np.asarray(run(np.ascontiguousarray(images[i:i + batch])), dtype=np.float32)
+    # a writable copy per chunk: in a worker the test images are a read-only memory map
+    outs = [np.asarray(run(np.array(images[i:i + batch], dtype=np.float32)), dtype=np.float32)
             for i in range(0, len(images), batch)]
     return np.concatenate(outs, axis=0)
 
@@ -66,7 +71,7 @@ def fixed_batch_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndar
     pass sees only real images)."""
     outs = []
     for i in range(0, len(images), batch):
-        chunk = images[i:i + batch]
+        chunk = np.array(images[i:i + batch], dtype=np.float32)  # writable (see above)
         real = len(chunk)
         if real < batch:
             chunk = chunk[np.arange(batch) % real]
