@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..api.errors import BenchError
 from .data import DataInfo, TensorSplit
 from .device import AMPS, Precision, parse_amp, place_module, runtime_device, to_device
 from .model import TransferModel, group_modules, set_trainable
@@ -309,10 +311,29 @@ class TrainContext:
         return h
 
 
+class NonFiniteLoss(BenchError):
+    """A training, validation or test loss that is NaN or infinite. The cell fails: early
+    stopping and "best epoch" comparisons are meaningless on NaN (every comparison is
+    false), so training on would report a model chosen at random as "ok"."""
+
+
+def check_finite(loss: float, what: str) -> float:
+    """``loss``, or :class:`NonFiniteLoss` saying ``what`` it is and what to look at."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(
+            f"{what} is {loss}: training diverged or a target (box, keypoint, visibility) is "
+            f"NaN or infinite, so the cell fails rather than report a model chosen on it; "
+            f"check the dataset's annotations, or lower the learning rate")
+    return loss
+
+
 def record_start(module: nn.Module, val: TensorSplit, ctx: "TrainContext",
                  history: "History") -> None:
     """Evaluate ``module`` before any training step: the curve's epoch 0."""
-    loss, metrics = evaluate(module, val, ctx)
+    try:
+        loss, metrics = evaluate(module, val, ctx)
+    except NonFiniteLoss as exc:
+        raise NonFiniteLoss(f"before training: {exc}") from None
     pm = ctx.task.primary_metric
     history.start = {"val_loss": loss, "val_metric": float(metrics[pm])}
     ctx.progress(f"before training val_loss={loss:.4f} val_{pm}={history.start['val_metric']:.4f}")
@@ -413,12 +434,17 @@ def predict(module: nn.Module, split: TensorSplit, batch_size: int = 64,
 
 
 def evaluate(module: nn.Module, split: TensorSplit, ctx: TrainContext) -> tuple[float, dict]:
-    """(loss, metrics) of ``module`` on ``split``, computed on the module's device."""
+    """(loss, metrics) of ``module`` on ``split``, computed on the module's device.
+
+    Raises:
+        NonFiniteLoss: the loss is NaN or infinite.
+    """
     out = predict(ctx.forward(module), split, ctx.eval_batch_size, ctx.precision,
                   ctx.settings.channels_last)
     targets = to_device(split.targets, out.device)
     with torch.no_grad():
-        loss = float(ctx.task.loss(out, targets))
+        loss = check_finite(float(ctx.task.loss(out, targets)),
+                            f"the loss on {len(split)} evaluated images")
     return loss, ctx.task.metrics(out, targets, ctx.info)
 
 
@@ -602,9 +628,15 @@ class _PhaseRun:
         pm = ctx.task.primary_metric
         train_metric = ctx.task.metrics(torch.cat(done.outputs).float(),
                                         torch.cat(done.targets), ctx.info)
-        val_loss, val_metrics = evaluate(self.model, val, ctx)
+        where = f"phase {self.phase.name!r} epoch {self.epochs_run + 1}"
+        train_loss = check_finite(float(done.loss_sum) / max(done.images, 1),
+                                  f"{where}: the training loss")
+        try:
+            val_loss, val_metrics = evaluate(self.model, val, ctx)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLoss(f"{where}, validation: {exc}") from None
         rec = EpochRecord(phase=self.phase.name, epoch=len(self.history.epochs),
-                          train_loss=float(done.loss_sum) / max(done.images, 1),
+                          train_loss=train_loss,
                           train_metric=float(train_metric[pm]), val_loss=val_loss,
                           val_metric=float(val_metrics[pm]), lr=float(done.last_lr),
                           seconds=time.perf_counter() - t0, trainable_groups=trainable,
