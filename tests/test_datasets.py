@@ -279,9 +279,9 @@ def test_imagefolder_keypoints(tmp_path):
 
 
 @pytest.mark.parametrize("case,pattern", [
-    ("empty_class", r"class folder .*birds holds no images"),
+    ("empty_class", r"1 class folder\(s\) hold no images .*: birds\. Add images"),
     ("missing_image", r"boxes\.csv line 2: image 'cats/nope\.png' does not exist"),
-    ("box_outside", r"boxes\.csv row for cats/0\.png: box .* outside its 20x10 image"),
+    ("box_outside", r"boxes\.csv line 2, row for cats/0\.png: box .* outside its 20x10 image"),
     ("corrupt", r"cats/1\.png is corrupt or truncated"),
 ])
 def test_imagefolder_bad_input_is_named(tmp_path, case, pattern):

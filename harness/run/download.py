@@ -81,7 +81,8 @@ def verify(path: Path, res: Resource) -> None:
                 raise ChecksumMismatch(
                     f"{path}: {algo} is {got}, expected {want} (the published {res.filename} "
                     f"from {res.url}). The file is corrupt, truncated or a different version; "
-                    f"delete it and download it again.")
+                    f"put the published file in its place, or move this one away and run "
+                    f"again to download it.")
             return
 
 
@@ -191,7 +192,8 @@ def _extract(archive: Path, folder: Path) -> Path:
                     safe_extractall(tf, tmp, archive=archive)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                 raise DataUnavailable(f"{archive} is not a complete tar/zip archive ({exc}); "
-                                      f"delete it and download it again") from None
+                                      f"put the published file in its place, or move this "
+                                      f"one away and run again to download it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -149,7 +149,8 @@ def stratified_split(labels: torch.Tensor, fractions: tuple, seed: int) -> list[
 
 # -- image files: decode and resize once, into a cache -------------------------------------
 
-CACHE_FORMAT = 2  # bump when the cached arrays change meaning (2: every Pillow mode, to_rgb8)
+CACHE_FORMAT = 3  # bump when the cached arrays change meaning (2: every Pillow mode, to_rgb8;
+#                  3: EXIF orientation applied, sizes as displayed)
 
 
 class BadData(ValueError):
@@ -201,33 +202,86 @@ def to_rgb8(im):
     return im.convert("RGB")
 
 
-def decode_image(path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image file as uint8 ``(3, size, size)`` RGB, plus its original ``(width, height)``.
+#: what to do about undecodable files, unless the loader knows better (never: delete them)
+DEFAULT_FIX = ("Put an intact copy of each in its place (of a bomb: a smaller copy), or move it "
+               "out of the dataset's folder")
+#: how many bad files one message lists by name before "and N more"
+LIST_LIMIT = 20
+#: the words naming a refused decompression bomb in messages (loaders count them by it)
+BOMB = "decompression bomb"
 
-    The image is stretched to a square (no crop), so coordinates normalized to [0, 1]
-    (boxes, keypoints) stay valid. Every Pillow mode becomes 8-bit RGB by :func:`to_rgb8`
-    (16-bit and float images scaled by their own range, alpha composited on white).
+
+def list_names(names: list, limit: int = LIST_LIMIT, sep: str = "; ") -> str:
+    """``names`` joined, the first ``limit`` of them, then ``and N more``."""
+    shown = sep.join(str(n) for n in names[:limit])
+    return shown + (f"{sep}and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _oriented_size(im) -> tuple[int, int]:
+    """``(width, height)`` as the image is displayed: EXIF orientations 5-8 (the rotated
+    ones) swap the stored width and height."""
+    orientation = im.getexif().get(0x0112, 1)
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def decode_image(path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file as uint8 ``(3, size, size)`` RGB, plus its ``(width, height)`` as shown.
+
+    The EXIF orientation is applied first (``PIL.ImageOps.exif_transpose``): a phone photo
+    stored sideways with "rotate 90" in its EXIF is decoded upright, and the size returned is
+    the displayed one, the one annotations (boxes, keypoints) are drawn on. The image is then
+    stretched to a square (no crop), so coordinates normalized to [0, 1] stay valid. Every
+    Pillow mode becomes 8-bit RGB by :func:`to_rgb8` (16-bit and float images scaled by their
+    own range, alpha composited on white).
+
+    An image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2,
+    ``DecompressionBombError``) is refused; one over the warning limit is decoded and the
+    warning names the file.
 
     Raises:
-        BadData: the file is missing, truncated or not an image; the message names it.
+        BadData: the file is missing, truncated, not an image or a decompression bomb; the
+            message names it.
     """
-    from PIL import Image, UnidentifiedImageError
+    import struct
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            orig = im.size
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        for w in caught:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                w.message = Image.DecompressionBombWarning(f"image file {path}: {w.message}")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        with im:
+            orig = _oriented_size(im)
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # DCT-domain downscale: much faster decode
             im.load()
+            im = ImageOps.exif_transpose(im)
             im = to_rgb8(im)
             im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
             arr = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
     except FileNotFoundError:
         raise BadData(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadData(f"image file {path} is corrupt or truncated ({exc}); replace it with "
-                      f"an intact copy or remove it from the dataset") from None
+    except Image.DecompressionBombError as exc:
+        raise BadData(f"image file {path} was refused as a possible {BOMB} ({exc}); if it is "
+                      f"a genuine image, put a smaller copy in its place") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise BadData(f"image file {path} is corrupt or truncated ({exc}); put an intact copy "
+                      f"in its place") from None
     return arr.reshape(size, size, 3).permute(2, 0, 1).contiguous(), orig
+
+
+def bad_files_message(bad: list, total: int, fix: str) -> str:
+    """One sentence listing every bad file (up to :data:`LIST_LIMIT`, then how many more)."""
+    bombs = sum(BOMB in m for m in bad)
+    counted = f" ({bombs} refused as {BOMB}s)" if bombs else ""
+    return (f"{len(bad)} of {total} image file(s) could not be decoded{counted}: "
+            f"{list_names(bad)}. {fix}")
 
 
 def files_key(paths: list, size: int, extra: str = "") -> str:
@@ -242,13 +296,15 @@ def files_key(paths: list, size: int, extra: str = "") -> str:
 
 
 def decode_cached(paths: list, size: int, cache_dir: Optional[Path], extra: str = "",
-                  skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+                  skip_bad: bool = False, fix: str = DEFAULT_FIX
+                  ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Decode and resize image files once; later calls read the cache.
 
     Returns:
-        ``(images, sizes, bad)``: uint8 ``(N, 3, size, size)``, original ``(N, 2)``
-        (width, height) and a list of ``(index, message)`` for files that could not be
-        decoded (only with ``skip_bad``; their rows are zeros and the caller drops them).
+        ``(images, sizes, bad)``: uint8 ``(N, 3, size, size)``, ``(N, 2)`` (width, height)
+        as displayed (EXIF orientation applied, :func:`decode_image`) and a list of
+        ``(index, message)`` for files that could not be decoded (only with ``skip_bad``;
+        their rows are zeros and the caller drops them).
 
     The first call decodes every file and writes ``cache_dir/decoded/images-<key>.npz``;
     later calls (later epochs, later runs) load it instead of decoding JPEGs again. The key
@@ -256,42 +312,52 @@ def decode_cached(paths: list, size: int, cache_dir: Optional[Path], extra: str 
     a new entry. The file is written under a temporary name and renamed, so an interrupted
     run never leaves a half-written cache.
 
+    Args:
+        fix: the last sentence of the error without ``skip_bad``: what the user should do
+            (the loader knows whether the files are the user's own or a cache's).
+
     Raises:
-        BadData: a file cannot be decoded and ``skip_bad`` is False (names the file).
+        BadData: without ``skip_bad``, any file that cannot be decoded: one message listing
+            every such file (up to :data:`LIST_LIMIT` by name) and ``fix``.
     """
     import numpy as np
 
     paths = [str(p) for p in paths]
     target = None
+    bad: list = []
+    cached = None
     if cache_dir is not None:
         key = files_key(paths, size, f"{extra}|skip={skip_bad}")
         target = Path(cache_dir) / "decoded" / f"images-{key}.npz"
         if target.exists():
             try:
                 with np.load(target) as z:
-                    bad = [(int(i), f"image file {paths[int(i)]} could not be decoded (cached "
-                            f"verdict; change the file to retry)") for i in z["bad"]]
-                    return (torch.from_numpy(z["images"].copy()),
-                            torch.from_numpy(z["sizes"].copy()), bad)
+                    bad = [(int(i), f"{m} (cached verdict; change the file to retry)")
+                           for i, m in zip(z["bad"], z["bad_messages"])]
+                    cached = (torch.from_numpy(z["images"].copy()),
+                              torch.from_numpy(z["sizes"].copy()))
             except Exception:  # an unreadable cache entry is rebuilt, never trusted
                 target.unlink(missing_ok=True)
+                bad = []
+    if cached is not None:
+        return cached[0], cached[1], bad
     images = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8)
     sizes = torch.zeros((len(paths), 2), dtype=torch.long)
-    bad: list = []
     for i, p in enumerate(paths):
         try:
             img, (w, h) = decode_image(p, size)
         except BadData as exc:
-            if not skip_bad:
-                raise
             bad.append((i, str(exc)))
             continue
         images[i] = img
         sizes[i, 0], sizes[i, 1] = w, h
+    if bad and not skip_bad:  # every bad file in one message, not the first of many
+        raise BadData(bad_files_message([m for _, m in bad], len(paths), fix))
     if target is not None:
         with atomic_path(target) as tmp, open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), sizes=sizes.numpy(),
-                     bad=np.array([i for i, _ in bad], dtype=np.int64))
+                     bad=np.array([i for i, _ in bad], dtype=np.int64),
+                     bad_messages=np.array([m for _, m in bad], dtype=str))
     return images, sizes, bad
 
 

@@ -1,13 +1,15 @@
 """Helpers shared by the image-file datasets: where files live, how splits are drawn."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from harness.train.data import BadData, DataInfo, DataSplits, TensorSplit, stratified_split
+from harness.train.data import (BadData, DataInfo, DataSplits, TensorSplit, list_names,
+                                stratified_split)
 from harness.run.download import Resource, extract, fetch
 
 MIRROR_ENV = "TRANSFER_BENCH_MIRROR"
@@ -27,11 +29,11 @@ def fetch_and_extract(res: Resource, folder: Path, mirror: Optional[str],
 
 
 def require_files(paths: list, what: str, fix: str) -> None:
-    """Raise :class:`BadData` naming the missing files (the first few and the count)."""
+    """Raise :class:`BadData` naming the missing files (up to ``LIST_LIMIT``, and the count)."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise BadData(f"{what}: {len(missing)} file(s) missing: {shown}. {fix}")
+        raise BadData(f"{what}: {len(missing)} file(s) missing: "
+                      f"{list_names(missing, sep=', ')}. {fix}")
 
 
 def splits_from(images: torch.Tensor, targets: torch.Tensor, parts: list,
@@ -47,15 +49,25 @@ def seeded_split(n: int, fractions: tuple, seed: int,
     return stratified_split(labels, fractions, seed)
 
 
-def check_box(box: tuple, width: int, height: int, where: str) -> None:
-    """Raise :class:`BadData` naming ``where`` when a pixel box is empty or leaves its image.
+def box_problem(box: tuple, width: int, height: int) -> Optional[str]:
+    """What is wrong with a pixel box (empty, leaving its image, not finite), or None.
 
     PASCAL VOC boxes are 1-based and inclusive, so ``xmax == width`` is inside.
     """
     xmin, ymin, xmax, ymax = box
+    if not all(math.isfinite(v) for v in box):
+        return f"box (xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}) is not finite"
     if not (0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height):
-        raise BadData(f"{where}: box (xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}) is "
-                      f"empty or outside its {width}x{height} image; fix or remove the annotation")
+        return (f"box (xmin={xmin}, ymin={ymin}, xmax={xmax}, ymax={ymax}) is empty or outside "
+                f"its {width}x{height} image")
+    return None
+
+
+def check_box(box: tuple, width: int, height: int, where: str) -> None:
+    """Raise :class:`BadData` naming ``where`` when :func:`box_problem` finds one."""
+    problem = box_problem(box, width, height)
+    if problem:
+        raise BadData(f"{where}: {problem}; correct the annotation")
 
 
 # -- label checks every loader makes before training (the file and line in each message) ----

@@ -98,7 +98,12 @@ def load_flowers17(task: str, image_size: int, seed: int, cache_dir: Path,
                   f"{layout}; put the missing files in {base / 'jpg'} (from 17flowers.tgz)"
                   if root else f"{layout}; delete {base} (a cache folder) and run again to "
                   f"re-extract it")
-    images, _, _ = decode_cached(files, image_size, cache_dir)
+    images, _, _ = decode_cached(
+        files, image_size, cache_dir,
+        fix=(f"Every image of the official split is needed: put intact copies (from "
+             f"17flowers.tgz) in {base / 'jpg'}" if root else
+             f"{base} is the bench's own extraction of 17flowers.tgz (a cache folder, not "
+             f"your data): delete that folder and run again to re-extract it"))
     labels = torch.arange(NUM_IMAGES) // PER_CLASS
     parts = read_splits(mat_path, int(split), user_file=bool(root))
     notes = absent_class_notes(labels[parts[0]], {"val": labels[parts[1]],

@@ -13,15 +13,16 @@ without a row in the CSV are counted and reported skips for localization and pos
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.train.data import BadData, DataInfo, DataSplits, decode_cached, list_names
 from harness.api.errors import DataUnavailable
 
-from ._common import absent_class_notes, check_box, seeded_split, splits_from
+from ._common import absent_class_notes, box_problem, seeded_split, splits_from
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_CSV = {"localization": "boxes.csv", "pose": "keypoints.csv"}
@@ -36,19 +37,27 @@ def scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if not classes:
         raise BadData(f"imagefolder root {root} has no class subfolders; put the images of "
                       f"each class in ROOT/<class name>/")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for c, name in enumerate(classes):
         found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in EXTENSIONS)
         if not found:
-            raise BadData(f"class folder {root / name} holds no images ({', '.join(sorted(EXTENSIONS))}); "
-                          f"add images or remove the folder")
+            empty.append(name)
         files += found
         labels += [c] * len(found)
+    if empty:
+        raise BadData(f"imagefolder root {root}: {len(empty)} class folder(s) hold no images "
+                      f"({', '.join(sorted(EXTENSIONS))}): {list_names(empty, sep=', ')}. Add "
+                      f"images to them, or move them out of {root} (every subfolder is a class)")
     return files, labels, classes
 
 
-def read_csv(path: Path, root: Path, task: str) -> tuple[dict, list[str]]:
-    """``{resolved file: values}`` and the keypoint names (pose)."""
+def read_csv(path: Path, root: Path, task: str) -> tuple[dict, list[str], dict]:
+    """``{resolved file: values}``, the keypoint names (pose) and ``{resolved file: (line,
+    file as written)}``.
+
+    Every value must be a finite number (a NaN or infinite coordinate or visibility would
+    make the loss NaN); every bad line is named in one message, with the file and line.
+    """
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
@@ -63,21 +72,58 @@ def read_csv(path: Path, root: Path, task: str) -> tuple[dict, list[str]]:
             kps = [c[:-2] for c in cols if c.endswith("_x") and f"{c[:-2]}_y" in cols]
             if not kps:
                 raise BadData(f"{path}: pose needs columns <name>_x,<name>_y[,<name>_v]")
-        out = {}
+        out, lines, problems = {}, {}, []
         for n, row in enumerate(reader, 2):
-            img = (root / row["file"]).resolve()
+            img = (root / (row["file"] or "")).resolve()
             if not img.is_file():
-                raise BadData(f"{path} line {n}: image {row['file']!r} does not exist "
-                              f"(looked for {img})")
+                problems.append(f"{path.name} line {n}: image {row['file']!r} does not exist "
+                                f"(looked for {img})")
+                continue
             try:
                 if task == "localization":
-                    out[img] = [float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax")]
+                    values = [float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax")]
+                    flat = values
                 else:
-                    out[img] = [[float(row[f"{k}_x"]), float(row[f"{k}_y"]),
-                                 float(row.get(f"{k}_v") or 2)] for k in kps]
+                    values = [[float(row[f"{k}_x"]), float(row[f"{k}_y"]),
+                               float(row.get(f"{k}_v") or 2)] for k in kps]
+                    flat = [v for kp in values for v in kp]
             except (TypeError, ValueError):
-                raise BadData(f"{path} line {n}: a coordinate is not a number") from None
-    return out, kps
+                problems.append(f"{path.name} line {n}: a coordinate is not a number")
+                continue
+            if not all(math.isfinite(v) for v in flat):
+                what = ("a box coordinate" if task == "localization" else
+                        "a keypoint coordinate or visibility (an unlabelled keypoint is "
+                        "x,y,v = 0,0,0)")
+                problems.append(f"{path.name} line {n}: {what} is NaN or infinite")
+                continue
+            out[img], lines[img] = values, (n, row["file"])
+    if problems:
+        raise BadData(f"{path}: {len(problems)} bad row(s): {list_names(problems)}. Correct "
+                      f"these rows and run again")
+    return out, kps, lines
+
+
+def check_annotations(task: str, csv_path: Path, files: list, values: list, sizes: torch.Tensor,
+                      lines: dict) -> None:
+    """Boxes and labelled keypoints must lie inside their image, as displayed (EXIF
+    orientation applied: the size :func:`decode_cached` returns); every bad row in one message."""
+    problems = []
+    for f, v, (w, h) in zip(files, values, sizes.tolist()):
+        n, name = lines[f.resolve()]
+        at = f"{csv_path.name} line {n}, row for {name}"
+        if task == "localization":
+            problem = box_problem(tuple(v), w, h)
+            if problem:
+                problems.append(f"{at}: {problem}")
+        else:
+            kp = torch.tensor(v)
+            vis = kp[:, 2] > 0
+            if ((kp[vis, 0] < 0) | (kp[vis, 0] > w) | (kp[vis, 1] < 0) | (kp[vis, 1] > h)).any():
+                problems.append(f"{at}: a labelled keypoint lies outside its {w}x{h} image")
+    if problems:
+        raise BadData(f"{csv_path}: {len(problems)} annotation(s) outside their image: "
+                      f"{list_names(problems)}. Coordinates are pixels of the image as it is "
+                      f"displayed (after its EXIF rotation); correct these rows")
 
 
 def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
@@ -102,7 +148,7 @@ def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
         if not csv_path.is_file():
             raise DataUnavailable(f"{task} on imagefolder needs {csv_path} (see "
                                   f"'bench list datasets' and the README for its columns)")
-        table, kps = read_csv(csv_path, rootp, task)
+        table, kps, lines = read_csv(csv_path, rootp, task)
         kept = [i for i, f in enumerate(files) if f.resolve() in table]
         if len(kept) < len(files):
             notes.append(f"{len(files) - len(kept)} of {len(files)} images have no row in "
@@ -110,18 +156,16 @@ def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
         files = [files[i] for i in kept]
         y = y[kept]
         values = [table[f.resolve()] for f in files]
-    imgs, sizes, _ = decode_cached(files, image_size, cache_dir)
+    imgs, sizes, _ = decode_cached(
+        files, image_size, cache_dir,
+        fix=f"Put an intact copy of each in its place (of a bomb: a smaller copy), or move it "
+            f"out of {rootp}")
+    if task in DEFAULT_CSV:
+        check_annotations(task, csv_path, files, values, sizes, lines)
     if task == "localization":
-        for f, v, (w, h) in zip(files, values, sizes.tolist()):
-            check_box(tuple(v), w, h, f"{csv_path} row for {f.relative_to(rootp)}")
         t = torch.tensor(values) / sizes.repeat(1, 2).float()
     elif task == "pose":
         t = torch.tensor(values)
-        for f, kp, (w, h) in zip(files, t, sizes.tolist()):
-            vis = kp[:, 2] > 0
-            if ((kp[vis, 0] < 0) | (kp[vis, 0] > w) | (kp[vis, 1] < 0) | (kp[vis, 1] > h)).any():
-                raise BadData(f"{csv_path} row for {f.relative_to(rootp)}: a keypoint lies "
-                              f"outside its {w}x{h} image")
         t[..., :2] /= sizes[:, None, :].float()
     else:
         t = y

@@ -11,13 +11,14 @@ its train/val/test splits from the images that have one; a few files do not deco
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
 
-from harness.train.data import BadData, DataInfo, DataSplits, decode_cached
+from harness.train.data import BOMB, BadData, DataInfo, DataSplits, decode_cached, list_names
 from harness.run.download import Resource
 from harness.api.errors import DataUnavailable
 
@@ -103,10 +104,14 @@ def read_head_box(xml_path: Path, images_dir: Path) -> tuple[int, int, tuple]:
         fname = root.findtext("filename") or (xml_path.stem + ".jpg")
         w, h = int(root.findtext("size/width")), int(root.findtext("size/height"))
         bb = root.find("object/bndbox")
-        box = tuple(int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        raw = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
     except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
         raise BadData(f"{xml_path} is not a PASCAL VOC annotation with size and "
                       f"object/bndbox ({exc})") from None
+    if not all(math.isfinite(v) for v in raw):
+        raise BadData(f"{xml_path}: object/bndbox (xmin, ymin, xmax, ymax) = "
+                      f"{tuple(raw)} is not finite; correct the annotation")
+    box = tuple(int(v) for v in raw)
     if not (images_dir / fname).is_file():
         raise BadData(f"{xml_path} annotates {fname}, but {images_dir / fname} does not exist")
     check_box(box, w, h, str(xml_path))
@@ -165,8 +170,11 @@ def load_pets(task: str, image_size: int, seed: int, cache_dir: Path,
     for i, _ in bad:
         keep[i] = False
     if bad:
-        notes.append(f"{len(bad)} image file(s) could not be decoded and were skipped: "
-                     + "; ".join(Path(paths[i]).name for i, _ in bad[:10]))
+        bombs = sum(BOMB in m for _, m in bad)
+        notes.append(f"{len(bad)} image file(s) could not be decoded and were skipped"
+                     + (f" ({bombs} refused as {BOMB}s)" if bombs else "") + ": "
+                     + list_names([Path(paths[i]).name + (f" ({BOMB})" if BOMB in m else "")
+                                   for i, m in bad]))
     if task == "localization":
         return _localization_splits(rows, boxes, imgs, sizes, keep, ann, images_dir, seed,
                                     val_frac, notes)

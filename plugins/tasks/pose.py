@@ -140,6 +140,12 @@ class Pose(Task):
             return (f"keypoints have shape {tuple(targets.shape)}; give (N, {k}, 3) of "
                     f"(x, y, v) for DataInfo.num_keypoints={k}")
         t = targets.float()
+        finite = torch.isfinite(t).all(dim=(1, 2))
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            return (f"{len(bad)} example(s) have a NaN or infinite keypoint value (first: "
+                    f"example {int(bad[0])}); x, y and v must all be finite, also for "
+                    f"unlabelled keypoints (give them 0, 0, 0), or the loss is NaN")
         xy = t[..., :2][t[..., 2] > 0]
         if len(xy) and (not bool(torch.isfinite(xy).all()) or float(xy.min()) < 0
                         or float(xy.max()) > 1):
