@@ -12,7 +12,15 @@ Syntax (the text after ``source:`` is free text, not an axis item)::
     source:fashion_mnist,n_train=5000,epochs=3      # other keys go to the dataset
 
 ``epochs``, ``lr``, ``batch_size``, ``patience``, ``image_size`` and ``seed`` configure the
-pretraining; every other key is a parameter of the dataset. On the command line that is
+pretraining; ``on_target=allow`` asks for pretraining on images of the target dataset
+itself (see below); every other key is a parameter of the dataset.
+
+Pretraining on the target's own images (the same dataset, or a subset or variant of it
+that shares images: ``source:digits`` for a ``digits`` cell, ``source:fashion_mnist,
+n_train=500`` for a ``fashion_mnist`` one) is not transfer: a cell so set up is refused
+before anything runs (``bench run``) and when its weights load, unless the weights string
+says ``on_target=allow`` (Yosinski et al.'s BnB control does, on purpose). Two class
+subsets of one dataset (``classes=0-4`` and ``classes=5-9``) share no images. On the command line that is
 ``--weights resnet18=source:digits,epochs=3`` (the ``=`` after the backbone name is split
 once, so the commas stay with the weights string).
 
@@ -52,8 +60,15 @@ TRAIN_KEYS = {"epochs": 5, "lr": 1e-3, "batch_size": 32, "patience": 2, "image_s
 _VERSIONED = ("torch", "timm", "numpy", "scikit-learn")
 
 
+#: the key that asks for pretraining on the target's own images, and its one value
+ON_TARGET, ALLOW = "on_target", "allow"
+
+
 def parse_source(arg: str | None) -> tuple[str, dict, dict]:
-    """``"digits,epochs=3,n_train=500"`` -> ``("digits", {"epochs": 3, ...}, {"n_train": 500})``."""
+    """``"digits,epochs=3,n_train=500"`` -> ``("digits", {"epochs": 3, ...}, {"n_train": 500})``.
+
+    ``on_target=allow`` is checked and left out (it does not change the weights; see
+    :func:`asks_on_target`)."""
     if not arg or not arg.strip():
         raise WeightsUnavailable("write source:DATASET (e.g. source:digits or "
                                  "source:digits,epochs=3); see bench list datasets")
@@ -65,6 +80,12 @@ def parse_source(arg: str | None) -> tuple[str, dict, dict]:
                                      f"(pretraining keys: {', '.join(TRAIN_KEYS)}; any other "
                                      f"key is a dataset parameter)")
         k, v = (s.strip() for s in part.split("=", 1))
+        if k == ON_TARGET:
+            if v != ALLOW:
+                raise WeightsUnavailable(f"source:{arg}: {ON_TARGET} takes one value, "
+                                         f"{ON_TARGET}={ALLOW} (pretrain on the target "
+                                         f"dataset's own images on purpose); got {v!r}")
+            continue
         (train if k in TRAIN_KEYS else data)[k] = parse_value(v)
     for k in ("epochs", "batch_size", "patience"):
         if not isinstance(train[k], int) or train[k] < 1:
@@ -72,6 +93,50 @@ def parse_source(arg: str | None) -> tuple[str, dict, dict]:
     if not isinstance(train["lr"], (int, float)) or train["lr"] <= 0:
         raise WeightsUnavailable(f"source:{arg}: lr must be a positive number")
     return name, train, data
+
+
+def asks_on_target(arg: str | None) -> bool:
+    """Whether the weights string says ``on_target=allow``."""
+    return any(p.replace(" ", "") == f"{ON_TARGET}={ALLOW}" for p in (arg or "").split(","))
+
+
+def source_pretraining(arg: str | None) -> dict:
+    """What ``source:ARG`` trains before its first cell (the run's plan shows it)."""
+    name, train, data = parse_source(arg)
+    return {"dataset": name, "dataset_params": data, "epochs": train["epochs"],
+            "image_size": train["image_size"], "on_target": asks_on_target(arg)}
+
+
+def _class_set(spec) -> set | None:
+    if spec is None:
+        return None
+    from .datasets.offline import parse_classes
+    try:
+        return set(parse_classes(spec, 10**6))
+    except ValueError:
+        return None  # unreadable: assume the subsets may overlap
+
+
+def shares_images(arg: str | None, dataset: str, dataset_params: dict) -> str | None:
+    """Why ``source:ARG`` would pretrain on images of ``dataset`` (with its parameters),
+    or None. The same dataset shares images whatever its subset parameters (``n_train``,
+    ``val_frac``...: both draw from one pool), except two disjoint class subsets
+    (``classes=0-4`` and ``classes=5-9``: no image has two classes)."""
+    name, _, data = parse_source(arg)
+    if name != dataset:
+        return None
+    src, tgt = _class_set(data.get("classes")), _class_set((dataset_params or {}).get("classes"))
+    if src is not None and tgt is not None and not src & tgt:
+        return None
+
+    def label(n, params):
+        return n + "".join(f",{k}={v}" for k, v in (params or {}).items())
+
+    return (f"source:{arg} pretrains on {label(name, data)}, which shares images with the "
+            f"target dataset {label(dataset, dataset_params)}: the backbone would be trained "
+            f"on the target task's own images, which is not transfer. Pretrain on another "
+            f"dataset (source:OTHER, see bench list datasets), or add ,{ON_TARGET}={ALLOW} to "
+            f"the weights string to do it on purpose")
 
 
 def _versions() -> dict:
@@ -179,6 +244,11 @@ def load_source(spec, backbone, arg, context) -> dict:
         from harness.api.manager import get_plugins
         plugins = get_plugins()
     name, train, data_params = parse_source(arg)
+    target_ds = context.get("dataset")
+    overlap = (shares_images(arg, target_ds, context.get("dataset_params") or {})
+               if target_ds else None)
+    if overlap and not asks_on_target(arg):
+        raise WeightsUnavailable(overlap)
     ds_spec = plugins.datasets.get(name)  # unknown names list the registered datasets
     if "classification" not in ds_spec.tasks:
         raise WeightsUnavailable(f"source:{name}: the dataset has no classification labels "
@@ -218,9 +288,8 @@ def load_source(spec, backbone, arg, context) -> dict:
     from harness.train.model import SourceClassifier
     backbone.source_classifier = SourceClassifier(head["weight"], head["bias"],
                                                   f"{name} ({head['weight'].shape[0]} classes)")
-    target_ds = context.get("dataset")
-    notes = ([f"the source dataset is the target dataset ({name}): this is not transfer"]
-             if target_ds == name else [])
+    notes = ([f"pretrained on images of the target dataset ({name}) on purpose "
+              f"({ON_TARGET}={ALLOW}): this is not transfer"] if overlap else [])
     acc = reached["source_val_accuracy"]
     return {"description": (f"pretrained here on {name} ({reached['source_epochs_run']} epochs at "
                             f"{train['image_size']} px, source val accuracy {acc:.3f}); "
@@ -235,6 +304,8 @@ def load_source(spec, backbone, arg, context) -> dict:
 @hookimpl
 def register_weight_sources():
     return [WeightSourceSpec(
-        "source", load=load_source,
+        "source", load=load_source, pretraining=source_pretraining,
+        shares_images=shares_images,
         description="source:DATASET[,epochs=N,lr=..,image_size=..]: pretrain on a source "
-                    "dataset here (cached by a hash of everything that determines it)")]
+                    "dataset here (cached by a hash of everything that determines it); "
+                    "never on the target's own images unless on_target=allow")]

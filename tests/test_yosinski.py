@@ -61,15 +61,15 @@ def test_weights_list_is_an_axis_and_scratch_runs_once(plugin_system):
     from harness.run.runner import validate
     m = MatrixConfig(backbones=["resnet18"], datasets=["digits"],
                      strategies=["scratch", "layer_transfer,n=1"], seeds=2,
-                     weights={"*": ["source:digits", "source:fashion_mnist"]})
+                     weights={"*": ["source:shapes", "source:fashion_mnist"]})
     assert len(m.cells()) == 2 * 2 * 2
     cells, _ = validate(plugin_system, m)
     by = {}
     for c in cells:
         by.setdefault(c.strategy.name, []).append((c.seed, c.weights))
     assert sorted(s for s, _ in by["scratch"]) == [0, 1]  # once per seed, not per source
-    assert sorted(by["layer_transfer"]) == [(0, "source:digits"), (0, "source:fashion_mnist"),
-                                           (1, "source:digits"), (1, "source:fashion_mnist")]
+    assert sorted(by["layer_transfer"]) == [(0, "source:fashion_mnist"), (0, "source:shapes"),
+                                           (1, "source:fashion_mnist"), (1, "source:shapes")]
 
 
 def test_yosinski_preset_is_the_papers_design(plugin_system):

@@ -165,6 +165,17 @@ class WeightSourceSpec:
         check: optional ``check(arg)``, cheap, raising ``ValueError`` or ``OSError`` with the
             fix for an argument ``load`` would refuse (a ``file:`` path that does not
             exist); ``bench run`` calls it before any cell runs. Default ``None``.
+        pretraining: optional ``pretraining(arg) -> dict | None``, cheap: the training that
+            loading these weights does here (a source that pretrains a backbone), for the
+            run's plan: ``{"dataset": name, "dataset_params": {...}, "epochs": int,
+            "image_size": int | None, "on_target": bool}`` (``on_target``: the weights
+            string asks for pretraining on the target's own images), None when it trains
+            nothing. Default ``None`` (trains nothing).
+        shares_images: optional ``shares_images(arg, dataset, dataset_params) -> str |
+            None``: why pretraining for these weights would use images of the cell's
+            dataset (named with its parameters), else None. ``bench run`` refuses such a
+            cell before anything runs unless the weights string asks for it
+            (``pretraining(arg)["on_target"]``): that is not transfer. Default ``None``.
     """
 
     name: str
@@ -173,6 +184,8 @@ class WeightSourceSpec:
     description: str = ""
     default: bool = False
     check: Optional[Callable[[Optional[str]], None]] = None
+    pretraining: Optional[Callable[[Optional[str]], Optional[dict]]] = None
+    shares_images: Optional[Callable[[Optional[str], str, dict], Optional[str]]] = None
 
     def __post_init__(self) -> None:
         _check_name("weight source", self.name)

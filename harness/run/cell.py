@@ -346,7 +346,8 @@ def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = Tr
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
         "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "progress": progress,
+        "seed": cfg.seed, "dataset": cfg.dataset.name, "dataset_params": dict(cfg.dataset.kwargs),
+        "progress": progress,
         **(context or {})}) or {})
     if no_default:
         winfo["description"] = "random init (not pretrained)"

@@ -115,6 +115,8 @@ class MatrixConfig:
     # what the run prints, not what it runs: left out of to_dict() and so of the run key
     notes: list = field(default_factory=list, compare=False)
     user_weights: dict = field(default_factory=dict, compare=False)  # typed by the user
+    #: where the other weights come from ("preset 'default'"), for the run's plan
+    weights_from: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         for axis in AXES:
@@ -160,7 +162,7 @@ class MatrixConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        del d["notes"], d["user_weights"]
+        del d["notes"], d["user_weights"], d["weights_from"]
         for axis in AXES:
             d[axis] = [i.label() for i in getattr(self, axis)]
         return d

@@ -21,6 +21,7 @@ from ..measure.lifetime import sweep_temp_folders
 from .executor import CellJob, cell_needs_gpu, recipe_for
 from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
+from .weights_plan import plan_lines, refuse_target_pretraining
 
 _AXIS_REGISTRY = {"backbones": "backbones", "tasks": "tasks", "datasets": "datasets",
                   "strategies": "strategies"}
@@ -76,7 +77,7 @@ def build_matrix(base: dict, overrides: dict, base_name: str = "the preset") -> 
     user = dict(overrides.get("weights") or {})
     if not base_name.startswith("the preset") and not base_name.startswith("preset"):
         user = {**(base.get("weights") or {}), **user}  # a matrix file is the user's too
-    return MatrixConfig(**kw, notes=notes, user_weights=user)
+    return MatrixConfig(**kw, notes=notes, user_weights=user, weights_from=base_name)
 
 
 def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConfig], list[str]]:
@@ -114,6 +115,7 @@ def validate(plugins: PluginSystem, matrix: MatrixConfig) -> tuple[list[CellConf
     cells = _runnable_cells(plugins, matrix, notes)
     if not cells:
         raise ConfigError("no cell left to run: " + "; ".join(notes))
+    refuse_target_pretraining(plugins, matrix, cells)  # not transfer unless asked for
     return cells, notes
 
 
@@ -338,6 +340,9 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
             for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
     print(hardware.header(), file=sys.stderr)
+    any_pretrained = any(plugins.strategies.get(c.strategy.name).cls.pretrained for c in cells)
+    for line in plan_lines(plugins, matrix, any_pretrained):
+        print(line, file=sys.stderr)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if done_before:

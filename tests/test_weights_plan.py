@@ -1,0 +1,116 @@
+"""Each backbone's weights in the run's plan, and no source pretraining on the target's own
+images unless the weights string asks for it (issue 25)."""
+from __future__ import annotations
+
+import pytest
+
+from harness.api.errors import ConfigError, WeightsUnavailable
+from harness.run.options import matrix_from_options
+from harness.run.runner import validate
+from harness.run.weights_plan import plan_lines, weights_plan
+from plugins.weights_source import shares_images, source_pretraining
+
+
+def _matrix(plugins, **opts):
+    return matrix_from_options(plugins, opts)
+
+
+def test_default_preset_on_digits_refuses_before_anything_runs(plugin_system):
+    m = _matrix(plugin_system, backbones=("resnet18",), datasets=("digits",))
+    with pytest.raises(ConfigError) as err:
+        validate(plugin_system, m)
+    text = str(err.value)
+    assert "resnet18 on digits" in text and "from preset 'default'" in text
+    assert "source:digits,epochs=5,image_size=32" in text and "not transfer" in text
+    # the ways out, each a thing the user can type
+    assert "on_target=allow" in text and "--weights resnet18=random" in text
+    assert "source:OTHER" in text
+
+
+def test_default_preset_on_fashion_mnist_plans_resnet18s_digits_pretraining(plugin_system):
+    m = _matrix(plugin_system)
+    cells, _ = validate(plugin_system, m)  # the default run is not refused
+    assert {c.dataset.name for c in cells} == {"fashion_mnist"}
+    plan = {p.backbone: p for p in weights_plan(plugin_system, m)}
+    r18 = plan["resnet18"]
+    assert (r18.weights, r18.origin) == ("source:digits,epochs=5,image_size=32",
+                                         "preset 'default'")
+    assert r18.pretraining == {"dataset": "digits", "dataset_params": {}, "epochs": 5,
+                               "image_size": 32, "on_target": False}
+    mb = plan["mobilenetv2_100"]
+    assert mb.origin == "backbone default" and mb.pretraining is None and mb.pretrained
+    lines = plan_lines(plugin_system, m, any_pretrained=True)
+    assert any("resnet18: source:digits" in ln and "pretrains here on digits for up to 5 "
+               "epochs at 32 px" in ln for ln in lines)
+
+
+def test_user_weights_are_marked_user_and_another_source_is_accepted(plugin_system):
+    m = _matrix(plugin_system, backbones=("resnet18",), datasets=("digits",),
+                weights=("resnet18=source:fashion_mnist,epochs=2,n_train=300",))
+    validate(plugin_system, m)
+    (p,) = weights_plan(plugin_system, m)
+    assert p.origin == "user" and p.pretraining["dataset"] == "fashion_mnist"
+    assert p.pretraining["dataset_params"] == {"n_train": 300}
+
+
+def test_pretraining_on_the_target_runs_only_when_asked_for_explicitly(plugin_system):
+    w = "resnet18=source:digits,epochs=1,on_target=allow"
+    m = _matrix(plugin_system, backbones=("resnet18",), datasets=("digits",), weights=(w,))
+    validate(plugin_system, m)
+    (p,) = weights_plan(plugin_system, m)
+    assert p.origin == "user" and p.pretraining["on_target"] is True
+    assert "on the target's own images, as asked" in p.line()
+    # a user's source on the same images without the key is refused like a preset's
+    m = _matrix(plugin_system, backbones=("resnet18",), datasets=("digits",),
+                weights=("resnet18=source:digits,epochs=1",))
+    with pytest.raises(ConfigError, match="from user"):
+        validate(plugin_system, m)
+
+
+def test_scratch_only_matrix_on_digits_needs_no_refusal(plugin_system):
+    m = _matrix(plugin_system, backbones=("resnet18",), datasets=("digits",),
+                strategies=("scratch",))
+    validate(plugin_system, m)
+    assert plan_lines(plugin_system, m, any_pretrained=False)[0].startswith(
+        "weights: random init for every cell")
+
+
+@pytest.mark.parametrize("arg, dataset, params, shares", [
+    ("digits", "digits", {}, True),
+    ("digits,epochs=3", "digits", {"val_frac": 0.3}, True),      # a split variant
+    ("fashion_mnist,n_train=500", "fashion_mnist", {}, True),    # a subset of one pool
+    ("fashion_mnist,classes=0-4", "fashion_mnist", {"classes": "5-9"}, False),  # Yosinski A/B
+    ("fashion_mnist,classes=0-4", "fashion_mnist", {"classes": "3-6"}, True),   # class 3, 4
+    ("fashion_mnist,classes=0-4", "fashion_mnist", {}, True),    # every class: a superset
+    ("digits", "fashion_mnist", {}, False),
+])
+def test_which_sources_share_images_with_the_target(arg, dataset, params, shares):
+    assert (shares_images(arg, dataset, params) is not None) is shares
+
+
+def test_on_target_takes_only_allow_and_does_not_change_the_weights():
+    from plugins.weights_source import parse_source
+    assert parse_source("digits,epochs=2,on_target=allow") == parse_source("digits,epochs=2")
+    assert source_pretraining("digits,on_target=allow")["on_target"] is True
+    with pytest.raises(WeightsUnavailable, match="on_target=allow"):
+        parse_source("digits,on_target=yes")
+
+
+def test_loading_refuses_target_images_too(plugin_system, tmp_path):
+    """A cell or a ranking that reaches the weight source directly is refused there, before
+    any pretraining (no backbone is even touched)."""
+    load = plugin_system.weights.get("source").load
+    spec = plugin_system.backbones.get("resnet18")
+    with pytest.raises(WeightsUnavailable, match="not transfer"):
+        load(spec, None, "digits,epochs=1", {"plugins": plugin_system, "cache_dir": tmp_path,
+                                             "dataset": "digits", "dataset_params": {}})
+    assert not (tmp_path / "source-weights").exists() or not any(
+        (tmp_path / "source-weights").glob("*.safetensors"))
+
+
+def test_yosinski_base_b_asks_for_its_selffer_control_and_base_a_need_not(plugin_system):
+    m = _matrix(plugin_system, preset="yosinski")
+    validate(plugin_system, m)
+    a, b = weights_plan(plugin_system, m)
+    assert a.pretraining["dataset_params"]["classes"] == "0-4" and not a.pretraining["on_target"]
+    assert b.pretraining["dataset_params"]["classes"] == "5-9" and b.pretraining["on_target"]
