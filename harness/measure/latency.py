@@ -36,6 +36,12 @@ class MeasureSettings:
             the same process up to 50x (onnxruntime issue 13808).
         worker_timeout_s: a worker that has not answered after this long is stopped and
             its runtime recorded as failed with ``timeout``.
+        tf32: let the GPU runtimes' fp32 rows use TF32 tensor cores (Ampere and newer:
+            fp32 range, 10-bit mantissa) where the runtime offers it: PyTorch's
+            ``torch.backends.cuda.matmul.allow_tf32`` and ``cudnn.allow_tf32``, TensorRT's
+            ``BuilderFlag.TF32``, ONNX Runtime CUDA's ``use_tf32``. False keeps fp32 math
+            fp32. Each GPU row records what was in force (``tf32``); fp32 parity against
+            PyTorch is checked with TF32's looser tolerance when it is on.
     """
 
     warmup_count: int = 10
@@ -45,6 +51,7 @@ class MeasureSettings:
     max_s: float = 60.0
     isolate: bool = True
     worker_timeout_s: float = 900.0
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         if self.min_count < 1 or self.min_s < 0 or self.max_s <= 0:
@@ -81,26 +88,48 @@ def measure(fn: Callable[[], object], batch_size: int,
             settings: MeasureSettings = MeasureSettings()) -> dict:
     """Time ``fn`` (one inference call) and return :func:`summarize` plus the raw timings."""
     clock = time.perf_counter
+
+    def step() -> dict:
+        t0 = clock()
+        fn()
+        return {"wall": clock() - t0}
+
+    return measure_many(step, batch_size, settings)["wall"]
+
+
+def measure_many(step: Callable[[], dict], batch_size: int,
+                 settings: MeasureSettings = MeasureSettings()) -> dict:
+    """Like :func:`measure` for a ``step`` that times itself and returns several durations
+    per call, ``{name: seconds}`` (a GPU call: its end-to-end latency and its GPU compute
+    time, read from CUDA events, :mod:`harness.measure.gpu`). The warm-up and stopping rule
+    are :func:`measure`'s, counted in calls and in this process's wall-clock time; the
+    result is ``{name: summarize(...) + raw timings}``, one entry per name."""
+    clock = time.perf_counter
     start = clock()
     n = 0
     while n < settings.warmup_count or clock() - start < settings.warmup_s:
-        fn()
+        step()
         n += 1
         if clock() - start > settings.max_s:
             break
-    times: list[float] = []
+    times: dict = {}
     begin = clock()
     truncated = False
-    while len(times) < settings.min_count or clock() - begin < settings.min_s:
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
+    count = 0
+    while count < settings.min_count or clock() - begin < settings.min_s:
+        for name, secs in step().items():
+            times.setdefault(name, []).append(secs)
+        count += 1
         if clock() - begin > settings.max_s:
-            truncated = len(times) < settings.min_count
+            truncated = count < settings.min_count
             break
-    out = summarize(times, batch_size)
-    out.update(warmup_calls=n, measured_s=clock() - begin, truncated=truncated,
-               settings=asdict(settings), raw_ms=[t * 1000.0 for t in times])
+    measured_s = clock() - begin
+    out = {}
+    for name, values in times.items():
+        stats = summarize(values, batch_size)
+        stats.update(warmup_calls=n, measured_s=measured_s, truncated=truncated,
+                     settings=asdict(settings), raw_ms=[t * 1000.0 for t in values])
+        out[name] = stats
     return out
 
 

@@ -104,6 +104,47 @@ def compare_outputs(got, ref, atol: float = 1e-3, rtol: float = 1e-3, what: str 
     return result
 
 
+def pytorch_reference(art, x: np.ndarray) -> np.ndarray:
+    """The PyTorch model's fp32 outputs on ``x`` (``art.model``, on the CPU, eval mode)."""
+    import torch
+
+    with torch.inference_mode():
+        return art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+
+
+#: tolerance of a GPU row's outputs against PyTorch fp32, as a fraction of the outputs'
+#: scale (``atol = tol * max(1, max|ref|)``, ``rtol = tol``). fp32 with TF32 tensor cores
+#: keeps 10 mantissa bits in its multiplies (about 1e-3 relative each, accumulated over the
+#: network), fp16 as well plus fp16 activations, bf16 7 bits. int8 has no tolerance: its
+#: comparison is recorded and its accuracy on the test images decides.
+GPU_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
+
+
+def gpu_parity(art, x: np.ndarray, got, precision: str, tf32: Optional[bool]) -> dict:
+    """A GPU row's outputs ``got`` on ``x`` against PyTorch fp32 on the CPU.
+
+    fp32 (stricter without TF32), fp16 and bf16 must agree within :data:`GPU_TOLERANCE`
+    (else :class:`harness.api.errors.ParityError`, and the row fails with the comparison);
+    int8 is compared and recorded, not enforced. Every result carries ``top1_agreement``
+    (the share of inputs whose arg-max output is PyTorch's)."""
+    ref = pytorch_reference(art, x)
+    got = np.asarray(got, dtype=np.float32)
+    key = "tf32" if precision == "fp32" and tf32 else precision
+    tol = GPU_TOLERANCE.get(key)
+    what = f"the {precision} outputs" + (" (TF32 on)" if key == "tf32" else "")
+    if tol is None:
+        res = compare_outputs(got, ref, what=what, strict=False)
+        res["enforced"] = False
+    else:
+        scale = max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+        res = compare_outputs(got, ref, atol=tol * scale, rtol=tol, what=what, strict=True)
+        res["enforced"] = True
+    if got.shape == ref.shape and got.ndim == 2 and len(got):
+        res["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).mean())
+    return {**res, "tolerance_key": key, "inputs": f"{len(x)} seeded random images",
+            "against": "PyTorch eager fp32 on the CPU"}
+
+
 def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the runtime's "
                       "outputs") -> dict:
     """Compare a runtime's outputs ``got`` on inputs ``x`` with the PyTorch model's
@@ -113,10 +154,7 @@ def parity_vs_pytorch(art, x: np.ndarray, got, strict: bool, what: str = "the ru
     differ; lower precisions are not expected to agree that closely, so their comparison is
     only returned and their accuracy on the test images is what counts.
     """
-    import torch
-
-    with torch.inference_mode():
-        ref = art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+    ref = pytorch_reference(art, x)
     return {**compare_outputs(got, ref, what=what, strict=strict),
             "inputs": f"{len(x)} seeded random images", "against": "PyTorch eager fp32"}
 

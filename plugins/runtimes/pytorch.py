@@ -5,8 +5,8 @@ import copy
 
 from harness.measure.latency import PeakMemory, measure
 
-from ._common import (batched_outputs, as_float_images, cuda_reason, failed, file_mb, inputs,
-                      threads, unsupported)
+from ._common import (batched_outputs, as_float_images, cuda_reason, failed, file_mb,
+                      gpu_parity, inputs, threads, unsupported)
 
 
 def _model_file_mb(art):
@@ -57,19 +57,29 @@ def pytorch_cuda_available() -> tuple[bool, str]:
 
 
 def pytorch_cuda_measure(art, profile, settings) -> list[dict]:  # pragma: no cover - GPU
-    """Eager fp32 and fp16 (``model.half()``) on the first CUDA device.
+    """Eager fp32 and fp16 (``model.half()``) on this worker's CUDA device.
 
-    Inputs live on the GPU before timing; every timed call ends with
-    ``torch.cuda.synchronize()``, so the figure is the GPU compute time plus launch
-    overhead, without host-to-device copies. GPU memory is PyTorch's own peak
-    (``torch.cuda.max_memory_allocated``).
+    Timed by :func:`harness.measure.gpu.measure_gpu` (trtexec's definitions: the row's
+    ``stats`` is the end-to-end latency with the input copied from pinned host memory and
+    the output copied back, ``gpu_compute`` the GPU compute time), the model's kernels on a
+    stream of its own. fp32 uses TF32 tensor cores for matmuls and convolutions as
+    ``[latency] tf32`` says (recorded in ``tf32``). Outputs are compared with PyTorch fp32
+    on the CPU (:func:`plugins.runtimes._common.gpu_parity`). GPU memory is PyTorch's own
+    peak (``torch.cuda.max_memory_allocated``).
     """
+    import os
+
     import torch
 
+    from harness.measure.gpu import measure_gpu
+
     dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = bool(settings.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(settings.tf32)
     rows = []
-    x32 = torch.from_numpy(inputs(art, profile)).to(dev)
+    x = inputs(art, profile)
     test = as_float_images(art.test_images)
+    stream = torch.cuda.Stream()
     for prec in profile.precisions:
         if prec not in ("fp32", "fp16"):
             rows.append(unsupported(prec, "PyTorch eager on CUDA is measured in fp32 and fp16; "
@@ -81,26 +91,39 @@ def pytorch_cuda_measure(art, profile, settings) -> list[dict]:  # pragma: no co
             torch.cuda.reset_peak_memory_stats()
             with PeakMemory() as mem:
                 model = copy.deepcopy(art.model).eval().to(dev, dtype)
-                x = x32.to(dtype)
+                x_host = torch.from_numpy(x).to(dtype).pin_memory()
+                x_dev = torch.empty(x_host.shape, dtype=dtype, device=dev)
+                out = {}
 
-                def run():
-                    model(x)
-                    torch.cuda.synchronize()
+                def compute():
+                    out["y"] = model(x_dev)
 
                 with torch.inference_mode():
-                    stats = measure(run, profile.batch_size, settings)
-            row = {"precision": prec, "stats": stats, "device": torch.cuda.get_device_name(0),
-                   "memory": mem.as_dict(), "file_mb": _model_file_mb(art),
+                    with torch.cuda.stream(stream):
+                        compute()
+                    y_host = torch.empty(out["y"].shape, dtype=dtype, pin_memory=True)
+                    timing = measure_gpu(lambda: x_dev.copy_(x_host, non_blocking=True),
+                                         compute,
+                                         lambda: y_host.copy_(out["y"], non_blocking=True),
+                                         stream, profile.batch_size, settings)
+
+                    def run(c):
+                        return model(torch.from_numpy(c).to(dev, dtype)).float().cpu().numpy()
+
+                    got = run(x)
+            tf32 = (torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+                    if prec == "fp32" else None)
+            row = {"precision": prec, **timing, "device": torch.cuda.get_device_name(0),
+                   "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   "tf32": tf32, "memory": mem.as_dict(), "file_mb": _model_file_mb(art),
                    "gpu_memory": {"peak_mb": torch.cuda.max_memory_allocated() / 2**20,
-                                  "method": "torch.cuda.max_memory_allocated"},
-                   "timing": "inputs on the GPU; synchronize after each call"}
+                                  "method": "torch.cuda.max_memory_allocated"}}
+            row["parity"] = gpu_parity(art, x, got, prec, tf32)
             if prec != "fp32" and test is not None:
                 with torch.inference_mode():
-                    row["test_outputs"] = batched_outputs(
-                        lambda c: model(torch.from_numpy(c).to(dev, dtype)).float().cpu().numpy(),
-                        test, max(profile.batch_size, 32))
+                    row["test_outputs"] = batched_outputs(run, test, max(profile.batch_size, 32))
             rows.append(row)
-            model = x = None  # free this precision's GPU copy before the next one
+            model = x_dev = out = None  # free this precision's GPU copy before the next one
         except Exception as exc:  # one precision failing does not hide the others
             rows.append(failed(prec, exc))
     return rows

@@ -1,0 +1,130 @@
+"""GPU code paths checked on the CPU: trtexec-style timing (with stand-in CUDA events), ONNX
+Runtime's node placement read from a real profile, the ONNX Runtime build diagnosis, and
+output parity of GPU rows against PyTorch."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from harness.api.errors import ParityError
+from harness.measure.gpu import measure_gpu
+from harness.measure.latency import MeasureSettings
+from plugins.runtimes import onnxruntime as ort_rt
+from plugins.runtimes._common import gpu_parity
+
+
+class _Clock:
+    """A stand-in GPU: every operation advances a virtual clock by a fixed amount."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def event(self):
+        clock = self
+
+        class Event:
+            def record(self, stream):
+                self.t = clock.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) * 1000.0  # ms, like torch.cuda.Event
+
+        return Event()
+
+
+def test_gpu_rows_report_end_to_end_latency_and_gpu_compute_time_named():
+    gpu = _Clock()
+    calls = []
+
+    def advance(seconds, what):
+        def op():
+            calls.append(what)
+            gpu.now += seconds
+        return op
+
+    settings = MeasureSettings(warmup_count=2, warmup_s=0, min_count=5, min_s=0)
+    res = measure_gpu(advance(0.001, "h2d"), advance(0.004, "compute"), advance(0.0005, "d2h"),
+                      stream="s", batch_size=2, settings=settings, event=gpu.event,
+                      on_stream=lambda s: __import__("contextlib").nullcontext())
+    assert calls[:3] == ["h2d", "compute", "d2h"]
+    assert res["stats"]["p50_ms"] == pytest.approx(5.5)  # H2D + compute + D2H
+    assert res["gpu_compute"]["p50_ms"] == pytest.approx(4.0)
+    assert res["h2d"]["p50_ms"] == pytest.approx(1.0)
+    assert res["d2h"]["p50_ms"] == pytest.approx(0.5)
+    assert res["stats"]["count"] == 5 and len(res["gpu_compute"]["raw_ms"]) == 5
+    assert "GPU Compute Time" in res["timing"] and "Latency" in res["timing"]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    from harness.measure.export import export_onnx
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(3))
+    model(torch.rand(1, 3, 8, 8))
+    return export_onnx(model.eval(), 8, tmp_path_factory.mktemp("ort") / "m.onnx")
+
+
+def test_node_placement_is_read_from_a_real_profile_and_cpu_fallback_refused(onnx_file,
+                                                                             tmp_path):
+    sess = ort_rt.ort_session(onnx_file, 1, profile_prefix=tmp_path / "prof")
+    sess.run(None, {sess.get_inputs()[0].name: np.random.rand(2, 3, 8, 8).astype(np.float32)})
+    placement = ort_rt.node_placement(sess.end_profiling())
+    assert set(placement["nodes_by_provider"]) == {"CPUExecutionProvider"}
+    assert {"Conv", "Gemm"} <= {n["op"] for n in placement["cpu_nodes"]}
+    # the CPU provider's session stands for a GPU session whose every node fell back
+    with pytest.raises(ort_rt.CpuFallbackError, match="compute node.*CUDAExecutionProvider") \
+            as err:
+        ort_rt.refuse_cpu_fallback(placement, "CUDAExecutionProvider")
+    assert err.value.result["cpu_nodes"]  # the row keeps what ran where
+
+
+def test_shape_only_cpu_nodes_are_allowed_and_recorded():
+    placement = {"nodes_by_provider": {"CUDAExecutionProvider": 40, "CPUExecutionProvider": 2},
+                 "cpu_nodes": [{"node": "Shape_1", "op": "Shape", "outputs": ["int64"]},
+                               {"node": "Concat_2", "op": "Concat", "outputs": ["int64"]}]}
+    assert ort_rt.refuse_cpu_fallback(placement, "CUDAExecutionProvider") is placement
+
+
+@pytest.mark.parametrize("builds,expect,never", [
+    ({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.32.0"}, "2 ONNX Runtime builds", None),
+    ({"onnxruntime": "1.32.0"}, "no GPU providers", None),
+    ({"onnxruntime-gpu": "1.32.0"}, "failed to load", "pip install"),
+])
+def test_missing_gpu_provider_names_the_cause_and_never_the_command_that_caused_it(
+        builds, expect, never):
+    why = ort_rt.missing_provider_reason("CUDAExecutionProvider", ["CPUExecutionProvider"],
+                                         builds)
+    assert expect in why
+    assert "transfer-bench[gpu]" not in why  # installing [gpu] beside [cpu] is the cause
+    if "pip uninstall" in why:  # the fix removes every build before installing one
+        assert why.index("pip uninstall") < why.index("pip install onnxruntime-gpu")
+    if never:
+        assert never not in why
+
+
+def _art(model):
+    return types.SimpleNamespace(model=model)
+
+
+def test_gpu_parity_enforces_fp32_and_fp16_and_records_int8():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    x = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    ok = gpu_parity(_art(model), x, ref + 1e-4, "fp32", tf32=False)
+    assert ok["ok"] and ok["enforced"] and ok["top1_agreement"] == 1.0
+    scale = max(1.0, np.abs(ref).max())
+    with pytest.raises(ParityError):  # TF32-sized error is too much for strict fp32
+        gpu_parity(_art(model), x, ref + 5e-3 * scale, "fp32", tf32=False)
+    assert gpu_parity(_art(model), x, ref + 5e-3 * scale, "fp32", tf32=True)["ok"]
+    with pytest.raises(ParityError):  # garbage fp16 output fails its row
+        gpu_parity(_art(model), x, ref + 0.5 * scale, "fp16", tf32=None)
+    loose = gpu_parity(_art(model), x, ref + 0.5 * scale, "int8", tf32=None)
+    assert not loose["ok"] and loose["enforced"] is False
