@@ -213,6 +213,14 @@ _MATRIX_OPTIONS = [
                       "fp32 on the CPU)."),
     click.option("--channels-last/--no-channels-last", default=None,
                  help="Train in the channels-last memory layout (default off)."),
+    click.option("--tf32/--no-tf32", default=None,
+                 help="Let fp32 matmuls and convolutions on CUDA use TF32 tensor cores, in "
+                      "training and in the GPU runtimes' fp32 rows (default on; recorded in "
+                      "every cell)."),
+    click.option("--deterministic/--no-deterministic", default=None,
+                 help="Deterministic algorithms (cuDNN deterministic, no benchmarking, "
+                      "torch.use_deterministic_algorithms); default off; recorded in every "
+                      "cell."),
     click.option("--compile/--no-compile", "compile", default=None,
                  help="torch.compile the forward passes (default off; part of the cell key)."),
     click.option("--eval-batch-size", type=click.IntRange(min=0), default=None,

@@ -8,6 +8,7 @@ is killed and recorded with status ``timeout``.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -22,12 +23,16 @@ from harness.run.executor import (CellJob, Executor, GpuSlots, describe_exit, ex
 
 
 def _child(job: CellJob, conn, threads: Optional[int], driver_pid: int,
-           gpu: Optional[int] = None) -> None:
+           gpu: Optional[int] = None, visible: Optional[str] = None) -> None:
     """A cell worker's whole life. It always ends with ``os._exit``: once the record is sent
     (or a signal ended the cell and its ``finally`` blocks removed what it made) nothing is
     left to do, and the interpreter's own teardown (torch, ONNX Runtime, OpenVINO unloading,
     multiprocessing's exit hooks) took seconds under load: a worker told to stop by SIGTERM
     (the driver's death signal) was seen alive 15 s later in the kill -9 soak."""
+    if visible is not None:
+        # the driver started this process with it already (spawn_with_env); set it again in
+        # case a start method did not pass the environment: CUDA reads it once, at init
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     exit_on_signals()  # SIGTERM from the driver or the death signal: clean up, then go
     die_with_parent(driver_pid)  # a kill -9 of the driver takes its workers with it
     code = 0
@@ -69,6 +74,11 @@ class _Running:
 class ProcessExecutor(Executor):
     """Runs each cell in its own spawned process, ``jobs`` at a time.
 
+    On a machine with GPUs, a cell that trains on CUDA or measures a ``gpu`` profile holds
+    one GPU while it runs (:class:`harness.run.executor.GpuSlots`): its process starts with
+    ``CUDA_VISIBLE_DEVICES`` naming that GPU alone (so its latency subprocesses see it too),
+    and GPU cells wait for a free GPU, so no more of them run at once than there are GPUs.
+
     Args:
         jobs: cells run at once (default: the CPU count).
         threads: torch threads per worker (default: CPUs / jobs, at least 1), so ``jobs``
@@ -95,21 +105,32 @@ class ProcessExecutor(Executor):
         pending = iter(jobs)  # drawn one at a time: the driver claims a cell as it starts it
         more = True
         running: list[_Running] = []
-        # several GPUs: each worker that trains on CUDA gets its own (GpuSlots)
-        slots = GpuSlots(gpu_count())
+        slots = GpuSlots(gpu_count())  # one GPU cell per GPU, shown to it alone
+        held = None  # a GPU cell waiting for a free GPU (the cells after it wait too)
         try:
-            while more or running:
-                while more and len(running) < self.jobs:
-                    job = next(pending, None)
+            while more or running or held:
+                while (more or held) and len(running) < self.jobs:
+                    job = held or next(pending, None)
+                    held = None
                     if job is None:
                         more = False
                         break
+                    gpu = slots.take(job) if slots.needs(job) else None
+                    if slots.needs(job) and gpu is None:
+                        if not running:  # no running cell will free a GPU it may use
+                            on_done(failure_record(
+                                job, "failed", f"{job.cfg.train.get('device')}: no such GPU "
+                                f"here; this machine shows {slots.count}"))
+                            continue
+                        held = job  # every GPU it may use is busy: wait for one
+                        break
+                    visible = slots.env_value(gpu) if gpu is not None else None
                     recv, send = ctx.Pipe(duplex=False)
-                    gpu = slots.take(job)
                     proc = ctx.Process(target=_child,
-                                       args=(job, send, self.threads, os.getpid(), gpu),
+                                       args=(job, send, self.threads, os.getpid(), gpu,
+                                             visible),
                                        name=f"tb-cell-{job.key}")
-                    with children_die_with_me():  # bound from the child's first import on
+                    with children_die_with_me(), spawn_with_env(visible):
                         proc.start()
                     send.close()  # the child holds the only write end: EOF means it is gone
                     running.append(_Running(proc, recv, job, time.monotonic(), gpu))
@@ -161,6 +182,25 @@ class ProcessExecutor(Executor):
         return None
 
 
+@contextlib.contextmanager
+def spawn_with_env(visible: Optional[str]):
+    """``CUDA_VISIBLE_DEVICES=visible`` in this process's environment while a worker is
+    spawned, so the worker's interpreter has it from its first instruction (before any
+    import could initialise CUDA); restored after. None leaves the environment alone."""
+    if visible is None:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
 def stop_workers(procs: list, grace_s: float = 10.0) -> None:
     """SIGTERM the workers (they remove their temporary folders), then SIGKILL the ones
     still there after ``grace_s``."""
@@ -175,4 +215,4 @@ def stop_workers(procs: list, grace_s: float = 10.0) -> None:
             p.join()
 
 
-__all__ = ["ProcessExecutor", "stop_workers"]
+__all__ = ["ProcessExecutor", "stop_workers", "spawn_with_env"]

@@ -1,8 +1,13 @@
 """The ``ray`` executor: every cell a Ray task, on a local or remote Ray cluster.
 
 Each cell becomes one task of :func:`harness.run.executor.execute_job` that asks Ray for
-``cpus_per_cell`` CPUs and, when the cell trains on CUDA or measures a ``gpu`` profile,
-one GPU. The task writes the cell's records straight into the run folder, so the folder
+``cpus_per_cell`` CPUs and, when the cell trains on CUDA or measures a ``gpu`` profile
+(or trains on ``auto`` and the cluster has GPUs), one GPU. Ray then shows the task that
+GPU alone (``CUDA_VISIBLE_DEVICES``), and a GPU task runs in a fresh worker process
+(``max_calls=1``: Ray's default of one call per GPU worker applies only to ``num_gpus``
+given in ``@ray.remote``, not through ``.options()``), so no process keeps the GPU, CUDA
+context or cached memory of an earlier cell. The driver does not resolve ``--device`` (it
+may have no GPU itself): each worker resolves it and records the GPU it trained on. The task writes the cell's records straight into the run folder, so the folder
 (``bench run --out``) must be on a filesystem every node mounts at the same path; a
 worker that cannot see it records the cell as failed and says so. transfer-bench (and any
 third-party plugin the matrix uses) must be installed on every node.
@@ -53,6 +58,7 @@ class RayExecutor(Executor):
     """
 
     name = "ray"
+    remote = True  # cells run on the cluster's nodes: the driver does not resolve --device
 
     def __init__(self, address: Optional[str] = None, jobs: Optional[int] = None,
                  cpus_per_cell: float = 1, threads: Optional[int] = None,
@@ -88,12 +94,16 @@ class RayExecutor(Executor):
                     f"{INSTALL_HINT}), HOST:6379 or auto on a cluster node, or leave --address "
                     "out to start Ray on this machine") from exc
         task = ray.remote(max_retries=0)(execute_job)
+        cluster_gpus = float((ray.cluster_resources() or {}).get("GPU", 0))
         refs = {}
         try:
             for job in jobs:
-                ref = task.options(num_cpus=self.cpus_per_cell,
-                                   num_gpus=1 if job.needs_gpu else 0,
-                                   name=f"cell-{job.key}").remote(job, self.threads)
+                gpus = gpus_for(job, cluster_gpus)
+                opts = {"num_cpus": self.cpus_per_cell, "num_gpus": gpus,
+                        "name": f"cell-{job.key}"}
+                if gpus:
+                    opts["max_calls"] = 1  # a fresh process per GPU task
+                ref = task.options(**opts).remote(job, self.threads, None, bool(gpus))
                 refs[ref] = job
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
@@ -114,6 +124,13 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as exc:
             return failure_record(job, "failed",
                                   f"Ray worker died: {type(exc).__name__}: {_first(exc)}")
+
+
+def gpus_for(job, cluster_gpus: float) -> int:
+    """GPUs a cell's task asks for: 1 when it trains on CUDA or measures a ``gpu`` profile
+    (``job.needs_gpu``), or trains on ``auto`` on a cluster that has GPUs; else 0."""
+    device = str(job.cfg.train.get("device", "cpu"))
+    return 1 if job.needs_gpu or (device == "auto" and cluster_gpus > 0) else 0
 
 
 def _check_reachable(address: Optional[str], timeout_s: float = 5.0) -> None:
@@ -139,4 +156,4 @@ def _first(exc: Exception, limit: int = 400) -> str:
     return text[:limit]
 
 
-__all__ = ["RayExecutor", "ray_available", "INSTALL_HINT"]
+__all__ = ["RayExecutor", "ray_available", "gpus_for", "INSTALL_HINT"]

@@ -320,8 +320,9 @@ def test_gpu_slots_give_each_running_worker_its_own_device():
     assert sorted(got) == [0, 1, 2]
     slots.give_back(got[1])
     assert slots.take(cuda) == got[1], "a freed GPU goes to the next worker"
-    assert slots.take(cpu) is None and slots.take(pinned) is None
-    assert GpuSlots(0).take(cuda) is None
+    assert not slots.needs(cpu) and slots.needs(pinned)
+    assert slots.take(pinned) is None, "GPU 1 is busy: cuda:1 waits for it"
+    assert not GpuSlots(0).needs(cuda)
 
 
 def test_compile_setting_compiles_the_forward(monkeypatch, tiny_splits):

@@ -5,8 +5,12 @@ runtime and precision it was measured with) is one *candidate*: its accuracy (th
 metric over seeds, or the accuracy measured after conversion for lower precisions) and its
 latency (the median over seeds of the p50). Both metrics are scored on the same test
 images (:mod:`harness.report.scoring`): a row scored on a subset is no candidate, and a
-lower precision without a metric of its own never borrows the fp32 one. Candidates compete separately by the device
-class of their backbone (``mobile`` / ``server``, from ``BackboneSpec.device_class``).
+lower precision without a metric of its own never borrows the fp32 one. Candidates compete
+separately by the device class of their backbone (``mobile`` / ``server``, from
+``BackboneSpec.device_class``) and by the hardware their latency was measured on (``cpu`` /
+``gpu``: a row whose ``device`` is a GPU): a GPU's end-to-end latency and a CPU's answer
+different deployment questions, so they share a pool only when asked
+(``recommend(..., mix_devices=True)``).
 
 The pick is the candidate with the best metric whose p50 is within the budget (ties go to
 the faster one). With one seed such a pick always lies on the Pareto front (no other candidate is both
@@ -63,6 +67,7 @@ class Candidate:
     ci_half: Optional[float] = None  # 95% t half-width (None with one seed)
     train_flops: Optional[float] = None  # mean over seeds; None when not recorded
     train_seconds: Optional[float] = None
+    hardware: str = "cpu"  # where the latency was measured: "cpu" or "gpu"
 
     def label(self) -> str:
         prec = "" if self.precision == "fp32" else f" {self.precision}"
@@ -100,6 +105,7 @@ class Recommendation:
     reason: str = ""
     verdict: str = ""  # how sure the pick is: tie (p = ...), clear, or uncertainty unknown
     ties: list = field(default_factory=list)  # candidates the pick is tied with
+    hardware: str = "cpu"  # the pool's hardware: "cpu", "gpu" or "cpu+gpu" (mix_devices)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -125,7 +131,8 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
                 continue
             k = (configuration(rec), lat.get("profile"), lat.get("runtime"),
                  lat.get("precision"))
-            g = groups.setdefault(k, {"rec": rec, "class": dclass, "lat": [], "p90": [],
+            g = groups.setdefault(k, {"rec": rec, "class": dclass, "hw": row_hardware(lat),
+                                      "lat": [], "p90": [],
                                       "metric": [], "seeds": [], "flops": [], "seconds": []})
             g["lat"].append(st["p50_ms"])
             if st.get("p90_ms") is not None:
@@ -149,8 +156,17 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
             metric_ci=interval.half, per_seed=tuple(g["seeds"]), ci_half=interval.half,
             train_flops=(statistics.fmean(g["flops"]) if None not in g["flops"] else None),
             train_seconds=(statistics.fmean(g["seconds"]) if None not in g["seconds"]
-                           else None)))
+                           else None), hardware=g["hw"]))
     return out
+
+
+def row_hardware(lat: dict) -> str:
+    """``"gpu"`` for a latency row measured on a GPU (its ``device`` names a GPU, or it has
+    a GPU compute time), else ``"cpu"``."""
+    if lat.get("gpu_compute") is not None:
+        return "gpu"
+    device = str(lat.get("device") or "cpu").lower()
+    return "cpu" if device == "cpu" or device.startswith("cpu") else "gpu"
 
 
 def pick_with_ties(pool: list) -> tuple:
@@ -193,22 +209,26 @@ def pareto_front(cands: Iterable[Candidate]) -> list[Candidate]:
     return front
 
 
-def recommend(records: Iterable[dict], budget_ms: Optional[float] = None) -> list[Recommendation]:
-    """One :class:`Recommendation` per dataset/task x profile x device class.
+def recommend(records: Iterable[dict], budget_ms: Optional[float] = None,
+              mix_devices: bool = False) -> list[Recommendation]:
+    """One :class:`Recommendation` per dataset/task x profile x device class x hardware.
 
     Args:
         records: cell records of a run.
         budget_ms: the largest acceptable p50 latency; None for no limit.
+        mix_devices: rank GPU and CPU rows in one pool (default: a pool each).
     """
     if budget_ms is not None and budget_ms <= 0:
         raise ValueError(f"--budget-ms must be > 0, got {budget_ms}")
     cands = candidates(records)
     out = []
     keys = sorted({(c.dataset, c.task, c.profile) for c in cands})
+    hardwares = (("cpu+gpu", ("cpu", "gpu")),) if mix_devices else (
+        ("cpu", ("cpu",)), ("gpu", ("gpu",)))
     for dataset, task, profile in keys:
-        for dclass in DEVICE_CLASSES:
+        for dclass, (hw_name, hws) in ((d, h) for d in DEVICE_CLASSES for h in hardwares):
             pool = [c for c in cands if (c.dataset, c.task, c.profile, c.device_class)
-                    == (dataset, task, profile, dclass)]
+                    == (dataset, task, profile, dclass) and c.hardware in hws]
             if not pool:
                 continue
             front = pareto_front(pool)
@@ -218,8 +238,13 @@ def recommend(records: Iterable[dict], budget_ms: Optional[float] = None) -> lis
                 f"no {dclass}-class candidate is within {budget_ms:g} ms; the fastest takes "
                 f"{front[0].latency_ms:.3g} ms ({front[0].label()})")
             out.append(Recommendation(dataset, task, profile, dclass, budget_ms, pick, front,
-                                      reason, verdict, ties))
+                                      reason, verdict, ties, hw_name))
     return out
+
+
+def _profile_label(r: Recommendation) -> str:
+    """The profile, with the hardware when the pool is not the CPU's."""
+    return r.profile if r.hardware == "cpu" else f"{r.profile} ({r.hardware.upper()})"
 
 
 def format_recommendations(recs: list[Recommendation], fmt: str = "simple") -> str:
@@ -235,12 +260,12 @@ def format_recommendations(recs: list[Recommendation], fmt: str = "simple") -> s
         if r.pick:
             p = r.pick
             ci = f" ± {p.ci_half:.3f}" if p.ci_half is not None else ""
-            rows.append([f"{r.dataset}/{r.task}", r.profile, r.device_class, p.label(),
+            rows.append([f"{r.dataset}/{r.task}", _profile_label(r), r.device_class, p.label(),
                          f"{p.metric_name} {p.metric:.3f}{ci}"
                          + (f" (n={p.n})" if p.n > 1 else ""),
                          f"{p.latency_ms:.3g}", r.verdict, front])
         else:
-            rows.append([f"{r.dataset}/{r.task}", r.profile, r.device_class, "none",
+            rows.append([f"{r.dataset}/{r.task}", _profile_label(r), r.device_class, "none",
                          r.reason, "-", "-", front])
     lines.append(tabulate(rows, headers=["data/task", "profile", "class", "pick", "metric",
                                          "p50 ms", "certainty", "Pareto front (latency, metric)"],

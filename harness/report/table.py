@@ -225,7 +225,8 @@ def has_repeats(records: list[dict]) -> bool:
     return len(set(confs)) < len(confs)
 
 
-def report_text(records: list[dict], budget_ms=None, fmt: str = "simple") -> str:
+def report_text(records: list[dict], budget_ms=None, fmt: str = "simple",
+                mix_devices: bool = False) -> str:
     """Per-cell table, the repeats table (when seeds > 1) and the recommendation."""
     from .recommend import format_recommendations, recommend
 
@@ -235,7 +236,7 @@ def report_text(records: list[dict], budget_ms=None, fmt: str = "simple") -> str
         parts.append("Repeats over seeds (mean ± 95% t interval; n.s. = not significantly "
                      "different from the best strategy, paired t, alpha 0.05):\n"
                      + tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
-    parts.append(format_recommendations(recommend(records, budget_ms), fmt))
+    parts.append(format_recommendations(recommend(records, budget_ms, mix_devices), fmt))
     return "\n\n".join(parts)
 
 

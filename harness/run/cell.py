@@ -12,7 +12,7 @@ import torch
 
 from .config import CellConfig
 from ..train.data import DataSplits, validate_splits
-from ..train.device import device_name
+from ..train.device import backend_state, device_name, is_cuda_oom, release_cuda_memory
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
 from ..measure.isolate import measure_in_worker
@@ -126,8 +126,11 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
     except MemoryError as exc:
         rec.update(status="oom", error=f"MemoryError: {exc}")
     except Exception as exc:  # a failing cell records its error and the matrix goes on
-        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+        status = "oom" if is_cuda_oom(exc) else "failed"
+        rec.update(status=status, error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc())
+    finally:
+        release_cuda_memory()  # the next cell (or another worker) gets this GPU's memory
     rec["finished"] = time.time()
     return rec
 
@@ -214,6 +217,7 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
     model.to("cpu").to(memory_format=torch.contiguous_format)
+    release_cuda_memory()  # the latency workers measure on this GPU: leave them its memory
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
                                       rec, onnx_dir)
 
@@ -221,11 +225,17 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
     """Where and how the cell trained (``rec["hardware"]``; the table's "trained on")."""
     s = ctx.settings
-    return {"device": str(ctx.device), "device_name": cfg.device_name or device_name(ctx.device),
-            "precision": ctx.precision.name, "channels_last": bool(s.channels_last),
-            "compile": bool(s.compile),
-            "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
-            "eval_batch_size": ctx.eval_batch_size}
+    rec = {"device": str(ctx.device), "device_name": device_name(ctx.device),
+           "precision": ctx.precision.name, "channels_last": bool(s.channels_last),
+           "compile": bool(s.compile),
+           "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
+           "eval_batch_size": ctx.eval_batch_size, "tf32": bool(s.tf32),
+           "deterministic": bool(s.deterministic), "backends": backend_state()}
+    if ctx.device.type == "cuda":
+        rec["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cfg.device_name and cfg.device_name != rec["device_name"]:
+        rec["resolved_by_driver"] = cfg.device_name  # the driver saw another device
+    return rec
 
 
 def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,

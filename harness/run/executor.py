@@ -31,9 +31,14 @@ from .config import CellConfig
 
 
 class Executor:
-    """Base class. ``run`` must call ``on_done`` once per job, failed cells included."""
+    """Base class. ``run`` must call ``on_done`` once per job, failed cells included.
+
+    ``remote``: cells may run on other machines (a cluster), so the driver does not resolve
+    ``--device``/``--amp`` against its own hardware: it checks their spelling and each
+    worker resolves them where the cell runs (:func:`execute_job`)."""
 
     name = "executor"
+    remote = False
 
     def run(self, jobs: Iterable["CellJob"], run_one: Callable, on_done: Callable
             ) -> None:  # pragma: no cover
@@ -213,42 +218,79 @@ def gpu_count() -> int:
 
 
 class GpuSlots:
-    """Hands each concurrently running worker its own CUDA device, round robin over the
-    least used ones, so ``--jobs N`` on a machine with several GPUs spreads the cells.
+    """One running GPU cell per GPU: each worker gets a GPU of its own, shown to it alone
+    through ``CUDA_VISIBLE_DEVICES`` (:meth:`env_value`), so its training, its latency
+    subprocesses and any library it loads see that one device, as ``cuda:0``.
 
-    Only cells that train on ``cuda`` without an index get a slot; ``cuda:N`` stays as
-    asked, and CPU cells get none.
+    A job wants a GPU when it trains on ``cuda``/``cuda:N`` or measures a ``gpu`` profile
+    (``CellJob.needs_gpu``); ``cuda:N`` waits for GPU N, the others take the least recently
+    freed one. :meth:`take` returns None while every GPU it may use is busy: the executor
+    then holds the job, so GPU cells never outnumber the GPUs whatever ``--jobs`` says.
+
+    Args:
+        count: GPUs this process sees.
+        visible: this process's own ``CUDA_VISIBLE_DEVICES`` (default: from the
+            environment), so a worker's value names the same physical GPU.
     """
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, visible: Optional[str] = None):
         self.count = int(count)
-        self.load = [0] * self.count
+        self.busy = [False] * self.count
+        if visible is None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [v.strip() for v in visible.split(",")] if visible else []
+        self.ids = ids[:self.count] if len(ids) >= self.count else [str(i) for i in
+                                                                    range(self.count)]
+
+    def needs(self, job: "CellJob") -> bool:
+        """Whether ``job`` must hold a GPU of this machine while it runs."""
+        device = str(job.cfg.train.get("device", "cpu"))
+        return self.count > 0 and (job.needs_gpu or device.startswith("cuda"))
 
     def take(self, job: "CellJob") -> Optional[int]:
-        if self.count < 1 or str(job.cfg.train.get("device", "cpu")) != "cuda":
-            return None
-        gpu = min(range(self.count), key=lambda i: self.load[i])
-        self.load[gpu] += 1
-        return gpu
+        """A free GPU for ``job`` (marked busy), or None while none it may use is free."""
+        device = str(job.cfg.train.get("device", "cpu"))
+        if device.startswith("cuda:") and device[5:].isdigit():
+            wanted = [int(device[5:])] if int(device[5:]) < self.count else []
+        else:
+            wanted = list(range(self.count))
+        for gpu in wanted:
+            if not self.busy[gpu]:
+                self.busy[gpu] = True
+                return gpu
+        return None
 
     def give_back(self, gpu: Optional[int]) -> None:
         if gpu is not None:
-            self.load[gpu] -= 1
+            self.busy[gpu] = False
+
+    def env_value(self, gpu: int) -> str:
+        """The worker's ``CUDA_VISIBLE_DEVICES``: the physical id of GPU ``gpu``."""
+        return self.ids[gpu]
 
 
-def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] = None) -> dict:
+def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] = None,
+                one_gpu: Optional[bool] = None) -> dict:
     """Run one cell in a worker and write its records into the run folder.
 
     Args:
         job: the cell.
         threads: torch intra-op threads for this worker (``None`` keeps torch's default).
-        gpu: the CUDA device this worker trains on (:class:`GpuSlots`); a cell configured
-            for ``cuda`` trains on the current device, which this sets.
+        gpu: the GPU the executor gave this worker (:class:`GpuSlots`, recorded), which it
+            made the only visible one (``CUDA_VISIBLE_DEVICES``, set before CUDA started).
+        one_gpu: the executor made exactly one GPU visible to this worker (default: when
+            ``gpu`` is given; Ray's GPU tasks pass True): a cell asked for ``cuda:N`` runs
+            on it as ``cuda``, and the record keeps what was asked.
+
+    The device is resolved here, where the cell runs (``auto`` becomes what this worker
+    sees), and recorded with this worker's GPU name in the cell's ``hardware``.
 
     Returns:
         The cell's final record (also written to ``RUN/cells/KEY.json``; the driver's
         ``on_done`` writes it again, so a worker that cannot write loses nothing).
     """
+    import dataclasses
+
     import torch
 
     from ..measure.allocator import tune
@@ -259,23 +301,31 @@ def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] 
 
     if threads:
         torch.set_num_threads(int(threads))
-    if gpu is not None:
-        torch.cuda.set_device(int(gpu))
     info = worker_info()
+    one_gpu = (gpu is not None) if one_gpu is None else one_gpu
     if gpu is not None:
         info["gpu"] = int(gpu)
+    if one_gpu:
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not Path(job.run_dir, "config.json").exists():
         return failure_record(job, "failed", (
             f"the run folder {job.run_dir} is not visible on worker host {info['host']}; put "
             f"--out on a filesystem every worker mounts at the same path (NFS, Lustre...)"),
             worker=info)
+    cfg = job.cfg
+    asked = str(cfg.train.get("device", ""))
+    if one_gpu and asked.startswith("cuda:"):  # the one GPU this worker sees is its cuda:0
+        cfg = dataclasses.replace(cfg, train={**cfg.train, "device": "cuda"})
     store = RunStore(Path(job.run_dir))
     try:
         plugins = build_plugins(job.recipe)
         store.write_cell({"key": job.key, "config": job.cfg.to_dict(), "status": "running",
                           "started": time.time(), "worker": info})
-        rec = run_cell(plugins, job.cfg, job.key, custom_profiles=job.custom_profiles,
+        rec = run_cell(plugins, cfg, job.key, custom_profiles=job.custom_profiles,
                        onnx_dir=Path(job.run_dir) / "onnx" if job.keep_onnx else None)
+        if cfg is not job.cfg:
+            rec["config"] = job.cfg.to_dict()
+            rec.setdefault("hardware", {})["asked_device"] = asked
     except Exception as exc:  # the worker's own set-up failed; record it like a cell failure
         rec = failure_record(job, "failed", f"worker set-up: {type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc())

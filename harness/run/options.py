@@ -20,7 +20,7 @@ AXES = ("backbones", "tasks", "datasets", "strategies")
 """The options that replace an axis of the matrix (each may be repeated)."""
 LISTS = AXES + ("runtimes", "profiles")
 TRAIN = ("epochs", "batch_size", "lr", "schedule", "patience", "budget", "device", "amp",
-         "channels_last", "compile", "eval_batch_size")
+         "channels_last", "compile", "eval_batch_size", "tf32", "deterministic")
 """Options that replace a ``[train]`` setting."""
 
 
@@ -76,6 +76,8 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
     overrides = {k: tuple(opts.get(k) or ()) for k in LISTS}
     overrides.update(weights=weights_mapping(opts.get("weights") or ()),
                      train={k: opts[k] for k in TRAIN if opts.get(k) is not None},
+                     # --tf32/--no-tf32 means the GPU runtimes' fp32 rows too
+                     latency=({"tf32": opts["tf32"]} if opts.get("tf32") is not None else {}),
                      image_size=opts.get("image_size"), seeds=opts.get("seeds"))
     name: Optional[str] = opts.get("name")
     if name:

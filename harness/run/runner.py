@@ -14,7 +14,7 @@ from typing import Optional
 
 from .cell import no_default_weights_message, resolve_profile, run_cell
 from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
-from ..train.device import Hardware, resolve_hardware
+from ..train.device import Hardware, declared_hardware, resolve_hardware
 from ..measure.env import environment, package_versions
 from ..api.errors import BenchError, ConfigError, UnknownName
 from ..measure.lifetime import sweep_temp_folders
@@ -319,11 +319,13 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     """
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
-    hardware = resolve_hardware(matrix.train.device, matrix.train.amp)  # ConfigError: usage
+    runner = make_executor(plugins, executor, executor_options)
+    # a cluster's cells run on other machines: the workers resolve the device there
+    resolve = declared_hardware if getattr(runner, "remote", False) else resolve_hardware
+    hardware = resolve(matrix.train.device, matrix.train.amp)  # ConfigError: usage
     cells = [with_hardware(c, hardware) for c in cells]
     if ranking is not None:
         cells = _ranked_cells(cells, ranking, notes)
-    runner = make_executor(plugins, executor, executor_options)
     versions = package_versions(plugins)
     keyed = [(c, c.key(versions)) for c in cells]
     path = run_dir_for(out_root, matrix, plugins)

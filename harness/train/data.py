@@ -72,10 +72,11 @@ class TensorSplit:
         Args:
             device: where the batches go (default: where the split is). uint8 images
                 travel as uint8 (a quarter of the bytes) and become floats there; to CUDA
-                the copy is non-blocking from pinned memory (:func:`harness.train.device.to_device`).
+                the rows are gathered once into pinned memory and copied without blocking
+                (:func:`harness.train.device.gather_to`).
             channels_last: hand image batches over in the channels-last layout.
         """
-        from .device import to_device
+        from .device import gather_to
 
         n = len(self)
         # the order is drawn on the CPU with the run's generator: the same on every device
@@ -84,10 +85,7 @@ class TensorSplit:
             order = order.to(self.images.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            x = self.images[idx]
-            y = self.targets[idx.to(self.targets.device)]
-            if device is not None:
-                x, y = to_device(x, device), to_device(y, device)
+            x, y = gather_to(self.images, idx, device), gather_to(self.targets, idx, device)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -82,9 +82,11 @@ def runtime_device(spec: str) -> torch.device:
 
 
 def device_name(dev: torch.device) -> str:
-    """The GPU's name (``NVIDIA H200``) or the CPU model."""
+    """The GPU's name (``NVIDIA H200``) or the CPU model. ``cuda`` without an index names
+    the current device: the one this worker was given, not GPU 0 of the machine."""
     if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev.index if dev.index is not None else 0)
+        return torch.cuda.get_device_name(dev.index if dev.index is not None
+                                          else torch.cuda.current_device())
     from ..measure.env import cpu_model
     return cpu_model()
 
@@ -113,8 +115,15 @@ def default_amp(dev: torch.device) -> str:
     """On CUDA: bf16 where the GPU supports it, else fp16. On the CPU: off (fp32); bf16 is
     opt-in (``benchmarks/bench_train_loop.py`` measures when it pays)."""
     if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16_native() else "fp16"
     return "off"
+
+
+def cuda_bf16_native() -> bool:
+    """Whether the current GPU computes bf16 in hardware (compute capability 8.0+).
+    ``torch.cuda.is_bf16_supported()`` alone also counts emulation, which T4 and V100 offer
+    at a fraction of fp16's speed: ``auto`` must pick fp16 there."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def parse_amp(amp: str, dev: torch.device) -> str:
@@ -130,8 +139,9 @@ def parse_amp(amp: str, dev: torch.device) -> str:
         text = "off"
     if text not in PRECISION_NAMES:
         raise ConfigError(f"--amp {amp!r}: choose one of {', '.join(AMPS)}")
-    if text == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"--amp bf16: {device_name(dev)} has no bf16 support; use --amp fp16")
+    if text == "bf16" and dev.type == "cuda" and not cuda_bf16_native():
+        raise ConfigError(f"--amp bf16: {device_name(dev)} has no native bf16 (PyTorch would "
+                          f"emulate it, far slower than fp16); use --amp fp16")
     return text
 
 
@@ -146,10 +156,11 @@ class Hardware:
 
     @property
     def precision(self) -> str:
-        return PRECISION_NAMES[self.amp]
+        return PRECISION_NAMES.get(self.amp, f"amp {self.amp}")
 
     def header(self) -> str:
-        return (f"training on {self.device} ({self.device_name}) in {self.precision}"
+        name = f" ({self.device_name})" if self.device_name else ""
+        return (f"training on {self.device}{name} in {self.precision}"
                 + (f"; {self.note}" if self.note else ""))
 
 
@@ -166,6 +177,28 @@ def resolve_hardware(device: str = "auto", amp: str = "auto") -> Hardware:
         note = ("auto: " + what_torch_sees()) if dev.type == "cpu" else "auto: CUDA is available"
     name = str(dev) if dev.index is not None else dev.type
     return Hardware(device=name, device_name=device_name(dev), amp=resolved_amp, note=note)
+
+
+def declared_hardware(device: str = "auto", amp: str = "auto") -> Hardware:
+    """The user's ``device`` and ``amp`` checked for spelling only, for executors whose
+    cells run on other machines (Ray): the driver may have no GPU at all, so each worker
+    resolves them where the cell runs and records what it found
+    (:func:`harness.run.executor.execute_job`).
+
+    Raises:
+        ConfigError: an unknown spelling (lists the choices).
+    """
+    dev = str(device).strip().lower()
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"--device {device!r}: unknown device; choose one of "
+                          f"{', '.join(DEVICES)}")
+    text = str(amp).strip().lower()
+    text = "off" if text in ("fp32", "none") else text
+    if text not in AMPS:
+        raise ConfigError(f"--amp {amp!r}: choose one of {', '.join(AMPS)}")
+    return Hardware(device=dev, device_name="", amp=text,
+                    note="resolved by each worker where its cell runs (the cell's "
+                         "hardware record says what it found)")
 
 
 class Precision:
@@ -207,13 +240,41 @@ class Precision:
             clip()
             opt.step()
             return True
-        before = self.scaler.get_scale()
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(opt)
         clip()
         self.scaler.step(opt)
+        # the overflow flags stay on the device: reading them (or get_scale()) every step
+        # would stall the GPU twice per step; StepTaken reads them only when asked
+        found = [t for t in self.scaler._found_inf_per_device(opt).values()]
         self.scaler.update()
-        return self.scaler.get_scale() >= before
+        return StepTaken(found)
+
+
+class StepTaken:
+    """Whether an fp16 optimizer step was taken (no inf/NaN gradient), read lazily: the flag
+    stays a device tensor until ``bool()`` is asked, which then waits for the device once.
+    The training loop never asks, so fp16 steps run without host-device syncs."""
+
+    def __init__(self, found_inf: list):
+        self._found = found_inf
+
+    def __bool__(self) -> bool:
+        return not any(bool(t.item()) for t in self._found)
+
+
+def gather_to(t: torch.Tensor, idx: torch.Tensor, dev: Optional[torch.device],
+              pin: bool = True) -> torch.Tensor:
+    """``t[idx]`` on ``dev`` with one host copy: to CUDA from a host tensor, the rows are
+    gathered straight into a page-locked buffer (``index_select(out=...)``) and sent without
+    blocking (``t[idx].pin_memory()`` would copy the batch twice on the host). PyTorch's
+    pinned-memory cache does not hand the buffer out again before its copy has finished."""
+    if dev is None or dev.type != "cuda" or t.device.type != "cpu":
+        out = t[idx.to(t.device)]
+        return out if dev is None else to_device(out, dev)
+    buf = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=pin)
+    torch.index_select(t, 0, idx.to(t.device), out=buf)
+    return buf.to(dev, non_blocking=True)
 
 
 def to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -239,6 +300,61 @@ def set_cudnn_benchmark(on: bool) -> None:
     torch.backends.cudnn.benchmark = bool(on)
 
 
+def configure_backends(cudnn_benchmark: bool, tf32: bool, deterministic: bool) -> dict:
+    """Apply a run's numerics settings to this process and return :func:`backend_state`.
+
+    * ``tf32``: fp32 matmuls and convolutions on CUDA may use TF32 tensor cores (Ampere and
+      newer; 10-bit mantissa): ``torch.backends.cuda.matmul.allow_tf32`` and
+      ``torch.backends.cudnn.allow_tf32``. PyTorch's own defaults differ (off for matmuls,
+      on for convolutions), so both are set either way and recorded.
+    * ``deterministic``: ``torch.backends.cudnn.deterministic``, cuDNN benchmarking off,
+      ``torch.use_deterministic_algorithms(True)`` (an operation without a deterministic
+      implementation then raises, and the cell fails naming it) and
+      ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS's requirement) unless already set. Seeds
+      alone do not make GPU training repeatable: atomics in cuDNN/cuBLAS kernels and
+      benchmark-chosen algorithms vary from run to run. Results still differ across
+      PyTorch/CUDA releases and GPUs.
+    """
+    det = bool(deterministic)
+    if det:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(det)
+    torch.backends.cudnn.deterministic = det
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not det
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    return backend_state()
+
+
+def backend_state() -> dict:
+    """The numerics settings in force in this process (recorded in every cell)."""
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+def release_cuda_memory() -> None:
+    """Hand PyTorch's cached CUDA memory back to the driver (between cells, and before a
+    latency worker starts on the same GPU); nothing where CUDA was never initialised."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is CUDA running out of memory (``torch.OutOfMemoryError``)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError",
+                                                               None)
+    return bool(oom and isinstance(exc, oom))
+
+
 __all__ = ["DEVICES", "AMPS", "Hardware", "Precision", "resolve_hardware", "parse_device",
+           "declared_hardware",
            "runtime_device", "parse_amp", "default_amp", "device_name", "what_torch_sees",
-           "cpu_bf16_support", "to_device", "place_module", "set_cudnn_benchmark"]
+           "cpu_bf16_support", "to_device", "place_module", "set_cudnn_benchmark",
+           "gather_to", "configure_backends", "backend_state", "release_cuda_memory",
+           "is_cuda_oom", "cuda_bf16_native", "StepTaken"]

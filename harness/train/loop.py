@@ -36,7 +36,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..api.errors import BenchError
 from .data import DataInfo, TensorSplit
-from .device import AMPS, Precision, parse_amp, place_module, runtime_device, to_device
+from .device import (AMPS, Precision, configure_backends, parse_amp, place_module,
+                     runtime_device, to_device)
 from .model import TransferModel, group_modules, set_trainable
 from .schedules import SCHEDULES, stlr_multiplier
 from .task import Task
@@ -64,8 +65,16 @@ class TrainSettings:
             ``off`` (fp32), ``bf16`` or ``fp16`` (autocast; fp16 with a gradient scaler).
             Evaluation runs in the same precision; losses and metrics are computed in fp32.
         channels_last: train (and evaluate) in the channels-last memory layout.
-        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` on CUDA (cuDNN picks the fastest
-            convolution algorithm per shape; off keeps results reproducible).
+        cudnn_benchmark: ``torch.backends.cudnn.benchmark`` on CUDA (cuDNN times its
+            convolution algorithms per shape and keeps the fastest). Off alone does not make
+            GPU results repeatable: that takes ``deterministic``.
+        tf32: fp32 matmuls and convolutions on CUDA may use TF32 tensor cores (Ampere and
+            newer): ``torch.backends.cuda.matmul.allow_tf32`` and ``cudnn.allow_tf32``, both
+            recorded in every cell (:func:`harness.train.device.configure_backends`).
+        deterministic: deterministic algorithms (``torch.use_deterministic_algorithms``,
+            ``cudnn.deterministic``, cuDNN benchmarking off): the same seed then gives the
+            same result on the same GPU and software; an operation with no deterministic
+            implementation fails the cell, naming it. Recorded in every cell.
         compile: ``torch.compile`` the training and evaluation forward passes.
         eval_batch_size: batch size of evaluation and prediction; 0 follows ``batch_size``
             (large batches were measured slower per image than 64 on our 2-core CPUs).
@@ -91,6 +100,8 @@ class TrainSettings:
     amp: str = "auto"
     channels_last: bool = False
     cudnn_benchmark: bool = False
+    tf32: bool = True
+    deterministic: bool = False
     compile: bool = False
     eval_batch_size: int = 0
     budget: str = "phase"
@@ -111,6 +122,9 @@ class TrainSettings:
             raise ValueError(f"amp must be one of {', '.join(AMPS)}, not {self.amp!r}")
         if self.eval_batch_size < 0:
             raise ValueError("eval_batch_size must be >= 0 (0: the training batch size)")
+        if self.deterministic and self.cudnn_benchmark:
+            raise ValueError("deterministic and cudnn_benchmark exclude each other (cuDNN "
+                             "benchmarking picks algorithms by timing); turn one off")
 
 
 @dataclass
@@ -277,8 +291,9 @@ class TrainContext:
         #: same seed); set by the cell runner, needed by strategies that re-initialise
         #: layers (``layer_transfer``). None where nobody provided one.
         self.scratch_backbone: Optional[Callable[[], nn.Module]] = None
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = bool(settings.cudnn_benchmark)
+        #: the numerics in force (TF32, determinism), recorded in the cell
+        self.backends = configure_backends(settings.cudnn_benchmark, settings.tf32,
+                                           settings.deterministic)
 
     @property
     def eval_batch_size(self) -> int:
