@@ -128,3 +128,30 @@ def test_gpu_parity_enforces_fp32_and_fp16_and_records_int8():
         gpu_parity(_art(model), x, ref + 0.5 * scale, "fp16", tf32=None)
     loose = gpu_parity(_art(model), x, ref + 0.5 * scale, "int8", tf32=None)
     assert not loose["ok"] and loose["enforced"] is False
+
+
+def test_gpu_and_cpu_rows_are_recommended_in_separate_pools_unless_asked():
+    from harness.report.recommend import format_recommendations, recommend
+
+    def rec(backbone, acc, rows):
+        return {"key": backbone, "status": "ok",
+                "config": {"backbone": backbone, "strategy": "finetune", "dataset": "d",
+                           "task": "classification", "seed": 0, "weights": None},
+                "backbone_facts": {"device_class": "server"}, "metric_name": "accuracy",
+                "higher_is_better": True, "test_metrics": {"accuracy": acc}, "latency": rows}
+
+    cpu = {"runtime": "onnxruntime", "profile": "server", "precision": "fp32",
+           "device": "cpu", "stats": {"p50_ms": 9.0}}
+    gpu = {"runtime": "tensorrt", "profile": "server", "precision": "fp32",
+           "device": "NVIDIA H200", "stats": {"p50_ms": 0.8}, "gpu_compute": {"p50_ms": 0.5}}
+    records = [rec("big", 0.9, [cpu, gpu]), rec("small", 0.7, [{**cpu, "stats": {
+        "p50_ms": 2.0}}])]
+    recs = recommend(records, budget_ms=3.0)
+    by_hw = {r.hardware: r for r in recs}
+    assert set(by_hw) == {"cpu", "gpu"}
+    assert by_hw["cpu"].pick.backbone == "small", "the GPU's 0.8 ms never counts for the CPU"
+    assert by_hw["gpu"].pick.runtime == "tensorrt"
+    assert all(c.hardware == "cpu" for c in by_hw["cpu"].front)
+    assert "server (GPU)" in format_recommendations(recs)
+    (mixed,) = recommend(records, budget_ms=3.0, mix_devices=True)
+    assert mixed.hardware == "cpu+gpu" and mixed.pick.runtime == "tensorrt"
