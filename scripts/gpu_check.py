@@ -1,16 +1,27 @@
-"""One prepared GPU check: TensorRT (fp32, fp16) and ONNX Runtime CUDA latency for
-ResNet-18, ResNet-50, MobileNetV3 and VGG-16, written as CSVs whose names state the
-conditions (like timm's ``results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv``).
+"""The prepared check for the first GPU lent to this project (under 10 minutes on one GPU).
 
-Weights are random (timm ``pretrained=False``): latency does not depend on weight values,
-and the hub is out of reach on our machines. Every figure is measured here, by the same
-runtime plugins ``bench run`` uses, each runtime in its own worker process; a model or
-runtime that fails is written as a row with its error and the rest go on.
+It verifies, and prints PASS/FAIL for each, what only a GPU can show:
 
-Exits 2, naming the reasons, when neither TensorRT nor the ONNX Runtime CUDA provider can
-run on this machine.
+1. the installation: one ONNX Runtime build with its CUDA/TensorRT providers, the TensorRT
+   version and whether it builds weakly (10.x) or strongly typed (11.x), native bf16;
+2. every GPU runtime and precision (TensorRT fp32/fp16/int8, ONNX Runtime CUDA fp32 and
+   TensorRT EP fp32/fp16, PyTorch CUDA fp32/fp16) on small timm models with random weights:
+   the row measured, its outputs agree with PyTorch fp32 (fp32/fp16 enforced, TF32 stated),
+   GPU compute time <= end-to-end latency (trtexec's two figures), no ONNX Runtime compute
+   node on the CPU, the GPU's name recorded;
+3. a real ``bench run`` of two cells with ``--device cuda --executor processes --jobs 2``:
+   both cells ok, trained and measured on the GPU they were shown alone
+   (``CUDA_VISIBLE_DEVICES``), never both at once on one GPU, TF32 and determinism recorded;
+4. the training loop's images/s (fp32, AMP, channels-last, cuDNN benchmark).
 
-Run: ``python scripts/gpu_check.py --out results [--batch 1 --batch 32] [--models ...]``.
+Exit status: 0 when every check passed; 1 when any failed or was not run (time budget);
+2, naming the reasons, when no GPU runtime can run here (nothing measured or written).
+Figures go to CSVs whose names state the conditions (like timm's
+``results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv``); ``--full`` measures the
+published set (ResNet-18/50, MobileNetV3, VGG-16, batches 1 and 32: longer than 10 min).
+
+Run: ``python scripts/gpu_check.py --out results`` (``--dry-run``: the training part on the
+CPU, tiny).
 """
 from __future__ import annotations
 
@@ -23,15 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_MODELS = ("resnet18", "resnet50", "mobilenetv3_large_100", "vgg16")
-# runtime name -> precisions measured (the issue asks TensorRT fp32/fp16 and ORT CUDA)
-PLAN = {"tensorrt": ("fp32", "fp16"), "onnxruntime-cuda": ("fp32",),
+DEFAULT_MODELS = ("resnet18", "mobilenetv3_large_100")  # the < 10 min check
+FULL_MODELS = ("resnet18", "resnet50", "mobilenetv3_large_100", "vgg16")  # --full
+# runtime name -> precisions measured
+PLAN = {"tensorrt": ("fp32", "fp16", "int8"), "onnxruntime-cuda": ("fp32",),
         "onnxruntime-tensorrt": ("fp32", "fp16"), "pytorch-cuda": ("fp32", "fp16")}
 REQUIRED = ("tensorrt", "onnxruntime-cuda")
 FIELDS = ("model", "runtime", "precision", "batch_size", "image_size", "p50_ms", "p90_ms",
           "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "iqr_ms", "throughput_per_s",
-          "count", "gmacs", "onnx_mb", "engine_mb", "build_s", "gpu_peak_mb", "isolation",
-          "device", "weights", "error")
+          "count", "gpu_compute_p50_ms", "h2d_p50_ms", "d2h_p50_ms", "tf32", "typing",
+          "parity_max_abs_diff", "gmacs", "onnx_mb", "engine_mb", "build_s", "gpu_peak_mb",
+          "isolation", "device", "weights", "error")
 
 
 def _slug(text: str) -> str:
@@ -171,22 +184,166 @@ def side_by_side(train_rows: list[dict], tables: dict) -> str:
     return "\n".join(lines)
 
 
+class Checks:
+    """What the script verified: each check printed as PASS/FAIL (or NOT RUN) with its
+    detail, then a summary; :meth:`exit_code` is 1 unless every check passed."""
+
+    def __init__(self):
+        self.results: list[tuple[str, str, str]] = []
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        status = "PASS" if ok else "FAIL"
+        self.results.append((status, name, detail))
+        print(f"  {status:7s} {name}" + (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    def not_run(self, name: str, why: str) -> None:
+        self.results.append(("NOT RUN", name, why))
+        print(f"  NOT RUN {name}: {why}", flush=True)
+
+    def summary(self) -> str:
+        counts = {k: sum(1 for s, _, _ in self.results if s == k)
+                  for k in ("PASS", "FAIL", "NOT RUN")}
+        lines = [f"gpu_check: {counts['PASS']} passed, {counts['FAIL']} failed, "
+                 f"{counts['NOT RUN']} not run"]
+        lines += [f"  {s}: {n}: {d}" for s, n, d in self.results if s != "PASS"]
+        return "\n".join(lines)
+
+    def exit_code(self) -> int:
+        return 0 if self.results and all(s == "PASS" for s, _, _ in self.results) else 1
+
+
+def verify_row(row: dict, gpu_name: str) -> list[tuple[str, bool, str]]:
+    """The checks of one GPU latency row: measured, outputs agree with PyTorch, trtexec's
+    figures consistent (GPU compute <= end-to-end latency), where ONNX Runtime ran every
+    node, TF32 stated, the GPU named. Returns ``(check, ok, detail)`` tuples."""
+    if row.get("error") or row.get("unavailable"):
+        return [("measured", False, str(row.get("error") or row.get("unavailable"))[:300])]
+    out = [("measured", True, "")]
+    par = row.get("parity") or {}
+    if par.get("enforced"):
+        out.append(("outputs agree with PyTorch fp32", bool(par.get("ok")),
+                    f"max abs diff {par.get('max_abs_diff', float('nan')):.3g} "
+                    f"(tolerance {par.get('tolerance_key')}, top-1 agreement "
+                    f"{par.get('top1_agreement', float('nan')):.3f})"))
+    else:
+        out.append(("outputs compared with PyTorch fp32", bool(par),
+                    f"recorded, not enforced for {row.get('precision')}: top-1 agreement "
+                    f"{par.get('top1_agreement', float('nan')):.3f}" if par else "no comparison"))
+    st, gc = row.get("stats") or {}, row.get("gpu_compute") or {}
+    ok = bool(st and gc and gc["p50_ms"] <= st["p50_ms"] * 1.001)
+    out.append(("GPU compute time <= end-to-end latency", ok,
+                f"compute p50 {gc.get('p50_ms', float('nan')):.3f} ms, latency p50 "
+                f"{st.get('p50_ms', float('nan')):.3f} ms (H2D {(row.get('h2d') or {}).get('p50_ms', float('nan')):.3f}"
+                f", D2H {(row.get('d2h') or {}).get('p50_ms', float('nan')):.3f})"))
+    if "node_placement" in row:
+        by = row["node_placement"].get("nodes_by_provider", {})
+        out.append(("no ONNX Runtime compute node on the CPU", True, f"nodes by provider {by}"))
+    if row.get("precision") == "fp32":
+        out.append(("TF32 stated", "tf32" in row, f"tf32 = {row.get('tf32')}"))
+    out.append(("measured on this GPU", row.get("device") == gpu_name,
+                f"row device {row.get('device')!r}, CUDA_VISIBLE_DEVICES "
+                f"{row.get('cuda_visible_devices')!r}"))
+    return out
+
+
+def verify_install(checks: Checks, plugins) -> None:
+    """One ONNX Runtime build with its GPU providers; TensorRT's typing; native bf16."""
+    import torch
+    from harness.train.device import cuda_bf16_native, default_amp
+    from plugins.runtimes.onnxruntime import ort_builds
+    builds = ort_builds()
+    checks.add("exactly one ONNX Runtime build installed", len(builds) == 1, str(builds))
+    try:
+        import onnxruntime as ort
+        have = ort.get_available_providers()
+        checks.add("ONNX Runtime GPU providers", {"CUDAExecutionProvider",
+                                                  "TensorrtExecutionProvider"} <= set(have),
+                   str(have))
+    except ImportError as exc:
+        checks.add("ONNX Runtime GPU providers", False, str(exc))
+    try:
+        import tensorrt as trt
+        from plugins.runtimes.tensorrt import typing_of
+        checks.add("TensorRT importable", True, f"{trt.__version__}, {typing_of(trt)}ly typed "
+                                                "builds")
+    except ImportError as exc:
+        checks.add("TensorRT importable", False, str(exc))
+    cap = torch.cuda.get_device_capability(0)
+    native = cuda_bf16_native()
+    checks.add("bf16 choice follows the hardware", native == (cap[0] >= 8),
+               f"compute capability {cap}, native bf16 {native}, --amp auto trains in "
+               f"{default_amp(torch.device('cuda'))}")
+
+
+def verify_bench_run(checks: Checks, work: Path, gpu_name: str, timeout_s: float) -> None:
+    """Two cells through ``bench run --device cuda --executor processes --jobs 2``."""
+    import subprocess
+    out = work / "bench-run"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "-b", "resnet18", "-s", "finetune",
+           "-s", "frozen", "-d", "digits", "--epochs", "1", "--image-size", "64",
+           "--device", "cuda", "--executor", "processes", "--jobs", "2", "-r", "pytorch-cuda",
+           "-r", "tensorrt", "-r", "onnxruntime-cuda", "-p", "server", "-q", "--out", str(out)]
+    print("  running: " + " ".join(cmd[2:]), flush=True)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        checks.add("bench run on the GPU", False, f"did not finish within {timeout_s:.0f} s")
+        return
+    recs = [json.loads(p.read_text()) for p in out.glob("*/cells/*.json")]
+    checks.add("bench run on the GPU", res.returncode == 0 and len(recs) == 2,
+               f"exit {res.returncode}, {len(recs)} cell records; stderr ends: "
+               f"{res.stderr[-300:]!r}" if res.returncode else f"{len(recs)} cells")
+    for rec in recs:
+        name = rec["config"]["strategy"]
+        hw, worker = rec.get("hardware") or {}, rec.get("worker") or {}
+        checks.add(f"cell {name}: status ok", rec.get("status") == "ok", str(rec.get("error")))
+        checks.add(f"cell {name}: trained on its own GPU",
+                   hw.get("device", "").startswith("cuda") and hw.get("device_name") == gpu_name
+                   and worker.get("cuda_visible_devices") is not None,
+                   f"device {hw.get('device')}, name {hw.get('device_name')!r}, "
+                   f"CUDA_VISIBLE_DEVICES {worker.get('cuda_visible_devices')!r}")
+        checks.add(f"cell {name}: TF32 and determinism recorded",
+                   "tf32_matmul" in (hw.get("backends") or {}) and "deterministic" in hw,
+                   str(hw.get("backends")))
+        for lat in rec.get("latency", []):
+            for check, ok, detail in verify_row(lat, gpu_name):
+                checks.add(f"cell {name} {lat.get('runtime')} {lat.get('precision')}: {check}",
+                           ok, detail)
+    spans = sorted((r.get("started", 0), r.get("finished", 0)) for r in recs)
+    if len(spans) == 2 and torch_gpu_count() == 1:
+        checks.add("one GPU cell at a time on one GPU (--jobs 2)", spans[0][1] <= spans[1][0],
+                   f"cell spans {spans}")
+
+
+def torch_gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--batch", type=int, action="append", help="batch size(s); default 1")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--min-s", type=float, default=2.0)
+    ap.add_argument("--min-s", type=float, default=1.0)
     ap.add_argument("--runtimes", nargs="+", default=list(PLAN), choices=list(PLAN))
-    ap.add_argument("--train-models", nargs="+", default=["resnet50", "vgg16"])
+    ap.add_argument("--train-models", nargs="+", default=["resnet18"])
     ap.add_argument("--train-batch", type=int, default=32)
-    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--skip-train", action="store_true", help="latency only")
+    ap.add_argument("--skip-bench", action="store_true", help="no bench run check")
+    ap.add_argument("--full", action="store_true",
+                    help="the published set: four models, batches 1 and 32 (over 10 min)")
+    ap.add_argument("--budget-s", type=float, default=540.0,
+                    help="stop starting new models after this long (default 540)")
     ap.add_argument("--dry-run", action="store_true",
                     help="check the training measurement on the CPU (tiny); no GPU needed")
     args = ap.parse_args()
-    batches = args.batch or [1]
+    t_start = time.perf_counter()
+    models = args.models or list(FULL_MODELS if args.full else DEFAULT_MODELS)
+    batches = args.batch or ([1, 32] if args.full else [1])
 
     if args.dry_run:
         print("gpu_check --dry-run: the training measurement on the CPU (resnet18, 32 px, "
@@ -219,19 +376,25 @@ def main() -> int:
     from harness.measure.latency import MeasureSettings
     from harness.api.specs import ProfileSpec
 
+    checks = Checks()
     gpu = torch.cuda.get_device_name(0)
+    print(f"\n1. installation ({gpu}, torch {torch.__version__}, CUDA {torch.version.cuda})")
+    verify_install(checks, plugins)
+    for n, (ok, why) in status.items():
+        checks.add(f"runtime {n} available", ok, why)
     versions = _versions()
-    train_rows = []
-    if train_ok:
-        print(f"training throughput on cuda ({gpu}), {args.image_size} px, batch "
-              f"{args.train_batch}, {args.train_steps} steps:")
-        train_rows = measure_training(args.train_models, "cuda", args.image_size,
-                                      args.train_batch, args.train_steps)
     settings = MeasureSettings(warmup_count=20, warmup_s=0.5, min_count=50, min_s=args.min_s,
                                max_s=60, worker_timeout_s=480)
     tables: dict = {}
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    for name in args.models if any(ok for ok, _ in status.values()) else []:
+    rng = __import__("numpy").random.default_rng(0)
+    calib = rng.random((16, 3, args.image_size, args.image_size), dtype="float32")
+    print(f"\n2. GPU runtimes on {', '.join(models)} ({args.image_size} px, batch "
+          f"{', '.join(map(str, batches))})")
+    for name in models:
+        if time.perf_counter() - t_start > args.budget_s:
+            checks.not_run(f"{name} latency", f"past the {args.budget_s:.0f} s budget")
+            continue
         t0 = time.perf_counter()
         model = timm.create_model(name, pretrained=False).eval()
         mdir = work / name
@@ -239,7 +402,7 @@ def main() -> int:
         onnx_path = export_onnx(model, args.image_size, mdir / f"{name}.onnx")
         parity = parity_check(model, onnx_path, args.image_size)
         art = Artifacts(model=model, image_size=args.image_size, workdir=mdir,
-                        onnx_path=onnx_path)
+                        onnx_path=onnx_path, calibration=calib, test_images=calib[:8])
         g = gmacs(model, args.image_size)
         print(f"{name}: exported ({onnx_path.stat().st_size / 2**20:.1f} MB, parity max abs "
               f"diff {parity['max_abs_diff']:.2e}), {g and round(g, 2)} GMACs")
@@ -256,22 +419,43 @@ def main() -> int:
                     rows = [{"precision": p, "error": f"{type(exc).__name__}: {exc}"}
                             for p in PLAN[rt]]
                 for r in rows:
+                    r.pop("test_outputs", None)
+                    for check, ok, detail in verify_row(r, gpu):
+                        checks.add(f"{name} {rt} {r['precision']} bs{b}: {check}", ok, detail)
                     st = r.get("stats") or {}
                     row = {"model": name, "runtime": rt, "precision": r["precision"],
                            "batch_size": b, "image_size": args.image_size, "gmacs": g,
                            "onnx_mb": onnx_path.stat().st_size / 2**20,
                            "engine_mb": r.get("engine_mb"), "build_s": r.get("build_s"),
                            "gpu_peak_mb": (r.get("gpu_memory") or {}).get("peak_mb"),
+                           "gpu_compute_p50_ms": (r.get("gpu_compute") or {}).get("p50_ms"),
+                           "h2d_p50_ms": (r.get("h2d") or {}).get("p50_ms"),
+                           "d2h_p50_ms": (r.get("d2h") or {}).get("p50_ms"),
+                           "tf32": r.get("tf32"), "typing": r.get("typing"),
+                           "parity_max_abs_diff": (r.get("parity") or {}).get("max_abs_diff"),
                            "isolation": r.get("isolation"), "device": r.get("device"),
                            "weights": "random (timm pretrained=False; latency only)",
                            "error": r.get("error") or r.get("unavailable") or "",
                            **{k: st.get(k) for k in FIELDS if k in st}}
                     key = _conditions(rt, r["precision"], b, args.image_size, gpu, versions)
                     tables.setdefault(key, []).append(row)
-                    print(f"  {rt:20s} {r['precision']:5s} bs{b:<3d} "
-                          + (f"p50 {st['p50_ms']:.3f} ms p90 {st['p90_ms']:.3f} ms"
-                             if st else f"no figure: {row['error'][:100]}"))
         print(f"  ({time.perf_counter() - t0:.0f} s)")
+    train_rows = []
+    if train_ok:
+        print(f"\n3. training throughput on cuda ({gpu}), {args.image_size} px, batch "
+              f"{args.train_batch}, {args.train_steps} steps:")
+        train_rows = measure_training(args.train_models, "cuda", args.image_size,
+                                      args.train_batch, args.train_steps)
+        for r in train_rows:
+            checks.add(f"train {r['model']} {r['variant']}", not r.get("error"),
+                       r.get("error") or f"{r['images_per_s']:.0f} images/s")
+    if not args.skip_bench:
+        print("\n4. bench run: two cells, --device cuda --executor processes --jobs 2")
+        left = args.budget_s + 60 - (time.perf_counter() - t_start)
+        if left < 60:
+            checks.not_run("bench run on the GPU", "no time left in the budget")
+        else:
+            verify_bench_run(checks, work, gpu, timeout_s=left)
     args.out.mkdir(parents=True, exist_ok=True)
     for key, rows in tables.items():
         with open(args.out / f"{key}.csv", "w", newline="") as f:
@@ -287,8 +471,10 @@ def main() -> int:
     from harness.measure.env import environment
     (args.out / f"benchmark-infer-gpu-environment-{_slug(gpu)}.json").write_text(
         json.dumps({"environment": environment(), "settings": vars(args) | {
-            "out": str(args.out)}, "measure": settings.__dict__}, indent=1, default=str))
-    return 0
+            "out": str(args.out)}, "measure": settings.__dict__,
+            "checks": checks.results}, indent=1, default=str))
+    print(f"\n{checks.summary()}\n({time.perf_counter() - t_start:.0f} s in all)")
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

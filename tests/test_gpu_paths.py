@@ -155,3 +155,41 @@ def test_gpu_and_cpu_rows_are_recommended_in_separate_pools_unless_asked():
     assert "server (GPU)" in format_recommendations(recs)
     (mixed,) = recommend(records, budget_ms=3.0, mix_devices=True)
     assert mixed.hardware == "cpu+gpu" and mixed.pick.runtime == "tensorrt"
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_fails_when_any_gpu_row_fails_and_says_what_it_verified(capsys):
+    mod = _gpu_check()
+    good = {"precision": "fp32", "device": "NVIDIA H200", "tf32": True,
+            "stats": {"p50_ms": 1.2}, "gpu_compute": {"p50_ms": 0.9}, "h2d": {"p50_ms": 0.2},
+            "d2h": {"p50_ms": 0.1}, "parity": {"ok": True, "enforced": True,
+                                               "max_abs_diff": 1e-3, "tolerance_key": "tf32",
+                                               "top1_agreement": 1.0}}
+    checks = mod.Checks()
+    for check, ok, detail in mod.verify_row(good, "NVIDIA H200"):
+        checks.add(check, ok, detail)
+    assert checks.exit_code() == 0
+    out = capsys.readouterr().out
+    for said in ("outputs agree with PyTorch fp32", "GPU compute time <= end-to-end latency",
+                 "TF32 stated", "measured on this GPU"):
+        assert f"PASS    {said}" in out
+    bad = [{"precision": "fp16", "error": "RuntimeError: TensorRT failed to build"},
+           {**good, "gpu_compute": {"p50_ms": 2.0}},  # compute longer than end to end
+           {**good, "device": "NVIDIA A10"}]  # another GPU than the one checked
+    for row in bad:
+        checks = mod.Checks()
+        for check, ok, detail in mod.verify_row(row, "NVIDIA H200"):
+            checks.add(check, ok, detail)
+        assert checks.exit_code() == 1, row
+    empty = mod.Checks()
+    empty.not_run("resnet18 latency", "past the budget")
+    assert empty.exit_code() == 1 and "1 not run" in empty.summary()

@@ -252,3 +252,28 @@ def test_batches_are_gathered_with_one_host_copy(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
     out = dev_mod.gather_to(t, idx, torch.device("cuda"))
     assert out is sent[0] and torch.equal(out, t[idx])
+
+
+def report_visible_devices(art, profile, settings):
+    """A runtime's measure that reports the GPUs its worker process was shown."""
+    import os
+    return [{"precision": "fp32", "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}]
+
+
+@pytest.mark.slow
+def test_the_latency_worker_sees_only_the_cells_gpu(monkeypatch, tmp_path):
+    """A cell that trained on cuda:1 of a process shown GPUs 4,6 hands its latency worker
+    CUDA_VISIBLE_DEVICES=6 (the cell passes it through Artifacts.extra)."""
+    from harness.api.specs import ProfileSpec
+    from harness.measure.isolate import measure_in_worker
+    from harness.measure.latency import MeasureSettings
+    from harness.run.cell import Artifacts
+    from harness.train.device import visible_id
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert visible_id(torch.device("cuda", 1)) == "6" and visible_id(torch.device("cpu")) is None
+    art = Artifacts(model=None, image_size=8, workdir=tmp_path,
+                    extra={"cuda_visible_devices": "6"})
+    rows = measure_in_worker(report_visible_devices, art, ProfileSpec("p", batch_size=1),
+                             MeasureSettings(), label="visible")
+    assert rows[0]["visible"] == "6" and rows[0]["isolation"] == "process"

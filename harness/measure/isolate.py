@@ -17,6 +17,10 @@ measured by a fresh ``python -m harness.measure.isolate JOB_DIR`` process:
 
 Records carry ``isolation: "process"``, or ``"in-process"`` with the reason when the
 user turned isolation off or the runtime's ``measure`` cannot be imported by name.
+
+A cell that trained on a GPU passes its physical id (``art.extra["cuda_visible_devices"]``):
+the worker starts with ``CUDA_VISIBLE_DEVICES`` naming that GPU alone, so its runtimes
+measure there (as ``cuda:0``), not on GPU 0 beside another cell's training.
 """
 from __future__ import annotations
 
@@ -169,6 +173,9 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
     (folder / "result.json").unlink(missing_ok=True)
     _write_job(folder, name, art, profile, settings)
     env = worker_env()  # the worker dies with this process (harness.measure.lifetime)
+    gpu = (getattr(art, "extra", None) or {}).get("cuda_visible_devices")
+    if gpu is not None:  # the cell's own GPU alone, set before the worker starts CUDA
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # The worker must import what the parent imported (plugins from tests, editable paths).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     try:

@@ -12,7 +12,8 @@ import torch
 
 from .config import CellConfig
 from ..train.data import DataSplits, validate_splits
-from ..train.device import backend_state, device_name, is_cuda_oom, release_cuda_memory
+from ..train.device import (backend_state, device_name, is_cuda_oom, release_cuda_memory,
+                            visible_id)
 from ..api.errors import BenchError
 from ..measure.export import export_onnx
 from ..measure.isolate import measure_in_worker
@@ -264,6 +265,9 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                     evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
                                                               data.info))
     runtimes = [plugins.runtimes.get(r) for r in cfg.runtimes]
+    gpu = visible_id(ctx.device)
+    if gpu is not None:  # the latency workers measure on the GPU this cell trained on, alone
+        art.extra["cuda_visible_devices"] = gpu
     if onnx_dir is not None or any(r.needs_onnx for r in runtimes):
         progress("exporting ONNX")
         try:

@@ -91,6 +91,17 @@ def device_name(dev: torch.device) -> str:
     return cpu_model()
 
 
+def visible_id(dev: torch.device) -> Optional[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value that shows a child process ``dev`` alone (the
+    physical id behind this process's numbering), or None for a CPU device."""
+    if dev.type != "cuda":
+        return None
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else []
+    return ids[idx] if idx < len(ids) else str(idx)
+
+
 def cpu_flags() -> set:
     """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read)."""
     try:
@@ -357,4 +368,4 @@ __all__ = ["DEVICES", "AMPS", "Hardware", "Precision", "resolve_hardware", "pars
            "runtime_device", "parse_amp", "default_amp", "device_name", "what_torch_sees",
            "cpu_bf16_support", "to_device", "place_module", "set_cudnn_benchmark",
            "gather_to", "configure_backends", "backend_state", "release_cuda_memory",
-           "is_cuda_oom", "cuda_bf16_native", "StepTaken"]
+           "is_cuda_oom", "cuda_bf16_native", "StepTaken", "visible_id"]
