@@ -23,6 +23,7 @@ from ..api.manager import PluginSystem
 from ..train.model import TransferModel, changed_parameters, count_parameters, parameter_fingerprints
 from ..api.specs import ProfileSpec
 from ..train.loop import TrainContext, TrainSettings, evaluate
+from . import contracts
 
 _DATA_CACHE: dict = {}
 
@@ -40,8 +41,9 @@ def load_data(plugins: PluginSystem, cfg: CellConfig) -> DataSplits:
         if cfg.task.name not in spec.tasks:
             raise BenchError(f"dataset {spec.name!r} has no labels for task {cfg.task.name!r}; "
                              f"it supports: {', '.join(spec.tasks)}")
-        splits = spec.load(task=cfg.task.name, image_size=cfg.image_size, seed=cfg.seed,
-                           cache_dir=cache_dir(), **cfg.dataset.kwargs)
+        with contracts.blame(plugins, "datasets", spec.name, "loading its splits"):
+            splits = spec.load(task=cfg.task.name, image_size=cfg.image_size, seed=cfg.seed,
+                               cache_dir=cache_dir(), **cfg.dataset.kwargs)
         # a dataset that breaks the contract fails here, naming itself, not in the loss
         task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
         validate_splits(splits, spec.name, cfg.image_size, task)
@@ -167,9 +169,11 @@ def curve_summary(rec: dict, higher_is_better: bool) -> Optional[dict]:
 
 def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
          onnx_dir: Optional[Path] = None) -> None:
-    task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
+    with contracts.blame(plugins, "tasks", cfg.task.name, "building the task"):
+        task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
     st_cls = plugins.strategies.get(cfg.strategy.name).cls
-    strategy = st_cls(**cfg.strategy.kwargs)
+    with contracts.blame(plugins, "strategies", cfg.strategy.name, "being created"):
+        strategy = st_cls(**cfg.strategy.kwargs)
 
     progress("loading data")
     data = load_data(plugins, cfg)
@@ -188,15 +192,14 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["transfer"] = bool(strategy.pretrained)  # False: a baseline of the transfer benefits
 
     torch.manual_seed(cfg.seed)
-    head = task.build_head(backbone, data.info)
-    model = TransferModel(backbone, head, task.head_input)
+    model = _checked_model(plugins, cfg, backbone, task, data, rec)
     rec["backbone_facts"] = backbone_facts(bb_spec, backbone, model, winfo, cfg.image_size)
 
     ctx.place(model)
     before = parameter_fingerprints(model)
     ctx.scratch_backbone = scratch_backbone
     t0 = time.perf_counter()
-    history = strategy.fit(model, data, ctx)
+    history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
     rec["train_seconds"] = time.perf_counter() - t0
     rec["history"] = history.as_dict()
     rec["budget"] = history.usage.as_dict()
@@ -221,6 +224,31 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     release_cuda_memory()  # the latency workers measure on this GPU: leave them its memory
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
                                       rec, onnx_dir)
+
+
+def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferModel:
+    """The cell's model, once the backbone's layer groups and feature size and the task's
+    head have kept their contracts (:mod:`harness.run.contracts`; ``rec["contracts"]``)."""
+    covered = contracts.check_layer_groups(plugins, cfg.backbone.name, backbone)
+    with contracts.blame(plugins, "tasks", cfg.task.name, "building its head"):
+        head = task.build_head(backbone, data.info)
+    shapes = contracts.check_features(plugins, cfg.backbone.name, cfg.task.name, backbone,
+                                      head, task.head_input, cfg.image_size)
+    rec.setdefault("contracts", {}).update(
+        layer_groups=f"{covered} parameters, each in exactly one group",
+        features=f"{shapes['features']} -> head {shapes['outputs']}")
+    return TransferModel(backbone, head, task.head_input)
+
+
+def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: dict):
+    """``strategy.fit``, holding the strategy to what it declares trained and frozen."""
+    declared = contracts.declared_trained(plugins, cfg.strategy.name, strategy, model, ctx)
+    with contracts.blame(plugins, "strategies", cfg.strategy.name, "training",
+                         hint=lambda: contracts.froze_everything(model)):
+        history = strategy.fit(model, data, ctx)
+    rec.setdefault("contracts", {})["strategy"] = contracts.check_training(
+        plugins, cfg.strategy.name, declared, before, model)
+    return history
 
 
 def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
@@ -351,18 +379,22 @@ def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = Tr
         torch.manual_seed(cfg.seed)
         return bb_spec.build(**kwargs)
 
-    backbone = scratch_backbone()
+    with contracts.blame(plugins, "backbones", cfg.backbone.name, "building"):
+        backbone = scratch_backbone()
     weights = ((cfg.weights or bb_spec.default_weights) if pretrained
                else plugins.default("weights").name)
     no_default = weights is None  # the backbone declares no default weights, the user gave none
     weights = weights or plugins.default("weights").name
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
-    winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
-        "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
-        "seed": cfg.seed, "dataset": cfg.dataset.name, "dataset_params": dict(cfg.dataset.kwargs),
-        "progress": progress,
-        **(context or {})}) or {})
+    shapes = contracts.state_shapes(backbone)
+    with contracts.blame(plugins, "weights", weights, f"loading into {cfg.backbone.name!r}"):
+        winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
+            "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
+            "seed": cfg.seed, "dataset": cfg.dataset.name,
+            "dataset_params": dict(cfg.dataset.kwargs), "progress": progress,
+            **(context or {})}) or {})
+    contracts.check_weights_kept(plugins, weights, cfg.backbone.name, shapes, backbone)
     if no_default:
         winfo["description"] = "random init (not pretrained)"
         winfo["note"] = no_default_weights_message(cfg.backbone.name)

@@ -1,0 +1,249 @@
+"""What every cell holds its plugins to: the test kit's contracts, checked in the run.
+
+The test kit (:mod:`harness.testkit`) checks a plugin once, on a tiny model; a run meets
+the plugin on real models, data and settings. So each cell also checks, cheaply, the
+promises the kit checks, and a broken one fails the cell with a sentence that names the
+plugin, its distribution and the fault (never a bare library error from deep inside
+training):
+
+- a backbone's layer groups hold every parameter exactly once (:func:`check_layer_groups`);
+- a weight source keeps the backbone's parameter names and shapes (:func:`state_shapes`,
+  :func:`check_weights_kept`);
+- the backbone gives the feature size it declares and the task's head takes it
+  (:func:`check_features`);
+- what a strategy declares frozen (everything outside
+  :meth:`harness.train.strategy.Strategy.trained_parameters`) keeps its exact bytes, and
+  training changed at least one parameter it declares trained (:func:`check_training`);
+- any other exception a plugin raises is reported under the plugin's name (:func:`blame`).
+
+The costs: one forward pass of two images before training, and the parameter fingerprints
+the cell takes anyway to count what training changed.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..api.errors import BenchError
+from ..api.hookspecs import KINDS
+
+
+class PluginFault(BenchError):
+    """A plugin broke its contract during a run; the message names the plugin, its
+    distribution and the fault."""
+
+
+def plugin_label(plugins, kind: str, name: str) -> str:
+    """``backbone 'x' of plugin 'p' (dist 1.0)``: how a fault names what broke it.
+
+    Args:
+        kind: a registry name (``"backbones"``, ``"weights"``, ...).
+        name: the registered name (``NAME:ARG`` strings resolve to ``NAME``).
+    """
+    reg = plugins.registries.get(kind)
+    noun = KINDS[kind].noun if kind in KINDS else kind
+    if reg is None:
+        return f"{noun} {name!r}"
+    try:
+        spec, _arg = reg.resolve(name)
+        pname = reg.plugin(spec.name)
+    except (KeyError, BenchError):
+        return f"{noun} {name!r}"
+    info = plugins.infos.get(pname)
+    return f"{noun} {spec.name!r} of {info.label if info else f'plugin {pname!r}'}"
+
+
+@contextlib.contextmanager
+def blame(plugins, kind: str, name: str, doing: str,
+          hint: Optional[Callable[[], Optional[str]]] = None) -> Iterator[None]:
+    """Re-raise what a plugin's code raises as a :class:`PluginFault` naming the plugin.
+
+    Errors meant for the user already (:class:`harness.api.errors.BenchError`: weights
+    that cannot be had, a dataset to install) and ``MemoryError`` pass unchanged.
+
+    Args:
+        doing: what the plugin was asked to do (``"loading weights"``).
+        hint: called on failure; a sentence that explains the failure better, or None.
+    """
+    try:
+        yield
+    except (BenchError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        better = hint() if hint is not None else None
+        raise PluginFault(f"{plugin_label(plugins, kind, name)} failed while {doing}: "
+                          f"{better + '; ' if better else ''}{type(exc).__name__}: {exc}"
+                          ) from exc
+
+
+def _some(names: list, n: int = 4) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def check_layer_groups(plugins, backbone_name: str, backbone: nn.Module) -> int:
+    """The backbone's layer groups hold each of its parameters exactly once.
+
+    Returns the number of parameters covered. Raises :class:`PluginFault` naming the
+    backbone's plugin and the parameters missing, doubled or unknown."""
+    who = plugin_label(plugins, "backbones", backbone_name)
+    with blame(plugins, "backbones", backbone_name, "listing its layer groups"):
+        groups = list(backbone.layer_groups())
+    names = [g.name for g in groups]
+    problems = []
+    if not groups:
+        problems.append("layer_groups() is empty")
+    if len(set(names)) != len(names):
+        problems.append(f"layer group names repeat ({_some(names)})")
+    if "head" in names:
+        problems.append("a layer group is called 'head', the name of the task's head")
+    params = [n for n, _ in backbone.named_parameters()]
+    listed = [p for g in groups for p in g.params]
+    missing = [p for p in params if p not in set(listed)]
+    unknown = sorted(set(listed) - set(params))
+    seen: set = set()
+    twice = sorted({p for p in listed if p in seen or seen.add(p)})
+    if missing:
+        problems.append(f"{len(missing)} parameter(s) are in no layer group, so no strategy "
+                        f"can train or freeze them by group ({_some(missing)})")
+    if twice:
+        problems.append(f"{len(twice)} parameter(s) are in more than one layer group "
+                        f"({_some(twice)})")
+    if unknown:
+        problems.append(f"layer groups name {len(unknown)} parameter(s) the backbone does not "
+                        f"have ({_some(unknown)})")
+    if problems:
+        raise PluginFault(f"{who} breaks the layer-group contract (every parameter in exactly "
+                          f"one group): " + "; ".join(problems))
+    return len(params)
+
+
+def state_shapes(module: nn.Module) -> dict:
+    """``{name: shape}`` of a module's state dict (parameters and buffers)."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_weights_kept(plugins, weights: str, backbone_name: str, before: dict,
+                       backbone: nn.Module) -> None:
+    """The weight source left the backbone's state-dict names and shapes as they were
+    (``before`` from :func:`state_shapes` just before it loaded)."""
+    after = state_shapes(backbone)
+    if after == before:
+        return
+    gone = sorted(set(before) - set(after))
+    new = sorted(set(after) - set(before))
+    reshaped = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    what = []
+    if reshaped:
+        k = reshaped[0]
+        what.append(f"changed the shape of {len(reshaped)} tensor(s) ({k}: {before[k]} -> "
+                    f"{after[k]}{', ...' if len(reshaped) > 1 else ''})")
+    if gone:
+        what.append(f"removed {len(gone)} ({_some(gone)})")
+    if new:
+        what.append(f"added {len(new)} ({_some(new)})")
+    raise PluginFault(f"{plugin_label(plugins, 'weights', weights)} changed backbone "
+                      f"{backbone_name!r} while loading: it " + "; ".join(what) + ". A weight "
+                      "source loads weights into the backbone it is given, in place "
+                      "(backbone.load_state_dict(state)), without replacing modules")
+
+
+def check_features(plugins, backbone_name: str, task_name: str, backbone: nn.Module,
+                   head: nn.Module, head_input: str, image_size: int) -> dict:
+    """The backbone gives the feature size it declares and the task's head takes it.
+
+    One forward pass of two random images at ``image_size`` (eval mode, no gradient; the
+    modules' training modes are restored). Returns ``{"features": shape, "outputs":
+    shape}``."""
+    bb_who = plugin_label(plugins, "backbones", backbone_name)
+    spatial = head_input == "spatial"
+    attr = "feature_channels" if spatial else "num_features"
+    declared = getattr(backbone, attr, None)
+    if not isinstance(declared, int) or declared < 1:
+        raise PluginFault(f"{bb_who} declares {attr} = {declared!r}; set it to the size of "
+                          f"what {'forward_spatial' if spatial else 'forward'} returns")
+    modes = [(m, m.training) for m in (backbone, head)]
+    x = torch.rand(2, 3, image_size, image_size)
+    try:
+        backbone.eval()
+        head.eval()
+        with torch.no_grad():
+            with blame(plugins, "backbones", backbone_name,
+                       f"computing features of {image_size}x{image_size} images"):
+                feats = backbone.forward_spatial(x) if spatial else backbone(x)
+            size = int(feats.shape[1]) if feats.dim() >= 2 else None
+            if size != declared or (not spatial and feats.dim() != 2):
+                raise PluginFault(
+                    f"{bb_who} declares {attr} = {declared} but "
+                    f"{'forward_spatial' if spatial else 'forward'} gives features of shape "
+                    f"{tuple(feats.shape)}; make {attr} the size it returns")
+            with blame(plugins, "tasks", task_name,
+                       f"running its head on {backbone_name!r}'s features of shape "
+                       f"{tuple(feats.shape)} ({attr} = {declared}): the head does not fit "
+                       f"the declared feature size"):
+                out = head(feats)
+    finally:
+        for m, was in modes:
+            m.train(was)
+    return {"features": list(feats.shape), "outputs": list(out.shape)}
+
+
+def declared_trained(plugins, strategy_name: str, strategy, model: nn.Module, ctx) -> list:
+    """What the strategy declares it may train
+    (:meth:`harness.train.strategy.Strategy.trained_parameters`), asked before ``fit`` as
+    the kit asks it; names that are not parameters of the model are a fault."""
+    with blame(plugins, "strategies", strategy_name, "declaring its trained parameters"):
+        declared = list(strategy.trained_parameters(model, ctx))
+    names = {n for n, _ in model.named_parameters()}
+    unknown = sorted(set(declared) - names)
+    if unknown:
+        raise PluginFault(f"{plugin_label(plugins, 'strategies', strategy_name)} declares "
+                          f"trained parameters the model does not have ({_some(unknown)}); "
+                          f"trained_parameters() returns names from model.named_parameters()")
+    return declared
+
+
+def froze_everything(model: nn.Module) -> Optional[str]:
+    """A hint for a strategy whose training failed: it left no parameter trainable."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return ("it left no parameter trainable (requires_grad is False everywhere), so "
+                "there is nothing to optimise")
+    return None
+
+
+def check_training(plugins, strategy_name: str, declared: list, before: dict,
+                   model: nn.Module) -> dict:
+    """What training changed agrees with what the strategy declared.
+
+    Every parameter the strategy does not declare trained keeps its exact bytes (or the
+    cell fails); when it declares some trained, at least one of them changed (early
+    stopping, a rolled-back phase or gradual unfreezing may leave others as they were;
+    the kit, on its own tiny problem, asks that every one changes).
+
+    Args:
+        declared: :func:`declared_trained`'s names.
+        before: :func:`harness.train.model.parameter_fingerprints` before ``fit``.
+
+    Returns:
+        ``{"declared_trained", "declared_frozen", "changed"}`` (parameter tensors).
+    """
+    from ..train.model import parameter_fingerprints
+
+    now = parameter_fingerprints(model)
+    changed = {n for n in before if now.get(n) != before[n]}  # replaced ones count too
+    wanted = set(declared)
+    frozen = [n for n in before if n not in wanted]
+    touched = [n for n in frozen if n in changed]
+    who = plugin_label(plugins, "strategies", strategy_name)
+    if touched:
+        raise PluginFault(f"{who} changed {len(touched)} of the {len(frozen)} parameters it "
+                          f"declares frozen ({_some(touched)}): it trains what "
+                          f"trained_parameters() leaves out; freeze them or declare them")
+    if declared and not wanted & changed:
+        raise PluginFault(f"{who} declares {len(declared)} parameter(s) trained "
+                          f"({_some(declared)}) but training changed none of them: it froze "
+                          f"what it declares trained")
+    return {"declared_trained": len(declared), "declared_frozen": len(frozen),
+            "changed": len(changed)}

@@ -1,0 +1,144 @@
+"""A plugin cannot make a run lie (issue 27): faults planted in tiny plugins registered in
+process are caught by ``bench run`` itself, each failing its cell with a message that
+names the plugin, its distribution and the fault."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from harness import BackboneSpec, StrategySpec, WeightSourceSpec, hookimpl
+from harness.measure.latency import MeasureSettings
+from harness.run.config import MatrixConfig
+from harness.run.runner import run_matrix
+from harness.testkit import TestkitPlugin, TinyBackbone
+from harness.train.loop import Phase, TrainSettings, record_start
+from harness.train.model import LayerGroup
+from harness.train.strategy import TrainingStrategy
+
+
+class MissingGroup(TinyBackbone):
+    """Forgets the stage's parameters in its layer groups."""
+
+    def layer_groups(self):
+        return super().layer_groups()[:1]
+
+
+class TwiceGroup(TinyBackbone):
+    """Lists the stem's first weight in both groups."""
+
+    def layer_groups(self):
+        stem, stage = super().layer_groups()
+        return [stem, LayerGroup("stage", stage.params + stem.params[:1])]
+
+
+class WrongFeatures(TinyBackbone):
+    """Declares a feature size it does not give."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_features = 16  # forward gives 32
+
+
+def reshape_load(backbone_spec, backbone, arg, context):
+    """Loads 'weights' by replacing the stem's conv with a wider one."""
+    backbone.stem[0] = nn.Conv2d(3, 8, 5, padding=2)
+    return {"description": "reshaped"}
+
+
+class HeadOnlyButAll(TrainingStrategy):
+    """Declares the head only, trains everything."""
+
+    def trained_parameters(self, model, ctx):
+        return [f"head.{n}" for n, _ in model.head.named_parameters()]
+
+    def phases(self, model, ctx):
+        return [Phase("all", [g.name for g in model.layer_groups()])]
+
+
+class AllButNothing(TrainingStrategy):
+    """Declares every parameter trained (the default), trains none."""
+
+    def fit(self, model, data, ctx):
+        history = ctx.new_history(len(data.train))
+        record_start(model, data.val, ctx, history)
+        return history
+
+
+class FreezeEverything(TrainingStrategy):
+    """Leaves no parameter trainable."""
+
+    def phases(self, model, ctx):
+        return [Phase("none", [])]
+
+
+class Faulty:
+    @hookimpl
+    def register_backbones(self):
+        return [BackboneSpec("missing_group", build=MissingGroup, default_weights="random"),
+                BackboneSpec("twice_group", build=TwiceGroup, default_weights="random"),
+                BackboneSpec("wrong_features", build=WrongFeatures, default_weights="random")]
+
+    @hookimpl
+    def register_weight_sources(self):
+        return [WeightSourceSpec("reshape", load=reshape_load)]
+
+    @hookimpl
+    def register_strategies(self):
+        return [StrategySpec("head_only_but_all", cls=HeadOnlyButAll),
+                StrategySpec("all_but_nothing", cls=AllButNothing),
+                StrategySpec("freeze_everything", cls=FreezeEverything)]
+
+
+def _run(system, tmp_path, backbone="testkit_tiny", strategy="finetune", weights=None):
+    matrix = MatrixConfig(backbones=[backbone], datasets=["testkit_quadrants,n_train=32"],
+                          strategies=[strategy], runtimes=[], image_size=16, name="c",
+                          weights={"*": weights} if weights else {},
+                          train=TrainSettings(epochs=1, batch_size=16),
+                          latency=MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3,
+                                                  min_s=0.0))
+    store = run_matrix(system, matrix, tmp_path, show_progress=False)
+    (rec,) = store.records()
+    return rec
+
+
+@pytest.fixture
+def faulty(register_plugin):
+    register_plugin(TestkitPlugin(), name="testkit")
+    return register_plugin(Faulty(), name="faulty")
+
+
+@pytest.mark.parametrize("axes,words", [
+    ({"backbone": "missing_group"},
+     ["backbone 'missing_group'", "plugin 'faulty' (test)", "in no layer group"]),
+    ({"backbone": "twice_group"},
+     ["backbone 'twice_group'", "plugin 'faulty' (test)", "more than one layer group"]),
+    ({"backbone": "wrong_features"},
+     ["backbone 'wrong_features'", "plugin 'faulty' (test)", "num_features = 16",
+      "(2, 32)"]),
+    ({"weights": "reshape"},
+     ["weight source 'reshape'", "plugin 'faulty' (test)", "changed the shape",
+      "stem.0.weight"]),
+    ({"strategy": "head_only_but_all"},
+     ["strategy 'head_only_but_all'", "plugin 'faulty' (test)", "declares frozen"]),
+    ({"strategy": "all_but_nothing"},
+     ["strategy 'all_but_nothing'", "plugin 'faulty' (test)", "changed none of them"]),
+    ({"strategy": "freeze_everything"},
+     ["strategy 'freeze_everything'", "plugin 'faulty' (test)", "no parameter trainable"]),
+], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
+        "declares-head-trains-all", "declares-all-trains-head", "freezes-everything"])
+def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
+    rec = _run(faulty, tmp_path, **axes)
+    assert rec["status"] == "failed"
+    for w in words:
+        assert w in rec["error"], (w, rec["error"])
+    assert rec["error"].startswith("PluginFault: ")
+
+
+def test_honest_cell_records_the_contracts_it_kept(faulty, tmp_path):
+    rec = _run(faulty, tmp_path)
+    assert rec["status"] == "ok", rec.get("error")
+    c = rec["contracts"]
+    n = sum(p.numel() > 0 for p in TinyBackbone().parameters())
+    assert c["layer_groups"].startswith(f"{n} parameters")
+    assert c["strategy"]["declared_frozen"] == 0 and c["strategy"]["changed"] > 0
