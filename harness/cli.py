@@ -418,7 +418,9 @@ def rank_cmd(ctx, backbones, tasks, datasets, weights, estimators, matrix_file, 
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         click.echo(rank_table(rows, labels, sort_by))
-    if any(r.get("error") for r in rows):
+    failed = [e["error"] for r in rows for e in r.get("estimates", {}).values()
+              if e.get("error")]
+    if any(r.get("error") for r in rows) or failed:
         ctx.exit(1)
 
 
@@ -466,7 +468,14 @@ def report_cmd(ctx, run, fmt, out, budget_ms):
     if budget_ms is not None and not kw:
         click.echo(f"note: reporter {fmt!r} has no recommendation; --budget-ms ignored",
                    err=True)
-    text = reporter.write(store, Path(out) if out else None, **kw)
+    from .run.contracts import PluginFault, blame
+    try:
+        with blame(get_plugins(), "reporters", fmt, f"writing the report of {run}"):
+            text = reporter.write(store, Path(out) if out else None, **kw)
+    except PluginFault as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(1)
+        return
     if text:
         click.echo(text)
 

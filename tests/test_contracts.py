@@ -3,11 +3,12 @@ process are caught by ``bench run`` itself, each failing its cell with a message
 names the plugin, its distribution and the fault."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from harness import BackboneSpec, StrategySpec, WeightSourceSpec, hookimpl
+from harness import BackboneSpec, EstimatorSpec, ExecutorSpec, ReporterSpec, StrategySpec, WeightSourceSpec, hookimpl
 from harness.measure.latency import MeasureSettings
 from harness.run.config import MatrixConfig
 from harness.run.runner import run_matrix
@@ -142,3 +143,94 @@ def test_honest_cell_records_the_contracts_it_kept(faulty, tmp_path):
     n = sum(p.numel() > 0 for p in TinyBackbone().parameters())
     assert c["layer_groups"].startswith(f"{n} parameters")
     assert c["strategy"]["declared_frozen"] == 0 and c["strategy"]["changed"] > 0
+
+
+class DroppingExecutor:
+    """Runs every cell but the last one it is handed, and says nothing about it."""
+
+    def run(self, jobs, run_one, on_done):
+        jobs = list(jobs)
+        for job in jobs[:-1]:
+            on_done(run_one(job))
+
+
+class DropPlugin:
+    @hookimpl
+    def register_executors(self):
+        return [ExecutorSpec("dropper", factory=lambda **kw: DroppingExecutor())]
+
+
+def test_a_cell_the_executor_drops_is_a_failed_cell_and_the_run_exits_1(
+        register_plugin, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    system = register_plugin(TestkitPlugin(), name="testkit")
+    register_plugin(DropPlugin(), name="dropper-plugin")
+    monkeypatch.setattr("harness.cli.get_plugins", lambda *a, **k: system)
+    matrix = tmp_path / "m.toml"
+    matrix.write_text('name = "drop"\nbackbones = ["testkit_tiny"]\n'
+                      'datasets = ["testkit_quadrants,n_train=32"]\n'
+                      'strategies = ["frozen", "finetune"]\nruntimes = []\nimage_size = 16\n'
+                      '[train]\nepochs = 1\nbatch_size = 16\n')
+    out = tmp_path / "runs"
+    args = ["run", "-m", str(matrix), "--executor", "dropper", "--out", str(out), "-q"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    (run,) = out.iterdir()
+    from harness.run.results import RunStore
+    recs = RunStore(run).records()
+    assert sorted(r["status"] for r in recs) == ["failed", "ok"]
+    (bad,) = [r for r in recs if r["status"] == "failed"]
+    assert "executor 'dropper' of plugin 'dropper-plugin' (test) returned no record" \
+        in bad["error"]
+    res = CliRunner().invoke(cli, args)  # a rerun retries the dropped cell, fails it again
+    assert res.exit_code == 1 and "1 of 2 cells already finished" in res.output
+
+
+class NanEstimator:
+    @hookimpl
+    def register_estimators(self):
+        return [EstimatorSpec("nan_est", score=lambda inputs: float("nan")),
+                EstimatorSpec("text_est", score=lambda inputs: {"score": "high"})]
+
+
+def test_a_non_finite_estimate_fails_by_name_and_ranks_nothing(register_plugin):
+    from harness.run.rank import rank_matrix, resolve_estimators, top_backbones
+    system = register_plugin(TestkitPlugin(), name="testkit")
+    register_plugin(NanEstimator(), name="nan-plugin")
+    matrix = MatrixConfig(backbones=["testkit_tiny"], datasets=["testkit_quadrants,n_train=32"],
+                          strategies=["frozen"], runtimes=[], image_size=16, name="r")
+    rows = rank_matrix(system, matrix, resolve_estimators(system, ["nan_est", "text_est",
+                                                                   "hscore"]))
+    est = rows[0]["estimates"]
+    for name, shown in (("nan_est", "nan"), ("text_est", "'high'")):
+        assert est[name]["score"] is None
+        assert est[name]["error"].startswith(f"estimator {name!r} of plugin 'nan-plugin' (test)")
+        assert f"not a finite number ({shown})" in est[name]["error"]
+        assert top_backbones(rows, name, 1) == {}  # --rank-first keeps nothing by it
+    assert np.isfinite(est["hscore"]["score"])
+    assert top_backbones(rows, "hscore", 1) == {"testkit_quadrants,n_train=32": ["testkit_tiny"]}
+
+
+def _raising_write(store, out):
+    raise KeyError("test_metrics")
+
+
+class RaisingReporter:
+    @hookimpl
+    def register_reporters(self):
+        return [ReporterSpec("raiser", write=_raising_write)]
+
+
+def test_a_reporter_that_raises_is_named(register_plugin, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    system = register_plugin(RaisingReporter(), name="raising-plugin")
+    monkeypatch.setattr("harness.cli.get_plugins", lambda *a, **k: system)
+    (tmp_path / "run" / "cells").mkdir(parents=True)  # a run with no cell yet
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--format", "raiser"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "reporter 'raiser' of plugin 'raising-plugin' (test) failed while writing the " \
+           "report" in res.output and "KeyError: 'test_metrics'" in res.output

@@ -11,6 +11,7 @@ non-classification task) records its error and the ranking goes on. The tables a
 """
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from typing import Callable, Iterable, Optional
@@ -26,6 +27,7 @@ from ..train.features import extract_features
 from ..train.model import TransferModel
 from .cell import build_backbone, load_data
 from .config import AxisItem, CellConfig, MatrixConfig
+from .contracts import plugin_label
 
 DEFAULT_ESTIMATOR = "logme"
 
@@ -97,9 +99,15 @@ def frozen_inputs(plugins: PluginSystem, cfg: CellConfig,
     return inputs, facts
 
 
-def score(inputs: EstimatorInput, item: AxisItem, spec: EstimatorSpec) -> dict:
+def score(inputs: EstimatorInput, item: AxisItem, spec: EstimatorSpec,
+          who: Optional[str] = None) -> dict:
     """One estimate, timed: ``{"score", "seconds", ...diagnostics}``, or ``{"unavailable"}``
-    / ``{"error"}`` with the reason and ``score`` None."""
+    / ``{"error"}`` with the reason and ``score`` None.
+
+    A score that is not a finite number (NaN, inf, None, text) is the estimator's error:
+    the estimate says so by name (``who``, e.g. ``estimator 'x' of plugin 'p' (dist 1.0)``)
+    and ranks nothing, in ``bench rank`` and in ``--rank-first``."""
+    who = who or f"estimator {item.label()!r}"
     t0 = time.perf_counter()
     try:
         out = spec.score(inputs, **item.kwargs)
@@ -108,13 +116,23 @@ def score(inputs: EstimatorInput, item: AxisItem, spec: EstimatorSpec) -> dict:
     except TypeError as exc:
         if "argument" in str(exc):  # a parameter the estimator does not take
             raise ConfigError(f"estimator {item.label()!r}: {exc}") from None
-        return {"score": None, "error": f"TypeError: {exc}", "seconds": time.perf_counter() - t0}
+        return {"score": None, "error": f"{who} failed: TypeError: {exc}",
+                "seconds": time.perf_counter() - t0}
     except Exception as exc:  # a failing estimate records its error and the others go on
-        return {"score": None, "error": f"{type(exc).__name__}: {exc}",
+        return {"score": None, "error": f"{who} failed: {type(exc).__name__}: {exc}",
                 "seconds": time.perf_counter() - t0}
     seconds = time.perf_counter() - t0
     out = dict(out) if isinstance(out, dict) else {"score": out}
-    out["score"] = float(out["score"])
+    value = out.get("score")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number):
+        return {"score": None, "seconds": seconds,
+                "error": f"{who} returned a score that is not a finite number ({value!r}); "
+                         f"it ranks nothing until the estimator is fixed"}
+    out["score"] = number
     out["seconds"] = seconds
     return out
 
@@ -150,7 +168,8 @@ def rank_matrix(plugins: PluginSystem, matrix: MatrixConfig,
         row.update(facts)
         for item, spec in estimators:
             progress(f"{item.label()} {row['backbone']} on {row['dataset']}")
-            row["estimates"][item.label()] = score(inputs, item, spec)
+            row["estimates"][item.label()] = score(
+                inputs, item, spec, who=plugin_label(plugins, "estimators", spec.name))
         rows.append(row)
     return rows
 

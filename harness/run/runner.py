@@ -18,7 +18,8 @@ from ..train.device import Hardware, declared_hardware, resolve_hardware
 from ..measure.env import environment, package_versions
 from ..api.errors import BenchError, ConfigError, UnknownName
 from ..measure.lifetime import sweep_temp_folders
-from .executor import CellJob, cell_needs_gpu, recipe_for
+from .executor import CellJob, cell_needs_gpu, failure_record, recipe_for
+from .contracts import PluginFault, plugin_label
 from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
 from .weights_plan import plan_lines, refuse_target_pretraining
@@ -351,7 +352,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         print(f"resuming {path}: {done_before} of {len(keyed)} cells already finished",
               file=sys.stderr)
     driver = _Driver(plugins, matrix, store, _progress_bar(len(keyed), done_before,
-                                                           show_progress), keep_onnx)
+                                                           show_progress), keep_onnx, executor)
     driver.drive(runner, todo, made_here)
     atomic_write_json(path / "config.json", config)
     return store
@@ -390,13 +391,16 @@ def _open_run_folder(plugins: PluginSystem, path: Path, fresh: bool, config: dic
 
 class _Driver:
     """Hands the executor the cells this run may run (claimed one by one), saves each
-    record as it arrives, and waits for the cells another run holds."""
+    record as it arrives, accounts for every cell the executor was handed (one it returned
+    no record for is a failed cell) and waits for the cells another run holds."""
 
     def __init__(self, plugins: PluginSystem, matrix: MatrixConfig, store: RunStore, bar,
-                 keep_onnx: bool):
+                 keep_onnx: bool, executor: str = "executor"):
         self.plugins, self.matrix, self.store, self.bar = plugins, matrix, store, bar
         self.keep_onnx = keep_onnx
+        self.executor = executor
         self.claims: dict = {}
+        self.done: set = set()  # keys whose record came back through on_done
 
     def claimed(self, jobs: list, held: list):
         """The jobs this run may run now, claimed one by one as the executor draws them."""
@@ -427,6 +431,7 @@ class _Driver:
                         onnx_dir=self.store.path / "onnx" if self.keep_onnx else None)
 
     def on_done(self, rec: dict) -> None:
+        self.done.add(rec.get("key"))
         try:
             self.save(rec)
             save_with_retries("the results", self.store.path / "results.json",
@@ -439,6 +444,24 @@ class _Driver:
             self.bar.write(f"cell failed: {rec['config'].get('backbone')} / "
                            f"{rec['config'].get('strategy')}: {rec.get('error')}")
         self.bar.update(1)
+
+    def account(self, jobs: list, held: list) -> None:
+        """A failed record for each job the executor returned no record for (it dropped
+        the cell, or never drew it), so the run's table and exit status say so."""
+        held_keys = {j.key for j in held}
+        for job in jobs:
+            if job.key in self.done or job.key in held_keys \
+                    or self.store.finished(job.key) is not None:
+                continue
+            if job.key not in self.claims:  # never drawn: claim it before writing its record
+                c = self.store.claim(job.key)
+                if c is None:
+                    continue  # another bench run is running it
+                self.claims[job.key] = c
+            who = plugin_label(self.plugins, "executors", self.executor)
+            self.on_done(failure_record(job, "failed", (
+                f"{who} returned no record for this cell: an executor calls on_done once for "
+                f"every cell it is handed (harness.run.executor.Executor.run)")))
 
     def drive(self, runner, todo: list, made_here: bool) -> None:
         """Run ``todo``, then the cells other runs held, until none is left; always leave
@@ -455,6 +478,13 @@ class _Driver:
                         shutil.rmtree(path, ignore_errors=True)  # nothing half-made stays
                         removed = True
                     raise
+                except (BenchError, KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:
+                    raise PluginFault(f"{plugin_label(self.plugins, 'executors', self.executor)}"
+                                      f" failed while running cells: {type(exc).__name__}: "
+                                      f"{exc}") from exc
+                self.account(pending, held)
                 if not held:
                     break
                 self.bar.write(f"waiting for {len(held)} cell(s) that another bench run is "
