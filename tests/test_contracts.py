@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import BackboneSpec, EstimatorSpec, ExecutorSpec, ReporterSpec, StrategySpec, WeightSourceSpec, hookimpl
+from harness import BackboneSpec, EstimatorSpec, ExecutorSpec, ReporterSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, hookimpl
 from harness.measure.latency import MeasureSettings
 from harness.run.config import MatrixConfig
 from harness.run.runner import run_matrix
@@ -234,3 +234,120 @@ def test_a_reporter_that_raises_is_named(register_plugin, tmp_path, monkeypatch)
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "reporter 'raiser' of plugin 'raising-plugin' (test) failed while writing the " \
            "report" in res.output and "KeyError: 'test_metrics'" in res.output
+
+
+# -- runtimes: outputs compared with PyTorch's, every precision --------------------------------
+SEEN_TYPES: list = []
+
+
+def _measure(art, profile, settings, sign: float = 1.0, outputs: bool = True):
+    from harness.measure.latency import measure
+    SEEN_TYPES.append((type(art.test_images), type(art.calibration)))
+    x = torch.from_numpy(art.test_images[:1])
+    with torch.inference_mode():
+        stats = measure(lambda: art.model(x), 1, settings)
+        row = {"precision": "fp32", "stats": stats}
+        if outputs:
+            row["test_outputs"] = sign * art.model(torch.from_numpy(art.test_images)).numpy()
+    return [row]
+
+
+def negated_measure(art, profile, settings):
+    return _measure(art, profile, settings, sign=-1.0)
+
+
+def silent_measure(art, profile, settings):
+    return _measure(art, profile, settings, outputs=False)
+
+
+class Runtimes:
+    def __init__(self, measure):
+        self.measure = measure
+
+    @hookimpl
+    def register_runtimes(self):
+        return [RuntimeSpec("neg-rt", available=lambda: (True, ""), measure=self.measure)]
+
+
+def _latency_run(system, tmp_path):
+    matrix = MatrixConfig(backbones=["testkit_tiny"], datasets=["testkit_quadrants,n_train=32"],
+                          strategies=["finetune"], runtimes=["pytorch", "neg-rt"],
+                          profiles=["t"], custom_profiles={"t": {"batch_size": 1, "threads": 1}},
+                          image_size=16, name="rt", train=TrainSettings(epochs=1, batch_size=16),
+                          latency=MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3,
+                                                  min_s=0.0, isolate=False))
+    return run_matrix(system, matrix, tmp_path, show_progress=False)
+
+
+def test_a_runtime_whose_outputs_disagree_is_marked_left_out_and_measured_again(
+        register_plugin, tmp_path):
+    from harness.report.recommend import candidates
+    from harness.report.table import report_text
+    register_plugin(TestkitPlugin(), name="testkit")
+    system = register_plugin(Runtimes(negated_measure), name="neg-plugin")
+    SEEN_TYPES.clear()
+    store = _latency_run(system, tmp_path)
+    (rec,) = store.records()
+    assert rec["status"] == "ok"
+    rows = {r["runtime"]: r for r in rec["latency"]}
+    assert rows["pytorch"]["outputs_check"]["ok"] is True
+    bad = rows["neg-rt"]
+    assert bad["outputs_check"]["ok"] is False and bad["outputs_check"]["rel_rms"] > 1.9
+    assert bad["outputs_check"]["tolerance"] == 1e-3 and bad["outputs_check"]["images"] == 64
+    assert "runtime 'neg-rt' of plugin 'neg-plugin' (test)" in bad["disagrees"]
+    assert rec["failed_measurements"] == ["neg-rt t fp32"]
+    assert {c.runtime for c in candidates([rec])} == {"pytorch"}
+    text = report_text(store.records())
+    assert "DISAGREES with PyTorch" in text and "left out of the recommendation" in text
+    # the run hands runtimes numpy images, as the test kit does
+    assert SEEN_TYPES == [(np.ndarray, np.ndarray)]
+    assert store.finished(rec["key"]) is None  # a rerun measures it again, no --fresh
+    system.unregister("neg-plugin")
+    register_plugin(Runtimes(_measure), name="neg-plugin")  # the fixed plugin
+    (rec2,) = _latency_run(system, tmp_path).records()
+    assert rec2["key"] == rec["key"] and rec2["status"] == "ok"
+    assert "failed_measurements" not in rec2
+    assert all(r["outputs_check"]["ok"] for r in rec2["latency"])
+
+
+def test_a_runtime_that_returns_no_outputs_is_marked_unverified(register_plugin, tmp_path):
+    from harness.report.table import report_text
+    register_plugin(TestkitPlugin(), name="testkit")
+    system = register_plugin(Runtimes(silent_measure), name="neg-plugin")
+    store = _latency_run(system, tmp_path)
+    (rec,) = store.records()
+    row = {r["runtime"]: r for r in rec["latency"]}["neg-rt"]
+    assert row["outputs_check"]["ok"] is None and "returned no test_outputs" in \
+        row["outputs_check"]["problem"]
+    assert "unverified" in report_text(store.records())
+
+
+# -- a plugin distribution's version is part of every cell's key --------------------------------
+def test_a_new_version_of_a_plugin_distribution_changes_the_cell_keys(tmp_path, monkeypatch):
+    import importlib
+    import os
+    import shutil
+    import sys
+
+    from harness.api.manager import ONLY_ENV, PluginSystem
+    from harness.measure.env import package_versions
+    from test_plugins import GOOD, make_dist
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv(ONLY_ENV, os.environ.get(ONLY_ENV, ""))
+    matrix = MatrixConfig(backbones=["good_net"], datasets=["synthetic"], strategies=["frozen"],
+                          runtimes=[], image_size=16, name="v")
+    keys = []
+    for version in ("1.0", "1.1"):
+        shutil.rmtree(site)
+        site.mkdir()
+        make_dist(site, "good-dist", version, {"good_plugin_v": GOOD}, {"good": "good_plugin_v"})
+        importlib.invalidate_caches()
+        system = PluginSystem()
+        versions = package_versions(system)
+        assert versions["plugin good"] == f"good-dist {version}"
+        keys.append([c.key(versions) for c in matrix.cells()])
+        sys.modules.pop("good_plugin_v", None)
+    assert keys[0] != keys[1]

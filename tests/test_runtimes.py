@@ -139,6 +139,13 @@ def test_every_runtime_measures_a_tiny_model_with_parity_and_accuracy_after(plug
     if name != "pytorch":  # PyTorch is the reference the others are compared with
         parity = fp32.get("parity") or rec["onnx"]["parity"]
         assert parity["ok"] and parity["max_abs_diff"] <= 1e-3
+    # the cell compares every measured precision's outputs on the test images with PyTorch's
+    for row in rows.values():
+        if "stats" in row:
+            check = row["outputs_check"]
+            print(name, row["precision"], check)
+            assert check["ok"] and check["images"] == 64, check
+            assert check["rel_rms"] <= check["tolerance"] and "disagrees" not in row
     for prec in ("int8", "bf16"):
         row = rows[(name, prec)]
         if "unavailable" in row:

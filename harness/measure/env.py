@@ -17,7 +17,8 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 
 
 def package_versions(plugins=None) -> dict:
-    """Installed versions of the core packages and of every registered runtime's packages.
+    """Installed versions of the core packages, of every registered runtime's packages and
+    (as ``"plugin NAME": "DIST VERSION"``) of every third-party plugin loaded.
 
     Args:
         plugins: the :class:`~harness.api.manager.PluginSystem` whose runtimes count;
@@ -33,6 +34,11 @@ def package_versions(plugins=None) -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             pass
+    # third-party plugins by distribution and version: a new version of a plugin measures
+    # again (new cell keys) instead of reusing what the old one produced
+    for name, info in sorted(getattr(plugins, "infos", {}).items()):
+        if info.origin != "built-in" and not info.error and not info.disabled:
+            out[f"plugin {name}"] = info.origin
     return out
 
 

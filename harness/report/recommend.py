@@ -116,7 +116,8 @@ class Recommendation:
 
 
 def candidates(records: Iterable[dict]) -> list[Candidate]:
-    """Every (configuration, profile, runtime, precision) measured in finished cells."""
+    """Every (configuration, profile, runtime, precision) measured in finished cells, less
+    the rows whose outputs disagree with PyTorch's (``outputs_check.ok`` False)."""
     groups: dict = {}
     for rec in records:
         if rec.get("status") != "ok" or not rec.get("metric_name"):
@@ -126,6 +127,8 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
             st = lat.get("stats")
             if not st or st.get("p50_ms") is None:
                 continue
+            if (lat.get("outputs_check") or {}).get("ok") is False:
+                continue  # outputs that disagree with PyTorch's: not a deployable variant
             metric = row_metric(rec, lat)  # fp32 metric or accuracy after, same images
             if metric is None:
                 continue

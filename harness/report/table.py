@@ -52,7 +52,27 @@ def unmeasured_notes(records: list[dict]) -> list[str]:
             if why not in reasons[k]:
                 reasons[k].append(why)
     return [f"{rt} {prec} ({prof} profile): not measured: " + "; ".join(whys)
-            for (rt, prof, prec), whys in reasons.items()]
+            for (rt, prof, prec), whys in reasons.items()] + output_check_notes(records)
+
+
+def output_check_notes(records: list[dict]) -> list[str]:
+    """One line per latency row whose outputs disagree with PyTorch's (marked
+    ``DISAGREES`` in the table, left out of the recommendation) and per runtime whose
+    outputs were not compared (marked ``unverified``)."""
+    notes: list[str] = []
+    for rec in records:
+        for lat in rec.get("latency", []):
+            check = lat.get("outputs_check") or {}
+            if lat.get("disagrees"):
+                line = f"{lat.get('profile')} profile: {lat['disagrees']}"
+            elif check.get("ok") is None and check.get("problem"):
+                line = (f"{lat.get('runtime')} {lat.get('precision')} ({lat.get('profile')} "
+                        f"profile) unverified: {check['problem']}")
+            else:
+                continue
+            if line not in notes:
+                notes.append(line)
+    return notes
 
 
 def _latency_cell(rec: dict, key: tuple) -> str:
@@ -64,6 +84,11 @@ def _latency_cell(rec: dict, key: tuple) -> str:
                 if lat.get("accuracy_after") is not None:  # the task's primary metric
                     s += (f" ({rec.get('metric_name') or 'metric'} "
                           f"{lat['accuracy_after']:.3f}{subset_text(rec, lat)})")
+                check = (lat.get("outputs_check") or {}).get("ok")
+                if check is False:
+                    s += " DISAGREES with PyTorch"
+                elif check is None and lat.get("outputs_check"):
+                    s += " unverified"
                 return s
             return "n/a: " + str(lat.get("unavailable") or lat.get("error") or "?")[:60]
     return "-"

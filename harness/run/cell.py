@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from .config import CellConfig
@@ -72,16 +73,22 @@ def gmacs(module: torch.nn.Module, image_size: int) -> Optional[float]:
 class Artifacts:
     """What a runtime plugin measures: the trained model, its ONNX file, sample data.
 
+    The same types reach a runtime in ``bench run`` (in its worker process, or in this one)
+    and in the test kit's :func:`harness.testkit.check_runtime`: images are numpy arrays.
+
     Attributes:
-        model: the trained :class:`harness.train.model.TransferModel` (eval mode; takes
-            float images in [0, 1], normalization inside).
+        model: the trained :class:`harness.train.model.TransferModel` (eval mode, on the
+            CPU, fp32; takes float images in [0, 1], normalization inside).
         image_size: the input size (square).
         workdir: a temporary folder for the runtime's own files (removed after the cell).
         onnx_path: the exported ONNX file when the runtime's spec says ``needs_onnx``.
-        calibration: float images in [0, 1] from the training split, for int8 calibration.
+        calibration: float32 numpy ``(N, 3, S, S)`` images in [0, 1] from the training
+            split, for int8 calibration.
         evaluate_outputs: ``f(outputs on test_images) -> metrics`` (the task's metrics).
-        test_images: float test images in [0, 1]; outputs on them, returned as
-            ``test_outputs``, become ``accuracy_after``.
+        test_images: float32 numpy ``(N, 3, S, S)`` test images in [0, 1] (at most 512).
+            Outputs on them, returned as ``test_outputs`` for every precision, are
+            compared with PyTorch's (:func:`harness.run.contracts.check_runtime_row`);
+            for precisions other than fp32 they also become ``accuracy_after``.
         extra: free-form; ``{}``.
     """
 
@@ -89,9 +96,9 @@ class Artifacts:
     image_size: int
     workdir: Path
     onnx_path: Optional[Path] = None
-    calibration: Optional[torch.Tensor] = None  # float images in [0, 1] for int8 calibration
+    calibration: Optional[np.ndarray] = None  # float images in [0, 1] for int8 calibration
     evaluate_outputs: Optional[Callable] = None  # f(outputs on test images) -> metrics
-    test_images: Optional[torch.Tensor] = None
+    test_images: Optional[np.ndarray] = None
     extra: dict = field(default_factory=dict)
 
 
@@ -224,6 +231,9 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     release_cuda_memory()  # the latency workers measure on this GPU: leave them its memory
     rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
                                       rec, onnx_dir)
+    failed = contracts.failed_measurements(rec["latency"])
+    if failed:  # the cell is ok, but a rerun measures it again (RunStore.finished)
+        rec["failed_measurements"] = failed
 
 
 def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferModel:
@@ -288,8 +298,8 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
     # on the same images, not on a subset (issue 25).
     test_x, test_y = data.test.images, data.test.targets
     art = Artifacts(model=model.eval(), image_size=cfg.image_size, workdir=workdir,
-                    calibration=data.train.images[:64].float() / 255.0,
-                    test_images=test_x.float() / 255.0,
+                    calibration=(data.train.images[:64].float() / 255.0).numpy(),
+                    test_images=(test_x.float() / 255.0).numpy(),
                     evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
                                                               data.info))
     runtimes = [plugins.runtimes.get(r) for r in cfg.runtimes]
@@ -344,7 +354,9 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                                   f"conversion would not be comparable with the fp32 test "
                                   f"metric, so the row is not reported")
                     outputs = None
-                if outputs is not None:
+                contracts.check_runtime_row(plugins, rt.name, r, outputs,
+                                            lambda: reference(model, art))
+                if outputs is not None and r.get("precision") != "fp32":
                     metrics = art.evaluate_outputs(outputs)
                     r["accuracy_after"] = metrics.get(task.primary_metric)
                     r["metric_after"] = task.primary_metric
@@ -353,6 +365,13 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                     r["evaluated_on"] = int(len(outputs))  # == the test set's size
                 out.append({**base, **r})
     return out
+
+
+def reference(model, art) -> np.ndarray:
+    """PyTorch's outputs on ``art.test_images``, computed once per cell."""
+    if "reference_outputs" not in art.extra:
+        art.extra["reference_outputs"] = contracts.reference_outputs(model, art.test_images)
+    return art.extra["reference_outputs"]
 
 
 def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = True,

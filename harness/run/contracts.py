@@ -247,3 +247,83 @@ def check_training(plugins, strategy_name: str, declared: list, before: dict,
                           f"what it declares trained")
     return {"declared_trained": len(declared), "declared_frozen": len(frozen),
             "changed": len(changed)}
+
+
+# -- runtimes: outputs against PyTorch's -------------------------------------------------------
+#: Largest relative RMS difference ``||out - ref|| / ||ref||`` of a runtime's outputs from
+#: PyTorch eager fp32's on the same test images, per precision; other precisions get
+#: :data:`DEFAULT_TOLERANCE`. fp32 allows operator reordering, fp16/bf16 their rounding,
+#: int8 its quantization error; a runtime off by more computes something else (negated
+#: or shuffled outputs differ by about 1.4-2, zeros by 1).
+OUTPUT_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 2e-2, "bf16": 5e-2, "int8": 0.3}
+DEFAULT_TOLERANCE = 0.3
+
+
+def reference_outputs(model: nn.Module, images, batch: int = 64):
+    """PyTorch eager fp32 outputs of ``model`` (on the CPU) on ``images`` (numpy
+    ``(N, 3, S, S)`` float32 in [0, 1]), as a float32 numpy array."""
+    import numpy as np
+
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    with torch.inference_mode():
+        outs = [model(x[i:i + batch]).float() for i in range(0, len(x), batch)]
+    return torch.cat(outs).numpy()
+
+
+def compare_outputs(outputs, reference, precision: str) -> dict:
+    """How far a runtime's outputs on the test images are from PyTorch's.
+
+    Returns ``{"ok", "rel_rms", "max_abs_diff", "tolerance", "images", "metric",
+    "against"}`` (``ok`` False with a ``problem`` for a shape mismatch or non-finite
+    outputs), the ``outputs_check`` of a latency row."""
+    import numpy as np
+
+    tol = OUTPUT_TOLERANCE.get(precision, DEFAULT_TOLERANCE)
+    out = {"tolerance": tol, "metric": "relative RMS difference ||out - ref|| / ||ref||",
+           "against": "PyTorch eager fp32 (CPU) on the same test images"}
+    try:
+        got = np.asarray(outputs, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        return {**out, "ok": False, "problem": f"test_outputs are not an array: {exc}"}
+    ref = np.asarray(reference, dtype=np.float32)
+    out["images"] = int(ref.shape[0])
+    if got.shape != ref.shape:
+        return {**out, "ok": False, "problem": f"test_outputs have shape {got.shape}, "
+                f"PyTorch's {ref.shape}"}
+    if not np.isfinite(got).all():
+        return {**out, "ok": False, "problem": "test_outputs hold NaN or inf"}
+    diff = got - ref
+    norm = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) if ref.size else 0.0
+    rms = float(np.sqrt(np.mean(diff.astype(np.float64) ** 2))) if diff.size else 0.0
+    rel = rms / norm if norm > 0 else (0.0 if rms == 0 else float("inf"))
+    return {**out, "ok": bool(rms <= tol * norm + 1e-6), "rel_rms": rel,
+            "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0}
+
+
+def check_runtime_row(plugins, runtime: str, row: dict, outputs,
+                      reference: Callable[[], object]) -> None:
+    """Set ``row["outputs_check"]`` (:func:`compare_outputs`, or ``ok`` None when the
+    runtime returned no outputs to compare) and, for outputs that disagree, ``row
+    ["disagrees"]``: a sentence naming the runtime's plugin. Such a row is marked in the
+    table and left out of the recommendation; the next run measures it again."""
+    if not row.get("stats"):
+        return
+    prec = str(row.get("precision"))
+    if outputs is None:
+        row["outputs_check"] = {"ok": None, "problem": "not compared: the runtime returned no "
+                                "test_outputs (outputs on artifacts.test_images)"}
+        return
+    check = row["outputs_check"] = compare_outputs(outputs, reference(), prec)
+    if not check["ok"]:
+        why = check.get("problem") or (f"relative RMS difference {check['rel_rms']:.3g} > "
+                                       f"{check['tolerance']:g} allowed for {prec}")
+        row["disagrees"] = (f"{plugin_label(plugins, 'runtimes', runtime)}: its {prec} "
+                            f"outputs disagree with PyTorch's on {check.get('images', '?')} "
+                            f"test images ({why}); left out of the recommendation")
+
+
+def failed_measurements(rows: list) -> list:
+    """``RUNTIME PROFILE PRECISION`` of each latency row that failed (an error, or outputs
+    that disagree with PyTorch's): a rerun measures the cell again for them."""
+    return [f"{r.get('runtime')} {r.get('profile')} {r.get('precision')}" for r in rows
+            if r.get("error") or (r.get("outputs_check") or {}).get("ok") is False]

@@ -22,7 +22,8 @@ run while the first still goes, Ray and process workers). Three rules keep it co
   runs it, so no cell runs twice at once; a run that finds a cell claimed waits for it;
 * **write rule** - under the folder's write lock, a cell record is only replaced by a
   newer *finished* one: ``running`` never replaces a finished record, and an ``ok``
-  record is never replaced (``--fresh`` starts a new folder instead);
+  record is never replaced (``--fresh`` starts a new folder instead) unless it lists
+  ``failed_measurements`` (then the next run measures the cell again);
 * **one source** - ``results.json`` / ``results.csv`` are rebuilt from ``cells/`` under the
   same lock, and a ``running`` record whose claim nobody holds (its run was killed) is
   rewritten as ``interrupted`` first, so the files never disagree and a report never shows
@@ -245,9 +246,12 @@ class RunStore:
             return None
 
     def finished(self, key: str) -> Optional[dict]:
-        """The cell's record if it finished ok, else None (failed cells run again)."""
+        """The cell's record if it finished ok, else None: failed cells run again, and so
+        do ok cells with failed measurements (``failed_measurements``: a runtime that
+        raised or whose outputs disagreed with PyTorch's), so a fixed plugin is measured
+        again without ``--fresh``."""
         rec = self._read_cell(key)
-        return rec if rec is not None and rec.get("status") == "ok" else None
+        return rec if _complete(rec) else None
 
     def write_cell(self, rec: dict) -> bool:
         """Write a cell's record under the write rule; False when the rule kept the old one.
@@ -333,11 +337,16 @@ class RunStore:
         return rows
 
 
+def _complete(rec: Optional[dict]) -> bool:
+    """An ok record with no failed measurement: never run again, never replaced."""
+    return bool(rec) and rec.get("status") == "ok" and not rec.get("failed_measurements")
+
+
 def _may_replace(old: Optional[dict], new: dict) -> bool:
     """The write rule of :meth:`RunStore.write_cell`."""
     if old is None or old.get("status") not in FINISHED:
         return True  # absent, corrupt, or running
-    if old.get("status") == "ok" or new.get("status") not in FINISHED:
+    if _complete(old) or new.get("status") not in FINISHED:
         return False
     return float(new.get("finished") or 0) >= float(old.get("finished") or 0)
 

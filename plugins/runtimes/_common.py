@@ -244,7 +244,7 @@ def measure_converted(art, profile, settings, refuse: Callable[[str], Optional[s
                    "memory": {**mem.as_dict(), "scope": scope}, **loaded.info,
                    "file_mb": file_mb(path), **how}
             row["parity"] = parity_vs_pytorch(art, x, loaded.run(x), strict=(prec == "fp32"))
-            if prec != "fp32" and test is not None:
+            if test is not None:  # compared with PyTorch by the cell, every precision
                 row["test_outputs"] = fixed_batch_outputs(loaded.run, test, profile.batch_size)
             rows.append(row)
         except Exception as exc:  # one precision failing does not hide the others

@@ -228,7 +228,7 @@ def ort_measure(art, profile, settings) -> list[dict]:
                    "spinning": "off", "provider": sess.get_providers()[0],
                    "memory": {**mem.as_dict(), "scope": "session creation + inference"},
                    "file_mb": file_mb(path), **how}
-            if prec != "fp32" and test is not None:
+            if test is not None:  # compared with PyTorch by the cell, every precision
                 row["test_outputs"] = batched_outputs(lambda c: sess.run(None, {name: c})[0],
                                                       test, max(profile.batch_size, 64))
             rows.append(row)
@@ -332,7 +332,7 @@ def _measure_gpu(art, profile, settings, provider: str, options: dict,
                             "provider has no TF32 switch (its TensorRT builds allow TF32)")
     row["parity"] = gpu_parity(art, x, first, prec, tf32)
     test = as_float_images(art.test_images)
-    if prec != "fp32" and test is not None:
+    if test is not None:  # compared with PyTorch by the cell, every precision
         row["test_outputs"] = batched_outputs(lambda c: sess.run(None, {name: c})[0], test,
                                               profile.batch_size)
     return row

@@ -41,11 +41,17 @@ def pytorch_measure(art, profile, settings) -> list[dict]:
                 x = torch.from_numpy(inputs(art, profile))
                 with torch.inference_mode():
                     stats = measure(lambda: model(x), profile.batch_size, settings)
-            rows.append({"precision": prec, "stats": stats, "device": "cpu", "threads": n,
-                         "memory": {**mem.as_dict(), "scope": "inference (model already "
-                                                              "loaded; weights in file_mb)"},
-                         "file_mb": _model_file_mb(art),
-                         "file": "torch.save of the trained model"})
+            row = {"precision": prec, "stats": stats, "device": "cpu", "threads": n,
+                   "memory": {**mem.as_dict(), "scope": "inference (model already "
+                                                        "loaded; weights in file_mb)"},
+                   "file_mb": _model_file_mb(art), "file": "torch.save of the trained model"}
+            test = as_float_images(art.test_images)
+            if test is not None:  # compared with the cell's own model by the cell
+                with torch.inference_mode():
+                    row["test_outputs"] = batched_outputs(
+                        lambda c: model(torch.from_numpy(c)).float().numpy(), test,
+                        max(profile.batch_size, 32))
+            rows.append(row)
     finally:
         torch.set_num_threads(old)
     return rows
@@ -119,7 +125,7 @@ def pytorch_cuda_measure(art, profile, settings) -> list[dict]:  # pragma: no co
                    "gpu_memory": {"peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                                   "method": "torch.cuda.max_memory_allocated"}}
             row["parity"] = gpu_parity(art, x, got, prec, tf32)
-            if prec != "fp32" and test is not None:
+            if test is not None:  # compared with PyTorch by the cell, every precision
                 with torch.inference_mode():
                     row["test_outputs"] = batched_outputs(run, test, max(profile.batch_size, 32))
             rows.append(row)

@@ -297,7 +297,7 @@ def tensorrt_measure(art, profile, settings) -> list[dict]:  # pragma: no cover 
                    "gpu_memory": {"engine_activation_mb": runner.device_memory_mb(),
                                   "method": "ICudaEngine device memory size (activations)"}}
             row["parity"] = gpu_parity(art, x, runner.run(x), prec, info["tf32"])
-            if prec != "fp32" and test is not None:
+            if test is not None:  # compared with PyTorch by the cell, every precision
                 row["test_outputs"] = batched_outputs(runner.run, test, profile.batch_size)
             rows.append(row)
         except Exception as exc:  # one precision failing does not hide the others
