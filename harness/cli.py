@@ -447,8 +447,11 @@ def _open_run(ctx: click.Context, run: str):
               help="Write to this file/folder (html: default RUN/report/report.html).")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Latency budget (p50, ms) of the recommendation; default: no limit.")
+@click.option("--mix-devices", is_flag=True,
+              help="Rank GPU and CPU latency rows in one recommendation pool (default: a "
+                   "pool each; their latencies answer different deployment questions).")
 @click.pass_context
-def report_cmd(ctx, run, fmt, out, budget_ms):
+def report_cmd(ctx, run, fmt, out, budget_ms, mix_devices):
     """Show a finished (or interrupted) run."""
     import inspect
 
@@ -468,6 +471,12 @@ def report_cmd(ctx, run, fmt, out, budget_ms):
     if budget_ms is not None and not kw:
         click.echo(f"note: reporter {fmt!r} has no recommendation; --budget-ms ignored",
                    err=True)
+    if mix_devices:
+        if "mix_devices" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kw["mix_devices"] = True
+        else:
+            click.echo(f"note: reporter {fmt!r} does not pool devices; --mix-devices ignored",
+                       err=True)
     from .run.contracts import PluginFault, blame
     try:
         with blame(get_plugins(), "reporters", fmt, f"writing the report of {run}"):

@@ -32,15 +32,16 @@ def _ranking(store, records, fmt: str) -> str:
     return "\n\n" + ranking_text(json.loads(path.read_text()), records, fmt=fmt)
 
 
-def write_table(store, out=None, budget_ms: Optional[float] = None):
+def write_table(store, out=None, budget_ms: Optional[float] = None, mix_devices: bool = False):
     records = store.records()
-    return _emit(report_text(records, budget_ms) + _ranking(store, records, "simple") + "\n",
-                 out)
+    return _emit(report_text(records, budget_ms, mix_devices=mix_devices)
+                 + _ranking(store, records, "simple") + "\n", out)
 
 
-def write_markdown(store, out=None, budget_ms: Optional[float] = None):
+def write_markdown(store, out=None, budget_ms: Optional[float] = None,
+                   mix_devices: bool = False):
     records = store.records()
-    return _emit(report_text(records, budget_ms, fmt="github")
+    return _emit(report_text(records, budget_ms, fmt="github", mix_devices=mix_devices)
                  + _ranking(store, records, "github") + "\n", out)
 
 

@@ -141,11 +141,12 @@ def test_gpu_and_cpu_rows_are_recommended_in_separate_pools_unless_asked():
                 "higher_is_better": True, "test_metrics": {"accuracy": acc}, "latency": rows}
 
     cpu = {"runtime": "onnxruntime", "profile": "server", "precision": "fp32",
-           "device": "cpu", "stats": {"p50_ms": 9.0}}
+           "device": "cpu", "stats": {"p50_ms": 9.0, "p90_ms": 9.5}}
     gpu = {"runtime": "tensorrt", "profile": "server", "precision": "fp32",
-           "device": "NVIDIA H200", "stats": {"p50_ms": 0.8}, "gpu_compute": {"p50_ms": 0.5}}
+           "device": "NVIDIA H200", "stats": {"p50_ms": 0.8, "p90_ms": 0.9},
+           "gpu_compute": {"p50_ms": 0.5}}
     records = [rec("big", 0.9, [cpu, gpu]), rec("small", 0.7, [{**cpu, "stats": {
-        "p50_ms": 2.0}}])]
+        "p50_ms": 2.0, "p90_ms": 2.2}}])]
     recs = recommend(records, budget_ms=3.0)
     by_hw = {r.hardware: r for r in recs}
     assert set(by_hw) == {"cpu", "gpu"}
@@ -155,6 +156,11 @@ def test_gpu_and_cpu_rows_are_recommended_in_separate_pools_unless_asked():
     assert "server (GPU)" in format_recommendations(recs)
     (mixed,) = recommend(records, budget_ms=3.0, mix_devices=True)
     assert mixed.hardware == "cpu+gpu" and mixed.pick.runtime == "tensorrt"
+    # the table reporter pools them only when asked (bench report --mix-devices)
+    from plugins.reporters import write_table
+    store = types.SimpleNamespace(records=lambda: records, path="/nonexistent-run")
+    assert "server (GPU)" in write_table(store, budget_ms=3.0)
+    assert "server (CPU+GPU)" in write_table(store, budget_ms=3.0, mix_devices=True)
 
 
 def _gpu_check():

@@ -227,3 +227,43 @@ def test_the_converted_files_compute_what_the_model_computes(art):
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         scale = max(1.0, float(np.abs(ref).max()))
         assert np.abs(got - ref).max() <= tol * scale, precision
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_the_installed_tensorrt_module_is_the_one_used(art, monkeypatch, major):
+    """A ``tensorrt`` of either version in sys.modules: build_engine imports it (no ``trt``
+    argument), and without a GPU the runtime says the GPU is what is missing."""
+    import importlib.machinery
+    import sys
+    trt = fake_tensorrt(major)
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    path, _ = trt_rt.onnx_for(art, "fp16", trt_rt.typing_of(trt))
+    _, info = trt_rt.build_engine(path, 2, SIZE, "fp16")
+    assert info["typing"] == ("weak" if major == 10 else "strong")
+    assert trt.built and trt.built[-1]["flags"] == (["FP16", "TF32"] if major == 10
+                                                    else ["TF32"])
+    ok, why = trt_rt.tensorrt_available()
+    if not torch.cuda.is_available():
+        assert not ok and "CUDA" in why and "not installed" not in why
+
+
+def test_the_gpu_extra_installs_exactly_one_onnx_runtime():
+    """onnxruntime and onnxruntime-gpu share a package folder: the core requires neither,
+    [cpu] brings the CPU build and [gpu] the GPU build, never both."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+
+    def names(text):
+        return {line.split(";")[0].split("=")[0].split(">")[0].split("<")[0].split("[")[0]
+                .strip().lower() for line in text.splitlines() if line.strip()}
+
+    core = names(cfg["options"]["install_requires"])
+    extras = {k: names(v) for k, v in cfg["options.extras_require"].items()}
+    ort = {"onnxruntime", "onnxruntime-gpu"}
+    assert not core & ort
+    assert extras["cpu"] & ort == {"onnxruntime"}
+    assert extras["gpu"] & ort == {"onnxruntime-gpu"} and "tensorrt" in extras["gpu"]
+    for name, reqs in extras.items():
+        assert len(reqs & ort) <= 1, name
