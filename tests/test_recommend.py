@@ -195,7 +195,16 @@ def test_separated_intervals_keep_the_most_accurate():
     assert r.pick.strategy == "finetune" and r.verdict.startswith("clear")
 
 
-def test_one_seed_says_uncertainty_is_unknown():
+def test_one_seed_pick_says_uncertain_in_words():
     (r,) = [x for x in recommend(RECORDS) if x.device_class == "server"]
-    assert r.verdict == "uncertainty unknown (1 seed)"
-    assert "uncertainty unknown" in format_recommendations([r])
+    assert r.verdict.startswith("uncertain: one seed") and "--seeds 3" in r.verdict
+    text = format_recommendations([r])
+    assert "(1 seed)" in text and "Uncertain: a pick from one seed has no interval" in text
+
+
+def test_three_seeds_state_their_interval_and_drop_the_uncertain_line():
+    recs = _seeds("big", "finetune", [0.90, 0.91, 0.92], 20.0)
+    (r,) = recommend(recs)
+    assert not r.verdict.startswith("uncertain")
+    text = format_recommendations([r])
+    assert "0.910 ± 0.025 (n=3)" in text and "Uncertain" not in text

@@ -90,6 +90,7 @@ def environment(plugins=None) -> dict:
     import torch
 
     from .allocator import state as allocator_state
+    from .latency import load_average, usable_cpus
     return {
         "versions": package_versions(plugins),
         "platform": platform.platform(),
@@ -102,6 +103,10 @@ def environment(plugins=None) -> dict:
         "gpu": gpu_info(),
         "allocator": allocator_state(),
         "argv": sys.argv,
+        # context for the latency figures (each row has its own in stats.noise);
+        # bench run adds "at_end" when the run finishes
+        "load_average": {"what": "os.getloadavg(): 1, 5, 15 minutes",
+                         "usable_cpus": usable_cpus(), "at_start": load_average()},
     }
 
 

@@ -5,6 +5,20 @@ single calls until both a minimum count and a minimum duration are met. Statisti
 those trusted tools report: mean, p50, p90, p95, p99, standard deviation, coefficient of
 variation, IQR, throughput; the raw timings are kept for later tests.
 
+Stability (issue 25; /work/shared/MEASUREMENT.md). Beside MLPerf's minimum duration and
+count, a measurement must be *stable* to count as clean (:func:`stability`): its spread
+over the timed calls (IQR / p50 at most ``max_iqr_rel``, 10% as in
+``torch.utils.benchmark.Timer.adaptive_autorange``, and p90 / p50 at most ``max_p90_p50``),
+the drift of a fixed calibration probe (a numpy matrix product timed right before and
+right after the calls: the slower over the faster at most ``max_probe_drift``, the 1.5x of
+MEASUREMENT.md) and the machine's 1-minute load average (at most ``max_load_per_cpu``
+runnable tasks per usable core before and after, the measurement's own included). A
+measurement whose spread or probe fails is taken again, up to ``noisy_retries`` more times
+(asv re-runs until it can decide; a high load average alone is not retried: it is a
+1-minute average); the first stable attempt is kept, else the least spread one, marked
+``noise["noisy"] = True`` with the reasons in words. Every attempt's summary is kept in
+``attempts``.
+
 :class:`PeakMemory` gives the peak resident memory of a block of code (model load, session
 creation and the timed runs), read from Linux's ``VmHWM`` after resetting it.
 """
@@ -15,7 +29,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -42,6 +56,12 @@ class MeasureSettings:
             ``BuilderFlag.TF32``, ONNX Runtime CUDA's ``use_tf32``. False keeps fp32 math
             fp32. Each GPU row records what was in force (``tf32``); fp32 parity against
             PyTorch is checked with TF32's looser tolerance when it is on.
+        max_iqr_rel: the stability criterion (module doc): largest IQR / p50 ...
+        max_p90_p50: ... largest p90 / p50 ...
+        max_probe_drift: ... largest ratio of the probe's times after and before ...
+        max_load_per_cpu: ... largest 1-minute load average per usable core.
+        noisy_retries: how many more times a measurement that fails the criterion is
+            taken (0: never re-measured, only marked).
     """
 
     warmup_count: int = 10
@@ -52,6 +72,11 @@ class MeasureSettings:
     isolate: bool = True
     worker_timeout_s: float = 900.0
     tf32: bool = True
+    max_iqr_rel: float = 0.10
+    max_p90_p50: float = 1.5
+    max_probe_drift: float = 1.5
+    max_load_per_cpu: float = 2.0
+    noisy_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.min_count < 1 or self.min_s < 0 or self.max_s <= 0:
@@ -60,6 +85,12 @@ class MeasureSettings:
             raise ValueError("warmup_count and warmup_s must be >= 0")
         if self.worker_timeout_s <= 0:
             raise ValueError("worker_timeout_s must be > 0")
+        if min(self.max_iqr_rel, self.max_probe_drift - 1, self.max_p90_p50 - 1,
+               self.max_load_per_cpu) <= 0:
+            raise ValueError("the stability criterion needs max_iqr_rel > 0, max_p90_p50 > 1, "
+                             "max_probe_drift > 1 and max_load_per_cpu > 0")
+        if self.noisy_retries < 0:
+            raise ValueError("noisy_retries must be >= 0")
 
 
 def summarize(times_s: list[float], batch_size: int) -> dict:
@@ -84,27 +115,149 @@ def summarize(times_s: list[float], batch_size: int) -> dict:
     }
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on (affinity where the OS has it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def load_average() -> Optional[list]:
+    """``os.getloadavg()`` (1, 5 and 15 minutes) or None where the OS has none."""
+    try:
+        return [float(v) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+_PROBE = {}
+
+
+def probe_ms(reps: int = 5, size: int = 192) -> float:
+    """Median time (ms) of a fixed float32 matrix product (numpy: no torch in ONNX Runtime
+    workers), the calibration probe; about a millisecond, so contention shows in it."""
+    if size not in _PROBE:
+        rng = np.random.default_rng(0)
+        _PROBE[size] = (rng.random((size, size), dtype=np.float32),
+                        rng.random((size, size), dtype=np.float32))
+    a, b = _PROBE[size]
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0
+
+
+def stability(stats: dict, probe_before: Optional[float], probe_after: Optional[float],
+              load_before: Optional[list], load_after: Optional[list], cpus: int,
+              settings: MeasureSettings) -> dict:
+    """The noise figure of one measurement and whether it passes the stability criterion
+    (module doc). Pure: the tests give it made-up figures.
+
+    Returns:
+        ``{"iqr_rel", "p90_p50", "probe_ms": [before, after], "probe_drift",
+        "load_before", "load_after", "cpus", "noisy", "reasons": [sentences],
+        "criterion": {...}}``.
+    """
+    p50 = stats.get("p50_ms") or 0.0
+    iqr_rel = stats["iqr_ms"] / p50 if p50 > 0 else float("inf")
+    p90_p50 = stats["p90_ms"] / p50 if p50 > 0 else float("inf")
+    drift = None
+    if probe_before and probe_after:
+        drift = max(probe_before, probe_after) / min(probe_before, probe_after)
+    reasons = []
+    if iqr_rel > settings.max_iqr_rel:
+        reasons.append(f"IQR is {iqr_rel:.0%} of p50 (stable: <= {settings.max_iqr_rel:.0%})")
+    if p90_p50 > settings.max_p90_p50:
+        reasons.append(f"p90 is {p90_p50:.2f}x p50 (stable: <= {settings.max_p90_p50:g}x)")
+    if drift is not None and drift > settings.max_probe_drift:
+        reasons.append(f"the calibration probe drifted {drift:.2f}x during the measurement "
+                       f"({probe_before:.3g} -> {probe_after:.3g} ms; stable: <= "
+                       f"{settings.max_probe_drift:g}x)")
+    retry_helps = bool(reasons)  # a 1-minute load average will not change in a retry
+    loads = [lv[0] for lv in (load_before, load_after) if lv]
+    if loads and max(loads) > settings.max_load_per_cpu * cpus:
+        reasons.append(f"the machine was busy: 1-minute load average {max(loads):.1f} on "
+                       f"{cpus} usable cores (stable: <= {settings.max_load_per_cpu:g} per "
+                       f"core)")
+    return {"iqr_rel": iqr_rel, "p90_p50": p90_p50,
+            "probe_ms": [probe_before, probe_after], "probe_drift": drift,
+            "load_before": load_before, "load_after": load_after, "cpus": cpus,
+            "noisy": bool(reasons), "reasons": reasons, "retry_helps": retry_helps,
+            "criterion": {"max_iqr_rel": settings.max_iqr_rel,
+                          "max_p90_p50": settings.max_p90_p50,
+                          "max_probe_drift": settings.max_probe_drift,
+                          "max_load_per_cpu": settings.max_load_per_cpu}}
+
+
 def measure(fn: Callable[[], object], batch_size: int,
-            settings: MeasureSettings = MeasureSettings()) -> dict:
-    """Time ``fn`` (one inference call) and return :func:`summarize` plus the raw timings."""
-    clock = time.perf_counter
+            settings: MeasureSettings = MeasureSettings(),
+            clock: Optional[Callable[[], float]] = None,
+            probe: Callable[[], float] = probe_ms,
+            load: Callable[[], Optional[list]] = load_average) -> dict:
+    """Time ``fn`` (one inference call): :func:`summarize` plus the raw timings, the noise
+    figure ``noise`` (:func:`stability`) and ``attempts`` (each measurement taken: a
+    noisy one is taken again, see the module doc).
+
+    ``clock``, ``probe`` and ``load`` are the timer, the calibration probe and the load
+    average; tests replace them with fakes."""
+    clock = clock or time.perf_counter
 
     def step() -> dict:
         t0 = clock()
         fn()
         return {"wall": clock() - t0}
 
-    return measure_many(step, batch_size, settings)["wall"]
+    return measure_many(step, batch_size, settings, clock, probe, load)["wall"]
 
 
 def measure_many(step: Callable[[], dict], batch_size: int,
-                 settings: MeasureSettings = MeasureSettings()) -> dict:
+                 settings: MeasureSettings = MeasureSettings(),
+                 clock: Optional[Callable[[], float]] = None,
+                 probe: Callable[[], float] = probe_ms,
+                 load: Callable[[], Optional[list]] = load_average) -> dict:
     """Like :func:`measure` for a ``step`` that times itself and returns several durations
     per call, ``{name: seconds}`` (a GPU call: its end-to-end latency and its GPU compute
     time, read from CUDA events, :mod:`harness.measure.gpu`). The warm-up and stopping rule
     are :func:`measure`'s, counted in calls and in this process's wall-clock time; the
-    result is ``{name: summarize(...) + raw timings}``, one entry per name."""
-    clock = time.perf_counter
+    result is ``{name: summarize(...) + raw timings + noise + attempts}``, one entry per
+    name. Each duration gets its own noise figure; a measurement is taken again while any
+    of them fails the criterion for a reason a retry can change (module doc), and all
+    names come from the same kept attempt."""
+    clock = clock or time.perf_counter
+    cpus = usable_cpus()
+    tries = []
+    for _ in range(1 + settings.noisy_retries):
+        load_before, probe_before = load(), probe()
+        out = _measure_once(step, batch_size, settings, clock)
+        probe_after, load_after = probe(), load()
+        for stats in out.values():
+            stats["noise"] = stability(stats, probe_before, probe_after, load_before,
+                                       load_after, cpus, settings)
+        tries.append(out)
+        if not any(st["noise"]["retry_helps"] for st in out.values()):
+            break  # stable, or only the machine's load is high
+
+    def noisy(t: dict) -> bool:
+        return any(st["noise"]["noisy"] for st in t.values())
+
+    kept = next((t for t in tries if not noisy(t)),
+                min(tries, key=lambda t: max(st["noise"]["iqr_rel"] for st in t.values())))
+    for name, stats in kept.items():
+        stats["noise"] = {**stats["noise"], "attempts": len(tries)}
+        stats["attempts"] = [{"p50_ms": t[name]["p50_ms"], "p90_ms": t[name]["p90_ms"],
+                              "iqr_rel": t[name]["noise"]["iqr_rel"],
+                              "probe_drift": t[name]["noise"]["probe_drift"],
+                              "noisy": t[name]["noise"]["noisy"],
+                              "reasons": t[name]["noise"]["reasons"], "kept": t is kept}
+                             for t in tries if name in t]
+    return kept
+
+
+def _measure_once(step: Callable[[], dict], batch_size: int, settings: MeasureSettings,
+                  clock: Callable[[], float]) -> dict:
+    """One measurement: warm-up, then timed calls (MLPerf's minimum count and duration)."""
     start = clock()
     n = 0
     while n < settings.warmup_count or clock() - start < settings.warmup_s:

@@ -23,7 +23,12 @@ accurate one's are a *tie*: the data cannot rank them, so the pick among them is
 fastest (lowest p50), then the cheaper to train (fewer training FLOPs, or training seconds
 where FLOPs were not recorded), and the verdict says ``tie (p = ...)`` with the paired t
 p-value against the most accurate (:func:`harness.report.stats.compare_configs`). With one
-seed the verdict says the uncertainty is unknown. (Overlapping 95% intervals are a
+seed the verdict says "uncertain" (:data:`ONE_SEED`): no interval exists.
+
+Noisy latency. A candidate whose latency failed the stability criterion after its
+re-measurements (:mod:`harness.report.noise`) is marked ``~``; a pick with such a latency
+is called "unreliable" in its verdict, and a noisy latency on its Pareto front is named
+(:func:`latency_caveat`). (Overlapping 95% intervals are a
 conservative test: two means can differ significantly while their intervals overlap;
 the printed p says how close it was.)
 """
@@ -35,6 +40,7 @@ from typing import Iterable, Optional
 
 from tabulate import tabulate
 
+from . import noise
 from .scoring import row_metric
 from .stats import compare_configs, configuration, mean_ci
 
@@ -68,6 +74,8 @@ class Candidate:
     train_flops: Optional[float] = None  # mean over seeds; None when not recorded
     train_seconds: Optional[float] = None
     hardware: str = "cpu"  # where the latency was measured: "cpu" or "gpu"
+    noisy: tuple = ()
+    """Why its latency was noisy (:mod:`harness.report.noise`), over its seeds; () if clean."""
 
     def label(self) -> str:
         prec = "" if self.precision == "fp32" else f" {self.precision}"
@@ -103,7 +111,7 @@ class Recommendation:
     pick: Optional[Candidate]
     front: list = field(default_factory=list)
     reason: str = ""
-    verdict: str = ""  # how sure the pick is: tie (p = ...), clear, or uncertainty unknown
+    verdict: str = ""  # how sure: tie (p = ...), clear, uncertain (one seed); unreliable
     ties: list = field(default_factory=list)  # candidates the pick is tied with
     hardware: str = "cpu"  # the pool's hardware: "cpu", "gpu" or "cpu+gpu" (mix_devices)
 
@@ -136,7 +144,9 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
                  lat.get("precision"))
             g = groups.setdefault(k, {"rec": rec, "class": dclass, "hw": row_hardware(lat),
                                       "lat": [], "p90": [],
-                                      "metric": [], "seeds": [], "flops": [], "seconds": []})
+                                      "metric": [], "seeds": [], "flops": [], "seconds": [],
+                                      "noisy": []})
+            g["noisy"] += [r for r in noise.reasons(lat) if r not in g["noisy"]]
             g["lat"].append(st["p50_ms"])
             if st.get("p90_ms") is not None:
                 g["p90"].append(st["p90_ms"])
@@ -159,7 +169,7 @@ def candidates(records: Iterable[dict]) -> list[Candidate]:
             metric_ci=interval.half, per_seed=tuple(g["seeds"]), ci_half=interval.half,
             train_flops=(statistics.fmean(g["flops"]) if None not in g["flops"] else None),
             train_seconds=(statistics.fmean(g["seconds"]) if None not in g["seconds"]
-                           else None), hardware=g["hw"]))
+                           else None), hardware=g["hw"], noisy=tuple(g["noisy"])))
     return out
 
 
@@ -176,7 +186,7 @@ def pick_with_ties(pool: list) -> tuple:
     """``(pick, ties, verdict)`` among candidates within the budget (module doc)."""
     best = max(pool, key=lambda c: (c.score(), -c.latency_ms))
     if best.n < 2:
-        return best, [], f"uncertainty unknown ({best.n} seed)"
+        return best, [], ONE_SEED
     tied = [c for c in pool if c is best or best.overlaps(c)]
     pick = min(tied, key=lambda c: (c.latency_ms, c.train_cost(), -c.score()))
     others = [c for c in tied if c is not pick]
@@ -199,6 +209,24 @@ def pick_with_ties(pool: list) -> tuple:
         why = "picked the cheaper to train"
     return pick, others, (f"tie ({ptext}) with {ref.label()} {ref.metric:.3f}: {why}"
                           + (f"; {len(others)} tied" if len(others) > 1 else ""))
+
+
+ONE_SEED = ("uncertain: one seed, so no interval; another seed may rank differently (run "
+            "--seeds 3 or more)")
+"""The verdict of a pick made from one seed."""
+
+
+def latency_caveat(pick: Optional[Candidate], front: list) -> str:
+    """Words on noisy latencies behind a pick: the pick's own ("unreliable") or those of
+    the front it was chosen from; '' when every one was stable."""
+    if pick is not None and pick.noisy:
+        return (f"unreliable: its latency was noisy even after re-measuring "
+                f"({pick.noisy[0]})")
+    others = [c for c in front if c.noisy]
+    if others:
+        return (f"{len(others)} of the {len(front)} Pareto-front latencies were noisy "
+                f"({others[0].label()}: {others[0].noisy[0]}): the trade-off may change")
+    return ""
 
 
 def pareto_front(cands: Iterable[Candidate]) -> list[Candidate]:
@@ -237,6 +265,8 @@ def recommend(records: Iterable[dict], budget_ms: Optional[float] = None,
             front = pareto_front(pool)
             within = [c for c in pool if budget_ms is None or c.latency_ms <= budget_ms]
             pick, ties, verdict = pick_with_ties(within) if within else (None, [], "")
+            caveat = latency_caveat(pick, front)
+            verdict = "; ".join(v for v in (verdict, caveat) if v)
             reason = "" if pick else (
                 f"no {dclass}-class candidate is within {budget_ms:g} ms; the fastest takes "
                 f"{front[0].latency_ms:.3g} ms ({front[0].label()})")
@@ -259,14 +289,16 @@ def format_recommendations(recs: list[Recommendation], fmt: str = "simple") -> s
              f"{'no limit' if budget is None else f'{budget:g} ms'}):"]
     rows = []
     for r in recs:
-        front = "; ".join(f"{c.label()} {c.latency_ms:.3g} ms {c.metric:.3f}" for c in r.front)
+        front = "; ".join(f"{c.label()} {noise.MARK if c.noisy else ''}{c.latency_ms:.3g} ms "
+                          f"{c.metric:.3f}" for c in r.front)
         if r.pick:
             p = r.pick
             ci = f" ± {p.ci_half:.3f}" if p.ci_half is not None else ""
             rows.append([f"{r.dataset}/{r.task}", _profile_label(r), r.device_class, p.label(),
                          f"{p.metric_name} {p.metric:.3f}{ci}"
-                         + (f" (n={p.n})" if p.n > 1 else ""),
-                         f"{p.latency_ms:.3g}", r.verdict, front])
+                         + (f" (n={p.n})" if p.n > 1 else " (1 seed)"),
+                         f"{noise.MARK if p.noisy else ''}{p.latency_ms:.3g}", r.verdict,
+                         front])
         else:
             rows.append([f"{r.dataset}/{r.task}", _profile_label(r), r.device_class, "none",
                          r.reason, "-", "-", front])
@@ -275,4 +307,13 @@ def format_recommendations(recs: list[Recommendation], fmt: str = "simple") -> s
                           tablefmt=fmt, disable_numparse=True,
                           maxcolwidths=[None, None, None, 40, 45, None, 40, 70]
                           if fmt == "simple" else None))
+    picks = [r.pick for r in recs if r.pick]
+    if any(p.n < 2 for p in picks):
+        lines.append("Uncertain: a pick from one seed has no interval; the same run with "
+                     "another seed may pick differently (bench run --seeds 3 gives 95% "
+                     "intervals and a tie rule).")
+    if any(c.noisy for r in recs for c in r.front + ([r.pick] if r.pick else [])):
+        lines.append(f"{noise.MARK} = noisy latency: it failed the stability criterion even "
+                     f"after re-measuring (the legend under the cells table says how); a pick "
+                     f"marked unreliable may change on a quiet machine.")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
+from . import noise
 from .benefits import learning_curve, transfer_benefits
 from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
 from .table import flatten, has_repeats, repeat_rows, summary_rows, table_notes
@@ -86,6 +87,7 @@ def _point(c: Candidate, pick: bool, on_front: bool) -> dict:
             "metric_low": None if c.metric_ci is None else c.metric - c.metric_ci,
             "metric_high": None if c.metric_ci is None else c.metric + c.metric_ci,
             "metric_text": _metric_text(c), "p50_ms": c.latency_ms, "p90_ms": c.p90_ms,
+            "latency_note": ("noisy: " + c.noisy[0]) if c.noisy else "stable",
             "seeds": c.n, "dataset": f"{c.dataset}/{c.task}", "pick": pick,
             "pareto": on_front}
 
@@ -97,6 +99,7 @@ def _tooltip(metric: str) -> list:
             {"field": "metric_text", "title": f"test {metric}"},
             {"field": "p50_ms", "title": "p50 ms", "format": ".3g"},
             {"field": "p90_ms", "title": "p90 ms", "format": ".3g"},
+            {"field": "latency_note", "title": "latency"},
             {"field": "pareto", "title": "on the Pareto front"},
             {"field": "pick", "title": "recommended"}]
 
@@ -285,23 +288,29 @@ def recommendation_html(records: list[dict], budget_ms: Optional[float]) -> str:
              f"device class, listed with it (no other candidate is both faster and more "
              f"accurate).</p>"]
     headers = ["data/task", "class", "", "backbone + strategy", "weights", "runtime",
-               "precision", "metric (95% interval)", "p50 ms", "p90 ms"]
+               "precision", "metric (95% interval)", "p50 ms", "p90 ms", "certainty"]
     for profile in dict.fromkeys(r.profile for r in recs):
         rows, marks = [], []
         for r in (r for r in recs if r.profile == profile):
             where = [f"{r.dataset}/{r.task}", r.device_class]
             if r.pick is None:
-                rows.append(where + ["no pick", r.reason, "", "", "", "", "", ""])
+                rows.append(where + ["no pick", r.reason, "", "", "", "", "", "", ""])
                 marks.append("none")
             for c in r.front:
                 rows.append(where + ["★ pick" if c == r.pick else "front",
                                      f"{c.backbone} + {c.strategy}", c.weights, c.runtime,
                                      c.precision, f"{c.metric_name} {_metric_text(c)}",
-                                     f"{c.latency_ms:.3g}",
-                                     "-" if c.p90_ms is None else f"{c.p90_ms:.3g}"])
+                                     f"{noise.MARK if c.noisy else ''}{c.latency_ms:.3g}",
+                                     "-" if c.p90_ms is None else f"{c.p90_ms:.3g}",
+                                     r.verdict if c == r.pick else
+                                     (f"latency noisy: {c.noisy[0]}" if c.noisy else "")])
                 marks.append("pick" if c == r.pick else "")
         parts.append(f"<h3>Profile {html.escape(profile)}</h3>"
                      + _table_html(headers, rows, "recommendation", lambda i: marks[i]))
+    if any(c.noisy for r in recs for c in r.front):
+        parts.append(f"<p>{noise.MARK} before a latency: noisy, it failed the stability "
+                     f"criterion even after re-measuring (the legend under the cells table "
+                     f"says how); a pick called unreliable may change on a quiet machine.</p>")
     return "".join(parts)
 
 

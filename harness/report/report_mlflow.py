@@ -8,7 +8,9 @@ tag) in the experiment ``transfer-bench/<matrix name>``:
 - metrics: ``test_<metric>`` for every scalar test metric, ``test_loss``, ``train_seconds``,
   parameter counts; the learning curve per epoch (``train_<metric>``, ``val_<metric>``,
   ``train_loss``, ``val_loss``, ``lr`` with ``step`` = epoch); per runtime/profile/precision
-  ``latency_p50_ms/RUNTIME/PROFILE/PRECISION``, ``latency_p90_ms/...`` and, for lower
+  ``latency_p50_ms/RUNTIME/PROFILE/PRECISION``, ``latency_p90_ms/...``,
+  ``latency_noisy/...`` (1 when the figure failed the stability criterion) and
+  ``latency_iqr_rel/...`` (its IQR / p50) and, for lower
   precisions, ``test_<metric>/RUNTIME/PROFILE/PRECISION`` (the metric after conversion, on
   the same test images as ``test_<metric>``; a record scored on the first N images only
   logs ``test_<metric>_firstN/...`` instead, see :mod:`harness.report.scoring`);
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -96,6 +99,11 @@ def cell_metrics(rec: dict) -> list[tuple[str, float, int]]:
         for q in ("p50_ms", "p90_ms"):
             if _num(st.get(q)) is not None:
                 out.append((f"latency_{q}/{where}", _num(st[q]), 0))
+        if st.get("noise"):  # 1: failed the stability criterion (harness.report.noise)
+            out.append((f"latency_noisy/{where}", float(bool(st["noise"].get("noisy"))), 0))
+            if _num(st["noise"].get("iqr_rel")) is not None \
+                    and math.isfinite(st["noise"]["iqr_rel"]):
+                out.append((f"latency_iqr_rel/{where}", _num(st["noise"]["iqr_rel"]), 0))
         if _num(lat.get("accuracy_after")) is not None:
             # compared with test_<metric> only when scored on the same images; a record
             # scored on a subset logs it under a key that states the subset's size

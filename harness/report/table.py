@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from . import noise
 from .scoring import subset_notes, subset_text
 
 
@@ -80,7 +81,7 @@ def _latency_cell(rec: dict, key: tuple) -> str:
         if (lat.get("runtime"), lat.get("profile"), lat.get("precision")) == key:
             st = lat.get("stats")
             if st:
-                s = f"{st['p50_ms']:.2f} / {st['p90_ms']:.2f}"
+                s = f"{noise.mark(lat)}{st['p50_ms']:.2f} / {st['p90_ms']:.2f}"
                 if lat.get("accuracy_after") is not None:  # the task's primary metric
                     s += (f" ({rec.get('metric_name') or 'metric'} "
                           f"{lat['accuracy_after']:.3f}{subset_text(rec, lat)})")
@@ -182,10 +183,12 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
 
 
 def table_notes(records: list[dict]) -> list[str]:
-    """The lines under the cells table (text and HTML): the budget, what was not measured,
-    metrics after conversion scored on a subset (:mod:`harness.report.scoring`)."""
-    bnote = budget_note(records)
-    return ([bnote] if bnote else []) + unmeasured_notes(records) + subset_notes(records)
+    """The lines under the cells table (text and HTML): the budget, the legend of noisy
+    latency figures (:mod:`harness.report.noise`), what was not measured, metrics after
+    conversion scored on a subset (:mod:`harness.report.scoring`)."""
+    bnote, nnote = budget_note(records), noise.legend(records)
+    return (([bnote] if bnote else []) + ([nnote] if nnote else []) + unmeasured_notes(records)
+            + subset_notes(records))
 
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:

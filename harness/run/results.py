@@ -193,6 +193,13 @@ class RunStore:
         atomic_write_json(self.path / "config.json", config)
         atomic_write_json(self.path / "environment.json", environment)
 
+    def note_load_at_end(self) -> None:
+        """Add the load average at the end of the run to ``environment.json``."""
+        from ..measure.latency import load_average
+        env = self.environment()
+        env.setdefault("load_average", {})["at_end"] = load_average()
+        atomic_write_json(self.path / "environment.json", env)
+
     def cell_path(self, key: str) -> Path:
         return self.cells_dir / f"{key}.json"
 

@@ -355,6 +355,11 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                                                            show_progress), keep_onnx, executor)
     driver.drive(runner, todo, made_here)
     atomic_write_json(path / "config.json", config)
+    try:
+        store.note_load_at_end()
+    except (OSError, ValueError) as exc:  # context only: never lose a finished run over it
+        print(f"warning: could not add the final load average to {path}/environment.json "
+              f"({exc})", file=sys.stderr)
     return store
 
 
