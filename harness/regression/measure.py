@@ -96,8 +96,11 @@ class Session:
         for entry in entries:
             self._add_entry(entry, only)
         self.targets = [(t.entry["id"], t.runtime, t.profile["name"]) for t in self._targets]
+        # noisy_retries=0: the check's own rounds and statistics handle noise; re-measuring
+        # a block until it looks stable would select blocks and bias its comparison
         self.settings = MeasureSettings(warmup_count=rs.warmup_calls, warmup_s=0.0,
-                                        min_count=rs.calls, min_s=0.0, max_s=60.0)
+                                        min_count=rs.calls, min_s=0.0, max_s=60.0,
+                                        noisy_retries=0)
         self._count, self.counter = instruction_counter()
         self.probe_reps = dict(probe_reps or {})
         self._probes: dict = {}
