@@ -171,3 +171,21 @@ def test_environment_json_records_load_averages(tmp_path, monkeypatch):
     store.note_load_at_end()
     saved = store.environment()["load_average"]
     assert saved["at_start"] == [3.5, 2.0, 1.0] and saved["at_end"] == [7.0, 4.0, 2.0]
+
+
+def test_several_durations_get_their_own_noise_and_the_judged_one_decides():
+    """A GPU step times its end-to-end latency and a microsecond copy: the copy's spread
+    is recorded but only the latency decides re-measuring (harness.measure.gpu)."""
+    from harness.measure.latency import measure_many
+    clock, copies = FakeClock([0.010]), itertools.cycle([1e-6, 5e-6])
+
+    def step():
+        clock.call()
+        return {"latency": 0.010, "copy": next(copies)}
+
+    res = measure_many(step, 1, S, clock=clock, probe=lambda: 1.0, load=lambda: QUIET,
+                       judge=("latency",))
+    assert not res["latency"]["noise"]["noisy"] and res["copy"]["noise"]["noisy"]
+    assert res["latency"]["noise"]["attempts"] == 1
+    res = measure_many(step, 1, S, clock=clock, probe=lambda: 1.0, load=lambda: QUIET)
+    assert res["latency"]["noise"]["attempts"] == 1 + S.noisy_retries  # all names judged

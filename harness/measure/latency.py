@@ -216,15 +216,16 @@ def measure_many(step: Callable[[], dict], batch_size: int,
                  settings: MeasureSettings = MeasureSettings(),
                  clock: Optional[Callable[[], float]] = None,
                  probe: Callable[[], float] = probe_ms,
-                 load: Callable[[], Optional[list]] = load_average) -> dict:
+                 load: Callable[[], Optional[list]] = load_average,
+                 judge: Optional[tuple] = None) -> dict:
     """Like :func:`measure` for a ``step`` that times itself and returns several durations
     per call, ``{name: seconds}`` (a GPU call: its end-to-end latency and its GPU compute
     time, read from CUDA events, :mod:`harness.measure.gpu`). The warm-up and stopping rule
     are :func:`measure`'s, counted in calls and in this process's wall-clock time; the
     result is ``{name: summarize(...) + raw timings + noise + attempts}``, one entry per
     name. Each duration gets its own noise figure; a measurement is taken again while any
-    of them fails the criterion for a reason a retry can change (module doc), and all
-    names come from the same kept attempt."""
+    of the ``judge`` names (default: all) fails the criterion for a reason a retry can
+    change (module doc), and all names come from the same kept attempt."""
     clock = clock or time.perf_counter
     cpus = usable_cpus()
     tries = []
@@ -236,14 +237,18 @@ def measure_many(step: Callable[[], dict], batch_size: int,
             stats["noise"] = stability(stats, probe_before, probe_after, load_before,
                                        load_after, cpus, settings)
         tries.append(out)
-        if not any(st["noise"]["retry_helps"] for st in out.values()):
+        judged = [n for n in out if judge is None or n in judge]
+        if not any(out[n]["noise"]["retry_helps"] for n in judged):
             break  # stable, or only the machine's load is high
 
     def noisy(t: dict) -> bool:
-        return any(st["noise"]["noisy"] for st in t.values())
+        return any(st["noise"]["noisy"] for n, st in t.items() if judge is None or n in judge)
 
-    kept = next((t for t in tries if not noisy(t)),
-                min(tries, key=lambda t: max(st["noise"]["iqr_rel"] for st in t.values())))
+    def spread(t: dict) -> float:
+        return max((st["noise"]["iqr_rel"] for n, st in t.items()
+                    if judge is None or n in judge), default=0.0)
+
+    kept = next((t for t in tries if not noisy(t)), min(tries, key=spread))
     for name, stats in kept.items():
         stats["noise"] = {**stats["noise"], "attempts": len(tries)}
         stats["attempts"] = [{"p50_ms": t[name]["p50_ms"], "p90_ms": t[name]["p90_ms"],
