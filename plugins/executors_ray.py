@@ -4,9 +4,10 @@ Each cell becomes one task of :func:`harness.run.executor.execute_job` that asks
 ``cpus_per_cell`` CPUs and, when the cell trains on CUDA or measures a ``gpu`` profile
 (or trains on ``auto`` and the cluster has GPUs), one GPU. Ray then shows the task that
 GPU alone (``CUDA_VISIBLE_DEVICES``), and a GPU task runs in a fresh worker process
-(``max_calls=1``: Ray's default of one call per GPU worker applies only to ``num_gpus``
-given in ``@ray.remote``, not through ``.options()``), so no process keeps the GPU, CUDA
-context or cached memory of an earlier cell. The driver does not resolve ``--device`` (it
+(``max_calls=1`` given to ``ray.remote`` for a function of its own: Ray fixes
+``max_calls`` when it exports a function, drops it from ``.options()``, and applies its
+one-call default for GPU workers only to ``num_gpus`` given in ``ray.remote``), so no
+process keeps the GPU, CUDA context or cached memory of an earlier cell. The driver does not resolve ``--device`` (it
 may have no GPU itself): each worker resolves it and records the GPU it trained on. The task writes the cell's records straight into the run folder, so the folder
 (``bench run --out``) must be on a filesystem every node mounts at the same path; a
 worker that cannot see it records the cell as failed and says so. transfer-bench (and any
@@ -93,17 +94,19 @@ class RayExecutor(Executor):
                     "Give ray://HOST:10001 (Ray Client: pip install 'ray[client]', included in "
                     f"{INSTALL_HINT}), HOST:6379 or auto on a cluster node, or leave --address "
                     "out to start Ray on this machine") from exc
-        task = ray.remote(max_retries=0)(execute_job)
+        # max_calls is fixed when Ray exports a remote function: .options() drops it (and
+        # num_gpus given there leaves it unlimited), so GPU cells get a function of their own
+        cpu_task = ray.remote(max_retries=0)(execute_job)
+        gpu_task = ray.remote(max_retries=0, num_gpus=1, max_calls=1)(execute_job)
         cluster_gpus = float((ray.cluster_resources() or {}).get("GPU", 0))
         refs = {}
         try:
             for job in jobs:
                 gpus = gpus_for(job, cluster_gpus)
-                opts = {"num_cpus": self.cpus_per_cell, "num_gpus": gpus,
-                        "name": f"cell-{job.key}"}
-                if gpus:
-                    opts["max_calls"] = 1  # a fresh process per GPU task
-                ref = task.options(**opts).remote(job, self.threads, None, bool(gpus))
+                task = gpu_task if gpus else cpu_task
+                ref = task.options(num_cpus=self.cpus_per_cell, num_gpus=gpus,
+                                   name=f"cell-{job.key}").remote(job, self.threads, None,
+                                                                  bool(gpus))
                 refs[ref] = job
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)

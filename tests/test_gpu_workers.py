@@ -86,13 +86,14 @@ class _FakeRay:
     def cluster_resources(self):
         return {"CPU": 8.0, "GPU": self.gpus} if self.gpus else {"CPU": 8.0}
 
-    def remote(self, **kw):
+    def remote(self, **decorated):
         ray = self
 
         def wrap(fn):
             class Task:
                 def options(self, **opts):
-                    ray.options.append(opts)
+                    assert "max_calls" not in opts, "Ray drops max_calls given to .options()"
+                    ray.options.append({**opts, "decorated": decorated})
                     return types.SimpleNamespace(remote=lambda job, *a: _Ref(job, a))
             return Task()
         return wrap
@@ -117,10 +118,12 @@ def test_ray_gpu_tasks_get_a_fresh_process_and_auto_uses_the_clusters_gpus(gpus)
     done = []
     ex.run(iter(jobs), None, done.append)
     opts = {o["name"]: o for o in ex.ray.options}
-    assert opts["cell-g"]["num_gpus"] == 1 and opts["cell-g"]["max_calls"] == 1
+    fresh = {"max_retries": 0, "num_gpus": 1, "max_calls": 1}  # one call per GPU process
+    assert opts["cell-g"]["num_gpus"] == 1 and opts["cell-g"]["decorated"] == fresh
     assert opts["cell-a"]["num_gpus"] == (1 if gpus else 0)
-    assert ("max_calls" in opts["cell-a"]) == bool(gpus)
-    assert opts["cell-c"]["num_gpus"] == 0 and "max_calls" not in opts["cell-c"]
+    assert (opts["cell-a"]["decorated"] == fresh) == bool(gpus)
+    assert opts["cell-c"]["num_gpus"] == 0
+    assert opts["cell-c"]["decorated"] == {"max_retries": 0}
     one_gpu = {r["key"]: r["args"][-1] for r in done}
     assert one_gpu == {"g": True, "a": bool(gpus), "c": False}
 
