@@ -199,3 +199,18 @@ def test_gpu_check_fails_when_any_gpu_row_fails_and_says_what_it_verified(capsys
     empty = mod.Checks()
     empty.not_run("resnet18 latency", "past the budget")
     assert empty.exit_code() == 1 and "1 not run" in empty.summary()
+
+
+def test_a_tf32_fp32_row_is_held_to_tf32s_tolerance_by_the_cells_output_check():
+    """The cell's general output check (harness.run.contracts) reads a GPU row's tf32: 0.5%
+    relative error is TF32-sized (allowed) but beyond plain fp32 (refused)."""
+    from harness.api.manager import PluginSystem
+    from harness.run.contracts import check_runtime_row
+    plugins = PluginSystem(entry_points=False)
+    ref = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
+    got = ref * 1.005
+    for tf32, ok in ((True, True), (False, False), (None, False)):
+        row = {"precision": "fp32", "stats": {"p50_ms": 1.0}, "tf32": tf32}
+        check_runtime_row(plugins, "tensorrt", row, got, lambda: ref)
+        assert row["outputs_check"]["ok"] is ok, tf32
+        assert ("disagrees" in row) is (not ok)
