@@ -214,3 +214,10 @@ def test_a_tf32_fp32_row_is_held_to_tf32s_tolerance_by_the_cells_output_check():
         check_runtime_row(plugins, "tensorrt", row, got, lambda: ref)
         assert row["outputs_check"]["ok"] is ok, tf32
         assert ("disagrees" in row) is (not ok)
+
+
+def test_a_runtime_row_that_ran_out_of_gpu_memory_says_oom():
+    from plugins.runtimes._common import failed
+    assert failed("fp16", torch.OutOfMemoryError("CUDA out of memory"))["status"] == "oom"
+    assert failed("fp32", RuntimeError("CUDA failure 2: out of memory"))["status"] == "oom"
+    assert "status" not in failed("fp32", RuntimeError("TensorRT rejected input shape"))

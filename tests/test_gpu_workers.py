@@ -280,3 +280,29 @@ def test_the_latency_worker_sees_only_the_cells_gpu(monkeypatch, tmp_path):
     rows = measure_in_worker(report_visible_devices, art, ProfileSpec("p", batch_size=1),
                              MeasureSettings(), label="visible")
     assert rows[0]["visible"] == "6" and rows[0]["isolation"] == "process"
+
+
+def test_deterministic_training_repeats_itself(tiny_splits):
+    """With deterministic=True the loop's every operation has a deterministic
+    implementation (none raises), and two fits from one seed give identical weights."""
+    from harness.testkit import TinyBackbone
+    from harness.train.loop import TrainContext, TrainSettings
+    from harness.train.model import TransferModel
+    from plugins.strategies import FineTune
+    from plugins.tasks import Classification
+
+    def fit():
+        task = Classification(hidden=(8,))
+        torch.manual_seed(0)
+        bb = TinyBackbone()
+        model = TransferModel(bb, task.build_head(bb, tiny_splits.info))
+        ctx = TrainContext(task, tiny_splits.info, TrainSettings(
+            epochs=2, batch_size=16, device="cpu", deterministic=True, augment=True))
+        FineTune().fit(model, tiny_splits, ctx)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    try:
+        assert torch.equal(fit(), fit())
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

@@ -33,10 +33,14 @@ def unsupported(precision: str, reason: str) -> dict:
 
 def failed(precision: str, exc: BaseException) -> dict:
     """A result row for a precision whose measurement raised; the other precisions go on.
-    A :class:`harness.api.errors.ParityError` keeps its comparison in ``parity``."""
+    A :class:`harness.api.errors.ParityError` keeps its comparison in ``parity``; running
+    out of memory (PyTorch's ``OutOfMemoryError``, or a runtime's "out of memory") is
+    ``status: "oom"``."""
     row = {"precision": precision, "error": f"{type(exc).__name__}: {exc}"}
     if getattr(exc, "result", None):
         row["parity"] = exc.result
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        row["status"] = "oom"  # GPU (or host) memory ran out: a smaller batch may fit
     return row
 
 
