@@ -127,7 +127,7 @@ def test_table_and_legend_mark_noisy_figures():
     assert "~172.70 / 414.48" in text and "~5.00" not in text and " 5.00 / 12.00" in text
     (legend,) = [n for n in table_notes(recs) if n.startswith("~ = noisy")]
     assert "1 of 2 figures" in legend and "IQR <= 10% of p50" in legend
-    assert "up to 3 measurements" in legend and "IQR is 60% of p50" in legend
+    assert "up to 3 measurements" in legend and "Seen: IQR up to 60% of p50." in legend
 
 
 def test_a_noisy_pick_is_called_unreliable_in_words():

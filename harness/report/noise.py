@@ -43,11 +43,34 @@ def legend(records: list[dict]) -> str:
     measured = sum(1 for rec in records for lat in rec.get("latency") or [] if lat.get("stats"))
     crit = noise_of(rows[0][1]).get("criterion") or {}
     tries = max(noise_of(lat).get("attempts", 1) for _, lat in rows)
-    why = sorted({r.split(" (")[0] for _, lat in rows for r in reasons(lat)})
+    why = seen(rows)
     return (f"{MARK} = noisy latency ({len(rows)} of {measured} figures): the measurement "
             f"failed the stability criterion (IQR <= {crit.get('max_iqr_rel', 0.1):.0%} of "
             f"p50, p90 <= {crit.get('max_p90_p50', 1.5):g}x p50, calibration probe drift <= "
             f"{crit.get('max_probe_drift', 1.5):g}x, 1-minute load <= "
             f"{crit.get('max_load_per_cpu', 2.0):g} per core) even after up to {tries} "
-            f"measurements; shown, but it may be far off. Seen: {'; '.join(why)}. Re-run on "
-            f"a quiet machine (docs/latency.md)")
+            f"measurements; shown, but it may be far off. Seen: {why}. Re-run on a quiet "
+            f"machine (docs/latency.md)")
+
+
+def seen(rows: list[tuple[dict, dict]]) -> str:
+    """What the noisy rows' figures showed, one clause per failed part of the criterion
+    with its worst value: ``IQR up to 257% of p50; probe drift up to 433x; ...``."""
+    worst: dict = {}
+    for _, lat in rows:
+        n = noise_of(lat)
+        crit = n.get("criterion") or {}
+        loads = [lv[0] for lv in (n.get("load_before"), n.get("load_after")) if lv]
+        for kind, value, limit in (
+                ("iqr", n.get("iqr_rel"), crit.get("max_iqr_rel")),
+                ("p90", n.get("p90_p50"), crit.get("max_p90_p50")),
+                ("drift", n.get("probe_drift"), crit.get("max_probe_drift")),
+                ("load", max(loads) / n["cpus"] if loads and n.get("cpus") else None,
+                 crit.get("max_load_per_cpu"))):
+            if value is not None and limit is not None and value > limit:
+                worst[kind] = max(worst.get(kind, value), value)
+    words = {"iqr": lambda v: f"IQR up to {v:.0%} of p50",
+             "p90": lambda v: f"p90 up to {v:.2f}x p50",
+             "drift": lambda v: f"calibration probe drift up to {v:.3g}x",
+             "load": lambda v: f"1-minute load average up to {v:.1f} per core"}
+    return "; ".join(words[k](v) for k, v in worst.items()) or "see the records' reasons"
