@@ -29,8 +29,12 @@ sys.path.insert(0, str(ROOT))
 PAIRS = [
     ("mobilenetv2_100", "packaged"),                       # ImageNet-1k, torchvision
     ("efficientnet_lite0", "lite0-packaged"),              # ImageNet-1k, the example plugin
-    ("resnet18", "source:digits,epochs=2,seed=0"),         # pretrained here on digits
-    ("mobilenetv3_small_100", "source:fashion_mnist,epochs=2,seed=0,n_train=500"),
+    # These two pretrain on images of one of the DATASETS below (digits; fashion_mnist), so
+    # on that dataset they are not transfer: bench run refuses that unless asked, and the
+    # published file was made with them, so they ask explicitly (results/README.md)
+    ("resnet18", "source:digits,epochs=2,seed=0,on_target=allow"),  # pretrained on digits
+    ("mobilenetv3_small_100",
+     "source:fashion_mnist,epochs=2,seed=0,n_train=500,on_target=allow"),
     ("mobilenetv2_100", "random"),                         # no pretraining at all
 ]
 DATASETS = [
