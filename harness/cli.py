@@ -54,6 +54,12 @@ class BenchGroup(click.Group):
             except Exception as exc:  # never let a plugin break the CLI
                 click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)  # as typed: the command that resumes an interrupted run repeats it
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["argv"] = argv
+        return ctx
+
     def list_commands(self, ctx):
         self._add_plugin_commands()
         return super().list_commands(ctx)
@@ -290,6 +296,7 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
     from .run.runner import run_matrix
 
     plugins = get_plugins()
+    matrix = None
     try:
         matrix = matrix_from_options(plugins, matrix_opts)
         ranking = None
@@ -309,6 +316,9 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(1)
         return
+    except KeyboardInterrupt:
+        _interrupted(ctx, plugins, matrix, Path(out_root))
+        return
     records = store.records()
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
@@ -324,6 +334,29 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
         click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
                    f"table and in {store.path}/cells/", err=True)
         ctx.exit(1)
+
+
+def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
+    """After Ctrl-C: say what the run folder keeps and the exact command that resumes it
+    (the same one, without ``--fresh``), then exit 130 (128 + SIGINT, the shell's code)."""
+    import shlex
+
+    from .run.results import RunStore
+    from .run.runner import run_dir_for
+
+    argv = [a for a in ctx.meta.get("argv", sys.argv[1:]) if a != "--fresh"]
+    again = shlex.join([ctx.find_root().info_name or "bench", *argv])
+    kept = "nothing was kept: no cell had started"
+    path = run_dir_for(out_root, matrix, plugins) if matrix is not None else None
+    if path is not None and path.is_dir():
+        store = RunStore(path)
+        ok = sum(r.get("status") == "ok" for r in store.records())
+        total = len(store.order()) or "?"
+        kept = (f"kept: {ok} of {total} cells finished ok, their records in {path}/cells "
+                f"(results.json rebuilt; bench report {shlex.quote(str(path))} shows them); "
+                f"the cell that was running and those not started run when you resume")
+    click.echo(f"\nInterrupted (Ctrl-C); {kept}. Resume with:\n  {again}", err=True)
+    ctx.exit(130)
 
 
 def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:
@@ -427,12 +460,13 @@ def rank_cmd(ctx, backbones, tasks, datasets, weights, estimators, matrix_file, 
 # -- bench report ---------------------------------------------------------------------------
 def _open_run(ctx: click.Context, run: str):
     """A RunStore for RUN, or a usage error when RUN is not a run folder."""
-    from .run.results import RunStore
+    from .run.results import RunStore, is_run_folder
 
     path = Path(run)
-    if not (path / "cells").is_dir() and not (path / "config.json").exists():
-        _fail_usage(ctx, f"{run} is not a run folder (it has no cells/ or config.json); "
-                         "give a folder that bench run printed as 'results: RUN'")
+    if not is_run_folder(path):
+        _fail_usage(ctx, f"{run} is not a run folder (no config.json of a bench run, no cell "
+                         f"records in cells/); nothing was written to it. Give a folder that "
+                         f"bench run printed as 'results: RUN'")
     return RunStore(path)
 
 
@@ -444,7 +478,9 @@ def _open_run(ctx: click.Context, run: str):
               shell_complete=_names("reporters"),
               help="A registered reporter (see bench list reporters).")
 @click.option("--out", type=click.Path(), default=None,
-              help="Write to this file/folder (html: default RUN/report/report.html).")
+              help="Write to this file, or into this existing folder under the format's "
+                   "file name (report.txt, report.md, results.csv, results.json, "
+                   "report.html, mlflow.db); html default: RUN/report/report.html.")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Latency budget (p50, ms) of the recommendation; default: no limit.")
 @click.option("--mix-devices", is_flag=True,
@@ -477,11 +513,16 @@ def report_cmd(ctx, run, fmt, out, budget_ms, mix_devices):
         else:
             click.echo(f"note: reporter {fmt!r} does not pool devices; --mix-devices ignored",
                        err=True)
-    from .run.contracts import PluginFault, blame
+    from .run.contracts import blame
     try:
         with blame(get_plugins(), "reporters", fmt, f"writing the report of {run}"):
-            text = reporter.write(store, Path(out) if out else None, **kw)
-    except PluginFault as exc:
+            try:
+                text = reporter.write(store, Path(out) if out else None, **kw)
+            except OSError as exc:  # --out not writable, a file where a folder is needed, ...
+                raise BenchError(f"reporter {fmt!r} cannot write {out or exc.filename or run}: "
+                                 f"{exc.strerror or exc}; give --out a writable file or "
+                                 f"existing folder") from None
+    except BenchError as exc:  # the user's (--out) or a plugin's fault (PluginFault)
         click.echo(f"Error: {exc}", err=True)
         ctx.exit(1)
         return

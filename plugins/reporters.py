@@ -16,10 +16,15 @@ from harness.api.files import atomic_write_text
 from harness.report.table import report_text
 
 
-def _emit(text: str, out: Path | None) -> str | None:
+def _emit(text: str, out: Path | None, name: str) -> str | None:
+    """``text`` for the terminal, or written to ``out``: a file, or an existing folder to
+    write ``name`` into."""
     if out is None:
         return text
-    atomic_write_text(Path(out), text)
+    out = Path(out)
+    if out.is_dir():
+        out = out / name
+    atomic_write_text(out, text)
     return f"wrote {out}"
 
 
@@ -35,23 +40,23 @@ def _ranking(store, records, fmt: str) -> str:
 def write_table(store, out=None, budget_ms: Optional[float] = None, mix_devices: bool = False):
     records = store.records()
     return _emit(report_text(records, budget_ms, mix_devices=mix_devices)
-                 + _ranking(store, records, "simple") + "\n", out)
+                 + _ranking(store, records, "simple") + "\n", out, "report.txt")
 
 
 def write_markdown(store, out=None, budget_ms: Optional[float] = None,
                    mix_devices: bool = False):
     records = store.records()
     return _emit(report_text(records, budget_ms, fmt="github", mix_devices=mix_devices)
-                 + _ranking(store, records, "github") + "\n", out)
+                 + _ranking(store, records, "github") + "\n", out, "report.md")
 
 
 def write_csv(store, out=None):
     store.aggregate()
-    return _emit((store.path / "results.csv").read_text(), out)
+    return _emit((store.path / "results.csv").read_text(), out, "results.csv")
 
 
 def write_json(store, out=None):
-    return _emit(json.dumps(store.records(), indent=2, default=str) + "\n", out)
+    return _emit(json.dumps(store.records(), indent=2, default=str) + "\n", out, "results.json")
 
 
 def write_html(store, out=None, budget_ms: Optional[float] = None):
@@ -71,6 +76,8 @@ def write_mlflow(store, out=None, budget_ms: Optional[float] = None):
     except ImportError:
         raise BenchError("the mlflow reporter needs MLflow: pip install "
                          "'transfer-bench[mlflow]'") from None
+    if out and Path(out).is_dir():
+        out = Path(out) / "mlflow.db"
     uri = f"sqlite:///{Path(out).resolve()}" if out else None
     res = log_run(store, uri, budget_ms)
     text = (f"logged {res['logged']} cells to MLflow ({res['kept']} already there, "
@@ -86,6 +93,9 @@ def write_mlflow(store, out=None, budget_ms: Optional[float] = None):
 
 def write_published(store, out=None):
     from harness.run.results import publish
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise BenchError(f"--out {out} is a file; the publish reporter writes a CSV and a "
+                         f"Markdown file into a folder: give a folder")
     paths = publish(store, Path(out) if out else Path("results"))
     return "wrote " + ", ".join(str(p) for p in paths)
 

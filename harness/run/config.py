@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -71,6 +72,31 @@ class AxisItem:
         return self.name + "," + ",".join(f"{k}={v}" for k, v in self.params)
 
 
+def check_run_name(name: object) -> None:
+    """A matrix's name becomes the run folder ``--out/NAME-HASH``: it must be one folder
+    name, so that the run folder (and ``--fresh``'s removal of it) stays inside ``--out``.
+
+    Raises:
+        ConfigError: an empty name, a path (``/``, ``\\``), ``.``/``..``, an absolute path or
+            a control character; the message says what a name may be.
+    """
+    why = None
+    if not isinstance(name, str) or not name.strip():
+        why = "is empty"
+    elif "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        why = "holds a path separator"
+    elif name in (".", "..") or name.startswith(".."):
+        why = "leads out of --out ('..')"
+    elif os.path.isabs(name):
+        why = "is an absolute path"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "holds a control character"
+    if why:
+        raise ConfigError(f"run name {name!r} (--name, or name = in the matrix file) {why}; it "
+                          f"names the run folder inside --out, so it must be one folder name "
+                          f"such as 'flowers-test' (put the folder elsewhere with --out)")
+
+
 @dataclass
 class MatrixConfig:
     """Everything ``bench run`` needs to expand and run a matrix.
@@ -122,6 +148,7 @@ class MatrixConfig:
         for axis in AXES:
             if getattr(self, axis) is not None:
                 setattr(self, axis, [AxisItem.parse(v, axis) for v in getattr(self, axis)])
+        check_run_name(self.name)
         if self.seeds < 1:
             raise ConfigError("seeds must be >= 1")
         if self.image_size < 8:
@@ -292,6 +319,14 @@ def matrix_kwargs(data: dict, text: str = "", path: Path = Path("<matrix>")) -> 
         if key not in _TOP_KEYS:
             raise _unknown(key, _TOP_KEYS, text, path)
         _check(value, _TOP_KEYS[key], key, text, path)
+    if "name" in data:
+        try:
+            check_run_name(data["name"])
+        except ConfigError as exc:
+            if not text:  # not from a file: --name or a preset
+                raise
+            line = _find_line(text, "name")
+            raise ConfigError(f"{path}:{line}: {exc}" if line else f"{path}: {exc}") from None
     for key in ("name", "backbones", "tasks", "datasets", "strategies", "runtimes",
                 "profiles", "weights", "seeds", "image_size"):
         if key in data:

@@ -378,6 +378,27 @@ def condition_stem(config: dict, env: dict) -> str:
     return "-".join(p for p in parts if p)
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a run of ``bench run``: its ``config.json`` (written when the
+    run starts, with the matrix) or at least one cell record in ``cells/``. Commands that
+    write into a run (``bench report`` rebuilds results.json) check this first, so that a
+    folder that is not a run is never written to."""
+    path = Path(path)
+    try:
+        if isinstance(read_json(path / "config.json").get("matrix"), dict):
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    for p in (path / "cells").glob("*.json") if (path / "cells").is_dir() else ():
+        try:
+            rec = read_json(p)
+        except (OSError, ValueError):
+            return True  # a corrupt record is still a run's (bench report shows it)
+        if isinstance(rec, dict) and "key" in rec and "status" in rec:
+            return True
+    return False
+
+
 def publish(store: "RunStore", folder: Path) -> list[Path]:
     """Copy a run's aggregated CSV, and its report as Markdown, into ``folder`` under names
     that state the conditions (see :func:`condition_stem`). Returns the written paths."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .cell import no_default_weights_message, resolve_profile, run_cell
-from .config import AXES, CellConfig, MatrixConfig, matrix_kwargs
+from .config import AXES, CellConfig, MatrixConfig, check_run_name, matrix_kwargs
 from ..train.device import Hardware, declared_hardware, resolve_hardware
 from ..measure.env import environment, package_versions
 from ..api.errors import BenchError, ConfigError, UnknownName
@@ -261,17 +261,30 @@ def _unused_weights(matrix: MatrixConfig, any_pretrained: bool) -> list[str]:
 
 def run_dir_for(out_root: Path, matrix: MatrixConfig,
                 plugins: Optional[PluginSystem] = None) -> Path:
+    """``out_root/NAME-HASH``: the matrix's name (one folder name, checked by
+    :func:`harness.run.config.check_run_name`) and a hash of the matrix and versions."""
+    check_run_name(matrix.name)  # a matrix changed after it was built is checked too
     blob = json.dumps({"matrix": matrix.to_dict(), "versions": package_versions(plugins)},
                       sort_keys=True, default=str)
     return Path(out_root) / f"{matrix.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def prepare_run_dir(path: Path, fresh: bool = False) -> None:
+def prepare_run_dir(path: Path, fresh: bool = False, out_root: Optional[Path] = None) -> None:
     """Create the run folder (emptied first with ``fresh``) and prove it is writable.
 
+    ``fresh`` removes only a real folder directly inside ``out_root`` (default: ``path``'s
+    parent): never a symbolic link's target, never anything outside ``--out``.
+
     Raises:
-        ConfigError: the folder cannot be created or written (names it and the fix).
+        ConfigError: the folder cannot be created or written (names it and the fix), or
+            ``fresh`` would remove something outside ``out_root``.
     """
+    if fresh and (path.is_symlink() or path.exists()):
+        root = Path(out_root if out_root is not None else path.parent).resolve()
+        if path.is_symlink() or path.resolve().parent != root:
+            raise ConfigError(f"--fresh would remove {path} -> {path.resolve()}, which is not a "
+                              f"folder directly inside --out {root}; nothing was removed. Remove "
+                              f"it yourself if it should go, or give another --name")
     try:
         if fresh and path.exists():
             shutil.rmtree(path)
