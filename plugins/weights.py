@@ -5,6 +5,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -160,8 +161,44 @@ def _file(spec, backbone, arg, context):
     # accept a dump of the harness backbone itself ("model." prefixes) or of the timm model
     if state and all(k.startswith("model.") for k in state) and target is not backbone:
         state = {k[len("model."):]: v for k, v in state.items()}
+    state, dropped = _without_source_classifier(target, state)
     load_state_dict_checked(target, state, f"weights file {path}")
-    return {"description": f"file {path.name}", "pretrained": True, "file": str(path)}
+    info = {"description": f"file {path.name}", "pretrained": True, "file": str(path)}
+    if dropped:
+        backbone.source_classifier = dropped[1]
+        n = dropped[1].weight.shape[0] if dropped[1] is not None else "?"
+        info["note"] = (f"weights file {path.name}: its source classifier ({', '.join(dropped[0])}"
+                        f"; {n} classes) was left out, as the backbone has no classifier: the "
+                        f"task puts its own head on the features (the classifier is kept for "
+                        f"the estimators that need the source task, LEEP and NCE)")
+        print(f"note: {info['note']}", file=sys.stderr)
+    return info
+
+
+def _without_source_classifier(target: torch.nn.Module, state: dict) -> tuple[dict, tuple]:
+    """``state`` less the keys of the classifier the weights were trained with, when those
+    are the only keys the headless backbone lacks: a plain ``torch.save(model.state_dict())``
+    of a full model (timm's ResNet-18 with ``fc.*``) is the most common checkpoint. The
+    classifier's name comes from the model's own configuration (timm's
+    ``pretrained_cfg["classifier"]``), never from a list of architectures.
+
+    Returns:
+        ``(state to load, ((dropped keys), SourceClassifier or None))``, or
+        ``(state, ())`` when nothing was dropped.
+    """
+    cfg = getattr(target, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    prefixes = tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
+    own = target.state_dict()
+    unexpected = [k for k in state if k not in own]
+    if not prefixes or not unexpected or not all(k.startswith(prefixes) for k in unexpected):
+        return state, ()
+    kept = {k: v for k, v in state.items() if k not in unexpected}
+    try:
+        classifier = _source_classifier(state, prefixes, "the checkpoint's source classes")
+    except KeyError:  # a weight without its bias: not a linear classifier we can keep
+        classifier = None
+    return kept, (tuple(unexpected), classifier)
 
 
 def hub_host() -> tuple[str, int]:

@@ -268,3 +268,41 @@ def test_all_empty_class_folders_are_named_without_advice_to_delete(tmp_path):
     with pytest.raises(BadData, match=r"2 class folder\(s\) hold no images .*: birds, fish\.") as err:
         load_imagefolder("classification", 16, 0, tmp_path / "c", root=str(root))
     assert "remove" not in str(err.value) and "delete" not in str(err.value)
+
+
+# -- checkpoints that hold the source classifier ----------------------------------------------
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_plain_timm_resnet18_state_dict_with_its_classifier_loads(plugin_system, tmp_path,
+                                                                    capsys, wrapped):
+    """``torch.save(model.state_dict())`` of a whole timm ResNet-18 (``fc.*`` included), also
+    inside ``{"state_dict": ...}``: the backbone takes the rest, ``fc`` is left out with a
+    note and kept as the source classifier."""
+    import timm
+
+    torch.manual_seed(0)
+    full = timm.create_model("resnet18", num_classes=7)
+    state = full.state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": state} if wrapped else state, path)
+    spec = plugin_system.backbones.get("resnet18")
+    backbone = spec.build()
+    info = plugin_system.weights.get("file").load(spec, backbone, str(path), {})
+    assert torch.equal(backbone.model.conv1.weight, state["conv1.weight"])
+    assert torch.equal(backbone.model.layer4[1].bn2.running_mean,
+                       state["layer4.1.bn2.running_mean"])
+    assert "fc.weight, fc.bias" in info["note"] and "7 classes" in info["note"]
+    assert info["note"] in capsys.readouterr().err
+    assert torch.equal(backbone.source_classifier.weight, state["fc.weight"])
+    assert torch.equal(backbone.source_classifier.bias, state["fc.bias"])
+
+
+def test_a_checkpoint_of_another_architecture_is_still_refused(plugin_system, tmp_path):
+    import timm
+
+    from harness.api.errors import WeightsUnavailable
+
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "r.pth")
+    spec = plugin_system.backbones.get("resnet34")
+    with pytest.raises(WeightsUnavailable, match=r"does not fit this backbone: missing keys: "):
+        plugin_system.weights.get("file").load(spec, spec.build(), str(tmp_path / "r.pth"), {})
