@@ -306,3 +306,27 @@ def test_a_checkpoint_of_another_architecture_is_still_refused(plugin_system, tm
     spec = plugin_system.backbones.get("resnet34")
     with pytest.raises(WeightsUnavailable, match=r"does not fit this backbone: missing keys: "):
         plugin_system.weights.get("file").load(spec, spec.build(), str(tmp_path / "r.pth"), {})
+
+
+def test_pets_names_every_missing_image_of_its_lists_at_once(tmp_path):
+    from harness.train.data import BadData
+    from plugins.datasets.pets import load_pets
+
+    root = tmp_path / "pets"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rows = []
+    for n in range(1, 7):
+        rows += [f"Abyssinian_{n} 1 1 1", f"beagle_{n} 2 2 1"]
+        if n > 3:
+            _png(root / "images" / f"Abyssinian_{n}.jpg", 8, 8)
+        _png(root / "images" / f"beagle_{n}.jpg", 8, 8)
+    (root / "annotations" / "list.txt").write_text("\n".join(rows))
+    (root / "annotations" / "trainval.txt").write_text("\n".join(rows[:8]))
+    (root / "annotations" / "test.txt").write_text("\n".join(rows[8:]))
+    with pytest.raises(BadData) as err:
+        load_pets("classification", 16, 0, tmp_path / "c", root=str(root))
+    msg = str(err.value)
+    assert msg.startswith(f"3 listed images do not exist in {root / 'images'}: ")
+    assert all(f"Abyssinian_{n}.jpg (trainval.txt line {2 * n - 1})" in msg for n in (1, 2, 3))
+    assert "delete" not in msg and "remove" not in msg

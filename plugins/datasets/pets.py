@@ -215,12 +215,19 @@ def _breeds(every: list, ann: Path) -> tuple[dict, list, list]:
 def _check_images_exist(rows: list, images_dir: Path, own_root: bool) -> None:
     """Every listed image is a file, else :class:`BadData` naming the list's line; the
     advice never tells a ``root=`` user to delete their own data."""
-    for r in rows:
-        if not (images_dir / f"{r.name}.jpg").is_file():
-            fix = ("put the image there or remove the line" if own_root else
-                   "re-extract images.tar.gz")
-            raise BadData(f"{r.path} line {r.line}: lists image {r.name!r} but "
-                          f"{images_dir / (r.name + '.jpg')} does not exist; {fix}")
+    missing = [r for r in rows if not (images_dir / f"{r.name}.jpg").is_file()]
+    if not missing:
+        return
+    fix = (f"put the images in {images_dir}, or take their lines out of the lists" if own_root
+           else f"{images_dir.parent} is the bench's own extraction of images.tar.gz (a cache "
+                f"folder, not your data): delete that folder and run again to re-extract it")
+    if len(missing) == 1:
+        r = missing[0]
+        raise BadData(f"{r.path} line {r.line}: lists image {r.name!r} but "
+                      f"{images_dir / (r.name + '.jpg')} does not exist; {fix}")
+    raise BadData(f"{len(missing)} listed images do not exist in {images_dir}: "
+                  + list_names([f"{r.name}.jpg ({r.path.name} line {r.line})" for r in missing])
+                  + f"; {fix}")
 
 
 def _localization_splits(rows, boxes, imgs, sizes, keep, ann: Path, images_dir: Path,
