@@ -189,3 +189,11 @@ def test_several_durations_get_their_own_noise_and_the_judged_one_decides():
     assert res["latency"]["noise"]["attempts"] == 1
     res = measure_many(step, 1, S, clock=clock, probe=lambda: 1.0, load=lambda: QUIET)
     assert res["latency"]["noise"]["attempts"] == 1 + S.noisy_retries  # all names judged
+
+
+def test_csv_rows_carry_the_noise_flag_and_reasons():
+    from harness.run.results import cell_rows
+    (row,) = cell_rows(_rec("a", 0.8, 5.0, True))
+    assert row["latency_noisy"] is True and row["latency_noise"].startswith("IQR is 60%")
+    (row,) = cell_rows(_rec("a", 0.8, 5.0, False))
+    assert row["latency_noisy"] is False and row["latency_noise"] is None

@@ -172,3 +172,11 @@ def test_worker_images_are_read_a_writable_batch_at_a_time(tmp_path):
     assert batched_outputs(run, mapped, 3).ravel().tolist() == [2.0] * 7
     assert fixed_batch_outputs(run, mapped, 3).ravel().tolist() == [2.0] * 7
     assert float(mapped.sum()) == 7 * 12  # the file is untouched
+
+
+def test_csv_rows_carry_the_images_each_metric_was_scored_on():
+    from harness.run.results import ROW_FIELDS, cell_rows
+    fp32, int8 = cell_rows(_rec())
+    assert (int8["metric_after"], int8["evaluated_on"], int8["test_images"]) == (0.834, 512, 1000)
+    assert fp32["metric_after"] is None and fp32["test_images"] == 1000
+    assert {"metric_after", "evaluated_on", "test_images"} <= set(ROW_FIELDS)

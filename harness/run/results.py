@@ -85,6 +85,7 @@ ROW_FIELDS = [
     "train_s", "budget", "epochs", "steps", "images", "train_flops", "params",
     "trainable_params", "gmacs", "runtime", "profile", "precision",
     "batch_size", "threads", "p50_ms", "p90_ms", "mean_ms", "cv", "throughput_per_s",
+    "latency_noisy", "latency_noise", "metric_after", "evaluated_on", "test_images",
     "latency_note", "error", "key",
 ]
 
@@ -121,6 +122,9 @@ def cell_rows(rec: dict) -> list[dict]:
         "params": rec.get("backbone_facts", {}).get("params_total"),
         "trainable_params": rec.get("trainable_params"),
         "gmacs": rec.get("backbone_facts", {}).get("gmacs"),
+        # the fp32 test metric's images; a row's metric_after is comparable with it only
+        # when its evaluated_on is the same number (harness.report.scoring)
+        "test_images": ((rec.get("data") or {}).get("sizes") or {}).get("test"),
         "error": rec.get("error"),
     }
     rows = []
@@ -131,6 +135,11 @@ def cell_rows(rec: dict) -> list[dict]:
         stats = lat.get("stats") or {}
         row.update({k: stats.get(k) for k in ("p50_ms", "p90_ms", "mean_ms", "cv",
                                               "throughput_per_s")})
+        noise = stats.get("noise") or {}  # harness.measure.latency.stability; absent: older
+        row["latency_noisy"] = noise.get("noisy")
+        row["latency_noise"] = "; ".join(noise.get("reasons") or []) or None
+        row["metric_after"] = lat.get("accuracy_after")
+        row["evaluated_on"] = lat.get("evaluated_on")
         row["latency_note"] = lat.get("unavailable") or lat.get("error") or lat.get("note")
         rows.append(row)
     return rows or [base]
