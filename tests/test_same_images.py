@@ -101,6 +101,11 @@ def test_accuracy_after_conversion_is_scored_on_every_test_image(register_plugin
     assert rec["data"]["sizes"]["test"] == N_TEST == same["evaluated_on"]
     # the same model on the same images: the accuracy after equals the fp32 test metric
     assert same["accuracy_after"] == pytest.approx(rec["test_metrics"]["accuracy"], abs=1e-9)
+    # every measured row carries its noise figure (tests/test_noise.py has the criterion)
+    noise = same["stats"]["noise"]
+    assert {"iqr_rel", "p90_p50", "probe_ms", "probe_drift", "load_before", "load_after",
+            "noisy", "reasons", "attempts"} <= set(noise)
+    assert 1 <= noise["attempts"] <= 3 and len(same["stats"]["attempts"]) == noise["attempts"]
     # a runtime scoring fewer images is an error, never a number compared with fp32
     short = rows["short-rt"]
     assert "stats" not in short and "accuracy_after" not in short
