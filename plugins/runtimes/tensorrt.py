@@ -13,11 +13,12 @@ which way (:func:`typing_of`, by the API's surface, not its version string):
   calibrators: every tensor's type comes from the network): the network is created with
   ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` where the flag exists (always on in 11);
   fp16 parses an ONNX file converted to fp16 with fp32 inputs and outputs (ONNX Runtime's
-  ``float16`` converter, ``keep_io_types``), int8 one quantized with explicit Q/DQ by ONNX
-  Runtime's quantizer (symmetric int8 activations and per-channel weights, fp32 biases:
-  :func:`plugins.runtimes.onnxruntime.quantize`, ``int8-symmetric``). The layers the
-  quantizer leaves unquantized run in the file's fp32 (a strongly typed build has no fp16
-  fallback unless the file says fp16; the row says so in ``types``).
+  ``float16`` converter, ``keep_io_types``, nodes re-sorted), int8 one quantized with
+  explicit Q/DQ by ONNX Runtime's quantizer (symmetric int8 activations and per-channel
+  weights, fp32 biases: :func:`plugins.runtimes.onnxruntime.quantize`, ``int8-symmetric``),
+  then moved to opset 19 and converted to fp16: the strongly typed equivalent of int8 with
+  fp16 fallback (fp16 scales; layers the quantizer left unquantized run in fp16), the form
+  NVIDIA's ModelOpt writes with ``high_precision_dtype="fp16"``.
 
 Common to both: one optimization profile from batch 1 to the profile's batch (opt = max);
 ``BuilderFlag.TF32`` cleared when ``[latency] tf32`` is off; timing by
@@ -67,6 +68,17 @@ def network_flags(trt, typing: str) -> int:
     return 1 << int(flag) if flag is not None else 0
 
 
+def _to_fp16(model):
+    """``model`` (an ``onnx.ModelProto``) with fp16 weights, activations and Q/DQ scales and
+    fp32 inputs and outputs, its nodes topologically sorted (the converter appends its
+    input casts at the end, and TensorRT's parser reads nodes in order)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
+    converted.topological_sort()
+    return converted.model
+
+
 def fp16_onnx(art) -> tuple[Path, dict]:
     """An fp16 copy of the cell's ONNX file with fp32 inputs and outputs (made once per
     cell): what a strongly typed build parses for fp16."""
@@ -74,13 +86,38 @@ def fp16_onnx(art) -> tuple[Path, dict]:
 
     def make(dst: Path) -> dict:
         import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
         t0 = time.perf_counter()
-        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+        onnx.save(_to_fp16(onnx.load(str(src))), str(dst))
         return {"method": "ONNX Runtime float16 converter (keep_io_types: fp32 inputs and "
                           "outputs, fp16 inside)", "convert_s": time.perf_counter() - t0}
 
     return once_per_cell(art, f"{src.stem}.fp16.onnx", make)
+
+
+def int8_fp16_onnx(art) -> tuple[Path, dict]:
+    """The strongly typed form of "int8 with fp16 fallback" (made once per cell): the cell's
+    symmetric int8 Q/DQ file (:func:`plugins.runtimes.onnxruntime.quantize`,
+    ``int8-symmetric``) moved to opset 19 (whose Q/DQ take fp16 scales) and converted to
+    fp16, so dequantized tensors and the layers the quantizer left unquantized are fp16,
+    as NVIDIA's ModelOpt writes them (``high_precision_dtype="fp16"``)."""
+    from .onnxruntime import quantize
+    qdq, how = quantize(art, "int8-symmetric")
+
+    def make(dst: Path) -> dict:
+        import onnx
+        from onnx import version_converter
+        t0 = time.perf_counter()
+        model = onnx.load(str(qdq))
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                    default=0)
+        if opset < 19:
+            model = version_converter.convert_version(model, 19)
+        onnx.save(_to_fp16(model), str(dst))
+        return {**how, "method": how["method"] + "; then opset 19 and fp16 (fp16 scales, "
+                                                 "fp16 outside the int8 layers)",
+                "convert_s": time.perf_counter() - t0}
+
+    return once_per_cell(art, f"{qdq.stem}.fp16.onnx", make)
 
 
 def onnx_for(art, precision: str, typing: str) -> tuple[Path, dict]:
@@ -94,10 +131,9 @@ def onnx_for(art, precision: str, typing: str) -> tuple[Path, dict]:
     if precision == "fp16":
         path, how = fp16_onnx(art)
         return path, {**how, "types": "strongly typed: fp16 from the converted ONNX file"}
-    from .onnxruntime import quantize
-    path, how = quantize(art, "int8-symmetric")
-    return path, {**how, "types": "strongly typed: explicit Q/DQ int8; layers the quantizer "
-                                  "left unquantized run in fp32"}
+    path, how = int8_fp16_onnx(art)
+    return path, {**how, "types": "strongly typed: explicit Q/DQ int8 with fp16 scales; "
+                                  "layers left unquantized run in fp16"}
 
 
 def _calibrator(trt, images: np.ndarray, batch: int, cache: Path, device: str = "cuda"):
