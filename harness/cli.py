@@ -354,7 +354,9 @@ def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
         total = len(store.order()) or "?"
         kept = (f"kept: {ok} of {total} cells finished ok, their records in {path}/cells "
                 f"(results.json rebuilt; bench report {shlex.quote(str(path))} shows them); "
-                f"the cell that was running and those not started run when you resume")
+                f"the cells that were running or not started run when you resume"
+                if ok else f"no cell had finished yet ({path} keeps the run's settings); "
+                           f"all {total} cells run when you resume")
     click.echo(f"\nInterrupted (Ctrl-C); {kept}. Resume with:\n  {again}", err=True)
     ctx.exit(130)
 

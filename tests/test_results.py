@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -123,8 +124,12 @@ def test_resume_after_sigkill_and_ctrl_c(tmp_path):
     _wait_builds(tmp_path, 4, proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
-    assert proc.returncode != 0, out
+    assert proc.returncode == 130, out  # 128 + SIGINT, and a sentence instead of "Aborted!"
     assert "resuming" in out and "2 of 4 cells already finished" in out, out
+    assert "Interrupted (Ctrl-C); kept: 2 of 4 cells finished ok" in out, out
+    again = shlex.join(["bench", "run", "-m", str(tmp_path / "m.toml"), "--out",
+                        str(tmp_path / "runs"), "-q"])
+    assert out.rstrip().endswith(f"Resume with:\n  {again}"), out
     after_int = _cells(run)
     assert {k: m for k, (s, m) in after_int.items() if s == "ok"} == ok
     json.loads((run / "results.json").read_text())
