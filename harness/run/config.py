@@ -302,7 +302,10 @@ def load_matrix_file(path: Path) -> dict:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     else:
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the same parser, as the tomli package
+            import tomli as tomllib
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
