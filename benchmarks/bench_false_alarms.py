@@ -1,30 +1,43 @@
-"""Does `bench check` cry wolf on a noisy machine, and does it catch a real 25% slowdown?
+"""Does `bench check --against` cry wolf, and does it catch real slowdowns in every runtime?
 
-Measured the way CI uses the check: every measurement runs in a fresh worker process
-(:mod:`harness.regression.worker`), as `bench baseline create` and `bench check` do.
+Measured the way CI runs the check: every check starts a base worker and a candidate worker
+(fresh processes, :mod:`harness.regression.worker`), side by side, and adds paired rounds
+until the sequential test decides (:mod:`harness.regression.sequential`), exactly as
+``bench check --against REV`` does. The base is this source tree; the candidate is
 
-* stored mode: one baseline, measured first; then every check, each in its own fresh
-  worker, minutes later (the benchmark's own duration; ``--gap-s`` adds a pause before the
-  checks), compared with `bench check --baseline`'s rule (Mann-Whitney + confirmation).
-* paired mode: every check starts a base worker and a candidate worker side by side and
-  interleaves their rounds, as `bench check --against REV` does (Wilcoxon on the paired
-  rounds + confirmation).
+* ``A/A``: the same code (every check must pass);
+* ``wider``: the benchmark CNN with more channels, ``effect`` times the multiply-adds
+  (extra work in the model; reaches the candidate's worker as its plugin);
+* ``busy``: the runtime busy-waits ``effect - 1`` of each call's process CPU time
+  (``plugins.regression.SlowdownPlugin``, any runtime);
+* ``option``: a copy of this source tree with one line of the runtime's plugin changed, the
+  realistic mistake of a session or compile option turned off (its effect is whatever it
+  costs, reported as measured): ONNX Runtime ``ORT_DISABLE_ALL`` instead of
+  ``ORT_ENABLE_ALL``; PyTorch with oneDNN (mkldnn) off; OpenVINO compiled without the
+  static input shape (dynamic batch); ExecuTorch lowered without the XNNPACK partitioner.
 
-Per mode: ``--checks`` A/A checks (nothing changed), and as many with each planted 25%
-slowdown: ``wider`` (the candidate's CNN has wider layers: ~25% more multiply-adds, more
-*work*) and ``busy`` (the PyTorch runtime busy-waits 25% of each call's CPU time). The
-planted changes reach the workers as plugins, exactly as code would. Pass criteria of the
-issue for paired mode: at most 1 false alarm in 20 A/A checks and at least 19 of 20 planted
-slowdowns caught.
+for each runtime installed here (``--runtimes``), at each effect (``--effects``: 1.15, 1.25,
+1.5), ``--checks`` times. It prints every check, then per runtime and kind the share of
+checks that said "regression" (the false-alarm rate for A/A, the power for planted
+slowdowns), the median ratio read, the mean paired rounds and seconds per check, and the
+noise of the A/A paired log-ratios with the power the exact operating characteristic
+predicts for it at 1.25x.
 
-Usage: python benchmarks/bench_false_alarms.py [--checks 20] [--modes stored,paired]
+Goal of issue 28: <= 1/20 A/A false alarms and >= 19/20 caught at 1.25x for every runtime.
+Full run (an idle machine; about 1-2 hours with 20 checks):
+  python benchmarks/bench_false_alarms.py --checks 20
+Small run (shows it works; noisy on a busy machine):
+  python benchmarks/bench_false_alarms.py --checks 2 --effects 1.25
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +51,34 @@ from harness.run.config import MatrixConfig  # noqa: E402
 from harness.run.executor import recipe_for  # noqa: E402
 from plugins.regression import slowdown_plugin  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 PROFILE = {"one_thread": {"batch_size": 1, "threads": 1, "precisions": ["fp32"],
                           "device": "cpu"}}
-KEY = "pytorch/one_thread/fp32"
+RUNTIMES = ("pytorch", "onnxruntime", "openvino", "executorch")
+# the one-line mistakes: (file, text, replacement, what it is)
+OPTION_OFF = {
+    "onnxruntime": ("plugins/runtimes/onnxruntime.py", "GraphOptimizationLevel.ORT_ENABLE_ALL",
+                    "GraphOptimizationLevel.ORT_DISABLE_ALL", "graph optimizations off "
+                    "(ORT_DISABLE_ALL)"),
+    "pytorch": ("plugins/runtimes/pytorch.py", "        with torch.inference_mode():\n"
+                "            return model(x)",
+                "        with torch.inference_mode(), torch.backends.mkldnn.flags(enabled="
+                "False):\n            return model(x)", "oneDNN (mkldnn) off"),
+    "openvino": ("plugins/runtimes/openvino.py",
+                 "        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})\n", "",
+                 "compiled without the static input shape (dynamic batch)"),
+    "executorch": ("plugins/runtimes/executorch.py",
+                   "to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])",
+                   "to_edge_transform_and_lower(ep, partitioner=[])",
+                   "lowered without the XNNPACK partitioner (portable kernels)"),
+}
 
 
-def system(width_scale: float = 1.0, busy: float = 0.0) -> PluginSystem:
+def system(runtime: str, width_scale: float = 1.0, busy: float = 0.0) -> PluginSystem:
     """Built-ins plus the benchmark's CNN; ``width_scale``/``busy`` plant a slowdown."""
     s = PluginSystem(entry_points=False)
     if busy:
-        provider, slowed = slowdown_plugin(s, "pytorch", busy)
+        provider, slowed = slowdown_plugin(s, runtime, busy)
         s.unregister(provider)
         s.register(slowed, name="planted-busy-wait", origin="benchmark")
     s.register(fa_plugin.FaPlugin(width_scale), name="fa-cnn", origin="benchmark")
@@ -55,92 +86,129 @@ def system(width_scale: float = 1.0, busy: float = 0.0) -> PluginSystem:
     return s
 
 
-def entries(plugins: PluginSystem) -> list[dict]:
-    cfg = MatrixConfig(backbones=["fa_cnn"], datasets=["synthetic"], strategies=["frozen"],
-                       runtimes=["pytorch"], profiles=list(PROFILE),
+def entries(plugins: PluginSystem, runtime: str) -> list[dict]:
+    cfg = MatrixConfig(backbones=["fa_cnn"], datasets=["digits"], strategies=["frozen"],
+                       runtimes=[runtime], profiles=list(PROFILE),
                        image_size=fa_plugin.IMAGE).fill_defaults(plugins).cells()[0].to_dict()
-    return [rg.make_entry(cfg, PROFILE, {"name": "10 classes", "num_classes": 10})]
+    return [rg.make_entry(cfg, PROFILE, {"name": "digits", "num_classes": 10})]
 
 
-def _latency(verdicts) -> rg.Verdict:
-    (v,) = [v for v in verdicts if v.check == f"latency {KEY}"]
-    return v
+def option_tree(runtime: str, into: Path) -> Path:
+    """A copy of this tree's code with the runtime's one-line option mistake applied."""
+    rel, old, new, _ = OPTION_OFF[runtime]
+    tree = into / f"option-{runtime}"
+    for part in ("harness", "plugins"):
+        shutil.copytree(ROOT / part, tree / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    path = tree / rel
+    text = path.read_text()
+    if text.count(old) != 1:
+        raise SystemExit(f"the planted option change no longer applies: {rel} has "
+                         f"{text.count(old)} copies of {old!r}; update OPTION_OFF")
+    path.write_text(text.replace(old, new))
+    return tree
 
 
-def run_mode(mode: str, args, cs, rs, systems: dict, log) -> dict:
-    base_sys = systems["A/A"]
-    ents = entries(base_sys)
-    results: dict = {k: [] for k in systems}
-    baseline = None
-    if mode == "stored":
-        t0 = time.time()
-        baseline = rg.new_baseline(rg.attach_latency(base_sys, entries(base_sys), rs), rs, cs,
-                                   "benchmark")
-        log(f"  stored baseline measured in its own worker "
-            f"({statistics.median(baseline['cells'][0]['latency'][KEY]['round_ms']):.2f} CPU "
-            f"ms/call, {time.time() - t0:.0f} s)")
-        if args.gap_s:
-            time.sleep(args.gap_s)
-    base_recipe = recipe_for(base_sys)
-    for i in range(args.checks):
-        for label, cand_sys in systems.items():
-            t0 = time.time()
-            if mode == "stored":
-                v = _latency(rg.run_check(cand_sys, baseline, cs, rs))
-            else:
-                v = _latency(rg.run_paired(ents, cs, rs, args.tree, base_recipe=base_recipe,
-                                           cand_recipe=recipe_for(cand_sys)))
-            results[label].append(v)
-            log(f"  {mode} {i + 1:2d} {label:7s}: {v.status:10s} {v.change or '':8s} "
-                f"p={'-' if v.p_value is None else f'{v.p_value:.2g}'} "
-                f"({time.time() - t0:.0f} s) {v.note}")
-    return results
+def plans(runtime: str, effects: list[float], tmp: Path) -> list[tuple]:
+    """``(kind, effect, candidate recipe, candidate tree)`` of every check kind."""
+    out = [("A/A", 1.0, recipe_for(system(runtime)), None)]
+    for e in effects:
+        out.append(("wider", e, recipe_for(system(runtime, fa_plugin.width_for(e - 1))), None))
+        out.append(("busy", e, recipe_for(system(runtime, busy=e - 1)), None))
+    if runtime in OPTION_OFF:
+        out.append(("option", None, recipe_for(system(runtime)), option_tree(runtime, tmp)))
+    return out
 
 
-def summary(mode: str, results: dict) -> list[str]:
+def check(runtime: str, plan: tuple, cs, rs, log) -> dict:
+    kind, effect, cand_recipe, cand_tree = plan
+    base_sys = system(runtime)
+    t0 = time.time()
+    vs = rg.run_paired(entries(base_sys, runtime), cs, rs, ROOT, plugins=base_sys,
+                       base_recipe=recipe_for(base_sys), cand_recipe=cand_recipe,
+                       cand_tree=cand_tree)
+    (v,) = [v for v in vs if v.check == f"latency {runtime}/one_thread/fp32"]
+    secs = time.time() - t0
+    logs = [math.log(r) for r in v.detail.get("ratios", [])]
+    log(f"  {runtime:11s} {kind:6s} {'' if effect is None else f'x{effect:.2f}':6s} "
+        f"{v.status:10s} {v.change or '':8s} rounds={v.detail.get('rounds', '-')!s:3s} "
+        f"p={'-' if v.p_value is None else f'{v.p_value:.2g}'} ({secs:.0f} s) {v.note}")
+    return {"status": v.status, "ratio": v.detail.get("ratio"), "logs": logs,
+            "rounds": v.detail.get("rounds"), "secs": secs}
+
+
+def summary(runtime: str, results: dict, cs) -> list[str]:
     lines = []
-    for label, vs in results.items():
-        n = len(vs)
-        alarms = sum(v.status == "regression" for v in vs)
-        errors = sum(v.status == "error" for v in vs)
-        ratios = [v.detail["ratio"] for v in vs if "ratio" in v.detail]
-        spread = (f"ratio median x{statistics.median(ratios):.3f}, range "
-                  f"x{min(ratios):.3f}-x{max(ratios):.3f}" if ratios else "no ratio")
-        what = "false alarms" if label == "A/A" else "caught"
-        lines.append(f"RESULT {mode:6s} {label:7s}: {alarms}/{n} {what}"
-                     f"{f', {errors} errors' if errors else ''}; {spread}")
+    rule = cs.sequential()
+    for (kind, effect), rs_ in results.items():
+        n = len(rs_)
+        hit = sum(r["status"] == "regression" for r in rs_)
+        other = {s: sum(r["status"] == s for r in rs_) for s in ("undecided", "error")}
+        ratios = [r["ratio"] for r in rs_ if r["ratio"] is not None]
+        what = "false alarms" if kind == "A/A" else "caught"
+        eff = OPTION_OFF[runtime][3] if kind == "option" else (
+            "" if kind == "A/A" else f"x{effect:.2f}")
+        extra = ", ".join(f"{v} {k}" for k, v in other.items() if v)
+        lines.append(
+            f"RESULT {runtime:11s} {kind:6s} {eff:9s}: {hit}/{n} {what}"
+            f"{f' ({extra})' if extra else ''}; ratio median "
+            f"x{statistics.median(ratios) if ratios else float('nan'):.3f}; rounds "
+            f"{statistics.fmean(r['rounds'] or 0 for r in rs_):.1f}; "
+            f"{statistics.fmean(r['secs'] for r in rs_):.0f} s/check")
+        if kind == "A/A":
+            logs = [d for r in rs_ for d in r["logs"]]
+            if len(logs) > 2:
+                sigma = statistics.stdev(logs)
+                p = rg.round_probability(1.25, cs.latency_tolerance, sigma)
+                power = rg.operating_characteristic(rule, p)["regression"]
+                lines.append(f"NOISE  {runtime:11s} A/A paired log-ratio sd {sigma:.3f} over "
+                             f"{len(logs)} rounds: predicted power at x1.25 {power:.3f}")
     return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checks", type=int, default=20)
-    ap.add_argument("--modes", default="stored,paired")
-    ap.add_argument("--slowdown", type=float, default=0.25)
-    ap.add_argument("--rounds", type=int, default=rg.RoundSettings().rounds)
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--effects", default="1.15,1.25,1.5")
+    ap.add_argument("--kinds", default="A/A,wider,busy,option")
     ap.add_argument("--calls", type=int, default=rg.RoundSettings().calls)
-    ap.add_argument("--gap-s", type=float, default=0.0,
-                    help="Pause between the stored baseline and the first check.")
+    ap.add_argument("--max-rounds", type=int, default=rg.CheckSettings().max_rounds)
     args = ap.parse_args()
-    args.tree = Path(__file__).resolve().parents[1]  # the base: this very code (A/A)
-    cs, rs = rg.CheckSettings(), rg.RoundSettings(rounds=args.rounds, calls=args.calls)
-    systems = {"A/A": system(), "wider": system(width_scale=fa_plugin.width_for(args.slowdown)),
-               "busy": system(busy=args.slowdown)}
+    cs = rg.CheckSettings(max_rounds=args.max_rounds)
+    rs = rg.RoundSettings(calls=args.calls)
+    effects = [float(e) for e in args.effects.split(",") if e]
+    kinds = set(args.kinds.split(","))
+    probe_sys = PluginSystem(entry_points=False)
+    runtimes = []
+    for r in args.runtimes.split(","):
+        ok, why = probe_sys.runtimes.get(r).available()
+        if ok:
+            runtimes.append(r)
+        else:
+            print(f"skipped {r}: {why}")
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / "
-          f"{load[2]:.1f} at the start; CNN {fa_plugin.describe()} @ {fa_plugin.IMAGE}px, "
-          f"pytorch, 1 thread; {rs.rounds} rounds x {rs.calls} calls; tolerance "
-          f"{cs.latency_tolerance:.0%}, alpha {cs.alpha}, confirm {cs.confirm}; planted: wider "
-          f"x{fa_plugin.width_for(args.slowdown):.3f} channels "
-          f"({fa_plugin.work_ratio(fa_plugin.width_for(args.slowdown)):.3f}x multiply-adds), "
-          f"busy-wait +{args.slowdown:.0%}", flush=True)
+    from harness.measure.env import environment
+    env = environment()
+    print(f"machine: {os.cpu_count()} CPUs ({env.get('cpu', '?')}), load "
+          f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start; CNN "
+          f"{fa_plugin.describe()} @ {fa_plugin.IMAGE}px, 1 thread, fp32; {rs.calls} calls "
+          f"per round; rule: sequential sign test, tolerance x{1 + cs.latency_tolerance:.2f}, "
+          f"alpha {cs.alpha}, power {cs.power} at p1 {cs.p1}, at most {cs.max_rounds} rounds; "
+          f"{args.checks} checks per runtime, kind and effect", flush=True)
     from harness.regression.counters import instruction_counter
     print(f"instructions: {instruction_counter()[1] or 'counted'}", flush=True)
     t0 = time.time()
     out = []
-    for mode in args.modes.split(","):
-        res = run_mode(mode, args, cs, rs, systems, lambda m: print(m, flush=True))
-        out += summary(mode, res)
+    with tempfile.TemporaryDirectory(prefix="tb-fa-") as tmp:
+        for runtime in runtimes:
+            results: dict = {}
+            todo = [p for p in plans(runtime, effects, Path(tmp)) if p[0] in kinds]
+            for i in range(args.checks):
+                for plan in todo:  # interleaved: a slow hour hits every kind alike
+                    results.setdefault(plan[:2], []).append(
+                        check(runtime, plan, cs, rs, lambda m: print(m, flush=True)))
+            out += summary(runtime, results, cs)
     load = os.getloadavg()
     print(f"total {time.time() - t0:.0f} s; load average at the end {load[0]:.1f} / "
           f"{load[1]:.1f} / {load[2]:.1f}")

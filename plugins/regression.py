@@ -39,7 +39,9 @@ def _progress(quiet: bool):
 def _round_options(fn):
     for opt in reversed([
         click.option("--rounds", type=int, default=None,
-                     help="Interleaved measurement rounds per runtime x profile [10]."),
+                     help="Interleaved measurement rounds per runtime x profile, for a stored "
+                          "baseline [10] (--against adds rounds until it decides: "
+                          "--max-rounds)."),
         click.option("--calls", type=int, default=None, help="Timed calls per round [15]."),
         click.option("--calibrate/--no-calibrate", default=None,
                      help="Time a fixed matmul probe before every round and normalize by it "
@@ -192,15 +194,22 @@ def check_command():
                   help="Allowed drop of the metric [baseline's check table, else 0.01].")
     @click.option("--alpha", type=float, default=None, help="Significance level [0.01].")
     @click.option("--confirm", type=int, default=None,
-                  help="Re-measurements that must confirm a latency regression [2].")
+                  help="Re-measurements that must confirm a latency regression against a "
+                       "stored baseline [2].")
+    @click.option("--max-rounds", type=int, default=None,
+                  help="--against: paired rounds after which a still undecided sequential "
+                       "test stops and says 'undecided' (exit 2) [60].")
+    @click.option("--power", type=float, default=None,
+                  help="--against: the sequential test's power when 80% of the paired rounds "
+                       "read above the tolerance (about a 1.25x slowdown) [0.95].")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
     @matrix_options
     @_round_options
     @click.pass_context
     def check(ctx, baseline_path, against, run, retrain, no_latency, latency_tolerance,
-              accuracy_drop, alpha, confirm, markdown, junit, rounds, calls, calibrate,
-              statistic, quiet, **matrix_opts):
+              accuracy_drop, alpha, confirm, max_rounds, power, markdown, junit, rounds, calls,
+              calibrate, statistic, quiet, **matrix_opts):
         """Re-measure a baseline's cells (or measure REV beside this code) and say whether
         they got slower or less accurate."""
         from harness.api.errors import BenchError
@@ -211,7 +220,8 @@ def check_command():
             plan = _check_plan(get_plugins(), baseline_path, against, run, retrain, no_latency,
                                matrix_opts, {"latency_tolerance": latency_tolerance,
                                              "accuracy_drop": accuracy_drop, "alpha": alpha,
-                                             "confirm": confirm},
+                                             "confirm": confirm, "max_rounds": max_rounds,
+                                             "power": power},
                                (rounds, calls, calibrate, statistic))
             for w in plan["warnings"]:
                 click.echo(f"warning: {w}", err=True)
@@ -258,6 +268,14 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
     if against and (run or retrain or no_latency):
         raise BenchError("--against compares latency only; check metrics with --baseline "
                          "FILE and --run/--retrain in a second step")
+    if against and (round_opts[0] is not None or overrides.get("confirm") is not None):
+        raise BenchError("--against adds paired rounds until one sequential test decides: "
+                         "--rounds and --confirm are for a stored baseline (--baseline); "
+                         "bound the paired rounds with --max-rounds")
+    if not against and (overrides.get("max_rounds") is not None or
+                        overrides.get("power") is not None):
+        raise BenchError("--max-rounds and --power set the paired check's sequential test "
+                         "(--against REV); a stored baseline is checked in --rounds rounds")
     if not against and not baseline_path:
         raise BenchError("give --baseline FILE (a stored baseline) or --against REV (measure "
                          "the base revision beside this code)")
@@ -283,29 +301,25 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
 
 
 # -- planting a slowdown (for benchmarks and tests of the check itself) ----------------------
-class SlowedModel:
-    """Wraps a model so each call busy-waits ``extra`` x the CPU time the call itself took.
+class BusyWait:
+    """A timed call that busy-waits ``extra`` x the process CPU time the call itself took.
 
     A busy-wait (not a sleep) adds CPU work, as a real slower kernel would; it is sized by
-    the calling thread's CPU time (``time.thread_time``), so it is ``extra`` more *work*
-    however much the machine is contended (sizing it by wall time would add more work
-    whenever the call happened to be preempted). Meant for one-thread profiles: work on
-    other intra-op threads is not counted.
+    the process's CPU time (``time.process_time``: every thread, so a multi-threaded runtime's
+    call is slowed by ``extra`` of all its work), so it is ``extra`` more *work* however much
+    the machine is contended (sizing it by wall time would add more work whenever the call
+    happened to be preempted).
     """
 
-    def __init__(self, model, extra: float):
-        self.model, self.extra = model, extra
+    def __init__(self, fn, extra: float):
+        self.fn, self.extra = fn, extra
 
-    def eval(self):
-        self.model.eval()
-        return self
-
-    def __call__(self, *args, **kwargs):
+    def __call__(self):
         import time
-        t0 = time.thread_time()
-        out = self.model(*args, **kwargs)
-        until = t0 + (time.thread_time() - t0) * (1.0 + self.extra)
-        while time.thread_time() < until:
+        t0 = time.process_time()
+        out = self.fn()
+        until = t0 + (time.process_time() - t0) * (1.0 + self.extra)
+        while time.process_time() < until:
             pass
         return out
 
@@ -313,11 +327,12 @@ class SlowedModel:
 class SlowdownPlugin:
     """A plugin registering runtime ``name`` again, ``extra`` (0.25 = 25%) slower per call.
 
-    It takes the runtime from the plugin module ``provider`` (e.g. ``plugins.runtimes``), so
-    it pickles by name and travels to worker processes. Register it after leaving out that
-    provider (the names would clash): ``system.unregister(provider)`` then
-    ``system.register(SlowdownPlugin(...))``. Only runtimes that call ``art.model`` (PyTorch
-    eager) are slowed.
+    Every call the runtime times goes through :class:`BusyWait`
+    (:func:`harness.measure.latency.wrap_calls`), so any runtime (PyTorch, ONNX Runtime,
+    OpenVINO, ExecuTorch, ...) can be slowed. It takes the runtime from the plugin module
+    ``provider`` (e.g. ``plugins.runtimes``), so it pickles by name and travels to worker
+    processes. Register it after leaving out that provider (the names would clash):
+    ``system.unregister(provider)`` then ``system.register(SlowdownPlugin(...))``.
     """
 
     def __init__(self, provider: str, name: str, extra: float):
@@ -334,7 +349,7 @@ class SlowdownPlugin:
         return [RuntimeSpec(spec.name, available=spec.available,
                             measure=_SlowedMeasure(spec.measure, self.extra),
                             needs_onnx=spec.needs_onnx, packages=spec.packages,
-                            verify_export=spec.verify_export,
+                            verify_export=spec.verify_export, precisions=spec.precisions,
                             description=f"{spec.description} + planted {self.extra:.0%} "
                                         "slowdown")]
 
@@ -344,9 +359,9 @@ class _SlowedMeasure:
         self.measure, self.extra = measure, extra
 
     def __call__(self, art, profile, settings):
-        import dataclasses
-        return self.measure(dataclasses.replace(art, model=SlowedModel(art.model, self.extra)),
-                            profile, settings)
+        from harness.measure.latency import wrap_calls
+        with wrap_calls(lambda fn: BusyWait(fn, self.extra)):
+            return self.measure(art, profile, settings)
 
 
 def slowdown_plugin(plugins, runtime: str, extra: float) -> tuple[str, "SlowdownPlugin"]:

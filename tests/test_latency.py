@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from harness.measure.latency import MeasureSettings, PeakMemory, measure, summarize
+from harness.measure.latency import (MeasureSettings, PeakMemory, measure, summarize,
+                                     timed_calls, wrap_calls)
 
 
 def test_min_count_and_min_duration_are_both_met():
@@ -73,3 +74,15 @@ def test_peak_memory_sees_an_allocation_inside_the_block_only():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError):
         MeasureSettings(**bad)
+
+
+def test_timed_calls_records_the_timed_function_and_wrap_calls_wraps_it():
+    quick = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3, min_s=0.0)
+    with timed_calls() as seen, wrap_calls(lambda fn: (lambda: ("wrapped", fn()))):
+        stats = measure(lambda: 7, 1, quick)
+    (tc,) = seen
+    assert tc.stats is stats and tc.output == ("wrapped", 7) and tc.fn() == ("wrapped", 7)
+    with timed_calls() as outside:
+        pass
+    measure(lambda: 7, 1, quick)  # outside both blocks: nothing recorded, nothing wrapped
+    assert outside == []

@@ -24,12 +24,14 @@ creation and the timed runs), read from Linux's ``VmHWM`` after resetting it.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import resource
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -191,6 +193,52 @@ def stability(stats: dict, probe_before: Optional[float], probe_after: Optional[
                           "max_load_per_cpu": settings.max_load_per_cpu}}
 
 
+class TimedCall(NamedTuple):
+    """One :func:`measure` seen inside :func:`timed_calls`: the timed function (a call on a
+    session or compiled model that already exists), the statistics ``measure`` returned (the
+    very dict a runtime puts in its row) and the function's output (for a replay check).
+    From :func:`measure_many`: its ``step``, its ``{name: statistics}`` and no output."""
+
+    fn: Callable[[], object]
+    stats: dict
+    output: object
+
+
+_SEEN: contextvars.ContextVar = contextvars.ContextVar("transfer_bench_timed_calls",
+                                                       default=None)
+_WRAP: contextvars.ContextVar = contextvars.ContextVar("transfer_bench_wrap_calls",
+                                                       default=None)
+
+
+@contextmanager
+def timed_calls() -> Iterator[list]:
+    """Collect a :class:`TimedCall` for every :func:`measure` run inside the block.
+
+    The regression check (:mod:`harness.regression.measure`) lets a runtime plugin load its
+    model once (session creation, compilation, lowering), keeps the timed function and
+    times only calls of it in every later round. So a runtime's timed function must stay
+    valid after ``measure`` returns: bind the session it runs, not a loop variable.
+    """
+    seen: list = []
+    token = _SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.reset(token)
+
+
+@contextmanager
+def wrap_calls(wrapper: Callable[[Callable[[], object]], Callable[[], object]]) -> Iterator[None]:
+    """Inside the block, :func:`measure` times ``wrapper(fn)`` instead of ``fn``: a hook for
+    instrumentation around every timed call of any runtime (a tracer, or a planted slowdown
+    when testing the regression check: ``plugins.regression.BusyWait``)."""
+    token = _WRAP.set(wrapper)
+    try:
+        yield
+    finally:
+        _WRAP.reset(token)
+
+
 def measure(fn: Callable[[], object], batch_size: int,
             settings: MeasureSettings = MeasureSettings(),
             clock: Optional[Callable[[], float]] = None,
@@ -201,15 +249,24 @@ def measure(fn: Callable[[], object], batch_size: int,
     noisy one is taken again, see the module doc).
 
     ``clock``, ``probe`` and ``load`` are the timer, the calibration probe and the load
-    average; tests replace them with fakes."""
+    average; tests replace them with fakes. Inside :func:`wrap_calls` the wrapped function
+    is timed; inside :func:`timed_calls` the timed function, the returned statistics and one
+    more call's output are recorded."""
     clock = clock or time.perf_counter
+    wrap = _WRAP.get()
+    if wrap is not None:
+        fn = wrap(fn)
 
     def step() -> dict:
         t0 = clock()
         fn()
         return {"wall": clock() - t0}
 
-    return measure_many(step, batch_size, settings, clock, probe, load)["wall"]
+    out = measure_many(step, batch_size, settings, clock, probe, load)
+    seen = _SEEN.get()
+    if seen is not None:  # the timed function is fn itself, not measure_many's step
+        seen[-1] = TimedCall(fn, out["wall"], fn())
+    return out["wall"]
 
 
 def measure_many(step: Callable[[], dict], batch_size: int,
@@ -257,6 +314,9 @@ def measure_many(step: Callable[[], dict], batch_size: int,
                               "noisy": t[name]["noise"]["noisy"],
                               "reasons": t[name]["noise"]["reasons"], "kept": t is kept}
                              for t in tries if name in t]
+    seen = _SEEN.get()
+    if seen is not None:  # a step that times itself: replayed whole, outputs not compared
+        seen.append(TimedCall(step, kept, None))
     return kept
 
 

@@ -12,22 +12,29 @@ How latency is compared (why it holds on a noisy, shared machine):
   CNN does per image, so a latency check needs no training; the baseline and the check
   use the very same procedure, so they are comparable. Accuracy comes from a fresh run
   (``--run``) or a retraining (``--retrain``).
-* **Interleaved rounds.** Every runtime x profile of every cell is measured in ``rounds``
-  short blocks, the blocks of all cells interleaved, so a burst of load hits a few rounds
-  of every cell rather than all rounds of one. Each block gives one sample: by default its
-  process CPU time per call (see :class:`RoundSettings` for why; wall-clock ``min`` and
+* **Each model loaded once.** A measuring worker runs every target's runtime plugin once
+  (conversion, session creation, compilation) and keeps the function it timed; every round
+  then times only calls of it, so no per-round set-up dilutes a regression of any runtime.
+* **Interleaved rounds.** Every runtime x profile of every cell is measured in short
+  blocks, the blocks of all cells interleaved, so a burst of load hits a few rounds of every
+  cell rather than all rounds of one. Each block gives one sample: by default the median of
+  its calls' process CPU time (see :class:`RoundSettings` for why; wall-clock ``min`` and
   ``median`` are options), and the wall-clock timings of every call are kept too.
 * **Calibration probe.** Right before each block a fixed ``torch.mm`` workload is timed
   the same way with the same threads; the block's sample divided by the probe's cancels
   the machine's speed (another CPU model, a clock change). Comparisons use these
   normalized samples.
-* **Ratio AND significance.** A regression needs the ratio of medians above
+* **Against a stored baseline:** a regression needs the ratio of medians above
   ``1 + tolerance`` and a one-sided Mann-Whitney U test (Mann & Whitney 1947) below
-  ``alpha`` -- the rule asv uses. A suspected regression is measured again and must be
-  confirmed (``confirm`` re-measurements).
+  ``alpha`` (the rule asv uses), confirmed by ``confirm`` re-measurements.
+* **Paired (``--against REV``):** base and candidate workers side by side, paired rounds
+  added until one sequential test decides at ``alpha`` (:mod:`.sequential`: Wald's SPRT on
+  the signs of the per-round log ratios beyond the tolerance; its power is computed exactly
+  and simulated, not assumed). int8 conversions are calibrated on the same images on both
+  sides (:mod:`.calibration`).
 
-Modules, bottom up: ``settings`` and ``statistics``; ``rebuild`` (a cell's model back from
-its configuration); ``measure`` (the rounds); ``baseline`` (files); ``verdict``; ``reports``;
+Modules, bottom up: ``sequential``, ``settings`` and ``statistics``; ``calibration``;
+``rebuild`` (a cell's model back from its configuration); ``measure`` (the rounds); ``baseline`` (files); ``verdict``; ``reports``;
 ``check`` (orchestration). This package re-exports their public names.
 """
 from .baseline import (fingerprint_warnings, load_baseline, make_entry, new_baseline,
@@ -37,6 +44,7 @@ from .check import (attach_latency, entries_from_matrix, entries_from_run,
 from .measure import Session, latency_key, measure_latency, probe
 from .paired import base_tree, compare_paired, paired_check, run_paired
 from .rebuild import build_architecture, cell_config, cell_identity
+from .sequential import SignSPRT, operating_characteristic, paired_decision, round_probability
 from .reports import junit_xml, markdown_summary, summary_line, verdict_table, write_reports
 from .settings import FORMAT, VERSION, BaselineError, CheckSettings, RoundSettings
 from .statistics import mann_whitney_greater
@@ -44,6 +52,7 @@ from .verdict import Verdict, compare_latency, compare_metric, exit_code
 
 __all__ = [
     "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Session", "Verdict",
+    "SignSPRT", "operating_characteristic", "paired_decision", "round_probability",
     "base_tree", "compare_paired", "paired_check", "run_paired",
     "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
     "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",

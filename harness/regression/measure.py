@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,20 +43,26 @@ def probe(reps: int = 1, size: int = 192) -> Callable[[], object]:
     return run
 
 
+def _time_calls(fn: Callable[[], object], n: int) -> tuple[list[float], list[float]]:
+    """``(wall ms, CPU ms)`` of each of ``n`` calls of ``fn``: ``time.perf_counter`` and the
+    process CPU time (``time.process_time``: every thread of the process) around each."""
+    wall, cpu = [], []
+    pc, pt = time.perf_counter, time.process_time
+    for _ in range(n):
+        c0, w0 = pt(), pc()
+        fn()
+        w1, c1 = pc(), pt()
+        wall.append((w1 - w0) * 1000.0)
+        cpu.append((c1 - c0) * 1000.0)
+    return wall, cpu
+
+
 def _block_ms(fn: Callable[[], object], rs: "RoundSettings") -> float:
+    """One block of ``fn``: ``warmup_calls`` untimed, then ``calls`` timed, reduced to the
+    round statistic (:meth:`RoundSettings.block`)."""
     for _ in range(rs.warmup_calls):
         fn()
-    if rs.statistic == "cpu":
-        c0 = time.process_time()
-        for _ in range(rs.calls):
-            fn()
-        return (time.process_time() - c0) * 1000.0 / rs.calls
-    times = []
-    for _ in range(rs.calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return rs.block(times)
+    return rs.block(*_time_calls(fn, rs.calls))
 
 
 @dataclass
@@ -69,8 +76,55 @@ def latency_key(runtime: str, profile: str, precision: str) -> str:
     return f"{runtime}/{profile}/{precision}"
 
 
+def _profile_spec(t: _Target):
+    from ..api.specs import ProfileSpec
+    return ProfileSpec(**{k: (tuple(v) if k == "precisions" else v) for k, v in t.profile.items()})
+
+
+def _arrays(out) -> Optional[list]:
+    """A call's output as a flat list of numpy copies (tensors, arrays, lists, dicts of
+    them), or None when it is something else."""
+    import numpy as np
+    if hasattr(out, "detach"):
+        return [out.detach().float().cpu().numpy().copy()]
+    if isinstance(out, np.ndarray):
+        return [out.copy()]
+    if isinstance(out, dict) or (hasattr(out, "values") and callable(out.values)):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        parts = [_arrays(o) for o in out]
+        return None if any(p is None for p in parts) else [a for p in parts for a in p]
+    return None
+
+
+def _same_outputs(a: Optional[list], b: Optional[list]) -> bool:
+    import numpy as np
+    if a is None or b is None:
+        return True  # nothing to compare: not a failed check
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return False
+        scale = float(np.abs(y).max()) if y.size else 0.0
+        if not np.allclose(x, y, rtol=1e-4, atol=1e-5 * max(scale, 1e-12)):
+            return False
+    return True
+
+
 class Session:
-    """The models of some baseline entries, rebuilt once, and one block measured per call.
+    """The models of some baseline entries, loaded once, and one block measured per call.
+
+    Setup runs every target's runtime plugin once (its conversion, session creation or
+    compilation, warm-up and a first timing through :func:`harness.measure.latency.measure`)
+    and keeps the function each precision timed (:func:`harness.measure.latency.timed_calls`):
+    a call on the session or compiled model that already exists. A block then times only
+    calls of it, ``warmup_calls`` untimed and ``calls`` timed one by one (wall clock and
+    process CPU time around each), so no per-round set-up (an ONNX Runtime session, an
+    OpenVINO compilation, an ExecuTorch program load) enters the statistic, in any runtime.
+    A replayed function must still give the outputs it gave during its measurement (checked
+    once at setup), so a runtime whose timed function changed meaning is an error, not a
+    wrong number.
 
     Args:
         entries: baseline cell entries (``config``, ``data_info``, ``profiles``).
@@ -78,20 +132,26 @@ class Session:
         only: restrict to these ``(cell id, runtime, profile)`` triples.
         probe_reps: ``{(cell id, runtime, profile): reps}`` of the probe (a check passes the
             baseline's, so both time the same probe); missing ones are sized here.
+        calibration: ``{cell id: .npy file}`` of float32 images in [0, 1] for int8
+            calibration (:mod:`harness.regression.calibration`; both sides of a paired check
+            read the same file).
 
     Attributes:
         targets: ``(cell id, runtime, profile)`` per measurable target, in order.
         static: ``{cell id: {latency key: dict}}``: what is known before measuring (the
-            unavailable runtimes, the cells that cannot be rebuilt).
+            unavailable runtimes and precisions, failed ones, the cells that cannot be rebuilt).
+        keys: per target, the latency keys it measures in a block.
         counter: why instructions are not counted, or ``""`` when they are.
     """
 
     def __init__(self, plugins: PluginSystem, entries: list[dict], rs: RoundSettings,
-                 only: Optional[set] = None, probe_reps: Optional[dict] = None):
+                 only: Optional[set] = None, probe_reps: Optional[dict] = None,
+                 calibration: Optional[dict] = None):
         self.plugins, self.rs = plugins, rs
         self.static: dict = {}
         self._arts: dict = {}
         self._targets: list[_Target] = []
+        self._calibration = dict(calibration or {})
         self._workdir = Path(tempfile.mkdtemp(prefix="tb-check-"))
         for entry in entries:
             self._add_entry(entry, only)
@@ -102,18 +162,21 @@ class Session:
                                         min_count=rs.calls, min_s=0.0, max_s=60.0,
                                         noisy_retries=0)
         self._count, self.counter = instruction_counter()
+        self._calls: list[dict] = [self._prepare(t) for t in self._targets]
+        self.keys = [list(c) for c in self._calls]
         self.probe_reps = dict(probe_reps or {})
         self._probes: dict = {}
         if rs.calibrate:
-            for t in self._targets:
+            for t, calls in zip(self._targets, self._calls):
                 tid = (t.entry["id"], t.runtime, t.profile["name"])
                 with _threads(t.profile):
                     if tid not in self.probe_reps:
-                        self.probe_reps[tid] = _probe_size(plugins, self._arts[tid[0]], t,
-                                                           self.settings, rs)
+                        self.probe_reps[tid] = _probe_size(calls, rs)
                 self._probes[tid] = probe(self.probe_reps[tid])
 
     def _add_entry(self, entry: dict, only: Optional[set]) -> None:
+        import numpy as np
+
         from ..measure.export import export_onnx
         from ..run.cell import Artifacts
 
@@ -122,8 +185,10 @@ class Session:
         try:
             model = build_architecture(self.plugins, entry)
             cfg = entry["config"]
+            calib = self._calibration.get(cid)
             art = Artifacts(model=model, image_size=cfg["image_size"],
-                            workdir=self._workdir / cid)
+                            workdir=self._workdir / cid,
+                            calibration=None if calib is None else np.load(calib))
             rts = [self.plugins.runtimes.get(r) for r in cfg.get("runtimes", [])]
             if any(r.needs_onnx and r.available()[0] for r in rts):
                 art.onnx_path = export_onnx(model, cfg["image_size"], art.workdir / "model.onnx")
@@ -142,61 +207,93 @@ class Session:
                     continue
                 self._targets.append(_Target(entry, rt.name, {"name": pname, **pdef}))
 
-    def block(self, i: int) -> dict:
-        """Measure one block of target ``i``: ``{latency key: sample}`` (or an error)."""
-        from ..api.specs import ProfileSpec
+    def _prepare(self, t: _Target) -> dict:
+        """``{latency key: timed function}`` of target ``t``: its runtime run once, the
+        functions it timed kept; what it could not measure goes to :attr:`static`."""
+        from ..measure.latency import timed_calls
 
+        cid, profile = t.entry["id"], _profile_spec(t)
+        spec = self.plugins.runtimes.get(t.runtime)
+        static = self.static[cid]
+        try:
+            with _threads(t.profile), timed_calls() as seen:
+                rows = spec.measure(self._arts[cid], profile, self.settings) or []
+            # copies now: a runtime may reuse its output buffers on the next call
+            seen = [(tc.fn, tc.stats, _arrays(tc.output)) for tc in seen]
+        except Exception as exc:
+            static[latency_key(t.runtime, profile.name, "-")] = {
+                "error": f"{type(exc).__name__}: {exc}"}
+            return {}
+        calls = {}
+        for row in rows:
+            key = latency_key(t.runtime, profile.name, row.get("precision", "-"))
+            facts = {"runtime": t.runtime, "profile": profile.name,
+                     "precision": row.get("precision", "-")}
+            if "stats" not in row:
+                static[key] = {**facts, **{k: row[k] for k in ("unavailable", "error")
+                                           if k in row}}
+                continue
+            got = next((s for s in seen if s[1] is row["stats"] or any(
+                v is row["stats"] for v in s[1].values() if isinstance(v, dict))), None)
+            if got is None:
+                static[key] = {**facts, "error": "the runtime timed its calls without "
+                               "harness.measure.latency.measure, so the check cannot time "
+                               "them apart from its set-up"}
+                continue
+            fn, _, before = got
+            with _threads(t.profile):
+                again = _arrays(fn())
+            if not _same_outputs(again, before):
+                static[key] = {**facts, "error": "the runtime's timed function gives other "
+                               "outputs when called after its measurement: it must bind its "
+                               "own session or model, not a loop variable "
+                               "(harness.measure.latency.timed_calls)"}
+                continue
+            calls[key] = fn
+        return calls
+
+    def block(self, i: int, keys: Optional[list] = None) -> dict:
+        """Measure one block of target ``i`` (of its ``keys``, default all):
+        ``{latency key: sample}``."""
         t = self._targets[i]
         cid, rs = t.entry["id"], self.rs
-        profile = ProfileSpec(**{k: (tuple(v) if k == "precisions" else v)
-                                 for k, v in t.profile.items()})
-        tid = (cid, t.runtime, profile.name)
-        spec = self.plugins.runtimes.get(t.runtime)
-        box: dict = {}
-
-        def run():
-            box["results"] = spec.measure(self._arts[cid], profile, self.settings) or []
-        try:
-            with _threads(t.profile):
-                before = _block_ms(self._probes[tid], rs) if rs.calibrate else None
-                c0 = time.process_time()
-                instructions = self._count(run) if self._count else run()
-                cpu_ms = (time.process_time() - c0) * 1000.0
-                probe_ms = before
-                if rs.calibrate and rs.statistic != "cpu":
-                    # bracket the block: the geometric mean of a probe before and after
-                    probe_ms = math.sqrt(before * _block_ms(self._probes[tid], rs))
-        except Exception as exc:
-            return {latency_key(t.runtime, profile.name, "-"): {
-                "error": f"{type(exc).__name__}: {exc}"}}
-        return self._samples(t, profile, box["results"], cpu_ms, probe_ms,
-                             instructions if self._count else None)
-
-    def _samples(self, t: _Target, profile, results: list, cpu_ms: float,
-                 probe_ms: Optional[float], instructions: Optional[int]) -> dict:
-        rs, out = self.rs, {}
-        threads = profile.threads or os.cpu_count() or 1
-        for res in results:
-            key = latency_key(t.runtime, profile.name, res.get("precision", "-"))
-            sample = {"runtime": t.runtime, "profile": profile.name,
-                      "precision": res.get("precision", "-"), "batch_size": profile.batch_size,
-                      "threads": threads, "statistic": rs.statistic, "pid": os.getpid(),
-                      "probe_reps": self.probe_reps.get((t.entry["id"], t.runtime,
-                                                         profile.name))}
-            if "stats" not in res:
-                sample.update({k: res[k] for k in ("unavailable", "error") if k in res})
-                out[key] = sample
-                continue
-            raw = res["stats"]["raw_ms"]
-            # CPU time (and instructions) are per block: split evenly over the block's calls
-            # (and over its precisions, which a runtime measures one after another)
-            calls = len(results) * (len(raw) + rs.warmup_calls)
-            sample.update(raw_ms=raw, cpu_ms=cpu_ms / calls,
-                          round_ms=cpu_ms / calls if rs.statistic == "cpu" else rs.block(raw),
-                          probe_ms=probe_ms,
-                          instructions=None if instructions is None else instructions / calls)
-            out[key] = sample
+        tid = (cid, t.runtime, t.profile["name"])
+        out = {}
+        with _threads(t.profile):
+            before = _block_ms(self._probes[tid], rs) if rs.calibrate else None
+            for key, fn in self._calls[i].items():
+                if keys is not None and key not in keys:
+                    continue
+                try:
+                    for _ in range(rs.warmup_calls):
+                        fn()
+                    box: dict = {}
+                    timed = (lambda: box.update(t=_time_calls(fn, rs.calls)))
+                    instructions = self._count(timed) if self._count else timed()
+                except Exception as exc:
+                    out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                    continue
+                out[key] = self._sample(t, key, *box["t"], before,
+                                        instructions if self._count else None)
+            if rs.calibrate and rs.statistic != "cpu":
+                # bracket the block: the geometric mean of a probe before and after
+                after = _block_ms(self._probes[tid], rs)
+                for s in out.values():
+                    if "probe_ms" in s:
+                        s["probe_ms"] = math.sqrt(before * after)
         return out
+
+    def _sample(self, t: _Target, key: str, wall: list, cpu: list, probe_ms: Optional[float],
+                instructions: Optional[int]) -> dict:
+        rs = self.rs
+        return {"runtime": t.runtime, "profile": t.profile["name"],
+                "precision": key.rsplit("/", 1)[1], "batch_size": t.profile["batch_size"],
+                "threads": t.profile.get("threads") or os.cpu_count() or 1,
+                "statistic": rs.statistic, "pid": os.getpid(),
+                "probe_reps": self.probe_reps.get((t.entry["id"], t.runtime, t.profile["name"])),
+                "raw_ms": wall, "cpu_ms": statistics.median(cpu),
+                "round_ms": rs.block(wall, cpu), "probe_ms": probe_ms,
+                "instructions": None if instructions is None else instructions / len(wall)}
 
     def close(self) -> None:
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -240,7 +337,8 @@ def measure_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSetting
     """Interleaved, probe-calibrated latency samples of every entry's runtimes x profiles.
 
     Args:
-        entries, only, probe_reps: as :class:`Session` takes them.
+        entries, only, probe_reps: as :class:`Session` takes them; every worker gets the
+            cells' int8 calibration images (:mod:`harness.regression.calibration`).
         fresh_worker: measure in a fresh worker process (:mod:`harness.regression.worker`)
             with the driver's plugins, not in this process.
 
@@ -250,11 +348,17 @@ def measure_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSetting
         not counted), ``raw_ms`` (every call, per round) and the profile facts, or
         ``error`` / ``unavailable`` with the reason.
     """
-    if fresh_worker:
-        from .worker import WorkerSession
-        session = WorkerSession(entries, rs, only=only, probe_reps=probe_reps, plugins=plugins)
-    else:
-        session = Session(plugins, entries, rs, only=only, probe_reps=probe_reps)
+    from .calibration import calibration_files
+
+    with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp:
+        calib = calibration_files(plugins, entries, Path(tmp))
+        if fresh_worker:
+            from .worker import WorkerSession
+            session = WorkerSession(entries, rs, only=only, probe_reps=probe_reps,
+                                    plugins=plugins, calibration=calib)
+        else:
+            session = Session(plugins, entries, rs, only=only, probe_reps=probe_reps,
+                              calibration=calib)
     try:
         out: dict = {cid: dict(v) for cid, v in session.static.items()}
         labels = {e["id"]: e["label"] for e in entries}
@@ -271,16 +375,12 @@ def measure_latency(plugins: PluginSystem, entries: list[dict], rs: RoundSetting
         session.close()
 
 
-def _probe_size(plugins: PluginSystem, art, t: _Target, settings: MeasureSettings,
-                rs: RoundSettings) -> int:
-    """Probe repetitions that last about one model call (one untimed-for-the-check block)."""
-    from ..api.specs import ProfileSpec
-    profile = ProfileSpec(**{k: (tuple(v) if k == "precisions" else v)
-                             for k, v in t.profile.items()})
+def _probe_size(calls: dict, rs: RoundSettings) -> int:
+    """Probe repetitions that last about one model call (timed on the prepared calls)."""
     try:
-        res = plugins.runtimes.get(t.runtime).measure(art, profile, settings) or []
-        model_ms = min(min(r["stats"]["raw_ms"]) for r in res if "stats" in r)
-    except Exception:  # the rounds will record the runtime's error; any probe size will do
+        model_ms = min(min(rs.block(*_time_calls(fn, 3)) for _ in range(2))
+                       for fn in calls.values())
+    except Exception:  # no call or a failing one: the rounds record it; any probe size will do
         return 1
     one = min(_block_ms(probe(1), rs) for _ in range(3))
     # CPU time does not see preemption, so a shorter probe (a quarter call) is enough there

@@ -1,18 +1,20 @@
 """``bench check --against REV``: base and candidate measured side by side, in the same job.
 
 The base revision's code (``git archive REV``, or a source folder) and the candidate's (the
-code running now) each get a fresh worker process (:mod:`harness.regression.worker`); the
-driver asks them for one block of every target in turn, alternating which goes first from
-round to round (A B, B A, ...), so both see the same machine, the same load and the same
-moment. This is asv's ``continuous`` idea; it cancels the variation between processes, days
-and machines that a stored baseline cannot.
+code running now, or another source folder) each get a fresh worker process
+(:mod:`harness.regression.worker`) that loads every target's model once; the driver asks them
+for one block of every target in turn, alternating which goes first from round to round
+(A B, B A, ...), so both see the same machine, the same load and the same moment. This is
+asv's ``continuous`` idea; it cancels the variation between processes, days and machines
+that a stored baseline cannot.
 
-The verdict is paired: round ``r`` gives the ratio candidate / base of the statistic both
-measured in that round; a regression needs the median ratio above ``1 + tolerance`` and a
-one-sided Wilcoxon signed-rank test (Wilcoxon 1945, "Individual comparisons by ranking
-methods", Biometrics Bull. 1(6)) of the log ratios below ``alpha``, confirmed by ``confirm``
-re-measurements. The statistic is the least noisy one both workers have: instructions per
-call from hardware counters where the kernel exposes them, else probe-normalized CPU time.
+The verdict is paired and sequential: round ``r`` gives the log ratio candidate / base of
+the statistic both measured in that round, and rounds are added until one test at the stated
+alpha decides (:mod:`harness.regression.sequential`: Wald's SPRT on the signs of the log
+ratios beyond the tolerance), up to ``max_rounds``. A target whose every precision decided
+is measured no more. The statistic is the least noisy one both workers have: instructions per
+call from hardware counters where the kernel exposes them, else probe-normalized CPU time of
+single calls on the already-created session.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from typing import Callable, Optional
 
 from ..api.archives import safe_extractall
 from ..api.errors import BenchError
+from .sequential import SignSPRT, paired_decision
 from .settings import CheckSettings, RoundSettings
-from .verdict import Verdict, confirm_regression, latency_status
+from .verdict import Verdict
 
 WORKER = Path("harness") / "regression" / "worker.py"
 
@@ -84,112 +87,154 @@ def _stat(sample: dict, calibrate: bool) -> tuple[Optional[float], str]:
     return v, "CPU ms/call" if sample.get("statistic", "cpu") == "cpu" else "ms/call"
 
 
+def _log_ratios(base: list[dict], cand: list[dict], calibrate: bool) -> tuple[list, str]:
+    """The per-round log ratios candidate / base and what they compare (instructions where
+    both sides counted them in every round, else time)."""
+    counted = all(b.get("instructions") and c.get("instructions") for b, c in zip(base, cand))
+    logs, what = [], ""
+    for b, c in zip(base, cand):
+        if not counted:  # instructions of one side only: compare time on both
+            b, c = ({**s, "instructions": None} for s in (b, c))
+        (bv, what), (cv, _) = _stat(b, calibrate), _stat(c, calibrate)
+        logs.append(math.log(cv / bv))
+    return logs, what
+
+
 def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
                    cs: CheckSettings, calibrate: bool) -> Verdict:
-    """The verdict of one target from its paired rounds (``base[r]`` beside ``cand[r]``)."""
-    from scipy.stats import wilcoxon
-
+    """The verdict of one target from its paired rounds (``base[r]`` beside ``cand[r]``):
+    :func:`harness.regression.sequential.paired_decision` with ``cs``'s rule."""
+    rule = cs.sequential()
     name = f"latency {key}"
-    limit = f"ratio <= {1 + cs.latency_tolerance:.2f} or p >= {cs.alpha:g}"
+    limit = f"SPRT: x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}"
     for src, got in (("base", base), ("candidate", cand)):
         bad = next((s for s in got if "round_ms" not in s), None)
         if bad is not None:
             status = "skipped" if bad.get("unavailable") else "error"
             return Verdict(cell, name, status, limit=limit,
                            note=f"{src}: {bad.get('error') or bad.get('unavailable')}")
-    pairs = list(zip(base, cand))
-    counted = all(b.get("instructions") and c.get("instructions") for b, c in pairs)
-    ratios, what = [], ""
-    for b, c in pairs:
-        if not counted:  # instructions of one side only: compare time on both
-            b, c = ({**s, "instructions": None} for s in (b, c))
-        (bv, what), (cv, _) = _stat(b, calibrate), _stat(c, calibrate)
-        ratios.append(cv / bv)
-    if len(ratios) < 3:
-        return Verdict(cell, name, "error", limit=limit, note=f"too few rounds ({len(ratios)})")
-    logs = [math.log(r) for r in ratios]
-    ratio = statistics.median(ratios)
-    if all(v == 0 for v in logs):  # identical counts every round (instructions can be)
-        p_slow = p_fast = 1.0
-    else:
-        p_slow = float(wilcoxon(logs, alternative="greater").pvalue)
-        p_fast = float(wilcoxon(logs, alternative="less").pvalue)
-    status, p = latency_status(ratio, p_slow, p_fast, cs)
-    note = f"paired with the base in this job, {what}"
-    if status == "pass" and ratio > 1 + cs.latency_tolerance:
-        note += f"; slower but not significant (p={p_slow:.3g})"
-    bms = statistics.median(s["round_ms"] for s in base)
-    cms = statistics.median(s["round_ms"] for s in cand)
+    logs, what = _log_ratios(base, cand, calibrate)
+    status, slow, fast = paired_decision(logs, rule)
+    ratios = [math.exp(v) for v in logs]
+    ratio = statistics.median(ratios) if ratios else float("nan")
+    n = len(logs)
+    above = sum(d > rule.threshold for d in logs)
+    note = (f"paired with the base in this job, {what}; {above}/{n} rounds above "
+            f"x{1 + cs.latency_tolerance:.2f}")
+    if status in ("undecided", "running"):
+        status = "undecided"
+        note += (f"; undecided after {n} rounds (max {rule.max_rounds}): the change is near "
+                 "the tolerance or the rounds too noisy; measure again on a quieter machine or "
+                 "give --max-rounds more")
+    p = fast.p_value if status == "improved" else slow.p_value
+    bms = statistics.median(s["round_ms"] for s in base) if base else None
+    cms = statistics.median(s["round_ms"] for s in cand) if cand else None
     return Verdict(cell, name, status, baseline=bms, fresh=cms, change=f"x{ratio:.3f}",
                    p_value=p, limit=limit, note=note,
-                   detail={"ratio": ratio, "ratios": ratios, "p_slower": p_slow,
-                           "p_faster": p_fast, "statistic": what, "rounds": len(ratios)})
+                   detail={"ratio": ratio, "ratios": ratios, "p_slower": slow.p_value,
+                           "p_faster": fast.p_value, "statistic": what, "rounds": n,
+                           "sprt": {"slower": slow.decision, "faster": fast.decision,
+                                    "llr_slower": slow.llr, "llr_faster": fast.llr}})
 
 
-def paired_rounds(base, cand, rs: RoundSettings, only: Optional[list] = None,
+def _done(b: list[dict], c: list[dict], rule: SignSPRT, calibrate: bool) -> bool:
+    if "round_ms" not in b[-1] or "round_ms" not in c[-1]:
+        return True  # an error or a missing key: its verdict says so
+    return paired_decision(_log_ratios(b, c, calibrate)[0], rule)[0] != "running"
+
+
+def paired_rounds(base, cand, rule: SignSPRT, calibrate: bool,
                   progress: Callable[[str], None] = lambda m: None) -> dict:
-    """``{(cell id, latency key): ([base samples], [candidate samples])}``, round by round.
+    """``{(cell id, latency key): ([base samples], [candidate samples])}``, round by round,
+    until every key's sequential test decided or ``rule.max_rounds`` rounds.
 
-    ``base`` and ``cand`` are sessions with the same targets; in round ``r`` every target is
-    measured by both, the base first in even rounds and the candidate first in odd ones.
+    ``base`` and ``cand`` are sessions with the same targets; in round ``r`` every target
+    with an undecided key is measured by both (only its undecided keys), the base first in
+    even rounds and the candidate first in odd ones.
     """
     if base.targets != cand.targets:
         raise BenchError("the base and the candidate revision measure different targets "
                          f"({base.targets} against {cand.targets}); a runtime or profile is "
                          "missing on one side")
-    idx = [i for i, t in enumerate(base.targets) if only is None or t in only]
+    pending = {i: [k for k in cand.keys[i] if k in base.keys[i]]
+               for i in range(len(base.targets))}
     out: dict = {}
-    for r in range(rs.rounds):
-        for j in range(len(idx)):
-            i = idx[(j + r) % len(idx)]
-            progress(f"round {r + 1}/{rs.rounds} {'/'.join(base.targets[i][1:])}")
+    for r in range(rule.max_rounds):
+        active = [i for i in sorted(pending) if pending[i]]
+        if not active:
+            break
+        for j in range(len(active)):
+            i = active[(j + r) % len(active)]
+            keys = pending[i]
+            progress(f"round {r + 1} (at most {rule.max_rounds}) "
+                     f"{'/'.join(base.targets[i][1:])}: {len(keys)} undecided")
             order = (base, cand) if r % 2 == 0 else (cand, base)
-            got = {id(s): s.block(i) for s in order}
-            for key in got[id(base)]:
+            got = {id(s): s.block(i, keys) for s in order}
+            for key in list(keys):
                 slot = out.setdefault((base.targets[i][0], key), ([], []))
-                slot[0].append(got[id(base)][key])
-                slot[1].append(got[id(cand)].get(key, {"error": "not measured by the candidate"}))
+                slot[0].append(got[id(base)].get(key, {"error": "not measured by the base"}))
+                slot[1].append(got[id(cand)].get(key, {"error": "not measured by the "
+                                                               "candidate"}))
+                if _done(slot[0], slot[1], rule, calibrate):
+                    keys.remove(key)
+    return out
+
+
+def _static_verdicts(labels: dict, base, cand) -> list[Verdict]:
+    """Verdicts of what a side could not measure: the candidate's reasons first (its
+    unavailable runtime is skipped, its failure an error); what only the base could not
+    measure is skipped, saying so."""
+    out = []
+    for cid in sorted(set(base.static) | set(cand.static)):
+        mine, theirs = cand.static.get(cid, {}), base.static.get(cid, {})
+        for key in sorted(set(mine) | set(theirs)):
+            label = labels.get(cid, cid)
+            if key in mine:
+                v = mine[key]
+                out.append(Verdict(label, f"latency {key}",
+                                   "skipped" if v.get("unavailable") else "error",
+                                   note=v.get("unavailable") or v.get("error", "")))
+            else:
+                v = theirs[key]
+                out.append(Verdict(label, f"latency {key}", "skipped",
+                                   note="the base revision cannot measure it: " +
+                                        (v.get("unavailable") or v.get("error", ""))))
     return out
 
 
 def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: Path,
                plugins=None, base_recipe=None, cand_recipe=None,
-               progress: Callable[[str], None] = lambda m: None) -> list[Verdict]:
-    """Measure ``entries`` with the base code (``tree``) and the candidate (this code) side by
-    side and return one verdict per target (suspected regressions measured again)."""
+               progress: Callable[[str], None] = lambda m: None,
+               cand_tree: Optional[Path] = None) -> list[Verdict]:
+    """Measure ``entries`` with the base code (``tree``) and the candidate (this code, or
+    ``cand_tree``) side by side, adding paired rounds until ``cs``'s sequential test decides
+    (at most ``cs.max_rounds``; ``rs.rounds`` is the stored mode's and not used here), and
+    return one verdict per target and precision. Both workers calibrate int8 conversions on
+    the same images (:mod:`harness.regression.calibration`)."""
+    from .calibration import calibration_files
     from .worker import WorkerSession
 
-    n_pairs = rs.rounds
-    if 1 / 2 ** n_pairs >= cs.alpha:
-        raise BenchError(f"{n_pairs} paired rounds can never reach p < alpha = {cs.alpha:g} "
-                         "in the Wilcoxon test; use --rounds 7 or more")
+    rule = cs.sequential()
     labels = {e["id"]: e["label"] for e in entries}
     progress(f"starting the base worker ({tree}) and the candidate worker")
-    with WorkerSession(entries, rs, plugins=plugins, tree=tree, recipe=base_recipe) as base, \
-            WorkerSession(entries, rs, plugins=plugins, probe_reps=base.probe_reps,
-                          recipe=cand_recipe) as cand:  # the same probe on both sides
-        verdicts = {k: compare_paired(labels[k[0]], k[1], b, c, cs, rs.calibrate)
-                    for k, (b, c) in paired_rounds(base, cand, rs, progress=progress).items()}
-        for attempt in range(cs.confirm):
-            suspects = [k for k, v in verdicts.items() if v.status == "regression"]
-            if not suspects:
-                break
-            progress(f"confirming {len(suspects)} suspected regression(s)")
-            only = [t for t in base.targets
-                    if any(t[0] == cid and key.startswith(f"{t[1]}/{t[2]}/")
-                           for cid, key in suspects)]
-            again = paired_rounds(base, cand, rs, only=only, progress=progress)
-            for k in suspects:
-                first = verdicts[k]
-                b, c = again.get(k, ([{"error": "not re-measured"}], [{}]))
-                second = compare_paired(first.cell, k[1], b, c, cs, rs.calibrate)
-                confirm_regression(first, second, attempt)
-        static = [Verdict(labels.get(cid, cid), f"latency {key}",
-                          "skipped" if v.get("unavailable") else "error",
-                          note=v.get("unavailable") or v.get("error", ""))
-                  for cid, keys in cand.static.items() for key, v in keys.items()]
-        counters = cand.counter or base.counter
-    out = static + list(verdicts.values())
+    with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp:
+        if plugins is None:  # recipes only: the cells' data come from the default plugins
+            from ..api.manager import get_plugins
+            plugins_for_data = get_plugins()
+        else:
+            plugins_for_data = plugins
+        calib = calibration_files(plugins_for_data, entries, Path(tmp))
+        with WorkerSession(entries, rs, plugins=plugins, tree=tree, recipe=base_recipe,
+                           calibration=calib) as base, \
+                WorkerSession(entries, rs, plugins=plugins, probe_reps=base.probe_reps,
+                              recipe=cand_recipe, tree=cand_tree,
+                              calibration=calib) as cand:  # the same probe on both sides
+            rounds = paired_rounds(base, cand, rule, rs.calibrate, progress=progress)
+            verdicts = [compare_paired(labels[cid], key, b, c, cs, rs.calibrate)
+                        for (cid, key), (b, c) in rounds.items()]
+            static = _static_verdicts(labels, base, cand)
+            counters = cand.counter or base.counter
+    out = static + verdicts
     if counters:
         for v in out:
             v.detail.setdefault("counters", counters)

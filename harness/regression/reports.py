@@ -14,7 +14,8 @@ _HEAD = ["cell", "check", "verdict", "baseline", "fresh", "change", "p", "limit"
 def _row(v: Verdict) -> list:
     fmt = (lambda x: "" if x is None else (f"{x:.4g}"))
     unit = " ms" if v.check.startswith("latency") else ""
-    return [v.cell, v.check, v.status.upper() if v.status in ("regression", "error") else v.status,
+    loud = v.status in ("regression", "error", "undecided")
+    return [v.cell, v.check, v.status.upper() if loud else v.status,
             fmt(v.baseline) + (unit if v.baseline is not None else ""),
             fmt(v.fresh) + (unit if v.fresh is not None else ""), v.change or "",
             "" if v.p_value is None else f"{v.p_value:.2g}", v.limit, v.note]
@@ -27,7 +28,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 def summary_line(verdicts: list[Verdict]) -> str:
     counts = {s: sum(v.status == s for v in verdicts)
-              for s in ("regression", "error", "improved", "pass", "skipped")}
+              for s in ("regression", "error", "undecided", "improved", "pass", "skipped")}
     code = exit_code(verdicts)
     head = {0: "all checks hold", 1: "REGRESSION", 2: "ERROR: some checks could not be done"}[code]
     return head + " (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")"
@@ -45,12 +46,14 @@ def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path
     lines.append("|" + "---|" * len(_HEAD))
     for v in verdicts:
         cells = [str(c).replace("|", "\\|") for c in _row(v)]
-        if v.status in ("regression", "error"):
+        if v.status in ("regression", "error", "undecided"):
             cells[2] = f"**{cells[2]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "A latency regression needs the ratio of medians above the tolerance AND a "
-              "one-sided test below alpha (Mann-Whitney against a stored baseline, Wilcoxon "
-              "signed-rank of the paired rounds with --against), confirmed by re-measurements."]
+    lines += ["", "Against a stored baseline a latency regression needs the ratio of medians "
+              "above the tolerance AND a one-sided Mann-Whitney test below alpha, confirmed by "
+              "re-measurements. With --against, paired rounds are added until one sequential "
+              "test (Wald's SPRT on the signs of the per-round log ratios beyond the "
+              "tolerance) decides at alpha; p is its always-valid p-value. See docs/ci-check.md."]
     return "\n".join(lines) + "\n"
 
 
@@ -58,14 +61,14 @@ def junit_xml(verdicts: list[Verdict], warnings: list[str]) -> str:
     """JUnit XML: one testcase per verdict; regressions are failures, errors are errors."""
     suite = ET.Element("testsuite", name="transfer-bench check", tests=str(len(verdicts)),
                        failures=str(sum(v.status == "regression" for v in verdicts)),
-                       errors=str(sum(v.status == "error" for v in verdicts)),
+                       errors=str(sum(v.status in ("error", "undecided") for v in verdicts)),
                        skipped=str(sum(v.status == "skipped" for v in verdicts)))
     for v in verdicts:
         case = ET.SubElement(suite, "testcase", classname=v.cell, name=v.check)
         msg = " ".join(f"{h}={c}" for h, c in zip(_HEAD[2:], _row(v)[2:]) if c)
         if v.status == "regression":
             ET.SubElement(case, "failure", message=msg).text = msg
-        elif v.status == "error":
+        elif v.status in ("error", "undecided"):
             ET.SubElement(case, "error", message=v.note).text = msg
         elif v.status == "skipped":
             ET.SubElement(case, "skipped", message=v.note)

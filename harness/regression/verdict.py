@@ -11,9 +11,10 @@ from .statistics import mann_whitney_greater
 
 def latency_status(ratio: float, p_slow: float, p_fast: float,
                    cs: CheckSettings) -> tuple[str, float]:
-    """``(status, p)`` of a latency comparison, the one rule of both modes (stored baseline
-    and paired): a regression needs the ratio past the tolerance AND a significant one-sided
-    test (asv's rule); "improved" the same the other way; else "pass" with the slow side's p."""
+    """``(status, p)`` of a latency comparison against a stored baseline: a regression needs
+    the ratio past the tolerance AND a significant one-sided test (asv's rule); "improved"
+    the same the other way; else "pass" with the slow side's p. (The paired check decides
+    with one sequential test instead: :mod:`harness.regression.sequential`.)"""
     if ratio > 1 + cs.latency_tolerance and p_slow < cs.alpha:
         return "regression", p_slow
     if ratio < 1 / (1 + cs.latency_tolerance) and p_fast < cs.alpha:
@@ -27,7 +28,7 @@ class Verdict:
 
     cell: str
     check: str  # "latency pytorch/mobile/fp32" or "accuracy"
-    status: str  # pass | regression | improved | skipped | error
+    status: str  # pass | regression | improved | skipped | error | undecided
     baseline: Optional[float] = None
     fresh: Optional[float] = None
     change: Optional[str] = None
@@ -107,8 +108,9 @@ def compare_metric(entry: dict, fresh: Optional[float], cs: CheckSettings,
 
 
 def exit_code(verdicts: list[Verdict]) -> int:
-    """0 when every check holds, 1 on a regression, 2 when a check could not be done."""
-    if any(v.status == "error" for v in verdicts):
+    """0 when every check holds, 1 on a regression, 2 when a check could not be done (an
+    error, or a sequential test still undecided after its last round)."""
+    if any(v.status in ("error", "undecided") for v in verdicts):
         return 2
     return 1 if any(v.status == "regression" for v in verdicts) else 0
 

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: rounds time calls of a once-loaded model; calibration images passed
 
 
 def _reps_out(reps: dict) -> list:
@@ -45,7 +45,7 @@ class WorkerSession:
     """A :class:`~harness.regression.measure.Session` in a fresh worker process.
 
     Args:
-        entries, rs, only, probe_reps: as the ``Session`` takes them.
+        entries, rs, only, probe_reps, calibration: as the ``Session`` takes them.
         plugins: the driver's plugin system; the worker rebuilds it from its recipe
             (built-ins and entry points of the worker's tree, plus what the driver registered).
         tree: a source tree (with ``harness/`` and ``plugins/``) whose code the worker runs;
@@ -55,7 +55,7 @@ class WorkerSession:
 
     def __init__(self, entries: list[dict], rs, only: Optional[set] = None,
                  probe_reps: Optional[dict] = None, plugins=None, tree: Optional[Path] = None,
-                 recipe=None):
+                 recipe=None, calibration: Optional[dict] = None):
         from ..run.executor import recipe_for
 
         if recipe is None:
@@ -72,12 +72,14 @@ class WorkerSession:
         reply = self._call({"cmd": "setup", "protocol": PROTOCOL, "entries": entries,
                             "rs": asdict(rs), "only": [list(t) for t in only or ()],
                             "all": only is None, "probe_reps": _reps_out(probe_reps or {}),
+                            "calibration": {k: str(v) for k, v in (calibration or {}).items()},
                             "recipe": base64.b64encode(pickle.dumps(recipe)).decode()})
         self.targets = [tuple(t) for t in reply["targets"]]
         self.static = reply["static"]
         self.counter = reply["counter"]
         self.probe_reps = _reps_in(reply["probe_reps"])
         self.code = reply["code"]
+        self.keys = reply["keys"]
 
     def _call(self, request: dict) -> dict:
         try:
@@ -99,8 +101,8 @@ class WorkerSession:
         self._err.seek(0)
         return self._err.read()[-n:].strip() or "(nothing on stderr)"
 
-    def block(self, i: int) -> dict:
-        return self._call({"cmd": "block", "target": i})["samples"]
+    def block(self, i: int, keys: Optional[list] = None) -> dict:
+        return self._call({"cmd": "block", "target": i, "keys": keys})["samples"]
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -140,8 +142,9 @@ def _setup(req: dict):
         plugins = get_plugins()
     only = None if req["all"] else {tuple(t) for t in req["only"]}
     session = Session(plugins, req["entries"], RoundSettings(**req["rs"]), only=only,
-                      probe_reps=_reps_in(req["probe_reps"]))
+                      probe_reps=_reps_in(req["probe_reps"]), calibration=req["calibration"])
     reply = {"targets": [list(t) for t in session.targets], "static": session.static,
+             "keys": session.keys,
              "counter": session.counter, "probe_reps": _reps_out(session.probe_reps),
              "code": str(Path(harness.__file__).resolve().parents[1])}
     return session, reply
@@ -159,7 +162,7 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> int:
                                      f"worker {PROTOCOL}: the two revisions are too far apart")
                 session, reply = _setup(req)
             elif req["cmd"] == "block":
-                reply = {"samples": session.block(req["target"])}
+                reply = {"samples": session.block(req["target"], req.get("keys"))}
             elif req["cmd"] == "quit":
                 stdout.write("{}\n")
                 stdout.flush()

@@ -102,6 +102,16 @@ class Artifacts:
     extra: dict = field(default_factory=dict)
 
 
+CALIBRATION_IMAGES = 64
+
+
+def calibration_images(data: DataSplits) -> np.ndarray:
+    """A cell's int8 calibration images: its first ``CALIBRATION_IMAGES`` training images as
+    float32 numpy in [0, 1]. `bench run` and `bench check` (both sides of a paired check)
+    use these."""
+    return (data.train.images[:CALIBRATION_IMAGES].float() / 255.0).numpy()
+
+
 def no_default_weights_message(backbone: str) -> str:
     """What a cell and ``bench run`` say when a pretrained strategy meets a backbone with no
     default weights (``BackboneSpec.default_weights`` is None) and the user gave none."""
@@ -298,7 +308,7 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
     # on the same images, not on a subset (issue 25).
     test_x, test_y = data.test.images, data.test.targets
     art = Artifacts(model=model.eval(), image_size=cfg.image_size, workdir=workdir,
-                    calibration=(data.train.images[:64].float() / 255.0).numpy(),
+                    calibration=calibration_images(data),
                     test_images=(test_x.float() / 255.0).numpy(),
                     evaluate_outputs=lambda out: task.metrics(torch.as_tensor(out), test_y,
                                                               data.info))

@@ -7,6 +7,7 @@ This module imports no torch, so an ONNX Runtime worker starts in well under a s
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -223,7 +224,9 @@ def ort_measure(art, profile, settings) -> list[dict]:
             with PeakMemory() as mem:
                 sess = ort_session(path, n)
                 name = sess.get_inputs()[0].name
-                stats = measure(lambda: sess.run(None, {name: x}), profile.batch_size, settings)
+                # bound to this precision's session (the regression check calls it later)
+                call = functools.partial(sess.run, None, {name: x})
+                stats = measure(call, profile.batch_size, settings)
             row = {"precision": prec, "stats": stats, "device": "cpu", "threads": n,
                    "spinning": "off", "provider": sess.get_providers()[0],
                    "memory": {**mem.as_dict(), "scope": "session creation + inference"},
