@@ -162,10 +162,14 @@ def test_scaled_regression_exits_1(baseline, tmp_path):
 @pytest.mark.slow
 def test_tolerance_from_baseline_check_table_and_option(baseline):
     data = _scale(baseline, 1 / 3)
-    data["check"]["latency_tolerance"] = 5.0  # a 3x slowdown is within 500%
+    # a 3x slowdown is within 900%, even with the process-to-process drift a stored
+    # baseline of a 0.1 ms model reads under load (A/A x1.5-x1.7 seen at load 15)
+    data["check"]["latency_tolerance"] = 9.0
     baseline.write_text(json.dumps(data))
-    assert bench("check", "--baseline", baseline, "-q", *ROUNDS).exit_code == 0
-    r = bench("check", "--baseline", baseline, "-q", "--latency-tolerance", "0.1", *ROUNDS)
+    # one measurement each (--confirm 0): what is checked here is which tolerance applies
+    assert bench("check", "--baseline", baseline, "-q", "--confirm", "0", *ROUNDS).exit_code == 0
+    r = bench("check", "--baseline", baseline, "-q", "--latency-tolerance", "0.1",
+              "--confirm", "0", *ROUNDS)
     assert r.exit_code == 1, r.output
 
 
