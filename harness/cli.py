@@ -60,6 +60,13 @@ class BenchGroup(click.Group):
         ctx.meta["argv"] = argv
         return ctx
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # `bench run` says more (what is kept, how to resume)
+            click.echo("\nInterrupted (Ctrl-C).", err=True)
+            ctx.exit(130)
+
     def list_commands(self, ctx):
         self._add_plugin_commands()
         return super().list_commands(ctx)

@@ -175,3 +175,15 @@ def test_ctrl_c_exits_130_says_what_is_kept_and_the_command_that_resumes(plugin_
     assert log.read_text().split()[:2] == ["seed", "1"] and len(log.read_text().splitlines()) == 1
     assert sorted(json.loads(p.read_text())["status"]
                   for p in (run / "cells").iterdir()) == ["ok", "ok"]
+
+
+def test_ctrl_c_in_any_command_exits_130_not_aborted(plugin_system, run_dir, monkeypatch):
+    from harness.run import results
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.RunStore, "records", interrupted)
+    res = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert res.exit_code == 130, res.output
+    assert "Interrupted (Ctrl-C)." in res.output and "Aborted!" not in res.output

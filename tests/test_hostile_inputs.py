@@ -230,12 +230,14 @@ def test_pets_counts_a_bomb_among_its_skipped_files(tmp_path, small_bomb_limit):
     (root / "annotations" / "list.txt").write_text("\n".join(rows))
     (root / "annotations" / "trainval.txt").write_text("\n".join(rows[:8]))
     (root / "annotations" / "test.txt").write_text("\n".join(rows[8:]))
-    d = load_pets("classification", 16, 0, tmp_path / "c", root=str(root))
-    assert len(d.test) == 2
-    (note,) = [n for n in d.info.notes if "could not be decoded" in n]
-    assert note.startswith("2 image file(s) could not be decoded and were skipped (1 refused "
-                           "as decompression bombs): ")
-    assert "beagle_5.jpg" in note and "beagle_6.jpg (decompression bomb)" in note
+    for attempt in ("decoded", "from the decode cache"):
+        d = load_pets("classification", 16, 0, tmp_path / "c", root=str(root))
+        assert len(d.test) == 2, attempt
+        (note,) = [n for n in d.info.notes if "could not be decoded" in n]
+        assert note.startswith("2 image file(s) could not be decoded and were skipped (1 "
+                               "refused as decompression bombs): "), attempt
+        assert "beagle_5.jpg" in note and "beagle_6.jpg (decompression bomb)" in note, attempt
+    assert list((tmp_path / "c" / "decoded").glob("images-*.npz"))
 
 
 def test_every_bad_file_of_a_folder_is_listed_in_one_message(tmp_path):
