@@ -229,7 +229,8 @@ def test_a_reporter_that_raises_is_named(register_plugin, tmp_path, monkeypatch)
     from harness.cli import cli
     system = register_plugin(RaisingReporter(), name="raising-plugin")
     monkeypatch.setattr("harness.cli.get_plugins", lambda *a, **k: system)
-    (tmp_path / "run" / "cells").mkdir(parents=True)  # a run with no cell yet
+    (tmp_path / "run" / "cells").mkdir(parents=True)  # a run with no cell yet: only the
+    (tmp_path / "run" / "config.json").write_text('{"matrix": {"name": "m"}}')  # settings
     res = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--format", "raiser"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "reporter 'raiser' of plugin 'raising-plugin' (test) failed while writing the " \
