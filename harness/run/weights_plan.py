@@ -116,7 +116,7 @@ def refuse_target_pretraining(plugins: PluginSystem, matrix: MatrixConfig, cells
         ConfigError: naming each backbone, its weights and their origin, the dataset, and
             the ways out.
     """
-    problems, seen = [], set()
+    problems, seen, backbones = [], set(), set()
     for cell in cells:
         if not plugins.strategies.get(cell.strategy.name).cls.pretrained:
             continue
@@ -135,11 +135,13 @@ def refuse_target_pretraining(plugins: PluginSystem, matrix: MatrixConfig, cells
             origin = _origin(matrix, cell.backbone.name) or "backbone default"
             problems.append(f"{cell.backbone.label()} on {cell.dataset.label()} "
                             f"(weights {weights}, from {origin}): {why}")
+            backbones.add(cell.backbone.label())
     if problems:
-        bbs = sorted({p.split(" on ", 1)[0] for p in problems})
+        bbs = sorted(backbones)
         raise ConfigError(
             "refused: source pretraining on the target dataset's own images:\n  "
             + "\n  ".join(problems)
-            + "\nOther ways out: --weights " + " --weights ".join(f"{b}=random" for b in bbs)
+            + "\nOther ways out: --weights "
+            + " --weights ".join(f"{b}={plugins.default('weights').name}" for b in bbs)
             + " (no pretraining), --weights BACKBONE=file:PATH (your own weights), or leave "
               "these backbones out (-b)")
