@@ -135,8 +135,24 @@ def shares_images(arg: str | None, dataset: str, dataset_params: dict) -> str | 
     return (f"source:{arg} pretrains on {label(name, data)}, which shares images with the "
             f"target dataset {label(dataset, dataset_params)}: the backbone would be trained "
             f"on the target task's own images, which is not transfer. Pretrain on another "
-            f"dataset (source:OTHER, see bench list datasets), or add ,{ON_TARGET}={ALLOW} to "
-            f"the weights string to do it on purpose")
+            f"dataset ({_alternatives(arg, dataset)}), or add ,{ON_TARGET}={ALLOW} to the "
+            f"weights string to do it on purpose")
+
+
+def _alternatives(arg: str, dataset: str) -> str:
+    """``source:OTHER`` suggestions with the same pretraining keys: registered offline
+    classification datasets other than ``dataset`` (e.g. ``source:fashion_mnist,epochs=5``)."""
+    keys = "".join(f",{p.strip()}" for p in arg.split(",")[1:]
+                   if p.split("=", 1)[0].strip() in TRAIN_KEYS)
+    try:
+        from harness.api.manager import get_plugins
+        others = [d.name for d in get_plugins().datasets
+                  if d.offline and d.name != dataset and "classification" in d.tasks]
+    except Exception:  # a suggestion only: never hide the refusal behind a plugin error
+        others = []
+    if not others:
+        return "source:OTHER, see bench list datasets"
+    return "e.g. " + " or ".join(f"source:{o}{keys}" for o in others[:2])
 
 
 def _versions() -> dict:

@@ -24,7 +24,8 @@ def test_default_preset_on_digits_refuses_before_anything_runs(plugin_system):
     assert "source:digits,epochs=5,image_size=32" in text and "not transfer" in text
     # the ways out, each a thing the user can type
     assert "on_target=allow" in text and "--weights resnet18=random" in text
-    assert "source:OTHER" in text
+    # a concrete other source that installs offline, with the same pretraining settings
+    assert "e.g. source:fashion_mnist,epochs=5,image_size=32" in text
 
 
 def test_default_preset_on_fashion_mnist_plans_resnet18s_digits_pretraining(plugin_system):
@@ -65,6 +66,16 @@ def test_pretraining_on_the_target_runs_only_when_asked_for_explicitly(plugin_sy
                 weights=("resnet18=source:digits,epochs=1",))
     with pytest.raises(ConfigError, match="from user"):
         validate(plugin_system, m)
+
+
+def test_bench_run_refuses_with_exit_2_and_nothing_written(plugin_system, tmp_path):
+    from click.testing import CliRunner
+    from harness.cli import cli
+    res = CliRunner().invoke(cli, ["run", "-b", "resnet18", "-d", "digits", "--out",
+                                   str(tmp_path / "runs")])
+    assert res.exit_code == 2, res.output  # a configuration error, like a bad option
+    assert "refused: source pretraining on the target dataset's own images" in res.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
 
 
 def test_scratch_only_matrix_on_digits_needs_no_refusal(plugin_system):
