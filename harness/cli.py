@@ -221,11 +221,17 @@ _MATRIX_OPTIONS = [
     click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
                  help="Where cells train and evaluate (default auto: CUDA when PyTorch sees "
                       "a GPU; the run header says which)."),
-    click.option("--amp", default=None, type=click.Choice(["auto", "off", "bf16", "fp16"]),
+    click.option("--amp", default=None,
+                 type=click.Choice(["auto", "off", "bf16", "fp16", "tune"]),
                  help="Mixed precision (default auto: bf16 on GPUs that have it, else fp16; "
-                      "fp32 on the CPU)."),
+                      "fp32 on the CPU). tune: a short probe per model picks fp32 or a mixed "
+                      "precision this device computes natively."),
+    click.option("--layout", default=None,
+                 type=click.Choice(["auto", "contiguous", "channels_last"]),
+                 help="Training memory layout (default auto: a short probe per model picks "
+                      "the faster of contiguous and channels-last; cached per machine)."),
     click.option("--channels-last/--no-channels-last", default=None,
-                 help="Train in the channels-last memory layout (default off)."),
+                 help="Same as --layout channels_last / --layout contiguous."),
     click.option("--tf32/--no-tf32", default=None,
                  help="Let fp32 matmuls and convolutions on CUDA use TF32 tensor cores, in "
                       "training and in the GPU runtimes' fp32 rows (default on; recorded in "

@@ -197,7 +197,10 @@ def test_a_whole_cell_with_source_pretraining_follows_the_device(monkeypatch, tm
     cfg = CellConfig(backbone=AxisItem("testkit_tiny"), task=AxisItem("classification"),
                      dataset=AxisItem("quads"), strategy=AxisItem("finetune"),
                      weights="source:quads,epochs=1", seed=0, image_size=16,
-                     train=vars(TrainSettings(epochs=1, batch_size=32, amp="bf16")),
+                     # contiguous: the fake cannot follow buffers that a channels-last
+                     # conversion replaces (a real device keeps them where they are)
+                     train=vars(TrainSettings(epochs=1, batch_size=32, amp="bf16",
+                                              layout="contiguous")),
                      runtimes=(), profiles=(), latency={})
     import harness.train.loop as train_mod
     monkeypatch.setattr(train_mod, "runtime_device", lambda spec: FAKE)

@@ -64,6 +64,10 @@ class MeasureSettings:
         max_load_per_cpu: ... largest 1-minute load average per usable core.
         noisy_retries: how many more times a measurement that fails the criterion is
             taken (0: never re-measured, only marked).
+        reuse_timing: time each architecture x runtime x precision x profile once and share
+            the figure with every cell of the same architecture, in this run and later ones
+            on the same machine and versions (:mod:`harness.run.timing`; accuracy after
+            quantization stays per cell). Off: every cell times its own rows.
     """
 
     warmup_count: int = 10
@@ -79,6 +83,7 @@ class MeasureSettings:
     max_probe_drift: float = 1.5
     max_load_per_cpu: float = 2.0
     noisy_retries: int = 2
+    reuse_timing: bool = True
 
     def __post_init__(self) -> None:
         if self.min_count < 1 or self.min_s < 0 or self.max_s <= 0:

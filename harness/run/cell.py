@@ -1,6 +1,7 @@
 """Running one cell of the matrix: data, model, weights, training, test, export, latency."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -16,7 +17,9 @@ from ..train.data import DataSplits, validate_splits
 from ..train.device import (backend_state, device_name, is_cuda_oom, release_cuda_memory,
                             visible_id)
 from ..api.errors import BenchError
+from ..measure.env import package_versions
 from ..measure.export import export_onnx
+from ..train.architecture import architecture_fingerprint
 from ..measure.isolate import measure_in_worker
 from ..measure.lifetime import temp_folder
 from ..measure.latency import MeasureSettings
@@ -25,6 +28,8 @@ from ..train.model import TransferModel, changed_parameters, count_parameters, p
 from ..api.specs import ProfileSpec
 from ..train.loop import TrainContext, TrainSettings, evaluate
 from . import contracts
+from .timing import CellTiming, TimingCache, measure_shared
+from .tuning import choose_setup
 
 _DATA_CACHE: dict = {}
 
@@ -129,6 +134,18 @@ def resolve_profile(plugins: PluginSystem, name: str, custom: dict) -> ProfileSp
     return plugins.profiles.get(name)
 
 
+@contextlib.contextmanager
+def timed(rec: dict, name: str):
+    """Add the wall-clock seconds of the block to ``rec["timers"][name]`` (where a cell's
+    time went: ``benchmarks/bench_default_split.py`` reads them)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timers = rec.setdefault("timers", {})
+        timers[name] = timers.get(name, 0.0) + time.perf_counter() - t0
+
+
 def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
              progress: Callable[[str], None] = lambda m: None,
              custom_profiles: Optional[dict] = None, onnx_dir: Optional[Path] = None) -> dict:
@@ -193,7 +210,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
         strategy = st_cls(**cfg.strategy.kwargs)
 
     progress("loading data")
-    data = load_data(plugins, cfg)
+    with timed(rec, "data_s"):
+        data = load_data(plugins, cfg)
     rec["data"] = {"name": data.info.name, "sizes": data.sizes(), "synthetic": data.info.synthetic,
                    "source": data.info.source, "notes": list(data.info.notes),
                    "num_classes": data.info.num_classes}
@@ -202,9 +220,10 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     ctx = TrainContext(task, data.info, settings, progress=progress)
     rec["hardware"] = hardware_record(ctx, cfg)
 
-    bb_spec, backbone, winfo, scratch_backbone = build_backbone(
-        plugins, cfg, pretrained=strategy.pretrained, progress=progress,
-        context={"device": str(ctx.device), "amp": ctx.precision.amp})
+    with timed(rec, "weights_s"):  # a source: weight source pretrains here (once, cached)
+        bb_spec, backbone, winfo, scratch_backbone = build_backbone(
+            plugins, cfg, pretrained=strategy.pretrained, progress=progress,
+            context={"device": str(ctx.device), "amp": ctx.precision.amp})
     rec["weights"] = winfo
     rec["transfer"] = bool(strategy.pretrained)  # False: a baseline of the transfer benefits
 
@@ -212,12 +231,16 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     model = _checked_model(plugins, cfg, backbone, task, data, rec)
     rec["backbone_facts"] = backbone_facts(bb_spec, backbone, model, winfo, cfg.image_size)
 
+    with timed(rec, "autotune_s"):  # layout and precision: forced, cached or probed here
+        rec["autotune"] = choose_setup(ctx, model, data.train, cache_dir() / "autotune",
+                                       package_versions(plugins), rec["key"])
+    rec["hardware"] = hardware_record(ctx, cfg)
     ctx.place(model)
     before = parameter_fingerprints(model)
     ctx.scratch_backbone = scratch_backbone
-    t0 = time.perf_counter()
-    history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
-    rec["train_seconds"] = time.perf_counter() - t0
+    with timed(rec, "train_s"):
+        history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
+    rec["train_seconds"] = rec["timers"]["train_s"]
     rec["history"] = history.as_dict()
     rec["budget"] = history.usage.as_dict()
     # parameters training actually changed (a bias-only strategy counts its biases, not
@@ -227,7 +250,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["strategy"] = {"name": cfg.strategy.name, "bn_policy": strategy.bn_policy,
                        "pretrained": strategy.pretrained}
     model.eval()
-    test_loss, test_metrics = evaluate(model, data.test, ctx)
+    with timed(rec, "test_s"):
+        test_loss, test_metrics = evaluate(model, data.test, ctx)
     rec["metric_name"] = task.primary_metric
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss
@@ -238,44 +262,17 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    release_cuda_memory()  # the latency workers measure on this GPU: leave them its memory
-    rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles,
-                                      rec, onnx_dir)
-    failed = contracts.failed_measurements(rec["latency"])
-    if failed:  # the cell is ok, but a rerun measures it again (RunStore.finished)
-        rec["failed_measurements"] = failed
-
-
-def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferModel:
-    """The cell's model, once the backbone's layer groups and feature size and the task's
-    head have kept their contracts (:mod:`harness.run.contracts`; ``rec["contracts"]``)."""
-    covered = contracts.check_layer_groups(plugins, cfg.backbone.name, backbone)
-    with contracts.blame(plugins, "tasks", cfg.task.name, "building its head"):
-        head = task.build_head(backbone, data.info)
-    shapes = contracts.check_features(plugins, cfg.backbone.name, cfg.task.name, backbone,
-                                      head, task.head_input, cfg.image_size)
-    rec.setdefault("contracts", {}).update(
-        layer_groups=f"{covered} parameters, each in exactly one group",
-        features=f"{shapes['features']} -> head {shapes['outputs']}")
-    return TransferModel(backbone, head, task.head_input)
-
-
-def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: dict):
-    """``strategy.fit``, holding the strategy to what it declares trained and frozen."""
-    declared = contracts.declared_trained(plugins, cfg.strategy.name, strategy, model, ctx)
-    with contracts.blame(plugins, "strategies", cfg.strategy.name, "training",
-                         hint=lambda: contracts.froze_everything(model)):
-        history = strategy.fit(model, data, ctx)
-    rec.setdefault("contracts", {})["strategy"] = contracts.check_training(
-        plugins, cfg.strategy.name, declared, before, model)
-    return history
+    with timed(rec, "train_s"):
+        history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
+    rec["train_seconds"] = rec["timers"]["train_s"]
 
 
 def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
     """Where and how the cell trained (``rec["hardware"]``; the table's "trained on")."""
     s = ctx.settings
     rec = {"device": str(ctx.device), "device_name": device_name(ctx.device),
-           "precision": ctx.precision.name, "channels_last": bool(s.channels_last),
+           "precision": ctx.precision.name, "channels_last": bool(ctx.channels_last),
+           "layout": "channels_last" if ctx.channels_last else "contiguous",
            "compile": bool(s.compile),
            "cudnn_benchmark": bool(s.cudnn_benchmark) if ctx.device.type == "cuda" else None,
            "eval_batch_size": ctx.eval_batch_size, "tf32": bool(s.tf32),
@@ -300,6 +297,29 @@ def _measure_latency(plugins, cfg, model, data, ctx, progress, custom_profiles, 
                              workdir, onnx_dir)
 
 
+def _export(rec: dict, art: Artifacts, model, image_size: int, runtimes: list, workdir: Path,
+            onnx_dir: Optional[Path]) -> None:
+    """Export the cell's model to ONNX (``art.onnx_path``), check it with the first runtime
+    that verifies exports, keep a copy in ``onnx_dir``; ``rec["onnx"]`` says how it went."""
+    try:
+        art.onnx_path = export_onnx(model, image_size, workdir / "model.onnx")
+        rec["onnx"] = {"file_mb": art.onnx_path.stat().st_size / 2**20}
+        verify = next((r.verify_export for r in runtimes if r.verify_export), None)
+        rec["onnx"]["parity"] = (
+            verify(model, art.onnx_path, image_size) if verify
+            else "not checked: no runtime of the cell verifies exports")
+        if onnx_dir is not None:
+            from ..api.files import atomic_write_bytes
+            kept = Path(onnx_dir) / f"{rec['key']}.onnx"
+            atomic_write_bytes(kept, art.onnx_path.read_bytes())
+            rec["onnx"]["kept"] = str(kept)
+    except Exception as exc:
+        rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if getattr(exc, "result", None):  # ParityError: keep how far off the export was
+            rec["onnx"]["parity"] = exc.result
+        raise
+
+
 def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec,
                   workdir: Path, onnx_dir: Optional[Path] = None) -> list:
     task = ctx.task
@@ -318,24 +338,10 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
         art.extra["cuda_visible_devices"] = gpu
     if onnx_dir is not None or any(r.needs_onnx for r in runtimes):
         progress("exporting ONNX")
-        try:
-            art.onnx_path = export_onnx(model, cfg.image_size, workdir / "model.onnx")
-            rec["onnx"] = {"file_mb": art.onnx_path.stat().st_size / 2**20}
-            verify = next((r.verify_export for r in runtimes if r.verify_export), None)
-            rec["onnx"]["parity"] = (
-                verify(model, art.onnx_path, cfg.image_size) if verify
-                else "not checked: no runtime of the cell verifies exports")
-            if onnx_dir is not None:
-                from ..api.files import atomic_write_bytes
-                kept = Path(onnx_dir) / f"{rec['key']}.onnx"
-                atomic_write_bytes(kept, art.onnx_path.read_bytes())
-                rec["onnx"]["kept"] = str(kept)
-        except Exception as exc:
-            rec["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
-            if getattr(exc, "result", None):  # ParityError: keep how far off the export was
-                rec["onnx"]["parity"] = exc.result
-            raise
+        with timed(rec, "export_s"):  # the export and its parity check
+            _export(rec, art, model, cfg.image_size, runtimes, workdir, onnx_dir)
     settings = MeasureSettings(**cfg.latency)
+    timing = cell_timing(plugins, cfg, model, rec["key"], settings)
     out = []
     for pname in cfg.profiles:
         profile = resolve_profile(plugins, pname, custom_profiles)
@@ -348,33 +354,41 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
                 out.append({**base, "precision": "-", "unavailable": reason})
                 continue
             progress(f"latency {rt.name} {profile.name}")
+            def scored(prof, sets, suffix, rt=rt):  # one worker run, scored on this cell
+                rows = measure_in_worker(rt.measure, art, prof, sets,
+                                         label=f"{rt.name}-{prof.name}{suffix}")
+                return [_scored_row(plugins, rt.name, dict(r), art, model, task, len(test_x))
+                        for r in rows]
+
             try:
-                results = measure_in_worker(rt.measure, art, profile, settings,
-                                            label=f"{rt.name}-{profile.name}")
+                results = measure_shared(scored, rt.measure, rt.name, profile, settings, timing)
             except Exception as exc:
                 out.append({**base, "precision": "-", "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            for r in results:
-                r = dict(r)
-                outputs = r.pop("test_outputs", None)
-                if outputs is not None and len(outputs) != len(test_x):
-                    r = {k: v for k, v in r.items() if k != "stats"}
-                    r["error"] = (f"{rt.name} returned outputs for {len(outputs)} test images, "
-                                  f"the test set has {len(test_x)}: its accuracy after "
-                                  f"conversion would not be comparable with the fp32 test "
-                                  f"metric, so the row is not reported")
-                    outputs = None
-                contracts.check_runtime_row(plugins, rt.name, r, outputs,
-                                            lambda: reference(model, art))
-                if outputs is not None and r.get("precision") != "fp32":
-                    metrics = art.evaluate_outputs(outputs)
-                    r["accuracy_after"] = metrics.get(task.primary_metric)
-                    r["metric_after"] = task.primary_metric
-                    r["metrics_after"] = {k: v for k, v in metrics.items()
-                                          if isinstance(v, (int, float))}
-                    r["evaluated_on"] = int(len(outputs))  # == the test set's size
-                out.append({**base, **r})
+            out.extend({**base, **r} for r in results)
     return out
+
+
+def _scored_row(plugins, runtime: str, r: dict, art, model, task, n_test: int) -> dict:
+    """A runtime's row with its outputs on the test images compared with PyTorch's
+    (``outputs_check``) and, below fp32, scored by the task (``accuracy_after``)."""
+    outputs = r.pop("test_outputs", None)
+    if outputs is not None and len(outputs) != n_test:
+        r = {k: v for k, v in r.items() if k != "stats"}
+        r["error"] = (f"{runtime} returned outputs for {len(outputs)} test images, "
+                      f"the test set has {n_test}: its accuracy after "
+                      f"conversion would not be comparable with the fp32 test "
+                      f"metric, so the row is not reported")
+        outputs = None
+    contracts.check_runtime_row(plugins, runtime, r, outputs, lambda: reference(model, art))
+    if outputs is not None and r.get("precision") != "fp32":
+        metrics = art.evaluate_outputs(outputs)
+        r["accuracy_after"] = metrics.get(task.primary_metric)
+        r["metric_after"] = task.primary_metric
+        r["metrics_after"] = {k: v for k, v in metrics.items()
+                              if isinstance(v, (int, float))}
+        r["evaluated_on"] = int(len(outputs))  # == the test set's size
+    return r
 
 
 def reference(model, art) -> np.ndarray:
@@ -382,6 +396,18 @@ def reference(model, art) -> np.ndarray:
     if "reference_outputs" not in art.extra:
         art.extra["reference_outputs"] = contracts.reference_outputs(model, art.test_images)
     return art.extra["reference_outputs"]
+
+
+def cell_timing(plugins: PluginSystem, cfg: CellConfig, model: torch.nn.Module, key: str,
+                settings: MeasureSettings) -> Optional[CellTiming]:
+    """How this cell shares latency timings (:mod:`harness.run.timing`): keyed by its
+    architecture (the trained model's structure, head included), image size and library
+    versions; None when ``[latency] reuse_timing`` is off."""
+    if not settings.reuse_timing:
+        return None
+    return CellTiming(TimingCache(cache_dir() / "latency-timing"), key, cfg.label(),
+                      {"architecture": architecture_fingerprint(model),
+                       "image_size": cfg.image_size, "versions": package_versions(plugins)})
 
 
 def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = True,

@@ -20,7 +20,7 @@ AXES = ("backbones", "tasks", "datasets", "strategies")
 """The options that replace an axis of the matrix (each may be repeated)."""
 LISTS = AXES + ("runtimes", "profiles")
 TRAIN = ("epochs", "batch_size", "lr", "schedule", "patience", "budget", "device", "amp",
-         "channels_last", "compile", "eval_batch_size", "tf32", "deterministic")
+         "layout", "compile", "eval_batch_size", "tf32", "deterministic")
 """Options that replace a ``[train]`` setting."""
 
 
@@ -53,7 +53,8 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
     Args:
         opts: option values by name: ``matrix_file``, ``preset``, ``name``, the axes
             (:data:`AXES`), ``runtimes``, ``profiles``, ``weights`` (``-w`` values), the
-            training settings (:data:`TRAIN`), ``image_size``, ``seeds``; missing or ``None``
+            training settings (:data:`TRAIN`; ``channels_last`` True/False is read as
+            ``layout``), ``image_size``, ``seeds``; missing or ``None``
             ones leave the file's or preset's value.
 
     The matrix keeps its file's or preset's name, or ``NAME-custom`` once an option replaced
@@ -73,6 +74,13 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
                 else plugins.default("presets"))
         base = spec.resolve()
         base_name = f"preset {spec.name!r}"
+    if opts.get("channels_last") is not None:  # --channels-last/--no-channels-last
+        layout = "channels_last" if opts["channels_last"] else "contiguous"
+        if opts.get("layout") not in (None, layout):
+            raise ConfigError(f"--layout {opts['layout']} contradicts "
+                              f"--{'' if opts['channels_last'] else 'no-'}channels-last; "
+                              f"give one of them")
+        opts = {**opts, "layout": layout}
     overrides = {k: tuple(opts.get(k) or ()) for k in LISTS}
     overrides.update(weights=weights_mapping(opts.get("weights") or ()),
                      train={k: opts[k] for k in TRAIN if opts.get(k) is not None},

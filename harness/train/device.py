@@ -1,11 +1,13 @@
 """Where and in which precision a cell trains: device choice, mixed precision, layouts.
 
 ``bench run --device auto|cpu|cuda|cuda:N`` (``[train] device``) and ``--amp
-auto|off|bf16|fp16`` (``[train] amp``) are resolved once, in the driver, by
+auto|off|bf16|fp16|tune`` (``[train] amp``) are resolved once, in the driver, by
 :func:`resolve_hardware`: ``auto`` becomes the device PyTorch sees (CUDA when it sees a GPU)
 and the precision that device trains best in. The resolved device, its name and the
 precision are part of every cell's configuration, hence of its key, so a cell trained on a
-GPU never resumes one trained on the CPU, or the reverse.
+GPU never resumes one trained on the CPU, or the reverse. ``tune`` stays ``tune``: each
+cell's probe (:mod:`harness.train.autotune`) picks fp32 or a mixed precision the device
+computes natively, and the cell records which.
 
 In the training loop, :class:`Precision` wraps the forward pass in ``torch.autocast`` and,
 for fp16, scales the loss with a ``GradScaler`` (Micikevicius et al. 2018, "Mixed Precision
@@ -25,7 +27,7 @@ import torch
 from ..api.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-AMPS = ("auto", "off", "bf16", "fp16")
+AMPS = ("auto", "off", "bf16", "fp16", "tune")
 #: what each ``amp`` value trains in (the name results and the table show)
 PRECISION_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -138,7 +140,8 @@ def cuda_bf16_native() -> bool:
 
 
 def parse_amp(amp: str, dev: torch.device) -> str:
-    """``auto|off|bf16|fp16`` -> ``off``, ``bf16`` or ``fp16`` for ``dev``.
+    """``auto|off|bf16|fp16|tune`` -> ``off``, ``bf16``, ``fp16`` or ``tune`` (mixed
+    precision allowed: the cell's probe chooses, :mod:`harness.train.autotune`) for ``dev``.
 
     Raises:
         ConfigError: an unknown value (lists the choices), or bf16 asked on a GPU without it.
@@ -148,6 +151,8 @@ def parse_amp(amp: str, dev: torch.device) -> str:
         return default_amp(dev)
     if text in ("fp32", "none"):
         text = "off"
+    if text == "tune":
+        return text
     if text not in PRECISION_NAMES:
         raise ConfigError(f"--amp {amp!r}: choose one of {', '.join(AMPS)}")
     if text == "bf16" and dev.type == "cuda" and not cuda_bf16_native():
@@ -162,11 +167,13 @@ class Hardware:
 
     device: str        # "cpu", "cuda" or "cuda:N"
     device_name: str   # the GPU or CPU model
-    amp: str           # "off", "bf16" or "fp16"
+    amp: str           # "off", "bf16", "fp16" or "tune" (each cell's probe chooses)
     note: str = ""     # how auto decided (for the run header)
 
     @property
     def precision(self) -> str:
+        if self.amp == "tune":
+            return "fp32 or mixed precision, probed per model"
         return PRECISION_NAMES.get(self.amp, f"amp {self.amp}")
 
     def header(self) -> str:

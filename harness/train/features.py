@@ -34,7 +34,7 @@ def extract_features(model: TransferModel, split: TensorSplit, batch_size: int =
     dev = module_device(model)
     was = model.backbone.training
     model.backbone.eval()
-    layout = ctx is not None and ctx.settings.channels_last
+    layout = ctx is not None and ctx.channels_last
     with ctx.precision.autocast() if ctx is not None else contextlib.nullcontext():
         chunks = [model.features(x).float()
                   for x, _ in split.batches(batch_size, device=dev, channels_last=layout)]

@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..api.errors import BenchError
 from .data import DataInfo, TensorSplit
+from .autotune import LAYOUTS
 from .device import (AMPS, Precision, configure_backends, parse_amp, place_module,
                      runtime_device, to_device)
 from .model import TransferModel, group_modules, set_trainable
@@ -62,9 +63,16 @@ class TrainSettings:
             ``cuda:N`` (:mod:`harness.train.device`). Model, heads, cached features, batches and
             metrics all live there.
         amp: mixed precision: ``auto`` (CUDA: bf16 where supported, else fp16; CPU: off),
-            ``off`` (fp32), ``bf16`` or ``fp16`` (autocast; fp16 with a gradient scaler).
+            ``off`` (fp32), ``bf16`` or ``fp16`` (autocast; fp16 with a gradient scaler),
+            or ``tune``: mixed precision allowed, each cell's probe picks fp32 or a mixed
+            precision the device computes natively (:mod:`harness.train.autotune`).
             Evaluation runs in the same precision; losses and metrics are computed in fp32.
-        channels_last: train (and evaluate) in the channels-last memory layout.
+        layout: memory layout of training and evaluation: ``auto`` (each cell's probe
+            picks contiguous or channels-last, whichever trains faster with the same
+            numerics; a :class:`TrainContext` used directly stays contiguous),
+            ``contiguous`` or ``channels_last``.
+        channels_last: ``True`` is the same as ``layout = "channels_last"`` (the older
+            spelling; ``False`` leaves ``layout`` as it is).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark`` on CUDA (cuDNN times its
             convolution algorithms per shape and keeps the fastest). Off alone does not make
             GPU results repeatable: that takes ``deterministic``.
@@ -98,6 +106,7 @@ class TrainSettings:
     device: str = "auto"
     augment: bool = False
     amp: str = "auto"
+    layout: str = "auto"
     channels_last: bool = False
     cudnn_benchmark: bool = False
     tf32: bool = True
@@ -120,6 +129,13 @@ class TrainSettings:
                              f"not {self.schedule!r}")
         if str(self.amp).lower() not in AMPS + ("fp32",):
             raise ValueError(f"amp must be one of {', '.join(AMPS)}, not {self.amp!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        if self.channels_last:
+            if self.layout == "contiguous":
+                raise ValueError("channels_last = true contradicts layout = 'contiguous'; "
+                                 "give one of them")
+            self.layout = "channels_last"
         if self.eval_batch_size < 0:
             raise ValueError("eval_batch_size must be >= 0 (0: the training batch size)")
         if self.deterministic and self.cudnn_benchmark:
@@ -280,7 +296,11 @@ class TrainContext:
         self.progress = progress or (lambda msg: None)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.device = runtime_device(settings.device)
-        self.precision = Precision(self.device, parse_amp(settings.amp, self.device))
+        amp = parse_amp(settings.amp, self.device)
+        # "tune" and layout "auto" are settled by the cell's probe (harness.train.autotune)
+        # through use(); until then, and for contexts used directly, fp32 and contiguous
+        self.precision = Precision(self.device, "off" if amp == "tune" else amp)
+        self.channels_last = settings.layout == "channels_last"
         self._compiled: dict = {}
         #: FLOPs of one image's training step: model -> {(trainable groups, input shape):
         #: FLOPs}, counted once per fit (:func:`count_flops` costs about one extra step),
@@ -299,9 +319,15 @@ class TrainContext:
     def eval_batch_size(self) -> int:
         return self.settings.eval_batch_size or self.settings.batch_size
 
+    def use(self, layout: str, amp: str) -> None:
+        """Train in ``layout`` (``contiguous`` or ``channels_last``) and precision ``amp``
+        (``off``, ``bf16``, ``fp16``): what the cell's autotune chose."""
+        self.channels_last = layout == "channels_last"
+        self.precision = Precision(self.device, amp)
+
     def place(self, module: nn.Module) -> nn.Module:
         """Move ``module`` to the training device (and layout); idempotent."""
-        return place_module(module, self.device, self.settings.channels_last)
+        return place_module(module, self.device, self.channels_last)
 
     def forward(self, module: nn.Module) -> nn.Module:
         """What to call for ``module``'s forward pass: ``torch.compile(module)`` (built once
@@ -317,7 +343,7 @@ class TrainContext:
     def batches(self, split: TensorSplit, batch_size: int, **kw):
         """``split.batches`` on this context's device and layout."""
         return split.batches(batch_size, device=self.device,
-                             channels_last=self.settings.channels_last, **kw)
+                             channels_last=self.channels_last, **kw)
 
     def new_history(self, n_train: int) -> "History":
         """An empty history whose usage carries this run's budget for ``n_train`` images."""
@@ -455,7 +481,7 @@ def evaluate(module: nn.Module, split: TensorSplit, ctx: TrainContext) -> tuple[
         NonFiniteLoss: the loss is NaN or infinite.
     """
     out = predict(ctx.forward(module), split, ctx.eval_batch_size, ctx.precision,
-                  ctx.settings.channels_last)
+                  ctx.channels_last)
     targets = to_device(split.targets, out.device)
     with torch.no_grad():
         loss = check_finite(float(ctx.task.loss(out, targets)),

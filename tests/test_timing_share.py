@@ -1,0 +1,280 @@
+"""Latency timing measured once per architecture x runtime x precision x profile and shared
+(harness.run.timing): what is shared, what stays per cell, what is never stored."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from harness import ProfileSpec
+from harness.measure.fingerprint import architecture_fingerprint
+from harness.measure.latency import MeasureSettings
+from harness.run.timing import OUTPUTS_ONLY, CellTiming, TimingCache, measure_shared
+
+SETTINGS = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3, min_s=0.0)
+PROFILE = ProfileSpec("tiny", batch_size=2, threads=1, precisions=("fp32", "int8"))
+
+
+def fake_measure(art, profile, settings):  # its module's source is part of the key
+    raise AssertionError("not called: the tests pass their own `call`")
+
+
+class Recorder:
+    """A stand-in for the worker: rows with made-up statistics, and a log of its calls."""
+
+    def __init__(self, fail=(), log=None):
+        self.calls, self.fail, self.log, self.n = [], set(fail), log, 0
+
+    def __call__(self, profile, settings, suffix):
+        full = settings.min_count > 1
+        self.calls.append((tuple(profile.precisions), full))
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(json.dumps([list(profile.precisions), full]) + "\n")
+        rows = []
+        for p in profile.precisions:
+            self.n += 1
+            if p in self.fail:
+                rows.append({"precision": p, "error": "RuntimeError: boom"})
+                continue
+            row = {"precision": p, "stats": {"count": settings.min_count, "p50_ms": 10.0 * self.n,
+                                             "truncated": False}, "threads": 1}
+            if p != "fp32":
+                row["test_outputs"] = f"outputs of this cell's {p} model"
+            rows.append(row)
+        return rows
+
+
+def timing_for(tmp_path, cell="cell-a", arch="arch-1", cache=True):
+    return CellTiming(TimingCache(tmp_path / "timing") if cache else None, cell, f"label {cell}",
+                      {"architecture": arch, "image_size": 16, "versions": {"torch": "x"}})
+
+
+def rows_by_precision(rows):
+    return {r["precision"]: r for r in rows}
+
+
+def test_the_first_cell_measures_the_next_ones_share_and_still_run_their_own_weights(tmp_path):
+    first, second = Recorder(), Recorder()
+    a = rows_by_precision(measure_shared(first, fake_measure, "rt", PROFILE, SETTINGS,
+                                         timing_for(tmp_path, "cell-a")))
+    b = rows_by_precision(measure_shared(second, fake_measure, "rt", PROFILE, SETTINGS,
+                                         timing_for(tmp_path, "cell-b")))
+    assert first.calls == [(("fp32", "int8"), True)]
+    assert all(r["latency_measured"] == "here" for r in a.values())
+    # the second cell's worker still runs, on its own weights, with one call only
+    assert second.calls == [(("fp32", "int8"), False)]
+    for p in ("fp32", "int8"):
+        assert b[p]["latency_measured"] == "shared"
+        assert b[p]["latency_shared_with"] == "cell-a"
+        assert b[p]["measurement_id"] == a[p]["measurement_id"]
+        assert b[p]["stats"] == a[p]["stats"]  # the shared figure, not its one call
+    assert b["int8"]["test_outputs"] == "outputs of this cell's int8 model"
+
+
+def test_fp32_rows_still_run_on_the_cells_own_weights(tmp_path):
+    """fp32 outputs are compared with PyTorch's per cell: a shared fp32 row still runs once."""
+    prof = ProfileSpec("tiny", batch_size=2, threads=1, precisions=("fp32",))
+    measure_shared(Recorder(), fake_measure, "rt", prof, SETTINGS, timing_for(tmp_path, "a"))
+    second = Recorder()
+    (row,) = measure_shared(second, fake_measure, "rt", prof, SETTINGS, timing_for(tmp_path, "b"))
+    assert second.calls == [(("fp32",), False)]
+    assert row["latency_shared_with"] == "a" and row["stats"]["count"] == 3
+
+
+def test_outputs_that_disagree_are_not_stored(tmp_path):
+    def disagreeing(profile, settings, suffix):
+        return [{"precision": p, "stats": {"count": 3, "p50_ms": 1.0},
+                 "outputs_check": {"ok": False}} for p in profile.precisions]
+
+    measure_shared(disagreeing, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    assert not list((tmp_path / "timing").glob("*.json"))
+
+
+@pytest.mark.parametrize("change", ["architecture", "runtime", "profile", "settings", "machine"])
+def test_a_different_architecture_runtime_profile_settings_or_machine_measures_again(
+        tmp_path, change, monkeypatch):
+    measure_shared(Recorder(), fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    rt, prof, sets, arch = "rt", PROFILE, SETTINGS, "arch-1"
+    if change == "architecture":
+        arch = "arch-2"
+    elif change == "runtime":
+        rt = "other-rt"
+    elif change == "profile":
+        prof = ProfileSpec("tiny", batch_size=4, threads=1, precisions=("fp32", "int8"))
+    elif change == "settings":
+        sets = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=4, min_s=0.0)
+    else:
+        import harness.run.timing as timing
+        monkeypatch.setattr(timing, "machine_identity", lambda: {"cpu": "another CPU"})
+    again = Recorder()
+    rows = measure_shared(again, fake_measure, rt, prof, sets, timing_for(tmp_path, arch=arch))
+    assert again.calls == [(("fp32", "int8"), True)]
+    assert {r["latency_measured"] for r in rows} == {"here"}
+
+
+def test_a_profile_name_alone_does_not_separate_identical_measurements(tmp_path):
+    measure_shared(Recorder(), fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    renamed = ProfileSpec("mobile-like", batch_size=2, threads=1, precisions=("int8",))
+    again = Recorder()
+    (row,) = measure_shared(again, fake_measure, "rt", renamed, SETTINGS, timing_for(tmp_path))
+    assert again.calls == [(("int8",), False)] and row["latency_measured"] == "shared"
+
+
+def test_a_failed_measurement_is_not_stored_and_is_measured_again(tmp_path):
+    measure_shared(Recorder(fail={"int8"}), fake_measure, "rt", PROFILE, SETTINGS,
+                   timing_for(tmp_path, "a"))
+    retry = Recorder()
+    rows = rows_by_precision(measure_shared(retry, fake_measure, "rt", PROFILE, SETTINGS,
+                                            timing_for(tmp_path, "b")))
+    # int8 timed afresh with full settings; fp32 (stored) run once on this cell's weights
+    assert sorted(retry.calls) == [(("fp32",), False), (("int8",), True)]
+    assert rows["int8"]["latency_measured"] == "here"
+    assert rows["fp32"]["latency_shared_with"] == "a"
+    assert list(rows) == ["fp32", "int8"]  # the profile's order
+
+
+def test_a_worker_that_raises_stores_nothing(tmp_path):
+    def crash(profile, settings, suffix):
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError):
+        measure_shared(crash, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    assert not list((tmp_path / "timing").glob("*.json"))
+
+
+def test_truncated_and_corrupt_entries_are_not_reused(tmp_path):
+    def truncated(profile, settings, suffix):
+        return [{"precision": p, "stats": {"count": 1, "p50_ms": 1.0, "truncated": True}}
+                for p in profile.precisions]
+
+    measure_shared(truncated, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    assert not list((tmp_path / "timing").glob("*.json"))
+    measure_shared(Recorder(), fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    for f in (tmp_path / "timing").glob("*.json"):
+        f.write_text("{not json")
+    again = Recorder()
+    measure_shared(again, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    assert again.calls == [(("fp32", "int8"), True)]
+
+
+def test_reuse_off_measures_every_cell(tmp_path):
+    for cell in ("a", "b"):
+        rec = Recorder()
+        rows = measure_shared(rec, fake_measure, "rt", PROFILE, SETTINGS,
+                              timing_for(tmp_path, cell, cache=False))
+        assert rec.calls == [(("fp32", "int8"), True)]
+        assert all("latency_measured" not in r for r in rows)
+
+
+def _worker(folder, log, cell):
+    measure_shared(Recorder(log=log), fake_measure, "rt", PROFILE, SETTINGS,
+                   timing_for(folder, cell))
+
+
+def test_two_workers_at_once_measure_once(tmp_path):
+    """Two processes (``--jobs 2``) reach the same architecture together: the group lock
+    lets one measure while the other waits, then shares."""
+    log = tmp_path / "calls.jsonl"
+    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+    procs = [ctx.Process(target=_worker, args=(tmp_path, log, c)) for c in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(calls) == [[["fp32", "int8"], False], [["fp32", "int8"], True]]
+
+
+def test_outputs_only_settings_make_one_call():
+    once = MeasureSettings(**{**vars(SETTINGS), **OUTPUTS_ONLY})
+    assert (once.warmup_count, once.min_count, once.min_s) == (0, 1, 0.0)
+
+
+def test_the_architecture_fingerprint_ignores_weights_but_not_structure():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 4))
+    b = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 4))  # other weights
+    head = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 5))  # 5 classes
+    stride = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Linear(8, 4))
+    assert architecture_fingerprint(a) == architecture_fingerprint(b)
+    assert architecture_fingerprint(a) != architecture_fingerprint(head)
+    assert architecture_fingerprint(a) != architecture_fingerprint(stride)
+
+
+# -- through run_cell: frozen and fine-tuned cells of one tiny backbone ----------------------
+from harness import BackboneSpec, DatasetSpec, hookimpl  # noqa: E402
+from harness.testkit import make_tiny_splits  # noqa: E402
+from harness.train.model import Backbone, LayerGroup  # noqa: E402
+
+
+class ShareNet(Backbone):
+    num_features = feature_channels = 8
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1),
+                                  nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward_spatial(self, x):
+        return self.stem(x)
+
+    def forward(self, x):
+        return self.pool(self.stem(x)).flatten(1)
+
+    def layer_groups(self):
+        return [LayerGroup("stem", [f"stem.{n}" for n, _ in self.stem.named_parameters()])]
+
+
+@hookimpl
+def register_backbones():
+    return [BackboneSpec("sharenet", build=ShareNet, device_class="mobile",
+                         default_weights="random")]
+
+
+@hookimpl
+def register_datasets():
+    return [DatasetSpec("sharequad", synthetic=True,
+                        load=lambda task, image_size, seed, cache_dir:
+                        make_tiny_splits(image_size, n_train=64, seed=seed))]
+
+
+@pytest.mark.slow  # trains two tiny cells and starts runtime workers
+def test_cells_of_one_architecture_share_timing_and_keep_their_own_accuracy(
+        register_plugin, monkeypatch, tmp_path):
+    from harness.run.cell import run_cell
+    from harness.run.config import MatrixConfig, matrix_kwargs
+
+    monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path))
+    plugins = register_plugin(sys.modules[__name__], name="test-timing-share")
+    m = MatrixConfig(**matrix_kwargs({
+        "backbones": ["sharenet"], "datasets": ["sharequad"], "strategies": ["scratch", "finetune"],
+        "runtimes": ["pytorch", "onnxruntime"], "profiles": ["tiny"], "image_size": 16,
+        "profile": {"tiny": {"batch_size": 2, "threads": 1, "precisions": ["fp32", "int8"]}},
+        "train": {"epochs": 1, "batch_size": 32},
+        "latency": {"warmup_count": 1, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}}))
+    recs = [run_cell(plugins, c, key, custom_profiles=m.custom_profiles)
+            for c, key in zip(m.cells(), ("cell-scratch", "cell-finetune"))]
+    rows = []
+    for rec in recs:
+        assert rec["status"] == "ok", rec.get("traceback")
+        rows.append({(r["runtime"], r["precision"]): r for r in rec["latency"] if "stats" in r})
+    first, second = rows
+    assert set(first) == set(second) == {("pytorch", "fp32"), ("onnxruntime", "fp32"),
+                                          ("onnxruntime", "int8")}
+    for k in first:
+        assert first[k]["latency_measured"] == "here"
+        assert second[k]["latency_measured"] == "shared"
+        assert second[k]["latency_shared_with"] == "cell-scratch"
+        assert second[k]["stats"] == first[k]["stats"]
+    # int8 of each cell: quantized from its own weights and scored on the test images
+    for r in (first, second):
+        assert r[("onnxruntime", "int8")]["evaluated_on"] > 0
+        assert r[("onnxruntime", "int8")]["quantize_s"] > 0
+    assert recs[1]["timers"]["latency_stage_s"] > 0 and recs[1]["timers"]["export_s"] > 0
