@@ -14,6 +14,7 @@ from harness import ProfileSpec
 from harness.measure.fingerprint import architecture_fingerprint
 from harness.measure.latency import MeasureSettings
 from harness.run.timing import OUTPUTS_ONLY, CellTiming, TimingCache, measure_shared
+from harness.testkit import TestkitPlugin
 
 SETTINGS = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3, min_s=0.0)
 PROFILE = ProfileSpec("tiny", batch_size=2, threads=1, precisions=("fp32", "int8"))
@@ -207,44 +208,7 @@ def test_the_architecture_fingerprint_ignores_weights_but_not_structure():
     assert architecture_fingerprint(a) != architecture_fingerprint(stride)
 
 
-# -- through run_cell: frozen and fine-tuned cells of one tiny backbone ----------------------
-from harness import BackboneSpec, DatasetSpec, hookimpl  # noqa: E402
-from harness.testkit import make_tiny_splits  # noqa: E402
-from harness.train.model import Backbone, LayerGroup  # noqa: E402
-
-
-class ShareNet(Backbone):
-    num_features = feature_channels = 8
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1),
-                                  nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward_spatial(self, x):
-        return self.stem(x)
-
-    def forward(self, x):
-        return self.pool(self.stem(x)).flatten(1)
-
-    def layer_groups(self):
-        return [LayerGroup("stem", [f"stem.{n}" for n, _ in self.stem.named_parameters()])]
-
-
-@hookimpl
-def register_backbones():
-    return [BackboneSpec("sharenet", build=ShareNet, device_class="mobile",
-                         default_weights="random")]
-
-
-@hookimpl
-def register_datasets():
-    return [DatasetSpec("sharequad", synthetic=True,
-                        load=lambda task, image_size, seed, cache_dir:
-                        make_tiny_splits(image_size, n_train=64, seed=seed))]
-
-
+# -- through run_cell: scratch and fine-tuned cells of one tiny backbone ----------------------
 @pytest.mark.slow  # trains two tiny cells and starts runtime workers
 def test_cells_of_one_architecture_share_timing_and_keep_their_own_accuracy(
         register_plugin, monkeypatch, tmp_path):
@@ -252,9 +216,10 @@ def test_cells_of_one_architecture_share_timing_and_keep_their_own_accuracy(
     from harness.run.config import MatrixConfig, matrix_kwargs
 
     monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path))
-    plugins = register_plugin(sys.modules[__name__], name="test-timing-share")
+    plugins = register_plugin(TestkitPlugin(), name="testkit")
     m = MatrixConfig(**matrix_kwargs({
-        "backbones": ["sharenet"], "datasets": ["sharequad"], "strategies": ["scratch", "finetune"],
+        "backbones": ["testkit_tiny"], "datasets": ["testkit_quadrants,n_train=64"],
+        "strategies": ["scratch", "finetune"],
         "runtimes": ["pytorch", "onnxruntime"], "profiles": ["tiny"], "image_size": 16,
         "profile": {"tiny": {"batch_size": 2, "threads": 1, "precisions": ["fp32", "int8"]}},
         "train": {"epochs": 1, "batch_size": 32},

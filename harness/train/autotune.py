@@ -149,7 +149,8 @@ def decide(times: dict, baseline: str) -> tuple[str, str]:
         return baseline, (f"kept {baseline}: {best} was {ratio:.2f}x, won {wins} of "
                           f"{len(times[baseline])} rounds (needs >= {1 + MARGIN:.2f}x and most "
                           f"rounds)")
-    return best, f"{best} {ratio:.2f}x faster than {baseline}, won {wins} of {len(times[best])} rounds"
+    return best, (f"{best} {ratio:.2f}x faster than {baseline}, won {wins} of "
+                  f"{len(times[best])} rounds")
 
 
 def probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,

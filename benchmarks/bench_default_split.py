@@ -1,0 +1,201 @@
+"""Where a default ``bench run``'s time goes: pretraining, training, export, quantization,
+latency; before and after sharing latency timings and the layout autotune.
+
+Each variant is a real ``bench run --preset default`` in a fresh process with a cold cache
+(its own empty ``TRANSFER_BENCH_CACHE``: datasets decoded, source weights pretrained,
+nothing measured yet), as ``make run`` on a fresh clone:
+
+* ``before``: ``[latency] reuse_timing = false`` and ``--layout contiguous``: every cell
+  times its own latency rows and trains contiguous fp32, the code path of the harness
+  before timings were shared and layouts probed;
+* ``after``: the defaults (timings measured once per architecture x runtime x precision x
+  profile and shared; the layout probed per model).
+
+The split comes from the cells' own timers (``timers`` in each cell record,
+:func:`harness.run.cell.timed`): ``pretraining`` is the weight loading of the cells that
+pretrained their ``source:`` weights, ``quantization`` the ``quantize_s`` of every int8
+conversion made (inside the runtime workers), ``latency`` the rest of the latency stage
+(worker start-up, session creation, timing, scoring the test images), ``export`` the ONNX
+export and its parity check, ``other`` the wall time of ``bench run`` not in a cell timer
+(start-up, data, model building, evaluation, the report). Variants alternate over
+``--rounds``; a ratio under load is worth less than one on an idle machine, so the load
+average is printed before and after.
+
+It also checks what must not change: each cell's test metric in both variants (they may
+differ only at float-rounding level where the probe picked channels-last) and each latency
+figure (after / before p50 per architecture, runtime, profile and precision: noise only).
+
+Usage:
+    python benchmarks/bench_default_split.py                    # the full default (idle machine)
+    python benchmarks/bench_default_split.py --reduced --rounds 1 --publish results/
+    python benchmarks/bench_default_split.py -- --epochs 2       # extra `bench run` options
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: what --reduced passes to ``bench run`` (a shared 2-core machine cannot run the default
+#: twice per round in reasonable time): fewer epochs, smaller images, shorter pretraining
+REDUCED = ["--epochs", "2", "--image-size", "32",
+           "-w", "resnet18=source:digits,epochs=2,image_size=32"]
+PHASES = ("pretraining", "training", "autotune", "export", "quantization", "latency", "test",
+          "other")
+
+
+def _matrix_file(folder: Path, reuse: bool) -> Path:
+    """The default preset as a matrix file, with ``[latency] reuse_timing`` set."""
+    import yaml
+
+    from harness.api.manager import get_plugins
+    m = dict(get_plugins().presets.get("default").resolve())
+    m["latency"] = {**m.get("latency", {}), "reuse_timing": reuse}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"default-reuse-{str(reuse).lower()}.yaml"
+    path.write_text(yaml.safe_dump(m))
+    return path
+
+
+def run_variant(name: str, folder: Path, extra: list) -> dict:
+    """One cold ``bench run``; its wall time and the records of its cells."""
+    cache, out = folder / f"cache-{name}", folder / f"runs-{name}"
+    before = name == "before"
+    args = [sys.executable, "-m", "harness.cli", "run", "-m",
+            str(_matrix_file(folder, reuse=not before)), "--name", f"split-{name}",
+            "--out", str(out), "-q", *(["--layout", "contiguous"] if before else []), *extra]
+    env = {**os.environ, "TRANSFER_BENCH_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: bench run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    recs = [json.loads(p.read_text()) for p in sorted(out.glob("*/cells/*.json"))]
+    failed = [r for r in recs if r.get("status") != "ok"]
+    if failed:
+        raise SystemExit(f"{name}: {len(failed)} cell(s) failed: {failed[0].get('error')}")
+    return {"wall": wall, "records": recs, "command": " ".join(args[1:])}
+
+
+def split(run: dict) -> dict:
+    """Seconds per phase of one run (see the module docstring)."""
+    out = dict.fromkeys(PHASES, 0.0)
+    for r in run["records"]:
+        t = r.get("timers", {})
+        w = r.get("weights") or {}
+        if w.get("source_dataset") and w.get("cached") is False:
+            out["pretraining"] += t.get("weights_s", 0.0)
+        out["training"] += t.get("train_s", 0.0)
+        out["autotune"] += t.get("autotune_s", 0.0)
+        out["export"] += t.get("export_s", 0.0)
+        out["test"] += t.get("test_s", 0.0)
+        quant = sum(row.get("quantize_s") or 0.0 for row in r.get("latency", [])
+                    if not row.get("reused"))
+        out["quantization"] += quant
+        out["latency"] += t.get("latency_stage_s", 0.0) - t.get("export_s", 0.0) - quant
+    out["other"] = run["wall"] - sum(out.values())
+    return out
+
+
+def _cell_id(r: dict) -> tuple:
+    c = r["config"]
+    return c["backbone"], c["strategy"], c["seed"]
+
+
+def metrics(run: dict) -> dict:
+    return {_cell_id(r): (r["test_metrics"] or {}).get(r["metric_name"]) for r in run["records"]}
+
+
+def latencies(run: dict) -> dict:
+    """Median over a backbone's cells of each row's p50 (ms)."""
+    out: dict = {}
+    for r in run["records"]:
+        for row in r.get("latency", []):
+            if "stats" in row:
+                k = (r["config"]["backbone"], row["runtime"], row["profile"], row["precision"])
+                out.setdefault(k, []).append(row["stats"]["p50_ms"])
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def report(runs: dict, extra: list, load: tuple) -> str:
+    from harness.measure.env import cpu_flags, cpu_model
+    lines = [f"machine: {cpu_model()} ({', '.join(cpu_flags())}), {os.cpu_count()} CPUs; "
+             f"load average before {load[0]}, after {load[1]}",
+             f"bench run options: {' '.join(extra) or '(none: the full default)'}", "",
+             "| phase | " + " | ".join(f"{v} s (round {i + 1})" for v in runs
+                                        for i in range(len(runs[v]))) + " |",
+             "|---|" + "---|" * sum(len(v) for v in runs.values())]
+    splits = {v: [split(r) for r in rs] for v, rs in runs.items()}
+    for ph in PHASES + ("total",):
+        cells = [f"{sum(s.values()) if ph == 'total' else s[ph]:.1f}"
+                 for v in runs for s in splits[v]]
+        lines.append(f"| {ph} | " + " | ".join(cells) + " |")
+    if "before" in runs and "after" in runs:
+        b = statistics.median(r["wall"] for r in runs["before"])
+        a = statistics.median(r["wall"] for r in runs["after"])
+        lines += ["", f"wall time, median over rounds: before {b:.1f} s, after {a:.1f} s "
+                      f"(after/before {a / b:.2f})"]
+        mb, ma = metrics(runs["before"][0]), metrics(runs["after"][0])
+        lines += ["", "| cell | test metric before | after |", "|---|---|---|"]
+        lines += [f"| {' / '.join(map(str, k))} | {mb[k]:.4f} | {ma.get(k, float('nan')):.4f} |"
+                  for k in sorted(mb)]
+        lb, la = latencies(runs["before"][0]), latencies(runs["after"][0])
+        ratios = sorted(la[k] / lb[k] for k in lb if k in la and lb[k] > 0)
+        if ratios:
+            lines += ["", f"latency p50 after/before over {len(ratios)} (backbone, runtime, "
+                          f"profile, precision) rows: median {statistics.median(ratios):.2f}, "
+                          f"range {ratios[0]:.2f}-{ratios[-1]:.2f}"]
+        tuned = sorted({(r["config"]["backbone"], (r.get("autotune") or {}).get("chosen_name"),
+                         (r.get("autotune") or {}).get("why"))
+                        for r in runs["after"][0]["records"]})
+        lines += ["", "autotune choices (after): " + "; ".join(f"{b}: {c} ({w})"
+                                                             for b, c, w in tuned)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternated")
+    ap.add_argument("--reduced", action="store_true",
+                    help=f"add {' '.join(REDUCED)} (a shared or slow machine)")
+    ap.add_argument("--only", choices=("before", "after"), help="run one variant")
+    ap.add_argument("--publish", metavar="FOLDER", help="write the report and raw data there")
+    ap.add_argument("extra", nargs="*", help="more `bench run` options (after --)")
+    a = ap.parse_args()
+    extra = (REDUCED if a.reduced else []) + list(a.extra)
+    variants = [a.only] if a.only else ["before", "after"]
+    load0 = os.getloadavg()
+    runs: dict = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="bench-split-") as tmp:
+        for i in range(a.rounds):
+            for v in variants:
+                print(f"round {i + 1}: {v} ...", file=sys.stderr, flush=True)
+                runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra))
+    text = report(runs, extra, (load0, os.getloadavg()))
+    print(text)
+    if a.publish:
+        from harness.measure.env import cpu_model, cpu_slug
+        import torch
+        tag = "reduced" if a.reduced else "full"
+        stem = (f"bench_default_split-{tag}-cpu{os.cpu_count()}-{cpu_slug(cpu_model())}-"
+                f"torch{torch.__version__.split('+')[0]}")
+        folder = Path(a.publish)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.md").write_text(f"# {stem}\n\n```\npython benchmarks/"
+                                           f"bench_default_split.py {' '.join(sys.argv[1:])}\n"
+                                           f"```\n\n{text}\n")
+        raw = {v: [{"wall": r["wall"], "command": r["command"], "split": split(r),
+                    "metrics": {" / ".join(map(str, k)): m for k, m in metrics(r).items()}}
+                   for r in rs] for v, rs in runs.items()}
+        (folder / f"{stem}.json").write_text(json.dumps(raw, indent=1))
+        print(f"published {folder / stem}.md and .json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
