@@ -262,9 +262,38 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     # export and the latency runtimes take the trained model on the CPU, in fp32, contiguous
     model.to("cpu").to(memory_format=torch.contiguous_format)
-    with timed(rec, "train_s"):
-        history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
-    rec["train_seconds"] = rec["timers"]["train_s"]
+    release_cuda_memory()  # the latency workers measure on this GPU: leave them its memory
+    with timed(rec, "latency_stage_s"):  # export, conversions, quantization and timing
+        rec["latency"] = _measure_latency(plugins, cfg, model, data, ctx, progress,
+                                          custom_profiles, rec, onnx_dir)
+    failed = contracts.failed_measurements(rec["latency"])
+    if failed:  # the cell is ok, but a rerun measures it again (RunStore.finished)
+        rec["failed_measurements"] = failed
+
+
+def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferModel:
+    """The cell's model, once the backbone's layer groups and feature size and the task's
+    head have kept their contracts (:mod:`harness.run.contracts`; ``rec["contracts"]``)."""
+    covered = contracts.check_layer_groups(plugins, cfg.backbone.name, backbone)
+    with contracts.blame(plugins, "tasks", cfg.task.name, "building its head"):
+        head = task.build_head(backbone, data.info)
+    shapes = contracts.check_features(plugins, cfg.backbone.name, cfg.task.name, backbone,
+                                      head, task.head_input, cfg.image_size)
+    rec.setdefault("contracts", {}).update(
+        layer_groups=f"{covered} parameters, each in exactly one group",
+        features=f"{shapes['features']} -> head {shapes['outputs']}")
+    return TransferModel(backbone, head, task.head_input)
+
+
+def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: dict):
+    """``strategy.fit``, holding the strategy to what it declares trained and frozen."""
+    declared = contracts.declared_trained(plugins, cfg.strategy.name, strategy, model, ctx)
+    with contracts.blame(plugins, "strategies", cfg.strategy.name, "training",
+                         hint=lambda: contracts.froze_everything(model)):
+        history = strategy.fit(model, data, ctx)
+    rec.setdefault("contracts", {})["strategy"] = contracts.check_training(
+        plugins, cfg.strategy.name, declared, before, model)
+    return history
 
 
 def hardware_record(ctx: TrainContext, cfg: CellConfig) -> dict:
