@@ -148,6 +148,17 @@ def test_a_worker_that_raises_stores_nothing(tmp_path):
     assert not list((tmp_path / "timing").glob("*.json"))
 
 
+def test_a_noisy_measurement_is_not_stored(tmp_path):
+    def noisy(profile, settings, suffix):
+        return [{"precision": p, "stats": {"count": 3, "p50_ms": 1.0,
+                                           "noise": {"noisy": True, "reasons": ["busy"]}}}
+                for p in profile.precisions]
+
+    rows = measure_shared(noisy, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path))
+    assert not list((tmp_path / "timing").glob("*.json"))
+    assert all(r["latency_measured"] == "here" and "measurement_id" not in r for r in rows)
+
+
 def test_truncated_and_corrupt_entries_are_not_reused(tmp_path):
     def truncated(profile, settings, suffix):
         return [{"precision": p, "stats": {"count": 1, "p50_ms": 1.0, "truncated": True}}
@@ -223,7 +234,10 @@ def test_cells_of_one_architecture_share_timing_and_keep_their_own_accuracy(
         "runtimes": ["pytorch", "onnxruntime"], "profiles": ["tiny"], "image_size": 16,
         "profile": {"tiny": {"batch_size": 2, "threads": 1, "precisions": ["fp32", "int8"]}},
         "train": {"epochs": 1, "batch_size": 32},
-        "latency": {"warmup_count": 1, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0}}))
+        # a busy machine must not make the first measurement noisy (noisy ones are not shared)
+        "latency": {"warmup_count": 1, "warmup_s": 0.0, "min_count": 5, "min_s": 0.0,
+                    "max_iqr_rel": 1e9, "max_p90_p50": 1e9, "max_probe_drift": 1e9,
+                    "max_load_per_cpu": 1e9, "noisy_retries": 0}}))
     recs = [run_cell(plugins, c, key, custom_profiles=m.custom_profiles)
             for c, key in zip(m.cells(), ("cell-scratch", "cell-finetune"))]
     rows = []

@@ -55,10 +55,13 @@ def _sha(obj) -> str:
 
 def shareable(row: dict) -> bool:
     """A row that is a full successful measurement (worth storing): statistics of every
-    call asked for, no error, and outputs that did not disagree with PyTorch's."""
+    call asked for, stable (not marked noisy by :func:`harness.measure.latency.stability`:
+    a later cell may measure it cleanly, and a stored figure outlives the run), no error,
+    and outputs that did not disagree with PyTorch's."""
     stats = row.get("stats")
     return (isinstance(stats, dict) and "error" not in row and "unavailable" not in row
             and not stats.get("truncated") and bool(stats.get("count"))
+            and not (stats.get("noise") or {}).get("noisy")
             and (row.get("outputs_check") or {}).get("ok") is not False)
 
 
@@ -157,7 +160,8 @@ def measure_shared(call: Callable, measure_fn: Callable, runtime: str, profile,
 def _measured_here(row: dict, keys: dict, timing: CellTiming, cache: TimingCache) -> dict:
     key = keys.get(row.get("precision"))
     if key is None or not shareable(row):
-        return row  # failed, unavailable or truncated: not stored, measured again next time
+        # failed, unavailable, truncated or noisy: not stored, measured again next time
+        return {**row, "latency_measured": "here"} if row.get("stats") else row
     entry = {"stats": row["stats"], "runtime_reported": {
                  k: row[k] for k in ("device", "threads", "provider", "compiled_with")
                  if k in row},
