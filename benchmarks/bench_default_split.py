@@ -44,31 +44,32 @@ from pathlib import Path
 
 #: what --reduced passes to ``bench run`` (a shared 2-core machine cannot run the default
 #: twice per round in reasonable time): fewer epochs, smaller images, shorter pretraining
-REDUCED = ["--epochs", "2", "--image-size", "32",
-           "-w", "resnet18=source:digits,epochs=2,image_size=32"]
+REDUCED = ["--epochs", "1", "--image-size", "32", "-p", "mobile",
+           "-w", "resnet18=source:digits,epochs=1,image_size=32"]
 PHASES = ("pretraining", "training", "autotune", "export", "quantization", "latency", "test",
           "other")
 
 
-def _matrix_file(folder: Path, reuse: bool) -> Path:
-    """The default preset as a matrix file, with ``[latency] reuse_timing`` set."""
+def _matrix_file(folder: Path, reuse: bool, latency: dict) -> Path:
+    """The default preset as a matrix file, with ``[latency] reuse_timing`` and the
+    ``--latency`` settings (the same for both variants) set."""
     import yaml
 
     from harness.api.manager import get_plugins
     m = dict(get_plugins().presets.get("default").resolve())
-    m["latency"] = {**m.get("latency", {}), "reuse_timing": reuse}
+    m["latency"] = {**m.get("latency", {}), **latency, "reuse_timing": reuse}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"default-reuse-{str(reuse).lower()}.yaml"
     path.write_text(yaml.safe_dump(m))
     return path
 
 
-def run_variant(name: str, folder: Path, extra: list) -> dict:
+def run_variant(name: str, folder: Path, extra: list, latency: dict) -> dict:
     """One cold ``bench run``; its wall time and the records of its cells."""
     cache, out = folder / f"cache-{name}", folder / f"runs-{name}"
     before = name == "before"
     args = [sys.executable, "-m", "harness.cli", "run", "-m",
-            str(_matrix_file(folder, reuse=not before)), "--name", f"split-{name}",
+            str(_matrix_file(folder, not before, latency)), "--name", f"split-{name}",
             "--out", str(out), "-q", *(["--layout", "contiguous"] if before else []), *extra]
     env = {**os.environ, "TRANSFER_BENCH_CACHE": str(cache)}
     t0 = time.perf_counter()
@@ -166,9 +167,15 @@ def main() -> None:
                     help=f"add {' '.join(REDUCED)} (a shared or slow machine)")
     ap.add_argument("--only", choices=("before", "after"), help="run one variant")
     ap.add_argument("--publish", metavar="FOLDER", help="write the report and raw data there")
+    ap.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [latency] setting for both variants (e.g. max_load_per_cpu=100 on "
+                         "a shared machine, where every measurement fails the stability "
+                         "criterion and none would be shared)")
     ap.add_argument("extra", nargs="*", help="more `bench run` options (after --)")
     a = ap.parse_args()
     extra = (REDUCED if a.reduced else []) + list(a.extra)
+    from harness.run.config import parse_value
+    latency = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.latency)}
     variants = [a.only] if a.only else ["before", "after"]
     load0 = os.getloadavg()
     runs: dict = {v: [] for v in variants}
@@ -176,8 +183,9 @@ def main() -> None:
         for i in range(a.rounds):
             for v in variants:
                 print(f"round {i + 1}: {v} ...", file=sys.stderr, flush=True)
-                runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra))
-    text = report(runs, extra, (load0, os.getloadavg()))
+                runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra, latency))
+    text = report(runs, extra + [f"[latency] {k} = {v}" for k, v in latency.items()],
+                  (load0, os.getloadavg()))
     print(text)
     if a.publish:
         from harness.measure.env import cpu_model, cpu_slug
