@@ -197,3 +197,14 @@ def test_csv_rows_carry_the_noise_flag_and_reasons():
     assert row["latency_noisy"] is True and row["latency_noise"].startswith("IQR is 60%")
     (row,) = cell_rows(_rec("a", 0.8, 5.0, False))
     assert row["latency_noisy"] is False and row["latency_noise"] is None
+
+
+def test_the_html_plot_marks_noisy_points():
+    from harness.report.report_html import pareto_spec
+    spec = pareto_spec([_rec("a", 0.8, 172.7, True), _rec("b", 0.7, 5.0, False)], "mobile", None)
+    (marks,) = [ly for ly in spec["layer"] if ly["mark"].get("type") == "text"]
+    assert marks["mark"]["text"] == "~" and [p["backbone"] for p in marks["data"]["values"]] == ["a"]
+    assert "~: noisy latency" in spec["title"]["subtitle"]
+    points = [ly for ly in spec["layer"] if ly["mark"].get("size") == 90][0]["data"]["values"]
+    assert {p["backbone"]: p["latency_note"].split(":")[0] for p in points} == {
+        "a": "noisy", "b": "stable"}

@@ -88,6 +88,7 @@ def _point(c: Candidate, pick: bool, on_front: bool) -> dict:
             "metric_high": None if c.metric_ci is None else c.metric + c.metric_ci,
             "metric_text": _metric_text(c), "p50_ms": c.latency_ms, "p90_ms": c.p90_ms,
             "latency_note": ("noisy: " + c.noisy[0]) if c.noisy else "stable",
+            "noisy": bool(c.noisy),
             "seeds": c.n, "dataset": f"{c.dataset}/{c.task}", "pick": pick,
             "pareto": on_front}
 
@@ -150,6 +151,11 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
                       "opacity": {"condition": {"param": "backbone_pick", "value": 0.9},
                                   "value": 0.15},
                       "tooltip": _tooltip(metric)}},
+        # a noisy latency (harness.report.noise) reads "~" beside its point, as in the tables
+        {"data": {"values": [p for p in points if p["noisy"]]},
+         "mark": {"type": "text", "text": noise.MARK, "dx": 10, "dy": -10, "fontSize": 16,
+                  "fontWeight": "bold", "color": "#b35900"},
+         "encoding": {"x": x, "y": y, "tooltip": _tooltip(metric)}},
     ]
     # an empty layer makes Vega warn of an infinite extent: leave those out
     layers = [layer for layer in layers if layer["data"]["values"]]
@@ -160,7 +166,10 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
     title = f"{metric} vs p50 latency, profile {profile}"
     return {"$schema": VEGA_LITE_SCHEMA, "width": 640, "height": 380,
             "title": {"text": title, "subtitle": "red rings: recommended; lines: Pareto "
-                                                 "front per device class; hover a point"},
+                                                 "front per device class; "
+                                                 + (f"{noise.MARK}: noisy latency; "
+                                                    if any(p["noisy"] for p in points) else "")
+                                                 + "hover a point"},
             "layer": layers}
 
 
