@@ -257,3 +257,21 @@ def test_cells_of_one_architecture_share_timing_and_keep_their_own_accuracy(
         assert r[("onnxruntime", "int8")]["evaluated_on"] > 0
         assert r[("onnxruntime", "int8")]["quantize_s"] > 0
     assert recs[1]["timers"]["latency_stage_s"] > 0 and recs[1]["timers"]["export_s"] > 0
+
+
+def test_editing_a_runtime_module_or_its_siblings_changes_the_code_fingerprint(tmp_path,
+                                                                              monkeypatch):
+    import importlib
+
+    from harness.measure.fingerprint import code_fingerprint
+    pkg = tmp_path / "fakert"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "measure.py").write_text("def measure(art, profile, settings):\n    return []\n")
+    (pkg / "_common.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = importlib.import_module("fakert.measure").measure
+    before = code_fingerprint(fn)
+    assert code_fingerprint(fn) == before
+    (pkg / "_common.py").write_text("X = 2\n")
+    assert code_fingerprint(fn) != before

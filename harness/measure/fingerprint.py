@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import os
+from pathlib import Path
 from typing import Callable
 
 from ..train.architecture import architecture_fingerprint
@@ -38,17 +39,21 @@ def machine_identity() -> dict:
 
 
 def code_fingerprint(fn: Callable) -> str:
-    """A SHA-256 of the source files of ``fn``'s module and of the latency core
+    """A SHA-256 of the source of ``fn``'s module (with its sibling modules when it sits in
+    a package: the built-in runtimes share ``_common.py``) and of the latency core
     (:mod:`harness.measure.latency`): editing a runtime plugin invalidates what it measured."""
     from . import latency
     parts = []
     for obj in (fn, latency):
+        mod = inspect.getmodule(obj) or obj
         try:
-            path = inspect.getsourcefile(inspect.getmodule(obj) or obj)
-            with open(path, "rb") as f:
-                parts.append(hashlib.sha256(f.read()).hexdigest())
+            path = Path(inspect.getsourcefile(mod))
         except (TypeError, OSError):  # built-in or source-less: its qualified name only
             parts.append(f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}")
+            continue
+        in_package = "." in getattr(mod, "__name__", "")
+        for f in sorted(path.parent.glob("*.py")) if in_package else [path]:
+            parts.append((f.name, hashlib.sha256(f.read_bytes()).hexdigest()))
     return _sha(parts)
 
 
