@@ -9,8 +9,8 @@ Stability (issue 25; /work/shared/MEASUREMENT.md). Beside MLPerf's minimum durat
 count, a measurement must be *stable* to count as clean (:func:`stability`): its spread
 over the timed calls (IQR / p50 at most ``max_iqr_rel``, 10% as in
 ``torch.utils.benchmark.Timer.adaptive_autorange``, and p90 / p50 at most ``max_p90_p50``),
-the drift of a fixed calibration probe (a numpy matrix product timed right before and
-right after the calls: the slower over the faster at most ``max_probe_drift``, the 1.5x of
+the drift of a fixed calibration probe (a single-threaded numpy workload timed right
+before and right after the calls: the slower over the faster at most ``max_probe_drift``, the 1.5x of
 MEASUREMENT.md) and the machine's 1-minute load average (at most ``max_load_per_cpu``
 runnable tasks per usable core before and after, the measurement's own included). A
 measurement whose spread or probe fails is taken again, up to ``noisy_retries`` more times
@@ -140,18 +140,23 @@ def load_average() -> Optional[list]:
 _PROBE = {}
 
 
-def probe_ms(reps: int = 5, size: int = 192) -> float:
-    """Median time (ms) of a fixed float32 matrix product (numpy: no torch in ONNX Runtime
-    workers), the calibration probe; about a millisecond, so contention shows in it."""
+def probe_ms(reps: int = 5, inner: int = 32, size: int = 65536) -> float:
+    """Median time (ms) of the calibration probe: ``inner`` passes of ``np.sin`` over
+    ``size`` float32 values, about 1 ms. Single-threaded on purpose (a multi-threaded BLAS
+    probe measured 0.1 ms or 60 ms at random under load, from its own threads waiting on
+    each other, and would contend with a runtime's spinning threads), numpy so that an ONNX
+    Runtime worker never imports torch, and small (0.5 MB) so that it adds nothing to the
+    peak memory measured around it."""
     if size not in _PROBE:
-        rng = np.random.default_rng(0)
-        _PROBE[size] = (rng.random((size, size), dtype=np.float32),
-                        rng.random((size, size), dtype=np.float32))
-    a, b = _PROBE[size]
+        x = np.random.default_rng(0).random(size, dtype=np.float32)
+        _PROBE[size] = (x, np.empty_like(x))
+        np.sin(x, out=_PROBE[size][1])  # first touch of the pages: untimed
+    x, out = _PROBE[size]
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        a @ b
+        for _ in range(inner):
+            np.sin(x, out=out)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000.0
 
