@@ -379,18 +379,31 @@ class _ClassificationForChecks:
 
 
 def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -> dict:
-    """Check that a runtime says whether it can run here and, if it can, measures latency.
+    """Check that a runtime says whether it can run here and, if it can, measures latency
+    and computes what PyTorch computes.
 
     ``available()`` must return ``(bool, str)`` with a reason when False. When available,
     ``measure`` runs on a :class:`TinyBackbone` model (exported to ONNX first if
-    ``needs_onnx``) under the ``mobile``-like profile and must return a list of dicts, each
-    with a ``precision`` and either ``stats`` (positive ``p50_ms``) or an ``unavailable``
-    reason.
+    ``needs_onnx``) under the ``mobile``-like profile, with the artifacts a run hands it
+    (:class:`harness.run.cell.Artifacts`: ``calibration`` and ``test_images`` float32
+    numpy arrays in [0, 1]), and must return a list of dicts, each with a ``precision``
+    and either ``stats`` (positive ``p50_ms``) or an ``unavailable`` reason. Each measured
+    row must return ``test_outputs`` (outputs on every test image) within the precision's
+    tolerance of PyTorch's (:func:`harness.run.contracts.compare_outputs`), the check
+    every cell of ``bench run`` makes.
+
+    Args:
+        image_size: the square input size.
+        min_count: timed calls per measurement (kept small: the kit checks, it does not
+            benchmark).
 
     Returns:
         ``{"available", "reason", "results"}``.
     """
+    import numpy as np
+
     from .run.cell import Artifacts
+    from .run.contracts import compare_outputs, reference_outputs
     from .measure.latency import MeasureSettings
     from .api.specs import ProfileSpec
 
@@ -406,18 +419,26 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
         return {"available": False, "reason": reason, "results": []}
     torch.manual_seed(0)
     model = TransferModel(TinyBackbone(), nn.Linear(32, 4)).eval()
+    rng = np.random.default_rng(0)
+    test = rng.random((8, 3, image_size, image_size), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         art = Artifacts(model=model, image_size=image_size, workdir=Path(tmp),
-                        calibration=torch.rand(8, 3, image_size, image_size),
-                        test_images=torch.rand(8, 3, image_size, image_size))
+                        calibration=rng.random((8, 3, image_size, image_size),
+                                               dtype=np.float32),
+                        test_images=test)
         if spec.needs_onnx:
             from .measure.export import export_onnx
             art.onnx_path = export_onnx(model, image_size, Path(tmp) / "model.onnx")
         profile = ProfileSpec("testkit", batch_size=1, threads=1)
         settings = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=min_count, min_s=0.0)
-        results = spec.measure(art, profile, settings)
+        try:
+            results = spec.measure(art, profile, settings)
+        except Exception as exc:
+            raise ConformanceError(f"{what}: measure() raised {type(exc).__name__}: "
+                                   f"{exc}") from exc
     _require(isinstance(results, list) and results, what,
              "measure() must return a non-empty list of dicts")
+    reference = reference_outputs(model, test)
     for r in results:
         _require(isinstance(r, dict) and "precision" in r, what,
                  f"each result needs a 'precision': {r!r}")
@@ -427,6 +448,13 @@ def check_runtime(spec: RuntimeSpec, image_size: int = 32, min_count: int = 5) -
         stats = r.get("stats") or {}
         _require(stats.get("p50_ms", 0) > 0 and math.isfinite(stats["p50_ms"]), what,
                  f"result {r.get('precision')} has no positive stats['p50_ms']")
+        _require(r.get("test_outputs") is not None, what,
+                 f"result {r.get('precision')} has no test_outputs; return the outputs on "
+                 f"artifacts.test_images, which every run compares with PyTorch's")
+        check = compare_outputs(r["test_outputs"], reference, str(r["precision"]))
+        _require(check["ok"], what,
+                 f"result {r['precision']}: test_outputs disagree with PyTorch's: "
+                 f"{check.get('problem') or 'relative RMS difference %.3g > %g' % (check['rel_rms'], check['tolerance'])}")
     return {"available": True, "reason": reason, "results": results}
 
 
@@ -720,3 +748,8 @@ def register_plugin(plugin_system) -> Iterator[Any]:
 def tiny_splits() -> DataSplits:
     """A learnable 4-class problem of 16x16 images: a bright quadrant gives the class."""
     return make_tiny_splits()
+
+
+# the kinds that run no model of their own (executor, profile, preset, command, estimator)
+from .kitchecks import (check_command, check_estimator, check_executor,  # noqa: E402
+                        check_preset, check_profile, estimator_inputs)
