@@ -13,7 +13,7 @@ arm_from_env()  # a bench worker dies with its parent from its first import on (
 
 import pluggy  # noqa: E402
 
-from .api import specs  # noqa: E402
+from .api import errors, specs  # noqa: E402
 from .api.specs import (BackboneSpec, DatasetSpec, EstimatorInput, EstimatorSpec,  # noqa: E402
                         ExecutorSpec, PresetSpec, ProfileSpec, ReporterSpec, RuntimeSpec,
                         StrategySpec, TaskSpec, WeightSourceSpec)
@@ -21,6 +21,8 @@ from .api.specs import (BackboneSpec, DatasetSpec, EstimatorInput, EstimatorSpec
 # ``import harness.specs`` / ``from harness.specs import ...`` (the layout before sub-packages)
 # keep working for third-party plugins: the module lives in harness/api/specs.py.
 sys.modules.setdefault(__name__ + ".specs", specs)
+# ``harness.errors`` likewise (the exceptions a plugin raises: EstimatorUnavailable, ...)
+sys.modules.setdefault(__name__ + ".errors", errors)
 
 __version__ = "0.1.0"
 

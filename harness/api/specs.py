@@ -379,7 +379,9 @@ class EstimatorSpec:
         name: registry key, used by ``bench rank -e NAME`` and ``--rank-by NAME``.
         score: ``score(inputs: EstimatorInput, **params) -> float | dict``; a dict holds
             ``"score"`` and any diagnostics (iterations, converged...). Raise
-            :class:`harness.errors.EstimatorUnavailable` when it cannot score these inputs.
+            :class:`harness.api.errors.EstimatorUnavailable` (also importable as
+            ``harness.errors``) when it cannot score these inputs. A score that is not a
+            finite number fails the estimator by name in every run; it ranks nothing.
         higher_is_better: whether a larger score predicts a better transfer.
         needs_source_classifier: whether it needs ``inputs.source_probs`` (LEEP, NCE).
         description: one line for ``bench list``; cite the paper.
