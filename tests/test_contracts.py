@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness import BackboneSpec, EstimatorSpec, ExecutorSpec, ReporterSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, hookimpl
+from harness import BackboneSpec, DatasetSpec, EstimatorSpec, ExecutorSpec, PresetSpec, ReporterSpec, RuntimeSpec, StrategySpec, TaskSpec, WeightSourceSpec, hookimpl
 from harness.measure.latency import MeasureSettings
 from harness.run.config import MatrixConfig
 from harness.run.runner import run_matrix
-from harness.testkit import TestkitPlugin, TinyBackbone
+from harness.testkit import TestkitPlugin, TinyBackbone, make_tiny_splits
 from harness.train.loop import Phase, TrainSettings, record_start
 from harness.train.model import LayerGroup
 from harness.train.strategy import TrainingStrategy
@@ -47,6 +47,56 @@ def reshape_load(backbone_spec, backbone, arg, context):
     return {"description": "reshaped"}
 
 
+class NanFeatures(TinyBackbone):
+    """Gives NaN features."""
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def nothing_load(backbone_spec, backbone, arg, context):
+    """Says pretrained, loads nothing."""
+    return {"description": "nothing"}
+
+
+class NoHistory(TrainingStrategy):
+    """Trains, then returns a dict instead of a History."""
+
+    def fit(self, model, data, ctx):
+        super().fit(model, data, ctx)
+        return {"epochs": 1}
+
+
+class NanLoss:
+    head_input, primary_metric, higher_is_better, name = "pooled", "accuracy", True, "nan_loss"
+
+    def build_head(self, backbone, info):
+        return nn.Linear(backbone.num_features, info.num_classes)
+
+    def loss(self, outputs, targets):
+        return outputs.sum() * float("nan")
+
+    def check_targets(self, targets, info):
+        return None
+
+    def metrics(self, outputs, targets, info):
+        return {"accuracy": 0.5}
+
+
+class NoMetric(NanLoss):
+    name = "no_metric"
+
+    def loss(self, outputs, targets):
+        return nn.functional.cross_entropy(outputs, targets)
+
+    def metrics(self, outputs, targets, info):
+        return {"acc": 0.5}
+
+
+def _quad_any(task, image_size, seed, cache_dir):
+    return make_tiny_splits(image_size=image_size, n_train=32, seed=seed)
+
+
 class HeadOnlyButAll(TrainingStrategy):
     """Declares the head only, trains everything."""
 
@@ -78,22 +128,36 @@ class Faulty:
     def register_backbones(self):
         return [BackboneSpec("missing_group", build=MissingGroup, default_weights="random"),
                 BackboneSpec("twice_group", build=TwiceGroup, default_weights="random"),
-                BackboneSpec("wrong_features", build=WrongFeatures, default_weights="random")]
+                BackboneSpec("wrong_features", build=WrongFeatures, default_weights="random"),
+                BackboneSpec("nan_features", build=NanFeatures, default_weights="random")]
 
     @hookimpl
     def register_weight_sources(self):
-        return [WeightSourceSpec("reshape", load=reshape_load)]
+        return [WeightSourceSpec("reshape", load=reshape_load),
+                WeightSourceSpec("nothing", load=nothing_load)]
+
+    @hookimpl
+    def register_tasks(self):
+        return [TaskSpec("nan_loss", factory=NanLoss), TaskSpec("no_metric", factory=NoMetric)]
+
+    @hookimpl
+    def register_datasets(self):
+        return [DatasetSpec("quad_any", load=_quad_any, synthetic=True,
+                            tasks=("classification", "nan_loss", "no_metric"))]
 
     @hookimpl
     def register_strategies(self):
         return [StrategySpec("head_only_but_all", cls=HeadOnlyButAll),
                 StrategySpec("all_but_nothing", cls=AllButNothing),
-                StrategySpec("freeze_everything", cls=FreezeEverything)]
+                StrategySpec("freeze_everything", cls=FreezeEverything),
+                StrategySpec("no_history", cls=NoHistory)]
 
 
-def _run(system, tmp_path, backbone="testkit_tiny", strategy="finetune", weights=None):
-    matrix = MatrixConfig(backbones=[backbone], datasets=["testkit_quadrants,n_train=32"],
-                          strategies=[strategy], runtimes=[], image_size=16, name="c",
+def _run(system, tmp_path, backbone="testkit_tiny", strategy="finetune", weights=None,
+         task="classification"):
+    matrix = MatrixConfig(backbones=[backbone], datasets=["quad_any"],
+                          strategies=[strategy], tasks=[task], runtimes=[], image_size=16,
+                          name="c",
                           weights={"*": weights} if weights else {},
                           train=TrainSettings(epochs=1, batch_size=16),
                           latency=MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3,
@@ -126,8 +190,20 @@ def faulty(register_plugin):
      ["strategy 'all_but_nothing'", "plugin 'faulty' (test)", "changed none of them"]),
     ({"strategy": "freeze_everything"},
      ["strategy 'freeze_everything'", "plugin 'faulty' (test)", "no parameter trainable"]),
+    ({"backbone": "nan_features"},
+     ["backbone 'nan_features'", "plugin 'faulty' (test)", "non-finite features"]),
+    ({"weights": "nothing"},
+     ["weight source 'nothing'", "plugin 'faulty' (test)", "changed no parameter"]),
+    ({"strategy": "no_history"},
+     ["strategy 'no_history'", "plugin 'faulty' (test)", "returned dict"]),
+    ({"task": "nan_loss"},
+     ["task 'nan_loss'", "plugin 'faulty' (test)", "gives a loss of nan"]),
+    ({"task": "no_metric"},
+     ["task 'no_metric'", "plugin 'faulty' (test)", "lacks its primary metric 'accuracy'"]),
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
-        "declares-head-trains-all", "declares-all-trains-head", "freezes-everything"])
+        "declares-head-trains-all", "declares-all-trains-head", "freezes-everything",
+        "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
+        "no-primary-metric"])
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
     rec = _run(faulty, tmp_path, **axes)
     assert rec["status"] == "failed"
@@ -352,3 +428,37 @@ def test_a_new_version_of_a_plugin_distribution_changes_the_cell_keys(tmp_path, 
         keys.append([c.key(versions) for c in matrix.cells()])
         sys.modules.pop("good_plugin_v", None)
     assert keys[0] != keys[1]
+
+
+def _raising_preset():
+    raise FileNotFoundError("presets/missing.toml")
+
+
+class BadPresetAndExecutor:
+    @hookimpl
+    def register_presets(self):
+        return [PresetSpec("raising", matrix=_raising_preset)]
+
+    @hookimpl
+    def register_executors(self):
+        return [ExecutorSpec("unbuildable", factory=lambda **kw: 1 / 0)]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--preset", "raising"], ["preset 'raising' of plugin 'bad-plugin' (test) failed",
+                               "FileNotFoundError: presets/missing.toml"]),
+    (["--preset", "deploy", "--executor", "unbuildable"],
+     ["executor 'unbuildable' of plugin 'bad-plugin' (test) failed while being built",
+      "ZeroDivisionError"]),
+])
+def test_a_preset_or_executor_that_raises_is_named(register_plugin, tmp_path, monkeypatch,
+                                                   args, words):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    system = register_plugin(BadPresetAndExecutor(), name="bad-plugin")
+    monkeypatch.setattr("harness.cli.get_plugins", lambda *a, **k: system)
+    res = CliRunner().invoke(cli, ["run", *args, "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    for w in words:
+        assert w in res.output, res.output

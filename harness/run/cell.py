@@ -250,8 +250,10 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     rec["strategy"] = {"name": cfg.strategy.name, "bn_policy": strategy.bn_policy,
                        "pretrained": strategy.pretrained}
     model.eval()
-    with timed(rec, "test_s"):
+    with timed(rec, "test_s"), \
+            contracts.blame(plugins, "tasks", cfg.task.name, "scoring the test split"):
         test_loss, test_metrics = evaluate(model, data.test, ctx)
+    contracts.check_metrics(plugins, cfg.task.name, task, test_metrics)
     rec["metric_name"] = task.primary_metric
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss
@@ -279,10 +281,12 @@ def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferMod
         head = task.build_head(backbone, data.info)
     shapes = contracts.check_features(plugins, cfg.backbone.name, cfg.task.name, backbone,
                                       head, task.head_input, cfg.image_size)
+    model = TransferModel(backbone, head, task.head_input)
+    contracts.check_loss(plugins, cfg.task.name, task, model, data.train, data.info)
     rec.setdefault("contracts", {}).update(
         layer_groups=f"{covered} parameters, each in exactly one group",
         features=f"{shapes['features']} -> head {shapes['outputs']}")
-    return TransferModel(backbone, head, task.head_input)
+    return model
 
 
 def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: dict):
@@ -291,6 +295,7 @@ def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: di
     with contracts.blame(plugins, "strategies", cfg.strategy.name, "training",
                          hint=lambda: contracts.froze_everything(model)):
         history = strategy.fit(model, data, ctx)
+    contracts.check_history(plugins, cfg.strategy.name, history)
     rec.setdefault("contracts", {})["strategy"] = contracts.check_training(
         plugins, cfg.strategy.name, declared, before, model)
     return history
@@ -378,7 +383,13 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
         for rt in runtimes:
             base = {"runtime": rt.name, "profile": profile.name, "batch_size": profile.batch_size,
                     "threads": threads}
-            ok, reason = rt.available()
+            try:
+                ok, reason = rt.available()
+            except Exception as exc:  # the runtime's fault, not the cell's: a named row
+                out.append({**base, "precision": "-", "error": (
+                    f"{contracts.plugin_label(plugins, 'runtimes', rt.name)}: available() "
+                    f"raised {type(exc).__name__}: {exc}")})
+                continue
             if not ok:
                 out.append({**base, "precision": "-", "unavailable": reason})
                 continue
@@ -392,7 +403,9 @@ def _latency_rows(plugins, cfg, model, data, ctx, progress, custom_profiles, rec
             try:
                 results = measure_shared(scored, rt.measure, rt.name, profile, settings, timing)
             except Exception as exc:
-                out.append({**base, "precision": "-", "error": f"{type(exc).__name__}: {exc}"})
+                out.append({**base, "precision": "-", "error": (
+                    f"{contracts.plugin_label(plugins, 'runtimes', rt.name)} failed: "
+                    f"{type(exc).__name__}: {exc}")})
                 continue
             out.extend({**base, **r} for r in results)
     return out
@@ -472,6 +485,7 @@ def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = Tr
     progress(f"loading weights {weights}")
     ws_spec, ws_arg = plugins.weights.resolve(weights)
     shapes = contracts.state_shapes(backbone)
+    fingerprints = parameter_fingerprints(backbone) if ws_spec.pretrained else {}
     with contracts.blame(plugins, "weights", weights, f"loading into {cfg.backbone.name!r}"):
         winfo = dict(ws_spec.load(bb_spec, backbone, ws_arg, {
             "cache_dir": cache_dir(), "plugins": plugins, "image_size": cfg.image_size,
@@ -479,6 +493,8 @@ def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = Tr
             "dataset_params": dict(cfg.dataset.kwargs), "progress": progress,
             **(context or {})}) or {})
     contracts.check_weights_kept(plugins, weights, cfg.backbone.name, shapes, backbone)
+    contracts.check_weights_loaded(plugins, weights, cfg.backbone.name, fingerprints, backbone,
+                                   bool(winfo.get("pretrained", ws_spec.pretrained)))
     if no_default:
         winfo["description"] = "random init (not pretrained)"
         winfo["note"] = no_default_weights_message(cfg.backbone.name)

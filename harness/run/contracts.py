@@ -14,6 +14,10 @@ training):
 - what a strategy declares frozen (everything outside
   :meth:`harness.train.strategy.Strategy.trained_parameters`) keeps its exact bytes, and
   training changed at least one parameter it declares trained (:func:`check_training`);
+- a pretrained weight source changed some parameter (:func:`check_weights_loaded`), the
+  backbone's features are finite, the task's loss is a finite scalar
+  (:func:`check_loss`) and its metrics hold a finite primary metric
+  (:func:`check_metrics`), ``fit`` returns a ``History`` (:func:`check_history`);
 - any other exception a plugin raises is reported under the plugin's name (:func:`blame`).
 
 The costs: one forward pass of two images before training, and the parameter fingerprints
@@ -22,6 +26,7 @@ the cell takes anyway to count what training changed.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -158,6 +163,9 @@ def check_features(plugins, backbone_name: str, task_name: str, backbone: nn.Mod
     modules' training modes are restored). Returns ``{"features": shape, "outputs":
     shape}``."""
     bb_who = plugin_label(plugins, "backbones", backbone_name)
+    if not isinstance(head, nn.Module):
+        raise PluginFault(f"{plugin_label(plugins, 'tasks', task_name)} built a head of type "
+                          f"{type(head).__name__}; build_head returns a torch.nn.Module")
     spatial = head_input == "spatial"
     attr = "feature_channels" if spatial else "num_features"
     declared = getattr(backbone, attr, None)
@@ -179,6 +187,9 @@ def check_features(plugins, backbone_name: str, task_name: str, backbone: nn.Mod
                     f"{bb_who} declares {attr} = {declared} but "
                     f"{'forward_spatial' if spatial else 'forward'} gives features of shape "
                     f"{tuple(feats.shape)}; make {attr} the size it returns")
+            if not bool(torch.isfinite(feats).all()):
+                raise PluginFault(f"{bb_who} gives non-finite features (NaN or inf) for "
+                                  f"images in [0, 1] with its weights loaded")
             with blame(plugins, "tasks", task_name,
                        f"running its head on {backbone_name!r}'s features of shape "
                        f"{tuple(feats.shape)} ({attr} = {declared}): the head does not fit "
@@ -188,6 +199,69 @@ def check_features(plugins, backbone_name: str, task_name: str, backbone: nn.Mod
         for m, was in modes:
             m.train(was)
     return {"features": list(feats.shape), "outputs": list(out.shape)}
+
+
+def check_weights_loaded(plugins, weights: str, backbone_name: str, before: dict,
+                         backbone: nn.Module, pretrained: bool) -> None:
+    """A source whose weights count as pretrained changed at least one parameter (``before``:
+    :func:`harness.train.model.parameter_fingerprints` of the freshly built backbone);
+    otherwise the cell would train random weights under a pretrained label."""
+    from ..train.model import changed_parameters
+
+    if pretrained and before and not changed_parameters(backbone, before):
+        raise PluginFault(f"{plugin_label(plugins, 'weights', weights)} says its weights are "
+                          f"pretrained but loading them changed no parameter of "
+                          f"{backbone_name!r}; load them into the backbone it is given, in "
+                          f"place")
+
+
+def check_loss(plugins, task_name: str, task, model: nn.Module, split, split_info) -> None:
+    """The task's loss on the model's outputs for two training images is a finite scalar
+    tensor and its metrics name its primary metric (checked before training, where a
+    broken loss or metric would fail deep inside it, blamed on the strategy)."""
+    x, y = split.images[:2].float() / 255.0, split.targets[:2]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+            with blame(plugins, "tasks", task_name, "computing its loss"):
+                loss = task.loss(out, y)
+            with blame(plugins, "tasks", task_name, "computing its metrics"):
+                metrics = task.metrics(out, y, split_info)
+    finally:
+        model.train(was)
+    if not isinstance(metrics, dict) or task.primary_metric not in metrics:
+        check_metrics(plugins, task_name, task, metrics)  # names what is missing
+    if not (torch.is_tensor(loss) and loss.dim() == 0 and bool(torch.isfinite(loss))):
+        shown = float(loss) if torch.is_tensor(loss) and loss.numel() == 1 else loss
+        raise PluginFault(f"{plugin_label(plugins, 'tasks', task_name)} gives a loss of "
+                          f"{shown!r} on two training images; loss() returns a finite scalar "
+                          f"tensor")
+
+
+def check_metrics(plugins, task_name: str, task, metrics) -> None:
+    """The task's test metrics hold its primary metric as a finite number."""
+    who = plugin_label(plugins, "tasks", task_name)
+    if not isinstance(metrics, dict) or task.primary_metric not in metrics:
+        got = sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__
+        raise PluginFault(f"{who}: metrics() lacks its primary metric "
+                          f"{task.primary_metric!r} (it gave {got})")
+    value = metrics[task.primary_metric]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise PluginFault(f"{who}: its primary metric {task.primary_metric!r} is {value!r}, "
+                          f"not a finite number")
+
+
+def check_history(plugins, strategy_name: str, history) -> None:
+    """``fit`` returned a :class:`harness.train.loop.History`."""
+    from ..train.loop import History
+
+    if not isinstance(history, History):
+        raise PluginFault(f"{plugin_label(plugins, 'strategies', strategy_name)}: fit() "
+                          f"returned {type(history).__name__}; return the "
+                          f"harness.train.loop.History of ctx.new_history()")
 
 
 def declared_trained(plugins, strategy_name: str, strategy, model: nn.Module, ctx) -> list:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .contracts import PluginFault, blame, plugin_label
 from ..api.errors import ConfigError
 from ..api.manager import PluginSystem
 from .config import MatrixConfig, load_matrix_file
@@ -72,7 +73,12 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
     else:
         spec = (plugins.presets.get(opts["preset"]) if opts.get("preset")
                 else plugins.default("presets"))
-        base = spec.resolve()
+        with blame(plugins, "presets", spec.name, "giving its matrix"):
+            base = spec.resolve()
+        if not isinstance(base, dict):
+            raise PluginFault(f"{plugin_label(plugins, 'presets', spec.name)} gives a "
+                              f"{type(base).__name__} as its matrix; give a mapping in the "
+                              f"matrix-file format")
         base_name = f"preset {spec.name!r}"
     if opts.get("channels_last") is not None:  # --channels-last/--no-channels-last
         layout = "channels_last" if opts["channels_last"] else "contiguous"

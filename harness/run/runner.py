@@ -544,6 +544,11 @@ def make_executor(plugins: PluginSystem, name: str, options: Optional[dict] = No
             params = []
         raise ConfigError(f"executor {name!r}: {exc}. It accepts: "
                           f"{', '.join(params) or 'no options'}") from None
+    except BenchError:
+        raise
+    except Exception as exc:
+        raise PluginFault(f"{plugin_label(plugins, 'executors', name)} failed while being "
+                          f"built: {type(exc).__name__}: {exc}") from exc
 
 
 def _short(cfg: CellConfig) -> str:
