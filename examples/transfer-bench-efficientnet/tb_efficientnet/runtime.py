@@ -31,7 +31,12 @@ def measure_channels_last(art, profile, settings) -> list[dict]:
     try:
         with torch.inference_mode():
             stats = measure(lambda: model(x), profile.batch_size, settings)
+            # outputs on the test images (numpy, in every run): the run compares them with
+            # PyTorch's own, so a layout bug shows as a disagreement, not as a fast number
+            test = torch.from_numpy(art.test_images)
+            outputs = torch.cat([model(b.contiguous(memory_format=torch.channels_last))
+                                 for b in test.split(32)]).numpy()
     finally:
         torch.set_num_threads(old)
     return [{"precision": "fp32", "stats": stats, "device": "cpu",
-             "memory_format": "channels_last"}]
+             "memory_format": "channels_last", "test_outputs": outputs}]
