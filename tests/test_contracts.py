@@ -175,31 +175,31 @@ def faulty(register_plugin):
 
 @pytest.mark.parametrize("axes,words", [
     ({"backbone": "missing_group"},
-     ["backbone 'missing_group'", "plugin 'faulty' (test)", "in no layer group"]),
+     ["backbone 'missing_group'", "in no layer group"]),
     ({"backbone": "twice_group"},
-     ["backbone 'twice_group'", "plugin 'faulty' (test)", "more than one layer group"]),
+     ["backbone 'twice_group'", "more than one layer group"]),
     ({"backbone": "wrong_features"},
-     ["backbone 'wrong_features'", "plugin 'faulty' (test)", "num_features = 16",
+     ["backbone 'wrong_features'", "num_features = 16",
       "(2, 32)"]),
     ({"weights": "reshape"},
-     ["weight source 'reshape'", "plugin 'faulty' (test)", "changed the shape",
+     ["weight source 'reshape'", "changed the shape",
       "stem.0.weight"]),
     ({"strategy": "head_only_but_all"},
-     ["strategy 'head_only_but_all'", "plugin 'faulty' (test)", "declares frozen"]),
+     ["strategy 'head_only_but_all'", "declares frozen"]),
     ({"strategy": "all_but_nothing"},
-     ["strategy 'all_but_nothing'", "plugin 'faulty' (test)", "changed none of them"]),
+     ["strategy 'all_but_nothing'", "changed none of them"]),
     ({"strategy": "freeze_everything"},
-     ["strategy 'freeze_everything'", "plugin 'faulty' (test)", "no parameter trainable"]),
+     ["strategy 'freeze_everything'", "no parameter trainable"]),
     ({"backbone": "nan_features"},
-     ["backbone 'nan_features'", "plugin 'faulty' (test)", "non-finite features"]),
+     ["backbone 'nan_features'", "non-finite features"]),
     ({"weights": "nothing"},
-     ["weight source 'nothing'", "plugin 'faulty' (test)", "changed no parameter"]),
+     ["weight source 'nothing'", "changed no parameter"]),
     ({"strategy": "no_history"},
-     ["strategy 'no_history'", "plugin 'faulty' (test)", "returned dict"]),
+     ["strategy 'no_history'", "returned dict"]),
     ({"task": "nan_loss"},
-     ["task 'nan_loss'", "plugin 'faulty' (test)", "gives a loss of nan"]),
+     ["task 'nan_loss'", "gives a loss of nan"]),
     ({"task": "no_metric"},
-     ["task 'no_metric'", "plugin 'faulty' (test)", "lacks its primary metric 'accuracy'"]),
+     ["task 'no_metric'", "lacks its primary metric 'accuracy'"]),
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
         "declares-head-trains-all", "declares-all-trains-head", "freezes-everything",
         "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
@@ -207,7 +207,7 @@ def faulty(register_plugin):
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
     rec = _run(faulty, tmp_path, **axes)
     assert rec["status"] == "failed"
-    for w in words:
+    for w in words + ["of plugin 'faulty' (test)"]:
         assert w in rec["error"], (w, rec["error"])
     assert rec["error"].startswith("PluginFault: ")
 
