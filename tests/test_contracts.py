@@ -289,6 +289,23 @@ def test_a_non_finite_estimate_fails_by_name_and_ranks_nothing(register_plugin):
     assert top_backbones(rows, "hscore", 1) == {"testkit_quadrants,n_train=32": ["testkit_tiny"]}
 
 
+def test_bench_rank_exits_1_naming_an_estimator_whose_score_is_nan(register_plugin,
+                                                                   monkeypatch):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+    register_plugin(TestkitPlugin(), name="testkit")
+    system = register_plugin(NanEstimator(), name="nan-plugin")
+    monkeypatch.setattr("harness.cli.get_plugins", lambda *a, **k: system)
+    res = CliRunner().invoke(cli, ["rank", "-b", "testkit_tiny", "-d",
+                                   "testkit_quadrants,n_train=32", "-e", "nan_est", "-e",
+                                   "hscore", "--image-size", "16"])
+    assert res.exit_code == 1, res.output
+    assert "estimator 'nan_est' of plugin 'nan-plugin' (test) returned a score that is not " \
+           "a finite number (nan)" in res.output
+    assert " nan " not in res.output  # no NaN printed as if it were a score
+
+
 def _raising_write(store, out):
     raise KeyError("test_metrics")
 
