@@ -27,7 +27,10 @@ DEFAULT = {
     # target's own images: `bench run -d digits` refuses before anything runs and names
     # the ways out (e.g. --weights resnet18=source:fashion_mnist,epochs=5,image_size=32)
     "weights": {"resnet18": "source:digits,epochs=5,image_size=32"},
-    "train": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
+    # 10 epochs in all for every strategy: the smallest total that lets `-s chain_thaw` run
+    # its whole schedule on MobileNetV2 (new layers, 8 backbone groups, all: 10 phases of at
+    # least one epoch; docs/strategies.md); early stopping ends most cells sooner
+    "train": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
     "latency": {"min_s": 0.5, "min_count": 30, "warmup_s": 0.2},
 }
 
@@ -122,8 +125,9 @@ ULMFIT = {
     "runtimes": ["pytorch"],
     "profiles": ["mobile"],
     "image_size": 64,
-    # one total budget for all: gradual unfreezing and ulmfit get 6 epochs like finetune
-    "train": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
+    # one total budget for all, 12 epochs like finetune: gradual unfreezing needs 8 to unfreeze
+    # MobileNetV2's 9 groups one per epoch, which leaves 4 for the fully unfrozen model
+    "train": {"epochs": 12, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
 }
 
 

@@ -25,6 +25,7 @@ def _rec(backbone, strategy, seed, acc, lat, curve, dclass="mobile"):
             "weights": {"description": "random", "pretrained": strategy != "scratch"},
             "metric_name": "accuracy", "higher_is_better": True,
             "test_metrics": {"accuracy": acc}, "train_seconds": 1.0,
+            "start_is_chance": False,  # as if each cell reused a source head: start counts
             "history": {"start": {"val_metric": curve[0]},  # before training: epoch 0
                         "epochs": [{"val_metric": v} for v in curve[1:]]},
             "latency": [{"runtime": "onnxruntime", "profile": "mobile", "precision": "fp32",

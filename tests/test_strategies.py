@@ -409,15 +409,21 @@ def test_layer_transfer_n_out_of_range_names_the_groups(tiny_splits):
 
 
 # -- the three benefits (Torrey & Shavlik) ----------------------------------------------------
-def _rec(strategy, curve, key, seed=0, status="ok", rolled_back=()):
-    """A cell record whose curve[0] is the metric before training."""
+def _rec(strategy, curve, key, seed=0, status="ok", rolled_back=(), losses=None,
+         chance=False):
+    """A cell record whose curve[0] is the metric before training; the validation loss of
+    each epoch is ``losses`` (default: 1 - metric, so the lowest loss has the best metric);
+    ``chance``: the cell put a new head on its backbone (as every built-in cell does)."""
+    losses = losses or [1 - v for v in curve[1:]]
     return {"key": key, "status": status, "higher_is_better": True, "metric_name": "accuracy",
+            "start_is_chance": chance,
             "transfer": strategy != "scratch",  # what run_cell records from Strategy.pretrained
             "config": {"backbone": "b", "task": "t", "dataset": "d", "seed": seed,
                        "strategy": strategy},
             "history": {"start": {"val_metric": curve[0], "val_loss": 1.0},
-                        "epochs": [{"val_metric": v, "rolled_back": i + 1 in rolled_back}
-                                   for i, v in enumerate(curve[1:])]}}
+                        "epochs": [{"val_metric": v, "val_loss": loss,
+                                    "rolled_back": i + 1 in rolled_back}
+                                   for i, (v, loss) in enumerate(zip(curve[1:], losses))]}}
 
 
 def test_transfer_benefits_against_scratch():
@@ -443,6 +449,28 @@ def test_transfer_benefits_against_scratch():
     assert slope([0.1, 0.3]) == pytest.approx(0.2)
 
 
+def test_a_new_heads_start_is_chance_not_a_benefit():
+    """With a new random head the metric before training is chance by construction: the
+    start is reported as chance, with the reason, and no gain or verdict; the HTML benefits
+    chart draws no start bar for it and says why."""
+    from harness.report.benefits import transfer_benefits
+    from harness.report.report_html import benefits_spec
+    from harness.run.cell import curve_summary
+    cells = [_rec("scratch", [0.1, 0.5, 0.6], "s", chance=True),
+             _rec("finetune", [0.12, 0.8, 0.9], "f", chance=True)]
+    start = transfer_benefits(cells)[0]["start"]
+    assert start["chance"] and start["gain"] is None and start["better"] is None
+    assert "new, randomly initialised head" in start["note"]
+    cs = curve_summary(cells[1])
+    assert cs["start_is_chance"] and "chance by construction" in cs["start_note"]
+    spec = benefits_spec(cells)
+    assert {v["benefit"] for v in spec["data"]["values"]} == {"higher slope (rate)",
+                                                               "higher asymptote"}
+    assert "chance by construction" in spec["title"][1]
+    del cells[1]["start_is_chance"]  # a record that predates the flag: every head was new
+    assert transfer_benefits(cells)[0]["start"]["chance"]
+
+
 def test_slope_is_a_rate_a_shifted_curve_has_the_same_slope():
     from harness.report.benefits import normalized_auc, slope, transfer_benefits
     curve = [0.2, 0.35, 0.5, 0.55, 0.6]
@@ -456,18 +484,43 @@ def test_slope_is_a_rate_a_shifted_curve_has_the_same_slope():
 
 
 def test_benefits_do_not_pad_early_stoppers_and_skip_rolled_back_epochs():
-    from harness.report.benefits import normalized_auc, transfer_benefits
+    from harness.report.benefits import normalized_auc, slope, transfer_benefits
     with pytest.raises(ValueError, match="past the curve's last epoch"):
         normalized_auc([0.1, 0.5], horizon=3)
     base = _rec("scratch", [0.1, 0.3, 0.5, 0.7, 0.9], "s")
-    stopper = _rec("chain_thaw", [0.1, 0.6, 0.95, 0.6], "c", rolled_back=(2,))
+    stopper = _rec("chain_thaw", [0.1, 0.6, 0.95, 0.6, 0.65], "c", rolled_back=(2,),
+                   losses=[0.5, 0.1, 0.45, 0.4])
     out = transfer_benefits([base, stopper])[0]
-    assert out["auc_epochs"] == 3
-    assert out["auc"]["value"] == pytest.approx(normalized_auc([0.1, 0.6, 0.95, 0.6]))
+    # 0.95 came from a rolled-back phase: shown in the curve, counted nowhere
+    kept = [0.1, 0.6, 0.6, 0.65]
+    assert out["auc_epochs"] == 3 and out["slope_epochs"] == 3
+    assert out["auc"]["value"] == pytest.approx(normalized_auc(kept))
     assert out["auc"]["baseline"] == pytest.approx(normalized_auc([0.1, 0.3, 0.5, 0.7]))
-    # 0.95 came from a rolled-back phase: not part of the delivered model
-    assert out["asymptote"]["value"] == pytest.approx(0.6)
+    assert out["slope"]["value"] == pytest.approx(slope(kept))
+    assert out["asymptote"]["value"] == pytest.approx(0.65)  # lowest kept loss, 0.4
     assert out["asymptote"]["baseline"] == pytest.approx(0.9)
+
+
+def test_asymptote_is_the_kept_models_metric_by_the_one_criterion():
+    """Selection is by validation loss everywhere: the asymptote is the metric of the
+    lowest-loss (kept) epoch, not the highest metric; the cell's re-measured kept model
+    wins over both, and the curve summary says the same."""
+    from harness.report.benefits import kept_value, transfer_benefits
+    from harness.run.cell import curve_summary
+    base = _rec("scratch", [0.1, 0.5, 0.6], "s")
+    c = _rec("finetune", [0.1, 0.8, 0.7], "f", losses=[0.6, 0.5])  # loss keeps epoch 2
+    assert kept_value(c) == pytest.approx(0.7)
+    assert transfer_benefits([base, c])[0]["asymptote"]["value"] == pytest.approx(0.7)
+    c["history"]["kept_epoch"] = 0  # what the fit recorded wins over the records' search
+    assert kept_value(c) == pytest.approx(0.8)
+    c["kept_model"] = {"val_metric": 0.75}  # the delivered model, measured again
+    assert kept_value(c) == pytest.approx(0.75)
+    cs = curve_summary(c)
+    assert cs["best"] == pytest.approx(0.75) and cs["selection"] == "val_loss"
+    rb = _rec("chain_thaw", [0.1, 0.9, 0.5], "r", rolled_back=(1,), losses=[0.2, 0.3])
+    cs = curve_summary(rb)
+    assert cs["best"] == pytest.approx(0.5)  # the rolled-back epoch's lower loss is gone
+    assert cs["mean"] == pytest.approx(0.3) and (cs["kept_epochs"], cs["rolled_back_epochs"]) == (1, 1)
 
 
 def test_every_strategy_records_the_metric_before_training(tiny_splits):
@@ -486,23 +539,50 @@ def test_every_strategy_records_the_metric_before_training(tiny_splits):
 # -- budgets --------------------------------------------------------------------------------
 @pytest.mark.parametrize("unit", ["epochs", "steps", "images"])
 def test_equal_budgets_give_equal_step_counts(unit, tiny_splits):
-    """Under a total budget, one-phase and many-phase strategies spend the same: 3 epochs'
-    worth of steps/images (early stopping off via a patience longer than the budget)."""
+    """Under a total budget, one-phase and many-phase strategies spend the same: 5 epochs'
+    worth of steps/images (early stopping off via a patience longer than the budget), and
+    the many-phase ones run every phase: each changes the groups it trains."""
     from plugins.strategies import Scratch
     spent = {}
     for strat in (Scratch(), ChainThaw(), GradualUnfreezing(), ULMFiT(), Frozen(),
                   LayerTransfer(n=1)):
         model, task = make_model()
-        ctx = _ctx_with_scratch(task, tiny_splits, epochs=3, patience=50, budget=unit)
+        ctx = _ctx_with_scratch(task, tiny_splits, epochs=5, patience=50, budget=unit)
         hist = strat.fit(model, tiny_splits, ctx)
         u = hist.usage
-        assert (u.unit, u.limit) == (unit, {"epochs": 3, "steps": 3 * 5, "images": 3 * 160}[unit])
+        assert (u.unit, u.limit) == (unit, {"epochs": 5, "steps": 5 * 5, "images": 5 * 160}[unit])
         spent[type(strat).__name__] = (u.steps, u.images)
         assert u.steps == sum(e.steps for e in hist.epochs)
         assert u.images == sum(e.images for e in hist.epochs)
         if unit == "epochs":
-            assert u.epochs == 3
-    assert set(spent.values()) == {(15, 480)}, spent
+            assert u.epochs == 5
+        for p in hist.phases:
+            assert p["steps"] >= 1 and set(p["changed_groups"]) == set(p["groups"]), p
+        if isinstance(strat, GradualUnfreezing):  # the fully unfrozen model trained
+            assert len(hist.epochs[-1].trainable_groups) == 4
+    assert set(spent.values()) == {(25, 800)}, spent
+
+
+@pytest.mark.parametrize("unit", ["epochs", "steps", "images"])
+def test_too_small_a_budget_fails_before_training_naming_the_minimum(unit, tiny_splits,
+                                                                     monkeypatch):
+    """Chain-thaw's 5 phases need a unit each (a 48-image batch under an images budget),
+    gradual unfreezing 3 full epochs while its 4 groups unfreeze and one unit of the full
+    model: too small a budget is refused before any step, naming the epochs that would do."""
+    def no_step(*a, **k):
+        raise AssertionError("trained although the budget was refused")
+    monkeypatch.setattr(torch.optim.AdamW, "step", no_step)
+    from harness.train.loop import BudgetTooSmall
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=1, batch_size=48, budget=unit)
+    least = {"epochs": 5, "steps": 2, "images": 2}[unit]  # 4 steps, 160 images an epoch
+    with pytest.raises(BudgetTooSmall, match=rf"ChainThaw runs 5 phase\(s\) .*"
+                                             rf"Set epochs to at least {least} "):
+        ChainThaw().fit(model, tiny_splits, ctx)
+    ctx = make_ctx(task, tiny_splits, epochs=3, budget=unit)
+    with pytest.raises(BudgetTooSmall, match=r"'gradual unfreezing': 3 full epoch\(s\) while "
+                                             r"its groups unfreeze.*Set epochs to at least 4 "):
+        GradualUnfreezing().fit(model, tiny_splits, ctx)
 
 
 def test_images_budget_cuts_the_last_batch(tiny_splits):

@@ -5,22 +5,34 @@ Applications, Fig. 1, in the lecture's words: a transferred model may show
 
 1. a **higher start**: "the initial skill (before refining the model) ... is higher";
    here the validation metric of the model before its first training step
-   (``History.start``, the learning curve's epoch 0, recorded by every strategy);
+   (``History.start``, the learning curve's epoch 0, recorded by every strategy). It means
+   something only where the cell reuses a source model's head; a cell that puts a new,
+   randomly initialised head on the backbone (every built-in strategy does) starts at
+   chance by construction, whatever the backbone's weights, so its start is reported as
+   chance (``"chance": True``, no gain and no verdict; :func:`start_is_chance`);
 2. a **higher slope**: "the rate of improvement of skill during training ... is
    steeper"; here the least-squares slope of the validation metric against the epoch
-   over epochs 0..k, k = ``SLOPE_EPOCHS`` or fewer when either curve is shorter
-   (:func:`slope`). It is a rate (metric per epoch): a curve shifted up by a constant has
-   the same slope;
+   over epochs 0..k of the kept curve (:func:`kept_curve`), k = ``SLOPE_EPOCHS`` or fewer
+   when either curve is shorter (:func:`slope`). It is a rate (metric per epoch): a curve
+   shifted up by a constant has the same slope;
 3. a **higher asymptote**: "the converged skill of the trained model is better"; here
-   the best validation metric among the epochs the strategy kept (epochs of a chain-thaw
-   phase that was rolled back are not part of the delivered model).
+   the validation metric of the model the strategy delivers (:func:`kept_value`).
+
+The kept model. Every selection in training (early stopping, the restored best epoch,
+chain-thaw's rollback) is made on the validation *loss*
+(:data:`harness.train.loop.SELECTION`), so the asymptote is not the highest validation
+metric of any epoch but the metric of the epoch that selection kept: the one whose
+weights the cell delivers (``rec["kept_model"]``, measured again on the delivered model by
+the cell runner). Epochs of a chain-thaw phase that was rolled back are shown in the
+learning curve but counted nowhere: :func:`kept_curve` drops them (the epochs after them
+move up), so slope and area describe the training that produced the delivered weights.
 
 The area under the learning curve, which mixes level and rate, is kept as a fourth,
-separately named figure, ``auc``: the trapezoid area over epochs 0..H divided by H, where
-H is the last epoch *both* curves have (Taylor & Stone 2009, "Transfer Learning for
-Reinforcement Learning Domains: A Survey", JMLR 10, list it as "total reward"). No
-curve is extended past its end, so an early stopper is neither rewarded nor punished for
-epochs it did not train.
+separately named figure, ``auc``: the trapezoid area over epochs 0..H of the kept curves
+divided by H, where H is the last epoch *both* kept curves have (Taylor & Stone 2009,
+"Transfer Learning for Reinforcement Learning Domains: A Survey", JMLR 10, list it as
+"total reward"). No curve is extended past its end, so an early stopper is neither
+rewarded nor punished for epochs it did not train.
 
 Each is compared with the *baseline* cell of the same backbone, task, dataset and seed
 (by default a cell whose strategy does not transfer, ``Strategy.pretrained = False``: the
@@ -38,6 +50,8 @@ Signature, for the reports::
     {"key": ..., "baseline_key": ..., "strategy": ..., "backbone": ..., "task": ...,
      "dataset": ..., "seed": ..., "metric": "accuracy",
      "start":     {"value": v, "baseline": b, "gain": g, "better": bool},
+                  # or, with a new head: {"value", "baseline", "gain": None,
+                  #                       "better": None, "chance": True, "note": ...}
      "slope":     {...}, "asymptote": {...}, "auc": {...},
      "slope_epochs": k, "auc_epochs": H}
 
@@ -60,11 +74,44 @@ def _strategy_name(label: str) -> str:
 
 
 def learning_curve(rec: dict) -> list:
-    """Validation metric per epoch, epoch 0 (before training) first when recorded."""
+    """Validation metric per epoch, epoch 0 (before training) first when recorded; every
+    epoch, rolled-back ones included (what a plot shows)."""
     hist = rec.get("history") or {}
     start = (hist.get("start") or {}).get("val_metric")
     pts = [e["val_metric"] for e in hist.get("epochs", []) if e.get("val_metric") is not None]
     return ([start] if start is not None else []) + pts
+
+
+def kept_curve(rec: dict) -> list:
+    """:func:`learning_curve` without the epochs of rolled-back phases: the training that
+    produced the delivered weights (what slope, area and mean are computed on)."""
+    hist = rec.get("history") or {}
+    start = (hist.get("start") or {}).get("val_metric")
+    return ([start] if start is not None else []) + _kept(rec)
+
+
+def kept_value(rec: dict) -> Optional[float]:
+    """The validation metric of the model the cell delivers.
+
+    ``rec["kept_model"]`` (the delivered model evaluated again after training) where the
+    cell runner wrote it; else the epoch the fit kept (``history.kept_epoch``); else, for
+    records that predate both, the kept epoch by the one selection criterion: the lowest
+    validation loss among epochs not rolled back. None without any epoch.
+    """
+    kept = (rec.get("kept_model") or {}).get("val_metric")
+    if kept is not None:
+        return float(kept)
+    hist = rec.get("history") or {}
+    epochs = hist.get("epochs") or []
+    i = hist.get("kept_epoch")
+    if i is not None and 0 <= i < len(epochs):
+        return epochs[i].get("val_metric")
+    cands = [e for e in epochs if not e.get("rolled_back") and e.get("val_metric") is not None]
+    if not cands:
+        return None
+    if all(e.get("val_loss") is not None for e in cands):
+        return min(cands, key=lambda e: e["val_loss"])["val_metric"]
+    return cands[-1]["val_metric"]
 
 
 def slope(curve: list, k: int = SLOPE_EPOCHS) -> float:
@@ -99,6 +146,18 @@ def normalized_auc(curve: list, horizon: Optional[int] = None) -> float:
     if len(pts) == 1:
         return pts[0]
     return sum((a + b) / 2 for a, b in zip(pts, pts[1:])) / (len(pts) - 1)
+
+
+#: why a start with a new head is not a benefit (shown wherever the start would be)
+CHANCE_NOTE = ("chance by construction: a new, randomly initialised head sits on the backbone, "
+               "so the metric before training says nothing about the weights")
+
+
+def start_is_chance(rec: dict) -> bool:
+    """Whether the cell's metric before training is chance by construction: its head is
+    new (``rec["start_is_chance"]``, written by the cell runner; records that predate it
+    were all built with a new head)."""
+    return bool(rec.get("start_is_chance", True))
 
 
 def _kept(rec: dict) -> list:
@@ -158,19 +217,19 @@ def transfer_benefits(cells: list, baseline: Optional[str] = None) -> list:
             out.append(entry)
             continue
         higher = bool(c.get("higher_is_better", True))
-        pick = max if higher else min
         entry["baseline_key"] = base.get("key")
-        entry["asymptote"] = _compare(pick(_kept(c) or learning_curve(c)),
-                                      pick(_kept(base) or learning_curve(base)), higher)
+        entry["asymptote"] = _compare(kept_value(c), kept_value(base), higher)
         if not (_has_start(c) and _has_start(base)):
             entry["missing"] = ("start, slope and auc need the metric before training "
                                 "(history.start), which this record predates")
             out.append(entry)
             continue
-        cur, ref = learning_curve(c), learning_curve(base)
+        cur, ref = kept_curve(c), kept_curve(base)
         k = min(SLOPE_EPOCHS, len(cur) - 1, len(ref) - 1)
         horizon = min(len(cur), len(ref)) - 1
-        entry["start"] = _compare(cur[0], ref[0], higher)
+        entry["start"] = (_compare(cur[0], ref[0], higher) if not start_is_chance(c) else
+                          {"value": cur[0], "baseline": ref[0], "gain": None, "better": None,
+                           "chance": True, "note": CHANCE_NOTE})
         entry["slope"] = _compare(slope(cur, k), slope(ref, k), higher)
         entry["auc"] = _compare(normalized_auc(cur, horizon), normalized_auc(ref, horizon),
                                 higher)

@@ -233,14 +233,20 @@ def benefits_spec(records: list[dict]) -> Optional[dict]:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["strategy"], r["backbone"]), []).append(r)
+    # a start with a new head is chance by construction: no bar (the title says why)
     values = [{"group": f"{s} / {b}", "benefit": name, "gain": statistics.fmean(
         r[k]["gain"] for r in g), "n": len(g)}
         for (s, b), g in groups.items()
         for k, name in (("start", "higher start"), ("slope", "higher slope (rate)"),
-                        ("asymptote", "higher asymptote"))]
+                        ("asymptote", "higher asymptote"))
+        if all(r[k].get("gain") is not None for r in g)]
     metric = rows[0].get("metric") or "metric"
+    title = "The three benefits of transfer (Torrey & Shavlik 2009), vs scratch"
+    if any(r["start"].get("chance") for r in rows):
+        title = [title, "higher start not shown for cells with a new head: their start is "
+                        "chance by construction"]
     return {"$schema": VEGA_LITE_SCHEMA, "data": {"values": values},
-            "title": "The three benefits of transfer (Torrey & Shavlik 2009), vs scratch",
+            "title": title,
             "width": {"step": 28}, "height": 260, "mark": "bar",
             "encoding": {
                 "x": {"field": "group", "type": "nominal", "title": "strategy / backbone",

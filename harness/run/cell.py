@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import traceback
@@ -26,7 +27,7 @@ from ..measure.latency import MeasureSettings
 from ..api.manager import PluginSystem
 from ..train.model import TransferModel, changed_parameters, count_parameters, parameter_fingerprints
 from ..api.specs import ProfileSpec
-from ..train.loop import TrainContext, TrainSettings, evaluate
+from ..train.loop import SELECTION, TrainContext, TrainSettings, evaluate
 from . import contracts
 from .timing import CellTiming, TimingCache, measure_shared
 from .tuning import choose_setup
@@ -187,18 +188,59 @@ def backbone_facts(bb_spec, backbone, model, winfo: dict, image_size: int) -> di
     }
 
 
-def curve_summary(rec: dict, higher_is_better: bool) -> Optional[dict]:
-    """Start, best and mean of this cell's own validation curve (epoch 0 = before
-    training; :func:`harness.report.benefits.learning_curve` of its record); None without
-    one. The benefits against scratch need the scratch cell too and are computed across
-    cells (:func:`harness.report.benefits.transfer_benefits`)."""
-    from ..report.benefits import learning_curve
+def curve_summary(rec: dict, higher_is_better: bool = True) -> Optional[dict]:
+    """This cell's own validation curve, as figures of the model it delivers; None without
+    a curve.
 
-    curve = learning_curve(rec)
+    ``best`` is the delivered model's validation metric (``rec["kept_model"]``): the epoch
+    kept by the one selection criterion, the validation loss (``selection``), not the
+    highest metric of any epoch (a rolled-back chain-thaw phase's weights were thrown
+    away). ``mean`` is over epoch 0 and the kept epochs (:func:`kept_curve`); rolled-back
+    epochs stay in the plotted curve and are counted in ``rolled_back_epochs`` only.
+    ``start`` is epoch 0, before training; with a new head it is chance by construction
+    (``start_is_chance``, ``start_note``). ``higher_is_better`` is not needed since
+    nothing is picked by the metric; it stays for callers. The benefits against scratch
+    need the scratch cell too and are computed across cells
+    (:func:`harness.report.benefits.transfer_benefits`)."""
+    from ..report.benefits import CHANCE_NOTE, kept_curve, kept_value, learning_curve, \
+        start_is_chance
+
+    curve = kept_curve(rec)
     if not curve:
         return None
-    best = max(curve) if higher_is_better else min(curve)
-    return {"start": curve[0], "best": best, "mean": sum(curve) / len(curve)}
+    hist = rec.get("history") or {}
+    out = {"start": curve[0], "best": kept_value(rec), "mean": sum(curve) / len(curve),
+           "kept_epochs": len(curve) - 1 if hist.get("start") else len(curve),
+           "rolled_back_epochs": len(learning_curve(rec)) - len(curve),
+           "selection": hist.get("selection", SELECTION),
+           "start_is_chance": start_is_chance(rec)}
+    if out["start_is_chance"]:
+        out["start_note"] = CHANCE_NOTE
+    return out
+
+
+def kept_model_record(model: torch.nn.Module, data: DataSplits, ctx: TrainContext,
+                      history) -> dict:
+    """The delivered model evaluated again on the validation split, checked against the
+    epoch the fit says it kept (``History.kept_epoch``): the figures reported as "best"
+    must be those of the weights the cell hands on.
+
+    Raises:
+        RuntimeError: the delivered weights are not the kept epoch's (a strategy restored
+            the wrong checkpoint); the cell fails rather than report thrown-away weights.
+    """
+    loss, metrics = evaluate(model, data.val, ctx)
+    out = {"val_loss": loss, "val_metric": float(metrics[ctx.task.primary_metric]),
+           "epoch": history.kept_epoch, "selection": SELECTION}
+    if history.kept_epoch is not None:
+        e = history.epochs[history.kept_epoch]
+        if not math.isclose(e.val_loss, loss, rel_tol=1e-3, abs_tol=1e-4):
+            raise RuntimeError(
+                f"the trained model's validation loss is {loss:.6f}, but the epoch the "
+                f"strategy kept (epoch {history.kept_epoch + 1}, phase {e.phase!r}) had "
+                f"{e.val_loss:.6f}: the delivered weights are not the kept ones, so this "
+                f"cell's figures would describe weights it threw away")
+    return out
 
 
 def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
@@ -229,6 +271,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     torch.manual_seed(cfg.seed)
     model = _checked_model(plugins, cfg, backbone, task, data, rec)
+    # the task's head is new and random: the metric before training is chance by construction
+    rec["start_is_chance"] = True
     rec["backbone_facts"] = backbone_facts(bb_spec, backbone, model, winfo, cfg.image_size)
 
     with timed(rec, "autotune_s"):  # layout and precision: forced, cached or probed here
@@ -246,10 +290,15 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     # parameters training actually changed (a bias-only strategy counts its biases, not
     # the whole groups they sit in)
     named = dict(model.named_parameters())
-    rec["trainable_params"] = sum(named[n].numel() for n in changed_parameters(model, before))
+    changed = set(changed_parameters(model, before))
+    rec["trainable_params"] = sum(named[n].numel() for n in changed)
+    # the layer groups the delivered model changed (a rolled-back phase's group may not be)
+    rec["changed_groups"] = [g.name for g in model.layer_groups()
+                             if any(p in changed for p in g.params)]
     rec["strategy"] = {"name": cfg.strategy.name, "bn_policy": strategy.bn_policy,
                        "pretrained": strategy.pretrained}
     model.eval()
+    rec["kept_model"] = kept_model_record(model, data, ctx, history)
     with timed(rec, "test_s"), \
             contracts.blame(plugins, "tasks", cfg.task.name, "scoring the test split"):
         test_loss, test_metrics = evaluate(model, data.test, ctx)

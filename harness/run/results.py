@@ -82,6 +82,7 @@ def new_run_dir(root: Path, name: str = "run") -> Path:
 ROW_FIELDS = [
     "status", "backbone", "device_class", "task", "dataset", "synthetic", "strategy", "weights",
     "pretrained", "seed", "metric", "test_metric", "best_val_metric", "start_metric",
+    "start_is_chance",
     "train_s", "budget", "epochs", "steps", "images", "train_flops", "params",
     "trainable_params", "gmacs", "runtime", "profile", "precision",
     "batch_size", "threads", "p50_ms", "p90_ms", "mean_ms", "cv", "throughput_per_s",
@@ -115,6 +116,9 @@ def cell_rows(rec: dict) -> list[dict]:
         "test_metric": rec.get("test_metrics", {}).get(rec.get("metric_name", ""), None),
         "best_val_metric": curve.get("best"),
         "start_metric": curve.get("start"),
+        # a new head starts at chance by construction (records that predate the flag all did)
+        "start_is_chance": (curve.get("start_is_chance", True)
+                            if curve.get("start") is not None else None),
         "train_s": rec.get("train_seconds"),
         **{k: (rec.get("budget") or {}).get(k)
            for k in ("epochs", "steps", "images", "train_flops")},

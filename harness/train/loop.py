@@ -19,6 +19,17 @@ counted). ``TrainSettings.budget`` says how much a strategy may spend:
   whatever its phases; each phase gets an even share of what is left
   (:meth:`Usage.allowance`), and what an early-stopped phase leaves goes to the next.
   Strategies compared under one of these budgets get the same cap.
+
+Whole schedules. A multi-phase strategy (chain-thaw, gradual unfreezing) is only what its
+paper defines when every phase runs. Under a total budget each phase therefore has a
+minimum (:func:`phase_minimum`: the epochs before ``track_from`` in full, then one unit of
+the model it delivers), the phases' allowances keep the minima of the phases still to come
+in reserve, and :func:`check_budget` refuses, before anything trains, a budget smaller
+than the sum of the minima, with a sentence that names the smallest ``epochs`` that works.
+
+The kept model. Every selection (early stopping, restoring the best epoch, chain-thaw's
+rollback) uses one criterion, the validation loss (:data:`SELECTION`); the epoch whose
+weights the fit delivers is ``History.kept_epoch``.
 """
 from __future__ import annotations
 
@@ -39,11 +50,20 @@ from .data import DataInfo, TensorSplit
 from .autotune import LAYOUTS
 from .device import (AMPS, Precision, configure_backends, parse_amp, place_module,
                      runtime_device, to_device)
-from .model import TransferModel, group_modules, set_trainable
+from .model import (TransferModel, changed_parameters, group_modules, parameter_fingerprints,
+                    set_trainable)
 from .schedules import SCHEDULES, stlr_multiplier
 from .task import Task
 
 BUDGETS = ("phase", "epochs", "steps", "images")
+#: the one criterion of every selection: early stopping, the restored best epoch, chain-thaw's
+#: rollback, and so the kept model whose validation metric the reports call "best"
+SELECTION = "val_loss"
+
+
+class BudgetTooSmall(BenchError, ValueError):
+    """A total training budget too small for a strategy's whole schedule (raised before
+    training; the message gives the smallest budget that works)."""
 
 
 @dataclass
@@ -230,13 +250,15 @@ class Usage:
         return {"epochs": self.epochs, "steps": self.steps, "images": self.images}.get(
             self.unit, 0)
 
-    def allowance(self, phases_left: int) -> Optional[int]:
+    def allowance(self, phases_left: int, minimum: int = 1, reserve: int = 0) -> Optional[int]:
         """This phase's share of what is left: an even split over the phases still to
-        run (at least one unit while anything is left); None with no total budget."""
+        run, at least ``minimum`` (the phase's own, :func:`phase_minimum`), never eating
+        into ``reserve`` (the minima of the phases after it); None with no total budget."""
         if self.limit is None:
             return None
         left = max(0, self.limit - self.spent())
-        return min(left, max(1, left // max(1, phases_left))) if left else 0
+        share = max(minimum, left // max(1, phases_left))
+        return max(0, min(share, left - reserve))
 
     def add_flops(self, flops: Optional[float], note: str = "") -> None:
         if flops is None or self.train_flops is None:
@@ -256,12 +278,76 @@ def budget_limit(settings: TrainSettings, n_train: int) -> Optional[int]:
     return None if per_epoch is None else settings.epochs * per_epoch
 
 
+def phase_minimum(phase: Phase, settings: TrainSettings, n_train: int) -> Optional[int]:
+    """The smallest allowance, in the budget's unit, that runs ``phase`` as defined: its
+    epochs before ``track_from`` in full (gradual unfreezing: one per newly unfrozen
+    group), then one unit of the model it delivers (an epoch; a step; a batch of images).
+    None under the per-phase budget."""
+    unit = settings.budget
+    steps_per_epoch = max(1, -(-n_train // settings.batch_size))
+    full = phase.track_from
+    if unit == "epochs":
+        return full + 1
+    if unit == "steps":
+        return full * steps_per_epoch + 1
+    if unit == "images":
+        return full * n_train + min(settings.batch_size, n_train)
+    return None
+
+
+def _unit_words(unit: str, n: int) -> str:
+    word = {"epochs": "epoch", "steps": "optimizer step", "images": "training image"}[unit]
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_budget(phases: list, settings: TrainSettings, n_train: int,
+                 strategy: str = "the strategy") -> Optional[list]:
+    """Each phase's minimum (:func:`phase_minimum`), after checking that the run's total
+    budget covers their sum; None under the per-phase budget.
+
+    Raises:
+        BudgetTooSmall: the budget cannot run every phase; the message names the phases,
+            what each needs, and the smallest ``epochs`` that would do.
+    """
+    needs = [phase_minimum(p, settings, n_train) for p in phases]
+    limit = budget_limit(settings, n_train)
+    if limit is None or None in needs:
+        return None
+    if any(p.epochs is not None and p.epochs < p.track_from + 1 for p in phases):
+        bad = next(p for p in phases if p.epochs is not None and p.epochs < p.track_from + 1)
+        raise BudgetTooSmall(
+            f"{strategy}: phase {bad.name!r} may run {bad.epochs} epoch(s) but needs "
+            f"{bad.track_from + 1} to reach the model it delivers")
+    total = sum(needs)
+    if total <= limit:
+        return needs
+    per_epoch = limit // settings.epochs  # units in one epoch
+    epochs_needed = -(-total // per_epoch)
+    names = [p.name for p in phases]
+    shown = ", ".join(names if len(names) <= 6 else names[:4] + ["...", names[-1]])
+    unit_epoch = 1 if settings.budget == "epochs" else per_epoch
+    why = "; ".join(
+        f"{p.name!r}: {p.track_from} full epoch(s) while its groups unfreeze, then "
+        f"{_unit_words(settings.budget, n - p.track_from * unit_epoch)} with every group "
+        f"trainable" for p, n in zip(phases, needs) if p.track_from) or (
+        f"{_unit_words(settings.budget, needs[0])} per phase")
+    raise BudgetTooSmall(
+        f"{strategy} runs {len(phases)} phase(s) ({shown}) and needs at least "
+        f"{_unit_words(settings.budget, total)} to train every one of them ({why}), but "
+        f"budget = \"{settings.budget}\" with epochs = {settings.epochs} allows "
+        f"{_unit_words(settings.budget, limit)}. Set epochs to at least {epochs_needed} "
+        f"(--epochs or [train] epochs), or budget = \"phase\" (each phase up to epochs "
+        f"epochs).")
+
+
 @dataclass
 class History:
     """Per-epoch learning curves, the phases that produced them and what they spent.
 
     ``start`` is the validation loss and metric of the model before any training step
     (Torrey & Shavlik's "start"); every strategy records it (:func:`record_start`).
+    ``kept_epoch`` is the index in ``epochs`` of the epoch whose weights the fit delivers
+    (the best by :data:`SELECTION` among those the strategy may keep; None before any).
     """
 
     epochs: list = field(default_factory=list)
@@ -269,10 +355,12 @@ class History:
     seconds: float = 0.0
     start: Optional[dict] = None
     usage: Usage = field(default_factory=Usage)
+    kept_epoch: Optional[int] = None
 
     def as_dict(self) -> dict:
         return {"epochs": [vars(e) for e in self.epochs], "phases": self.phases,
-                "seconds": self.seconds, "start": self.start, "usage": self.usage.as_dict()}
+                "seconds": self.seconds, "start": self.start, "usage": self.usage.as_dict(),
+                "kept_epoch": self.kept_epoch, "selection": SELECTION}
 
 
 @dataclass
@@ -492,7 +580,8 @@ def evaluate(module: nn.Module, split: TensorSplit, ctx: TrainContext) -> tuple[
 def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSplit,
               ctx: TrainContext, history: History, groups_model: Optional[TransferModel] = None,
               on_epoch_start: Optional[Callable] = None, bn_policy: str = "freeze",
-              best_so_far: Optional[BestSoFar] = None, phases_left: int = 1) -> float:
+              best_so_far: Optional[BestSoFar] = None, phases_left: int = 1,
+              reserve: int = 0) -> float:
     """Train one phase; return its best validation loss.
 
     Args:
@@ -509,11 +598,13 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
             loading that checkpoint, so a phase that did not beat it is rolled back
             (recorded as ``rolled_back``). Default: a fresh one for this phase.
         phases_left: phases still to run including this one, to share a total budget.
+        reserve: what the phases after this one need at least (their
+            :func:`phase_minimum`), kept out of this phase's allowance.
     """
     gm = groups_model if groups_model is not None else model
     ctx.place(model)
     set_trainable(gm, phase.groups)
-    run = _PhaseRun(model, gm, phase, train, ctx, history, best_so_far, phases_left)
+    run = _PhaseRun(model, gm, phase, train, ctx, history, best_so_far, phases_left, reserve)
     for epoch in range(run.max_epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, phase)
@@ -570,7 +661,8 @@ class _PhaseRun:
     run's budget, its best epoch and early-stopping count."""
 
     def __init__(self, model, gm, phase: Phase, train: TensorSplit, ctx: TrainContext,
-                 history: History, best_so_far: Optional[BestSoFar], phases_left: int):
+                 history: History, best_so_far: Optional[BestSoFar], phases_left: int,
+                 reserve: int = 0):
         s = ctx.settings
         self.model, self.phase, self.train = model, phase, train
         self.ctx, self.history = ctx, history
@@ -581,7 +673,10 @@ class _PhaseRun:
         self.usage = usage = history.usage
         if usage.unit != s.budget:  # a History() made by hand: the run's budget still applies
             usage.unit, usage.limit = s.budget, budget_limit(s, len(train))
-        self.allowance = usage.allowance(phases_left)
+        self.allowance = usage.allowance(phases_left, phase_minimum(phase, s, len(train)) or 1,
+                                         reserve)
+        self.gm = gm
+        self.before = parameter_fingerprints(gm)  # which groups the phase changes
         self.max_epochs, total_steps = _phase_limits(phase, s, usage.unit, self.allowance,
                                                      len(train))
         # the rate of step t is max_lr * stlr(t, T): LambdaLR sets it, one step per batch
@@ -712,8 +807,14 @@ class _PhaseRun:
             self.stopped = "budget"
         rolled_back = bool(self.shared and self.epochs_run and phase.restore_best
                            and not self.improved and best.state is not None)
+        changed = set(changed_parameters(self.gm, self.before))  # before any restore
+        changed_groups = [g.name for g in self.gm.layer_groups()
+                          if any(p in changed for p in g.params)]
         if phase.restore_best and best.state is not None:
             self.model.load_state_dict(best.state)
+            self.history.kept_epoch = best.where[1]
+        elif self.epochs_run:  # no checkpoint to go back to: the last epoch's weights stay
+            self.history.kept_epoch = len(self.history.epochs) - 1
         if rolled_back:
             for e in self.history.epochs[self.first_epoch:]:
                 e.rolled_back = True
@@ -722,7 +823,8 @@ class _PhaseRun:
             "best_epoch": self.best_epoch, "best_val_loss": self.phase_best,
             "restored_best": bool(phase.restore_best), "improved_best_so_far": self.improved,
             "rolled_back": rolled_back, "best_so_far_val_loss": best.loss,
-            "stopped": self.stopped, "steps": usage.steps - self.start[0],
+            "stopped": self.stopped, "allowance": self.allowance, "unit": usage.unit,
+            "changed_groups": changed_groups, "steps": usage.steps - self.start[0],
             "images": usage.images - self.start[1], "schedule": self.schedule,
             "patience": self.patience,
             "lrs": {pg["group"]: pg["max_lr"] for pg in self.opt.param_groups},

@@ -4,9 +4,12 @@ A strategy is a class (registered through ``register_strategies``) instantiated 
 cell with the user's parameters. The default :meth:`Strategy.fit` calls, in order:
 
 1. :meth:`freeze_before_training` - once, before anything is trained;
-2. the model is evaluated on the validation split (the learning curve's epoch 0,
+2. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run; under a total
+   ``[train] budget`` they are checked to fit it (:func:`harness.train.loop.check_budget`:
+   every phase gets at least its minimum, or the fit fails here, before training, saying
+   which budget would do);
+3. the model is evaluated on the validation split (the learning curve's epoch 0,
    ``History.start``);
-3. :meth:`phases` - the list of :class:`harness.train.loop.Phase` to run;
 4. for each phase, :meth:`on_epoch_start` before every epoch.
 
 A strategy with ``shared_checkpoint = True`` keeps one best-so-far checkpoint across its
@@ -35,7 +38,8 @@ from torch import nn
 from .data import DataSplits
 from .model import LayerGroup, TransferModel
 from .schedules import SCHEDULES
-from .loop import BestSoFar, History, Phase, TrainContext, record_start, run_phase
+from .loop import (BestSoFar, History, Phase, TrainContext, check_budget, record_start,
+                   run_phase)
 
 
 class Strategy:
@@ -120,8 +124,9 @@ class Strategy:
         """Train ``model`` on ``data``; return its learning curves."""
         history = ctx.new_history(len(data.train))
         self.freeze_before_training(model)
-        record_start(model, data.val, ctx, history)
         phases = self.phases(model, ctx)
+        needs = check_budget(phases, ctx.settings, len(data.train), type(self).__name__)
+        record_start(model, data.val, ctx, history)
         best = BestSoFar() if self.shared_checkpoint else None
         for i, phase in enumerate(phases):
             if phase.schedule is None:
@@ -129,7 +134,7 @@ class Strategy:
             run_phase(model, phase, data.train, data.val, ctx, history,
                       on_epoch_start=lambda e, p: self.on_epoch_start(model, p, e),
                       bn_policy=self.bn_policy, best_so_far=best,
-                      phases_left=len(phases) - i)
+                      phases_left=len(phases) - i, reserve=sum(needs[i + 1:]) if needs else 0)
         return history
 
     @classmethod

@@ -49,7 +49,10 @@ class ChainThaw(TrainingStrategy):
         patience: early-stopping patience of every phase (default: the run's
             ``patience``; DeepMoji's own default is 5).
         epochs_per_phase: maximum epochs of each phase (default: the run's ``epochs``,
-            or the phase's share of a total ``[train] budget``).
+            or the phase's share of a total ``[train] budget``). Under a total budget
+            every phase gets at least one epoch (step, batch of images): a budget smaller
+            than the number of phases is refused before training, with the smallest
+            ``epochs`` that runs them all (docs/strategies.md).
         clip_norm: global gradient-norm clip (DeepMoji: 1.0); 0 turns it off.
         schedule: ``constant`` or ``stlr``, restarted in each phase.
     """

@@ -181,6 +181,7 @@ class OffTheShelf(Strategy):
             train_metric=float(tr_m[pm]), val_loss=va_loss, val_metric=float(va_m[pm]),
             lr=0.0, seconds=seconds, trainable_groups=["head"], images=len(train)))
         history.usage.epochs = 1
+        history.kept_epoch = len(history.epochs) - 1  # the fitted model is the one delivered
         history.usage.images = len(train)
         history.phases.append({"name": label, "groups": ["head"],
                                "epochs_run": 1, "best_epoch": 0, "best_val_loss": va_loss,

@@ -64,7 +64,9 @@ class GradualUnfreezing(TrainingStrategy):
     One phase: epoch 1 trains the head, epoch k trains the top k groups, and from epoch
     G (G = number of groups) on everything trains. The phase runs at most G - 1 + the
     run's ``epochs`` epochs (or the run's total ``[train] budget``, which caps it like
-    every other strategy). Early-stopping patience counts only epochs with every group
+    every other strategy; a total budget below G - 1 full epochs plus one unit of the
+    fully unfrozen model is refused before training, with the smallest ``epochs`` that
+    works: docs/strategies.md). Early-stopping patience counts only epochs with every group
     trainable, and the epoch restored at the end is the best of those: the paper's model
     is the fully unfrozen one "fine-tuned until convergence", so a weight set from before
     the bottom group was ever trained is not a candidate.
