@@ -306,3 +306,22 @@ def test_deterministic_training_repeats_itself(tiny_splits):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+def test_operations_without_a_deterministic_implementation_are_named(monkeypatch):
+    """Deterministic mode warns (warn_only) for such an operation; the watch names it and
+    lets every other warning through."""
+    import warnings
+    from harness.train.device import configure_backends, watch_nondeterminism
+    try:
+        assert configure_backends(False, True, True)["deterministic_warn_only"]
+        found = []
+        with pytest.warns(UserWarning, match="unrelated"):
+            with watch_nondeterminism(found):
+                warnings.warn("adaptive_avg_pool2d_backward_cuda does not have a "
+                              "deterministic implementation, but you set "
+                              "'torch.use_deterministic_algorithms(True, warn_only=True)'")
+                warnings.warn("an unrelated warning")
+        assert found == ["adaptive_avg_pool2d_backward_cuda"]
+    finally:
+        configure_backends(False, True, False)

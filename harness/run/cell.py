@@ -16,7 +16,7 @@ import torch
 from .config import CellConfig
 from ..train.data import DataSplits, validate_splits
 from ..train.device import (backend_state, device_name, is_cuda_oom, release_cuda_memory,
-                            visible_id)
+                            visible_id, watch_nondeterminism)
 from ..api.errors import BenchError
 from ..measure.env import package_versions
 from ..measure.export import export_onnx
@@ -282,7 +282,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     ctx.place(model)
     before = parameter_fingerprints(model)
     ctx.scratch_backbone = scratch_backbone
-    with timed(rec, "train_s"):
+    nondeterministic: list = []
+    with timed(rec, "train_s"), watch_nondeterminism(nondeterministic):
         history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
     rec["train_seconds"] = rec["timers"]["train_s"]
     rec["history"] = history.as_dict()
@@ -299,10 +300,12 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
                        "pretrained": strategy.pretrained}
     model.eval()
     rec["kept_model"] = kept_model_record(model, data, ctx, history)
-    with timed(rec, "test_s"), \
+    with timed(rec, "test_s"), watch_nondeterminism(nondeterministic), \
             contracts.blame(plugins, "tasks", cfg.task.name, "scoring the test split"):
         test_loss, test_metrics = evaluate(model, data.test, ctx)
     contracts.check_metrics(plugins, cfg.task.name, task, test_metrics)
+    if ctx.settings.deterministic:  # with any named, this run is not fully repeatable
+        rec["hardware"]["nondeterministic_ops"] = nondeterministic
     rec["metric_name"] = task.primary_metric
     rec["higher_is_better"] = task.higher_is_better
     rec["test_loss"] = test_loss

@@ -326,17 +326,19 @@ def configure_backends(cudnn_benchmark: bool, tf32: bool, deterministic: bool) -
       ``torch.backends.cudnn.allow_tf32``. PyTorch's own defaults differ (off for matmuls,
       on for convolutions), so both are set either way and recorded.
     * ``deterministic``: ``torch.backends.cudnn.deterministic``, cuDNN benchmarking off,
-      ``torch.use_deterministic_algorithms(True)`` (an operation without a deterministic
-      implementation then raises, and the cell fails naming it) and
-      ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS's requirement) unless already set. Seeds
-      alone do not make GPU training repeatable: atomics in cuDNN/cuBLAS kernels and
-      benchmark-chosen algorithms vary from run to run. Results still differ across
-      PyTorch/CUDA releases and GPUs.
+      ``torch.use_deterministic_algorithms(True, warn_only=True)`` and
+      ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS's requirement) unless already set. An
+      operation with no deterministic implementation (the backward of
+      ``AdaptiveAvgPool2d`` on CUDA, in most CNNs) then runs anyway and is named by
+      :func:`watch_nondeterminism`, which the cell records: with any named, the run is not
+      fully repeatable. Seeds alone do not make GPU training repeatable: atomics in
+      cuDNN/cuBLAS kernels and benchmark-chosen algorithms vary from run to run. Results
+      still differ across PyTorch/CUDA releases and GPUs.
     """
     det = bool(deterministic)
     if det:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(det)
+    torch.use_deterministic_algorithms(det, warn_only=det)
     torch.backends.cudnn.deterministic = det
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and not det
     torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
@@ -350,8 +352,33 @@ def backend_state() -> dict:
             "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+            "deterministic_warn_only": bool(
+                torch.is_deterministic_algorithms_warn_only_enabled()),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+_NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+@contextlib.contextmanager
+def watch_nondeterminism(found: list):
+    """Append to ``found`` each operation PyTorch reports, while the block runs, as having
+    no deterministic implementation (deterministic mode warns for those,
+    :func:`configure_backends`); every other warning is shown as it would have been."""
+    import warnings
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield found
+    finally:  # outside the recording block: shown warnings go where they would have gone
+        for w in list(caught):
+            text = str(w.message)
+            if _NONDETERMINISTIC in text:
+                op = text.split(_NONDETERMINISTIC)[0].strip()
+                if op not in found:
+                    found.append(op)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def release_cuda_memory() -> None:
@@ -375,4 +402,5 @@ __all__ = ["DEVICES", "AMPS", "Hardware", "Precision", "resolve_hardware", "pars
            "runtime_device", "parse_amp", "default_amp", "device_name", "what_torch_sees",
            "cpu_bf16_support", "to_device", "place_module", "set_cudnn_benchmark",
            "gather_to", "configure_backends", "backend_state", "release_cuda_memory",
-           "is_cuda_oom", "cuda_bf16_native", "StepTaken", "visible_id"]
+           "is_cuda_oom", "cuda_bf16_native", "StepTaken", "visible_id",
+           "watch_nondeterminism"]

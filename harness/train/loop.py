@@ -101,8 +101,9 @@ class TrainSettings:
             recorded in every cell (:func:`harness.train.device.configure_backends`).
         deterministic: deterministic algorithms (``torch.use_deterministic_algorithms``,
             ``cudnn.deterministic``, cuDNN benchmarking off): the same seed then gives the
-            same result on the same GPU and software; an operation with no deterministic
-            implementation fails the cell, naming it. Recorded in every cell.
+            same result on the same GPU and software, unless an operation has no
+            deterministic implementation: those run anyway and the cell names them
+            (``hardware.nondeterministic_ops``). Recorded in every cell.
         compile: ``torch.compile`` the training and evaluation forward passes.
         eval_batch_size: batch size of evaluation and prediction; 0 follows ``batch_size``
             (large batches were measured slower per image than 64 on our 2-core CPUs).
