@@ -184,8 +184,12 @@ class RunStore:
     ``traceback``); a finished one has ``metric_name``, ``higher_is_better``,
     ``test_metrics``, ``test_loss``, ``history`` (per-epoch curves and phases),
     ``weights``, ``data``, ``backbone_facts``, ``trainable_params`` (parameters training
-    changed), ``train_seconds``, ``curve_summary`` and ``latency`` (one dict per runtime x
-    profile x precision with ``stats``, or ``unavailable``/``error``).
+    changed), ``train_seconds``, ``curve_summary``, ``contracts`` (what the cell checked its
+    plugins against, :mod:`harness.run.contracts`) and ``latency`` (one dict per runtime x
+    profile x precision with ``stats``, or ``unavailable``/``error``; a measured one has
+    ``outputs_check``, its outputs on the test images against PyTorch's, and
+    ``disagrees`` when they differ). An ok record may list ``failed_measurements``
+    (rows that raised or disagree): the next run measures that cell again.
     :func:`cell_rows` flattens a record into table rows; :meth:`config` and
     :meth:`environment` give the matrix and the machine.
     """
