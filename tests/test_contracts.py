@@ -479,3 +479,16 @@ def test_a_preset_or_executor_that_raises_is_named(register_plugin, tmp_path, mo
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     for w in words:
         assert w in res.output, res.output
+
+
+def test_output_tolerance_follows_the_precision_and_tf32():
+    from harness.run.contracts import check_runtime_row, compare_outputs
+    ref = np.linspace(-3, 3, 40, dtype=np.float32).reshape(10, 4)
+    off = ref * 1.005  # 0.5 % off: too far for fp32, fine for fp16 and int8
+    assert not compare_outputs(off, ref, "fp32")["ok"]
+    assert compare_outputs(off, ref, "fp16")["ok"] and compare_outputs(off, ref, "int8")["ok"]
+    assert not compare_outputs(-ref, ref, "int8")["ok"]
+    assert compare_outputs(ref[:5], ref, "fp32")["problem"].startswith("test_outputs have shape")
+    row = {"precision": "fp32", "stats": {"p50_ms": 1.0}, "tf32": True}
+    check_runtime_row(None, "gpu-rt", row, off, lambda: ref)
+    assert row["outputs_check"]["ok"] and row["outputs_check"]["tolerance"] == 1e-2
