@@ -209,8 +209,11 @@ def check_backbone(spec: BackboneSpec, image_size: int = 32, batch: int = 2,
         ws, arg = plugins.weights.resolve(weights)
         fresh = spec.build(**build_params)
         before = {k: v.clone() for k, v in fresh.state_dict().items()}
-        info = ws.load(spec, fresh, arg, {"cache_dir": Path(tempfile.gettempdir()),
-                                         "plugins": plugins}) or {}
+        info = ws.load(spec, fresh, arg, {  # the keys a training cell on the CPU passes
+            "cache_dir": Path(tempfile.gettempdir()), "plugins": plugins,
+            "image_size": image_size, "seed": 0, "dataset": "testkit_quadrants",
+            "dataset_params": {}, "progress": lambda message: None, "device": "cpu",
+            "amp": "off"}) or {}
         _require(isinstance(info, dict), what, f"weight source {ws.name!r} must return a dict")
         changed = sum(not torch.equal(before[k], v) for k, v in fresh.state_dict().items())
         _require(changed > 0 or not ws.pretrained, what,
@@ -536,9 +539,10 @@ def check_weight_source(spec: WeightSourceSpec, backbone_spec: Optional[Backbone
     order a failure is easiest to read; split up it would be one-use helpers.
 
     ``spec.load(backbone_spec, backbone, arg, context)`` is called on a freshly built
-    backbone (default :class:`TinyBackbone`) with the context a cell passes (``cache_dir``
-    a temporary folder, ``plugins``, ``image_size``, ``seed``, ``dataset``,
-    ``progress``). Checked: it returns a dict or None whose ``description`` (if any) is a
+    backbone (default :class:`TinyBackbone`) with the context a cell training on the CPU
+    passes (``cache_dir`` a temporary folder, ``plugins``, ``image_size``, ``seed``,
+    ``dataset``, ``dataset_params``, ``progress``, ``device`` ``"cpu"``, ``amp``
+    ``"off"``). Checked: it returns a dict or None whose ``description`` (if any) is a
     string, ``pretrained`` a bool, ``mean``/``std`` three numbers, ``input_size`` a positive
     int; the backbone keeps its parameter names and shapes and gives finite outputs of the
     same shape; and, for a pretrained source, at least one parameter changed (weights put
@@ -561,9 +565,11 @@ def check_weight_source(spec: WeightSourceSpec, backbone_spec: Optional[Backbone
     before = parameter_fingerprints(bb)
     messages: list = []
     with tempfile.TemporaryDirectory() as tmp:
+        # the context a training cell on the CPU passes (harness.run.cell.build_backbone)
         context = {"cache_dir": Path(tmp), "plugins": plugins or get_plugins(),
                    "image_size": image_size, "seed": 0, "dataset": "testkit_quadrants",
-                   "progress": messages.append}
+                   "dataset_params": {}, "progress": messages.append, "device": "cpu",
+                   "amp": "off"}
         try:
             info = spec.load(backbone_spec, bb, arg, context)
         except Exception as exc:
