@@ -196,7 +196,7 @@ def test_a_whole_cell_with_source_pretraining_follows_the_device(monkeypatch, tm
     plugins = register_plugin(Plugin())
     cfg = CellConfig(backbone=AxisItem("testkit_tiny"), task=AxisItem("classification"),
                      dataset=AxisItem("quads"), strategy=AxisItem("finetune"),
-                     weights="source:quads,epochs=1", seed=0, image_size=16,
+                     weights="source:quads,epochs=1,on_target=allow", seed=0, image_size=16,
                      # contiguous: the fake cannot follow buffers that a channels-last
                      # conversion replaces (a real device keeps them where they are)
                      train=vars(TrainSettings(epochs=1, batch_size=32, amp="bf16",
