@@ -406,8 +406,13 @@ class _LateBound:
                 stats = measure(lambda: torch.full((2,), k), 1, settings)
                 rows.append({"precision": f"x{k:g}", "stats": stats})
             return rows
+        def writes(art, profile, settings):  # converts into its workdir, as ExecuTorch does
+            from pathlib import Path
+            (Path(art.workdir) / "model.bin").write_bytes(b"converted")
+            return [{"precision": "fp32", "stats": measure(lambda: 1, 1, settings)}]
         return [RuntimeSpec("rg_latebound", available=lambda: (True, ""), measure=run,
-                            precisions=("x1", "x3"))]
+                            precisions=("x1", "x3")),
+                RuntimeSpec("rg_writes", available=lambda: (True, ""), measure=writes)]
 
 
 def test_a_replayed_call_that_changed_meaning_is_an_error_not_a_number(tiny, plugin_system,
@@ -415,12 +420,13 @@ def test_a_replayed_call_that_changed_meaning_is_an_error_not_a_number(tiny, plu
     register_plugin(_LateBound(), name="rg-latebound")
     entries = rg.entries_from_matrix(plugin_system, _matrix(plugin_system, tiny), train=False)
     for e in entries:
-        e["config"]["runtimes"] = ["rg_latebound"]
+        e["config"]["runtimes"] = ["rg_latebound", "rg_writes"]
     out = rg.measure_latency(plugin_system, entries, rg.RoundSettings(rounds=3, calls=2),
                              fresh_worker=False)
     (lat,) = out.values()
     assert "other outputs when called after its measurement" in lat["rg_latebound/one/x1"]["error"]
     assert len(lat["rg_latebound/one/x3"]["round_ms"]) == 3  # the last one is still itself
+    assert len(lat["rg_writes/one/fp32"]["round_ms"]) == 3  # a runtime without ONNX has a workdir
 
 
 def _matrix(plugins, tiny):

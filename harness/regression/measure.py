@@ -186,6 +186,7 @@ class Session:
             model = build_architecture(self.plugins, entry)
             cfg = entry["config"]
             calib = self._calibration.get(cid)
+            (self._workdir / cid).mkdir(parents=True, exist_ok=True)  # runtimes write there
             art = Artifacts(model=model, image_size=cfg["image_size"],
                             workdir=self._workdir / cid,
                             calibration=None if calib is None else np.load(calib))
