@@ -24,7 +24,7 @@ noise of the A/A paired log-ratios with the power the exact operating characteri
 predicts for it at 1.25x.
 
 Goal of issue 28: <= 1/20 A/A false alarms and >= 19/20 caught at 1.25x for every runtime.
-Full run (an idle machine; about 1-2 hours with 20 checks):
+Full run (an idle machine; 640 checks, several hours: split it with --runtimes):
   python benchmarks/bench_false_alarms.py --checks 20
 Small run (shows it works; noisy on a busy machine):
   python benchmarks/bench_false_alarms.py --checks 2 --effects 1.25
