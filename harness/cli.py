@@ -246,10 +246,10 @@ _MATRIX_OPTIONS = [
                  help="Evaluation/prediction batch size (default 0: the training batch size)."),
     click.option("--patience", type=click.IntRange(min=1),
                  help="Early-stopping patience (epochs without a better validation loss)."),
-    click.option("--budget", type=click.Choice(["phase", "epochs", "steps", "images"]),
+    click.option("--budget", type=click.Choice(["phase", "epochs", "steps", "images", "flops"]),
                  help="Training budget: per phase, or a total of --epochs epochs' worth of "
-                      "epochs/steps/images shared by all phases (the same cap for every "
-                      "strategy)."),
+                      "epochs/steps/images/FLOPs (flops: of fine-tuning every layer) shared "
+                      "by all phases (the same cap for every strategy; docs/strategies.md)."),
     click.option("--image-size", type=int, help="Input size in pixels."),
     click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
 ]

@@ -638,3 +638,43 @@ def test_count_flops_matches_pytorchs_counter(tiny_splits, exact_modes):
     with FlopCounterMode(display=False) as c:
         task.loss(model(x), y).backward()
     assert flops == c.get_total_flops() > 0
+
+
+def test_flops_budget_gives_every_strategy_the_same_training_compute(tiny_splits):
+    """budget = "flops": the limit is epochs x images x the FLOPs of one image's training
+    step with every layer trainable; full fine-tuning spends exactly that in `epochs`
+    epochs, cheaper strategies (a head on cached features, chain-thaw's one-group phases)
+    train more epochs on the same compute, and none spends more than the limit."""
+    from harness.train.loop import training_flops_per_image
+    from plugins.strategies import FineTune
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=4, patience=50, budget="flops")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    per_image = training_flops_per_image(model, tiny_splits.train, ctx)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())
+    limit = 4 * 160 * per_image
+    runs = {}
+    for strat in (FineTune(), Frozen(), ChainThaw(), GradualUnfreezing()):
+        model, task = make_model()
+        ctx = make_ctx(task, tiny_splits, epochs=4, patience=50, budget="flops")
+        hist = strat.fit(model, tiny_splits, ctx)
+        u = hist.usage
+        assert u.unit == "flops" and u.limit == pytest.approx(limit)
+        assert 0 < u.train_flops <= limit * (1 + 1e-9), type(strat).__name__
+        runs[type(strat).__name__] = hist
+    ft = runs["FineTune"]
+    assert ft.usage.train_flops == pytest.approx(limit) and ft.usage.epochs == 4
+    assert ft.phases[0]["stopped"] == "budget"
+    # the head alone costs a fraction of the whole model: many more epochs, same compute
+    assert runs["Frozen"].usage.epochs > 4 and runs["ChainThaw"].usage.epochs > 5
+    for p in runs["ChainThaw"].phases:  # every phase still ran
+        assert p["steps"] >= 1 and set(p["changed_groups"]) == set(p["groups"])
+
+
+def test_flops_budget_refuses_a_schedule_it_cannot_pay_for(tiny_splits):
+    from harness.train.loop import BudgetTooSmall
+    model, task = make_model()
+    ctx = make_ctx(task, tiny_splits, epochs=3, budget="flops")
+    with pytest.raises(BudgetTooSmall, match=r"training FLOPs.*Set epochs to at least 4 "):
+        GradualUnfreezing().fit(model, tiny_splits, ctx)

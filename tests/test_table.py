@@ -48,3 +48,19 @@ def test_seed_column_only_when_the_run_has_repeats():
     headers, rows = summary_rows(repeats)
     col = headers.index("seed")
     assert [row[col] for row in rows] == [0, 1]
+
+
+def test_training_flops_column_per_cell_and_what_it_counts():
+    """Each cell's training FLOPs in a narrow column (SI suffix), "n/c" where part of the
+    training was not counted, and a line under the table saying what is counted."""
+    recs = [dict(_rec("finetune", []), budget={"unit": "flops", "train_flops": 5.26e10}),
+            dict(_rec("frozen", []), budget={"unit": "flops", "train_flops": 8.7e8}),
+            dict(_rec("offtheshelf", []), budget={"unit": "flops", "train_flops": None,
+                                                  "flops_note": "solver"}),
+            _rec("old", [])]
+    headers, rows = summary_rows(recs)
+    col = headers.index("train FLOPs")
+    assert [r[col] for r in rows] == ["52.6G", "870M", "n/c", "-"]
+    text = summary_table(recs)
+    assert "train FLOPs: forward and backward of every training step" in text
+    assert "flops (the same training FLOPs for every strategy" in text

@@ -127,6 +127,28 @@ def budget_cell(rec: dict) -> str:
     return text
 
 
+def _si(v: float) -> str:
+    for suffix, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= f:
+            return f"{v / f:.3g}{suffix}"
+    return f"{v:.0f}"
+
+
+def flops_cell(rec: dict) -> str:
+    """The cell's training FLOPs (``52.6G``); ``n/c`` where part of the training was not
+    counted (the record's ``flops_note`` says which); ``-`` without a record."""
+    use = rec.get("budget") or (rec.get("history") or {}).get("usage")
+    if not use or "train_flops" not in use:
+        return "-"
+    return "n/c" if use["train_flops"] is None else _si(float(use["train_flops"]))
+
+
+#: the line under the table that says what the FLOPs column counts
+FLOPS_NOTE = ("train FLOPs: forward and backward of every training step, plus one backbone "
+              "pass over the training images for features cached or fed to a solver; "
+              "validation not counted; n/c: part of the training not counted")
+
+
 def budget_note(records: list[dict]) -> str:
     """Which budget the cells ran under (one line), or '' when none recorded one."""
     units = sorted({(r.get("budget") or {}).get("unit") for r in records
@@ -136,9 +158,11 @@ def budget_note(records: list[dict]) -> str:
     if units == ["phase"]:
         return ("budget: per phase (each phase up to the run's epochs), so strategies with "
                 "more phases may train longer; [train] budget = \"epochs\"|\"steps\"|"
-                "\"images\" gives every strategy the same cap")
-    return "budget: " + ", ".join(f"{u} (the same total cap for every strategy)"
-                                  if u != "phase" else "per phase" for u in units)
+                "\"images\"|\"flops\" gives every strategy the same cap")
+    return "budget: " + ", ".join(
+        "per phase" if u == "phase" else
+        "flops (the same training FLOPs for every strategy: epochs of fine-tuning every layer)"
+        if u == "flops" else f"{u} (the same total cap for every strategy)" for u in units)
 
 
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
@@ -147,7 +171,7 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     seeds = {(r.get("config") or {}).get("seed") for r in records}
     show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
     headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
-        "dataset", "metric", "test", "epochs / steps", "train s", "trained on", "params M",
+        "dataset", "metric", "test", "epochs / steps", "train FLOPs", "train s", "trained on", "params M",
         "trained M"]
     for rt, prof, prec in cols:
         label = rt if len(profiles) == 1 else f"{rt} {prof}"
@@ -169,7 +193,8 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
         if show_seed:
             row.append(cfg.get("seed"))
         row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
-                budget_cell(rec), _fmt(rec.get("train_seconds"), 1), trained_on(rec),
+                budget_cell(rec), flops_cell(rec), _fmt(rec.get("train_seconds"), 1),
+                trained_on(rec),
                 _fmt(facts["params_total"] / 1e6, 2) if facts.get("params_total") else "-",
                 _fmt(rec["trainable_params"] / 1e6, 2) if rec.get("trainable_params") is not None
                 else "-"]
@@ -187,8 +212,9 @@ def table_notes(records: list[dict]) -> list[str]:
     latency figures (:mod:`harness.report.noise`), what was not measured, metrics after
     conversion scored on a subset (:mod:`harness.report.scoring`)."""
     bnote, nnote = budget_note(records), noise.legend(records)
-    return (([bnote] if bnote else []) + ([nnote] if nnote else []) + unmeasured_notes(records)
-            + subset_notes(records))
+    fnote = any(flops_cell(r) != "-" for r in records)
+    return (([bnote] if bnote else []) + ([FLOPS_NOTE] if fnote else [])
+            + ([nnote] if nnote else []) + unmeasured_notes(records) + subset_notes(records))
 
 
 def summary_table(records: list[dict], fmt: str = "simple") -> str:

@@ -19,6 +19,18 @@ counted). ``TrainSettings.budget`` says how much a strategy may spend:
   whatever its phases; each phase gets an even share of what is left
   (:meth:`Usage.allowance`), and what an early-stopped phase leaves goes to the next.
   Strategies compared under one of these budgets get the same cap.
+- ``"flops"``: the whole fit may spend the training FLOPs of ``epochs`` epochs of
+  fine-tuning every layer group: ``epochs`` x training images x the FLOPs of one image's
+  training step with every parameter trainable (:func:`training_flops_per_image`,
+  counted on the cell's model before training). A strategy whose steps cost less (a head
+  on cached features, one group of chain-thaw) trains more epochs on the same compute.
+  A batch is cut to the images the phase's allowance still pays for (at the cost of the
+  trainable groups, known after their first counted step, else at the full-model cost,
+  an upper bound), so no fit spends more than its limit. Without an epoch cap from the
+  budget, a phase also stops after ``FLOPS_EPOCH_GUARD`` x ``epochs`` epochs (a guard
+  for steps that cost almost nothing; ``stopped`` says so). A slanted triangular
+  schedule spans the steps the allowance buys at the full-model cost; cheaper steps
+  carry on at its lowest rate.
 
 Whole schedules. A multi-phase strategy (chain-thaw, gradual unfreezing) is only what its
 paper defines when every phase runs. Under a total budget each phase therefore has a
@@ -55,7 +67,9 @@ from .model import (TransferModel, changed_parameters, group_modules, parameter_
 from .schedules import SCHEDULES, stlr_multiplier
 from .task import Task
 
-BUDGETS = ("phase", "epochs", "steps", "images")
+BUDGETS = ("phase", "epochs", "steps", "images", "flops")
+#: under ``budget = "flops"`` a phase runs at most this many times ``epochs`` epochs
+FLOPS_EPOCH_GUARD = 50
 #: the one criterion of every selection: early stopping, the restored best epoch, chain-thaw's
 #: rollback, and so the kept model whose validation metric the reports call "best"
 SELECTION = "val_loss"
@@ -111,8 +125,9 @@ class TrainSettings:
             their targets mirrored by the task (``Task.flip_targets``: boxes and keypoints
             follow the image, left/right keypoints swap).
         budget: ``"phase"`` (each phase up to ``epochs`` epochs) or ``"epochs"``,
-            ``"steps"``, ``"images"``: the whole fit spends at most ``epochs`` epochs'
-            worth of that unit (module docstring).
+            ``"steps"``, ``"images"``, ``"flops"``: the whole fit spends at most
+            ``epochs`` epochs' worth of that unit (``"flops"``: of fine-tuning every
+            layer; module docstring).
     """
 
     epochs: int = 10
@@ -240,14 +255,20 @@ class Usage:
     """
 
     unit: str = "phase"
-    limit: Optional[int] = None
+    limit: Optional[float] = None
     epochs: int = 0
     steps: int = 0
     images: int = 0
     train_flops: Optional[float] = 0.0
     flops_note: str = ""
 
-    def spent(self) -> int:
+    def spent(self) -> float:
+        if self.unit == "flops":
+            if self.train_flops is None:
+                raise BenchError(f"budget = \"flops\" cannot be kept: part of the training "
+                                 f"was not counted ({self.flops_note or 'no reason given'}); "
+                                 f"use another budget")
+            return self.train_flops
         return {"epochs": self.epochs, "steps": self.steps, "images": self.images}.get(
             self.unit, 0)
 
@@ -272,18 +293,24 @@ class Usage:
         return dict(vars(self))
 
 
-def budget_limit(settings: TrainSettings, n_train: int) -> Optional[int]:
-    """The total budget of a fit in its unit (None for per-phase budgets)."""
+def budget_limit(settings: TrainSettings, n_train: int,
+                 flops_per_image: Optional[float] = None) -> Optional[float]:
+    """The total budget of a fit in its unit (None for per-phase budgets, and for
+    ``"flops"`` until the full-model ``flops_per_image`` is known)."""
     per_epoch = {"epochs": 1, "steps": max(1, -(-n_train // settings.batch_size)),
-                 "images": n_train}.get(settings.budget)
+                 "images": n_train,
+                 "flops": None if flops_per_image is None else n_train * flops_per_image,
+                 }.get(settings.budget)
     return None if per_epoch is None else settings.epochs * per_epoch
 
 
-def phase_minimum(phase: Phase, settings: TrainSettings, n_train: int) -> Optional[int]:
+def phase_minimum(phase: Phase, settings: TrainSettings, n_train: int,
+                  flops_per_image: Optional[float] = None) -> Optional[float]:
     """The smallest allowance, in the budget's unit, that runs ``phase`` as defined: its
     epochs before ``track_from`` in full (gradual unfreezing: one per newly unfrozen
-    group), then one unit of the model it delivers (an epoch; a step; a batch of images).
-    None under the per-phase budget."""
+    group), then one unit of the model it delivers (an epoch; a step; a batch of images;
+    under ``"flops"`` those images at the full-model cost, an upper bound). None under
+    the per-phase budget."""
     unit = settings.budget
     steps_per_epoch = max(1, -(-n_train // settings.batch_size))
     full = phase.track_from
@@ -293,16 +320,21 @@ def phase_minimum(phase: Phase, settings: TrainSettings, n_train: int) -> Option
         return full * steps_per_epoch + 1
     if unit == "images":
         return full * n_train + min(settings.batch_size, n_train)
+    if unit == "flops" and flops_per_image is not None:
+        return (full * n_train + min(settings.batch_size, n_train)) * flops_per_image
     return None
 
 
-def _unit_words(unit: str, n: int) -> str:
+def _unit_words(unit: str, n: float) -> str:
+    if unit == "flops":
+        return f"{n:.3g} training FLOPs"
     word = {"epochs": "epoch", "steps": "optimizer step", "images": "training image"}[unit]
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def check_budget(phases: list, settings: TrainSettings, n_train: int,
-                 strategy: str = "the strategy") -> Optional[list]:
+                 strategy: str = "the strategy",
+                 flops_per_image: Optional[float] = None) -> Optional[list]:
     """Each phase's minimum (:func:`phase_minimum`), after checking that the run's total
     budget covers their sum; None under the per-phase budget.
 
@@ -310,8 +342,8 @@ def check_budget(phases: list, settings: TrainSettings, n_train: int,
         BudgetTooSmall: the budget cannot run every phase; the message names the phases,
             what each needs, and the smallest ``epochs`` that would do.
     """
-    needs = [phase_minimum(p, settings, n_train) for p in phases]
-    limit = budget_limit(settings, n_train)
+    needs = [phase_minimum(p, settings, n_train, flops_per_image) for p in phases]
+    limit = budget_limit(settings, n_train, flops_per_image)
     if limit is None or None in needs:
         return None
     if any(p.epochs is not None and p.epochs < p.track_from + 1 for p in phases):
@@ -322,8 +354,8 @@ def check_budget(phases: list, settings: TrainSettings, n_train: int,
     total = sum(needs)
     if total <= limit:
         return needs
-    per_epoch = limit // settings.epochs  # units in one epoch
-    epochs_needed = -(-total // per_epoch)
+    per_epoch = limit / settings.epochs  # units in one epoch
+    epochs_needed = math.ceil(total / per_epoch - 1e-9)
     names = [p.name for p in phases]
     shown = ", ".join(names if len(names) <= 6 else names[:4] + ["...", names[-1]])
     unit_epoch = 1 if settings.budget == "epochs" else per_epoch
@@ -400,6 +432,9 @@ class TrainContext:
         #: same seed); set by the cell runner, needed by strategies that re-initialise
         #: layers (``layer_transfer``). None where nobody provided one.
         self.scratch_backbone: Optional[Callable[[], nn.Module]] = None
+        #: under ``budget = "flops"``: FLOPs of one image's training step with every
+        #: parameter of the cell's model trainable (the unit of the limit)
+        self.reference_flops: Optional[float] = None
         #: the numerics in force (TF32, determinism), recorded in the cell
         self.backends = configure_backends(settings.cudnn_benchmark, settings.tf32,
                                            settings.deterministic)
@@ -434,10 +469,18 @@ class TrainContext:
         return split.batches(batch_size, device=self.device,
                              channels_last=self.channels_last, **kw)
 
-    def new_history(self, n_train: int) -> "History":
-        """An empty history whose usage carries this run's budget for ``n_train`` images."""
+    def new_history(self, n_train: int, model: Optional[nn.Module] = None,
+                    train: Optional[TensorSplit] = None) -> "History":
+        """An empty history whose usage carries this run's budget for ``n_train`` images.
+
+        Under ``budget = "flops"`` pass the whole ``model`` and the ``train`` split: the
+        limit is counted on them (:func:`training_flops_per_image`); without them the
+        first phase counts it on the module it trains."""
+        if self.settings.budget == "flops" and model is not None and train is not None:
+            self.reference_flops = training_flops_per_image(model, train, self)
         h = History()
-        h.usage = Usage(unit=self.settings.budget, limit=budget_limit(self.settings, n_train))
+        h.usage = Usage(unit=self.settings.budget,
+                        limit=budget_limit(self.settings, n_train, self.reference_flops))
         return h
 
 
@@ -467,6 +510,40 @@ def record_start(module: nn.Module, val: TensorSplit, ctx: "TrainContext",
     pm = ctx.task.primary_metric
     history.start = {"val_loss": loss, "val_metric": float(metrics[pm])}
     ctx.progress(f"before training val_loss={loss:.4f} val_{pm}={history.start['val_metric']:.4f}")
+
+
+def training_flops_per_image(model: nn.Module, train: TensorSplit, ctx: "TrainContext"
+                             ) -> float:
+    """FLOPs of one image's training step (forward and backward) with every parameter of
+    ``model`` trainable, counted (:func:`count_flops`) on two training images; the model
+    is left as it was (parameters, batch-norm statistics, gradients, trainable flags, mode
+    and the random number generators)."""
+    params = list(model.parameters())
+    flags, grads = [p.requires_grad for p in params], [p.grad for p in params]
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    was_training = model.training
+    x, y = next(iter(ctx.batches(train, min(2, len(train)))))
+    ctx.place(model)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for p in params:
+                p.requires_grad_(True)
+            model.train()
+
+            def step():
+                with ctx.precision.autocast():
+                    loss = ctx.task.loss(ctx.forward(model)(x), y)
+                loss.backward()
+            _, flops = count_flops(step, exact_modes=ctx.settings.compile)
+    finally:
+        for p, f, g in zip(params, flags, grads):
+            p.requires_grad_(f)
+            p.grad = g
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        model.train(was_training)
+    return flops / len(x)
 
 
 def snapshot(module: nn.Module) -> dict:
@@ -623,6 +700,8 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
     else:
         if run.allowance is not None and run.max_epochs < (phase.epochs or ctx.settings.epochs):
             run.stopped = "budget"
+        elif ctx.settings.budget == "flops" and not phase.epochs:
+            run.stopped = f"epoch guard ({FLOPS_EPOCH_GUARD} x epochs)"
     return run.finish()
 
 
@@ -672,19 +751,23 @@ class _PhaseRun:
         self.schedule = phase.schedule or s.schedule
         self.patience = phase.patience or s.patience
         self.usage = usage = history.usage
-        if usage.unit != s.budget:  # a History() made by hand: the run's budget still applies
-            usage.unit, usage.limit = s.budget, budget_limit(s, len(train))
-        self.allowance = usage.allowance(phases_left, phase_minimum(phase, s, len(train)) or 1,
-                                         reserve)
+        if s.budget == "flops" and ctx.reference_flops is None:  # new_history had no model
+            ctx.reference_flops = training_flops_per_image(model, train, ctx)
+        if usage.unit != s.budget or (usage.unit == "flops" and usage.limit is None):
+            # a History() made by hand: the run's budget still applies
+            usage.unit = s.budget
+            usage.limit = budget_limit(s, len(train), ctx.reference_flops)
+        self.allowance = usage.allowance(
+            phases_left, phase_minimum(phase, s, len(train), ctx.reference_flops) or 1, reserve)
         self.gm = gm
         self.before = parameter_fingerprints(gm)  # which groups the phase changes
         self.max_epochs, total_steps = _phase_limits(phase, s, usage.unit, self.allowance,
-                                                     len(train))
+                                                     len(train), ctx.reference_flops)
         # the rate of step t is max_lr * stlr(t, T): LambdaLR sets it, one step per batch
         self.sched = (torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda t: stlr_multiplier(t, total_steps, s.cut_frac, s.ratio))
             if self.schedule == "stlr" else None)
-        self.start = (usage.steps, usage.images)
+        self.start = (usage.steps, usage.images, usage.train_flops or 0.0)
         self.shared = best_so_far is not None
         self.best = best_so_far if self.shared else BestSoFar()
         self.improved = False
@@ -695,23 +778,30 @@ class _PhaseRun:
         self.first_epoch = len(history.epochs)
         self.epochs_run = 0
         self.stopped = "max epochs"
+        self.budget_spent = False  # a batch was cut or refused for the allowance
 
-    def spent(self) -> int:
-        """Steps or images this phase has spent (the unit of a steps/images budget)."""
+    def spent(self) -> float:
+        """Steps, images or FLOPs this phase has spent (the unit of its budget)."""
         if self.usage.unit == "steps":
             return self.usage.steps - self.start[0]
+        if self.usage.unit == "flops":
+            return self.usage.spent() - self.start[2]
         return self.usage.images - self.start[1]
 
-    def _budget_cut(self, x, y):
-        """The batch under a steps/images allowance: None when it is spent; the last batch
-        of an images budget is cut to what is left, so every strategy sees exactly the same
-        number of images."""
-        if self.allowance is None or self.usage.unit not in ("steps", "images"):
+    def _budget_cut(self, x, y, per_image: Optional[float] = None):
+        """The batch under a steps/images/FLOPs allowance: None when it is spent; the last
+        batch is cut to what is left (images; under FLOPs the images the rest pays for at
+        ``per_image``, else at the full-model cost), so no strategy spends more."""
+        if self.allowance is None or self.usage.unit not in ("steps", "images", "flops"):
             return x, y
         left = self.allowance - self.spent()
+        if self.usage.unit == "flops":
+            left = int(left // (per_image or self.ctx.reference_flops))
         if left <= 0:
+            self.budget_spent = True
             return None
-        if self.usage.unit == "images" and len(x) > left:
+        if self.usage.unit in ("images", "flops") and len(x) > left:
+            self.budget_spent = True
             x, y = x[:left], y[:left]
         return x, y
 
@@ -724,7 +814,7 @@ class _PhaseRun:
         done = _EpochSteps(0.0, 0, 0, [], [], opt.param_groups[-1]["lr"])
         for x, y in ctx.batches(self.train, s.batch_size, shuffle=True,
                                 generator=ctx.generator, augment=self.augment):
-            cut = self._budget_cut(x, y)
+            cut = self._budget_cut(x, y, counted.get(key))
             if cut is None:
                 break
             x, y = cut
@@ -803,8 +893,8 @@ class _PhaseRun:
     def finish(self) -> float:
         """Restore the best weights, mark a rolled-back phase, record the phase."""
         phase, best, usage = self.phase, self.best, self.usage
-        if (self.allowance is not None and usage.unit in ("steps", "images")
-                and self.spent() >= self.allowance):
+        if self.budget_spent or (self.allowance is not None and usage.unit in ("steps", "images")
+                                 and self.spent() >= self.allowance):
             self.stopped = "budget"
         rolled_back = bool(self.shared and self.epochs_run and phase.restore_best
                            and not self.improved and best.state is not None)
@@ -846,13 +936,16 @@ def _phase_optimizer(gm: nn.Module, phase: Phase, s: TrainSettings) -> torch.opt
     return torch.optim.AdamW(param_groups, weight_decay=s.weight_decay)
 
 
-def _phase_limits(phase: Phase, s: TrainSettings, unit: str, allowance: Optional[int],
-                  n_train: int) -> tuple[int, int]:
+def _phase_limits(phase: Phase, s: TrainSettings, unit: str, allowance: Optional[float],
+                  n_train: int, flops_per_image: Optional[float] = None) -> tuple[int, int]:
     """(maximum epochs, total optimizer steps for the schedule) of a phase under the
     budget's ``allowance`` (None: a per-phase budget)."""
     steps_per_epoch = max(1, -(-n_train // s.batch_size))
     if allowance is None:  # per-phase budget
         max_epochs, total_steps = phase.epochs or s.epochs, None
+    elif unit == "flops":  # the allowance ends the phase; the guard bounds cheap steps
+        max_epochs = phase.epochs or FLOPS_EPOCH_GUARD * s.epochs
+        total_steps = max(1, int(allowance // (flops_per_image * s.batch_size)))
     elif unit == "epochs":
         max_epochs = min(phase.epochs, allowance) if phase.epochs else allowance
         total_steps = None

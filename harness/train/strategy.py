@@ -122,10 +122,11 @@ class Strategy:
     # -- driver -------------------------------------------------------------------------
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         """Train ``model`` on ``data``; return its learning curves."""
-        history = ctx.new_history(len(data.train))
+        history = ctx.new_history(len(data.train), model, data.train)
         self.freeze_before_training(model)
         phases = self.phases(model, ctx)
-        needs = check_budget(phases, ctx.settings, len(data.train), type(self).__name__)
+        needs = check_budget(phases, ctx.settings, len(data.train), type(self).__name__,
+                             ctx.reference_flops)
         record_start(model, data.val, ctx, history)
         best = BestSoFar() if self.shared_checkpoint else None
         for i, phase in enumerate(phases):

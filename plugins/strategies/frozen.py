@@ -47,7 +47,7 @@ class Frozen(TrainingStrategy):
         return [f"head.{n}" for n, _ in model.head.named_parameters()]
 
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
-        history = ctx.new_history(len(data.train))
+        history = ctx.new_history(len(data.train), model, data.train)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         phase = Phase("head", ["head"], lr=self.lr, schedule=self.schedule,

@@ -140,7 +140,7 @@ class OffTheShelf(Strategy):
                 or data.train.targets.dtype != torch.long:
             raise ValueError("offtheshelf fits a linear classifier on pooled features: use it "
                              "with a classification task (integer class labels)")
-        history = ctx.new_history(len(data.train))
+        history = ctx.new_history(len(data.train), model, data.train)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         train = extract_features(model, data.train, ctx.eval_batch_size, ctx)
