@@ -277,7 +277,9 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
 
     with timed(rec, "autotune_s"):  # layout and precision: forced, cached or probed here
         rec["autotune"] = choose_setup(ctx, model, data.train, cache_dir() / "autotune",
-                                       package_versions(plugins), rec["key"])
+                                       library_versions(plugins, ("torch", "python",
+                                                                  "transfer-bench")),
+                                       rec["key"])
     rec["hardware"] = hardware_record(ctx, cfg)
     ctx.place(model)
     before = parameter_fingerprints(model)
@@ -501,7 +503,15 @@ def cell_timing(plugins: PluginSystem, cfg: CellConfig, model: torch.nn.Module, 
         return None
     return CellTiming(TimingCache(cache_dir() / "latency-timing"), key, cfg.label(),
                       {"architecture": architecture_fingerprint(model),
-                       "image_size": cfg.image_size, "versions": package_versions(plugins)})
+                       "image_size": cfg.image_size, "versions": library_versions(plugins)})
+
+
+def library_versions(plugins: PluginSystem, only: Optional[tuple] = None) -> dict:
+    """The installed versions of :func:`~harness.measure.env.package_versions` without its
+    ``plugin NAME`` entries (they read differently in the driver and in a worker, and the
+    code that measures is keyed by its source); ``only`` keeps those names."""
+    return {k: v for k, v in package_versions(plugins).items()
+            if not k.startswith("plugin ") and (only is None or k in only)}
 
 
 def build_backbone(plugins: PluginSystem, cfg: CellConfig, pretrained: bool = True,

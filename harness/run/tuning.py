@@ -2,7 +2,7 @@
 (model, image size, device) on this machine and cached (:mod:`harness.train.autotune`).
 
 The probe's choice is kept in ``<cache dir>/autotune/KEY.json``, KEY a SHA-256 of the
-machine (CPU model and instruction-set extensions, cores, GPU), the library versions, the
+machine (CPU model and instruction-set extensions, cores, GPU), PyTorch's version, the
 training device and its thread count, the model's architecture (head included), the image
 and batch size and the candidates. Cells of the same backbone (frozen, fine-tuned,
 scratch) and later runs reuse it. A lock on the entry (:func:`harness.run.locks.cache_lock`)
