@@ -678,3 +678,35 @@ def test_flops_budget_refuses_a_schedule_it_cannot_pay_for(tiny_splits):
     ctx = make_ctx(task, tiny_splits, epochs=3, budget="flops")
     with pytest.raises(BudgetTooSmall, match=r"training FLOPs.*Set epochs to at least 4 "):
         GradualUnfreezing().fit(model, tiny_splits, ctx)
+
+
+def test_chain_thaw_with_a_rate_too_large_reports_the_kept_models_figures(register_plugin,
+                                                                          tiny_splits):
+    """Later phases at a rate that wrecks the model are rolled back; the cell's reported
+    best is the delivered model's validation metric (measured again on it), the epoch the
+    one criterion (validation loss) kept, and the rolled-back epochs count nowhere."""
+    from harness.report.benefits import kept_curve
+    from harness.run.cell import run_cell
+    plugins = register_plugin(TinyPlugin(tiny_splits))
+    cfg = CellConfig(backbone=AxisItem("tinynet"), task=AxisItem("classification"),
+                     dataset=AxisItem("quadrants"),
+                     strategy=AxisItem("chain_thaw", (("new_lr", 1e-2), ("lr", 30.0),
+                                                      ("clip_norm", 0))),
+                     weights="random", seed=0, image_size=16,
+                     train={**vars(TrainSettings(epochs=10, batch_size=32, lr=1e-2,
+                                                 patience=1, budget="epochs"))},
+                     runtimes=(), profiles=(), latency={})
+    rec = run_cell(plugins, cfg, "k")
+    assert rec["status"] == "ok", rec.get("traceback")
+    hist = rec["history"]
+    back = [e for e in hist["epochs"] if e["rolled_back"]]
+    assert back, "the test's premise: a phase was rolled back"
+    kept = [e for e in hist["epochs"] if not e["rolled_back"]]
+    chosen = min(kept, key=lambda e: e["val_loss"])
+    assert hist["epochs"][hist["kept_epoch"]] == chosen
+    assert rec["kept_model"]["val_loss"] == pytest.approx(chosen["val_loss"], rel=1e-4)
+    cs = rec["curve_summary"]
+    assert cs["best"] == rec["kept_model"]["val_metric"] == pytest.approx(chosen["val_metric"])
+    assert cs["rolled_back_epochs"] == len(back) and cs["kept_epochs"] == len(kept)
+    assert cs["mean"] == pytest.approx(sum(kept_curve(rec)) / (len(kept) + 1))
+    assert cs["start_is_chance"]
