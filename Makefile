@@ -11,7 +11,7 @@ VENV_DIR := .venv
 # apt packages: real data that installs offline (Fashion-MNIST), the browser of the report's test
 APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 # the optional extras the suite tests (setup.cfg)
-EXTRAS := cpu,dev,mlflow,openvino,mobile
+EXTRAS := cpu,dev,mlflow,openvino,mobile,tune
 
 # 1 when PYTHON runs in a virtualenv or conda environment (PEP 668 exempts these), 2 when it is
 # externally managed (the EXTERNALLY-MANAGED marker in its stdlib folder), 0 otherwise

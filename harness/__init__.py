@@ -16,7 +16,7 @@ import pluggy  # noqa: E402
 from .api import errors, specs  # noqa: E402
 from .api.specs import (BackboneSpec, DatasetSpec, EstimatorInput, EstimatorSpec,  # noqa: E402
                         ExecutorSpec, PresetSpec, ProfileSpec, ReporterSpec, RuntimeSpec,
-                        StrategySpec, TaskSpec, WeightSourceSpec)
+                        SearchDim, StrategySpec, TaskSpec, WeightSourceSpec)
 
 # ``import harness.specs`` / ``from harness.specs import ...`` (the layout before sub-packages)
 # keep working for third-party plugins: the module lives in harness/api/specs.py.
@@ -31,5 +31,5 @@ hookimpl = pluggy.HookimplMarker("transfer_bench")
 
 __all__ = [
     "hookimpl", "BackboneSpec", "DatasetSpec", "EstimatorInput", "EstimatorSpec", "ExecutorSpec",
-    "PresetSpec", "ProfileSpec", "ReporterSpec", "RuntimeSpec", "StrategySpec", "TaskSpec", "WeightSourceSpec", "__version__",
+    "PresetSpec", "ProfileSpec", "ReporterSpec", "RuntimeSpec", "SearchDim", "StrategySpec", "TaskSpec", "WeightSourceSpec", "__version__",
 ]

@@ -252,6 +252,18 @@ _MATRIX_OPTIONS = [
                       "by all phases (the same cap for every strategy; docs/strategies.md)."),
     click.option("--image-size", type=int, help="Input size in pixels."),
     click.option("--seeds", type=int, help="Repeat every cell with this many seeds."),
+    click.option("--tune", type=click.IntRange(min=0), default=None, metavar="N",
+                 help="Tune every cell's strategy with N Optuna trials (TPE) on the "
+                      "train/validation split, then retrain the best once (docs/tuning.md)."),
+    click.option("--tune-pruner", type=click.Choice(["median", "halving", "none"]),
+                 default=None, help="Pruner of the tuning trials (default median)."),
+    click.option("--halving/--no-halving", default=None,
+                 help="Successive halving over the matrix's cells: stop cells whose "
+                      "validation curve falls behind (docs/tuning.md)."),
+    click.option("--halving-min-resource", type=click.IntRange(min=1), default=None,
+                 metavar="EPOCHS", help="Epochs before halving may stop a cell (default 1)."),
+    click.option("--halving-reduction-factor", type=click.IntRange(min=2), default=None,
+                 metavar="ETA", help="Keep the best 1/ETA at each rung (default 3)."),
 ]
 
 

@@ -98,14 +98,53 @@ class StrategySpec:
             checked against its ``__init__`` before the run starts.
         description: one line for ``bench list``; cite the paper where there is one.
             Default ``""``.
+        search_space: the :class:`SearchDim` ranges ``bench run --tune N`` searches for this
+            strategy (:mod:`harness.run.hparam_search`); each names a keyword of ``cls``
+            (``lr``) or a ``[train]`` setting (``weight_decay``). Default ``()``: the
+            strategy is not tuned (its cells say so).
     """
 
     name: str
     cls: type
     description: str = ""
+    search_space: tuple = ()
 
     def __post_init__(self) -> None:
         _check_name("strategy", self.name)
+        object.__setattr__(self, "search_space", tuple(self.search_space))
+        names = [d.name for d in self.search_space]
+        for d in self.search_space:
+            if not isinstance(d, SearchDim):
+                raise ValueError(f"strategy {self.name}: search_space holds {d!r}, "
+                                 f"not a SearchDim")
+        if len(set(names)) != len(names):
+            raise ValueError(f"strategy {self.name}: search_space names a parameter twice: "
+                             f"{names}")
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter range of a strategy's tuning search (``--tune N``).
+
+    Attributes:
+        name: a keyword of the strategy's ``__init__`` (``lr``, ``new_lr``...) or a field of
+            :class:`harness.train.loop.TrainSettings` (``weight_decay``) (required).
+        low, high: the range, ``0 < low < high`` on a log scale (required).
+        log: sample on a log scale (learning rates, weight decay). Default ``True``.
+        default: the value an untuned run uses, for the record (``None``: the run's).
+    """
+
+    name: str
+    low: float
+    high: float
+    log: bool = True
+    default: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not (self.low < self.high) or (self.log and self.low <= 0):
+            raise ValueError(f"search dimension {self.name!r}: need "
+                             f"{'0 < ' if self.log else ''}low < high, got "
+                             f"[{self.low}, {self.high}]")
 
 
 @dataclass(frozen=True)

@@ -165,12 +165,40 @@ def budget_note(records: list[dict]) -> str:
         if u == "flops" else f"{u} (the same total cap for every strategy)" for u in units)
 
 
+def tuned_label(rec: dict) -> str:
+    """A cell's tuning budget for the table's "tuned" column: ``8 trials`` (``--tune 8``,
+    the same for every cell), ``default`` (the strategy's defaults), or ``default (...)``
+    for a strategy with nothing to search."""
+    tuning = rec.get("tuning")
+    if not tuning:
+        return "default"
+    if tuning.get("skipped"):
+        return "default (no search space)"
+    n = len(tuning.get("trials") or [])
+    return f"{n} trial{'s' if n != 1 else ''}"
+
+
+def tuning_note(records: list[dict]) -> str:
+    """One line on the tuning budget of a run whose cells were tuned, else ''."""
+    tuned = [r["tuning"] for r in records if (r.get("tuning") or {}).get("trials")]
+    if not tuned:
+        return ""
+    budgets = sorted({len(t["trials"]) for t in tuned})
+    pruned = sum(t.get("counts", {}).get("pruned", 0) for t in tuned)
+    same = "the same for every tuned cell" if len(budgets) == 1 else "UNEQUAL across cells"
+    return (f"tuning: {', '.join(map(str, budgets))} Optuna trials per cell ({same}), TPE on "
+            f"the validation split, {pruned} pruned; the best configuration retrained "
+            f"and scored once on the test split (docs/tuning.md)")
+
+
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
     seeds = {(r.get("config") or {}).get("seed") for r in records}
     show_seed = len(seeds) > 1  # repeats: otherwise their rows would look like duplicates
-    headers = ["backbone", "class", "weights", "strategy"] + (["seed"] if show_seed else []) + [
+    show_tuned = any("tuning" in r for r in records)
+    headers = ["backbone", "class", "weights", "strategy"] + (["tuned"] if show_tuned else []) + (
+        ["seed"] if show_seed else []) + [
         "dataset", "metric", "test", "epochs / steps", "train FLOPs", "train s", "trained on", "params M",
         "trained M"]
     for rt, prof, prec in cols:
@@ -190,6 +218,8 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
             ds += " (synthetic)"
         row = [cfg.get("backbone"), facts.get("device_class", "-"),
                _weights_label(rec.get("weights") or {}), cfg.get("strategy")]
+        if show_tuned:
+            row.append(tuned_label(rec))
         if show_seed:
             row.append(cfg.get("seed"))
         row += [ds, metric or "-", _fmt((rec.get("test_metrics") or {}).get(metric)),
@@ -211,9 +241,10 @@ def table_notes(records: list[dict]) -> list[str]:
     """The lines under the cells table (text and HTML): the budget, the legend of noisy
     latency figures (:mod:`harness.report.noise`), what was not measured, metrics after
     conversion scored on a subset (:mod:`harness.report.scoring`)."""
-    bnote, nnote = budget_note(records), noise.legend(records)
+    bnote, nnote, tnote = budget_note(records), noise.legend(records), tuning_note(records)
     fnote = any(flops_cell(r) != "-" for r in records)
-    return (([bnote] if bnote else []) + ([FLOPS_NOTE] if fnote else [])
+    return (([bnote] if bnote else []) + ([tnote] if tnote else [])
+            + ([FLOPS_NOTE] if fnote else [])
             + ([nnote] if nnote else []) + unmeasured_notes(records) + subset_notes(records))
 
 

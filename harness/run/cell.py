@@ -31,6 +31,7 @@ from ..train.loop import SELECTION, TrainContext, TrainSettings, evaluate
 from . import contracts
 from .timing import CellTiming, TimingCache, measure_shared
 from .tuning import choose_setup
+from .hparam_search import STOPPED, Stopped, TuneSettings, search, split_params, without_test
 
 _DATA_CACHE: dict = {}
 
@@ -149,18 +150,24 @@ def timed(rec: dict, name: str):
 
 def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
              progress: Callable[[str], None] = lambda m: None,
-             custom_profiles: Optional[dict] = None, onnx_dir: Optional[Path] = None) -> dict:
+             custom_profiles: Optional[dict] = None, onnx_dir: Optional[Path] = None,
+             halving=None) -> dict:
     """Run one cell; never raises for the cell's own failures (they go in the record).
 
     With ``onnx_dir`` the cell's exported ONNX file is kept there as ``KEY.onnx`` (its path
-    is recorded in ``onnx.kept``)."""
+    is recorded in ``onnx.kept``). With ``halving`` (a
+    :class:`harness.run.hparam_search.CellHalving`) the cell reports its validation curve
+    to the matrix's successive halving, which may stop it: status ``stopped (halving)``,
+    with its partial curve."""
     rec: dict = {"key": key, "config": cfg.to_dict(), "status": "running",
                  "started": time.time()}
     try:
-        _run(plugins, cfg, rec, progress, custom_profiles or {}, onnx_dir)
+        _run(plugins, cfg, rec, progress, custom_profiles or {}, onnx_dir, halving)
         rec["status"] = "ok"
     except KeyboardInterrupt:
         raise
+    except Stopped as exc:  # successive halving stopped the cell: not a failure
+        rec.update(status=STOPPED, note=str(exc))
     except MemoryError as exc:
         rec.update(status="oom", error=f"MemoryError: {exc}")
     except Exception as exc:  # a failing cell records its error and the matrix goes on
@@ -244,7 +251,7 @@ def kept_model_record(model: torch.nn.Module, data: DataSplits, ctx: TrainContex
 
 
 def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_profiles,
-         onnx_dir: Optional[Path] = None) -> None:
+         onnx_dir: Optional[Path] = None, halving=None) -> None:
     with contracts.blame(plugins, "tasks", cfg.task.name, "building the task"):
         task = plugins.tasks.get(cfg.task.name).factory(**cfg.task.kwargs)
     st_cls = plugins.strategies.get(cfg.strategy.name).cls
@@ -281,12 +288,26 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
                                                                   "transfer-bench")),
                                        rec["key"])
     rec["hardware"] = hardware_record(ctx, cfg)
+    tune = TuneSettings(**cfg.tune)
+    if tune.trials:
+        with timed(rec, "tune_s"):
+            strategy = _tuned(plugins, cfg, task, data, ctx, tune, rec, progress)
     ctx.place(model)
     before = parameter_fingerprints(model)
     ctx.scratch_backbone = scratch_backbone
     nondeterministic: list = []
-    with timed(rec, "train_s"), watch_nondeterminism(nondeterministic):
-        history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
+    finish = _report_to_halving(halving, cfg, task, ctx, rec) if halving is not None else None
+    try:
+        with timed(rec, "train_s"), watch_nondeterminism(nondeterministic):
+            history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
+    finally:
+        if finish is not None:  # a failed fit leaves the study too (no value)
+            curve = rec["halving"]["curve"]
+            finish(_best(curve, task.higher_is_better) if curve else None)
+    ctx.epoch_hook = None
+    if finish is not None and not rec["halving"]["curve"]:
+        rec["halving"]["note"] = ("no per-epoch validation curve (the strategy does not train "
+                                  "by epochs): halving could not stop it, it ran in full")
     rec["train_seconds"] = rec["timers"]["train_s"]
     rec["history"] = history.as_dict()
     rec["budget"] = history.usage.as_dict()
@@ -325,6 +346,79 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     failed = contracts.failed_measurements(rec["latency"])
     if failed:  # the cell is ok, but a rerun measures it again (RunStore.finished)
         rec["failed_measurements"] = failed
+
+
+def _best(curve: list, higher_is_better: bool) -> float:
+    return max(curve) if higher_is_better else min(curve)
+
+
+def _report_to_halving(halving, cfg: CellConfig, task, ctx: TrainContext, rec: dict):
+    """Report every epoch's validation metric to the matrix's successive halving (one
+    study per dataset, task and seed); when it stops the cell, keep the partial curve.
+    Returns ``finish(value)``, which closes the cell's trial (once)."""
+    report, finish = halving.start((cfg.dataset.label(), cfg.task.label(), cfg.seed),
+                                   task.higher_is_better)
+    epochs: list = []
+    rec["halving"] = {"group": [cfg.dataset.label(), cfg.task.label(), cfg.seed],
+                      "min_resource": halving.settings.min_resource,
+                      "reduction_factor": halving.settings.reduction_factor, "curve": []}
+
+    def hook(r) -> None:
+        epochs.append(dict(vars(r)))
+        rec["halving"]["curve"].append(float(r.val_metric))
+        try:
+            report(r.val_metric)
+        except Stopped:
+            finish(None)
+            rec["halving"]["stopped_after_epochs"] = len(epochs)
+            rec["history"] = {"epochs": epochs, "partial": True}
+            raise
+
+    ctx.epoch_hook = hook
+    return finish
+
+
+def _tuned(plugins, cfg: CellConfig, task, data: DataSplits, ctx: TrainContext,
+           tune: TuneSettings, rec: dict, progress):
+    """Tune the cell's strategy on the training and validation splits
+    (:func:`harness.run.hparam_search.search`); set ``ctx.settings`` to the best trial's
+    ``[train]`` settings and return the strategy built with its parameters. Parameters
+    the user gave the strategy (``-s finetune,lr=0.01``) stay fixed, not searched."""
+    spec = plugins.strategies.get(cfg.strategy.name)
+    space = tuple(d for d in spec.search_space if d.name not in cfg.strategy.kwargs)
+    if not space:
+        rec["tuning"] = {"skipped": f"strategy {spec.name!r} declares no search space "
+                                    f"(StrategySpec.search_space) or the user fixed all of it"}
+        return spec.cls(**cfg.strategy.kwargs)
+    trial_data = without_test(data)  # a trial cannot score on the test split
+    rng = torch.get_rng_state()  # the final fit draws as an untuned cell would
+
+    def objective(params: dict, report):
+        s_kw, t_kw = split_params(spec, params)
+        tctx = TrainContext(task, data.info, TrainSettings(**{**cfg.train, **t_kw,
+                                                             "seed": cfg.seed}))
+        tctx.use("channels_last" if ctx.channels_last else "contiguous", ctx.precision.amp)
+        strategy = spec.cls(**{**cfg.strategy.kwargs, **s_kw})
+        _, backbone, _, scratch = build_backbone(
+            plugins, cfg, pretrained=strategy.pretrained,
+            context={"device": str(tctx.device), "amp": tctx.precision.amp})
+        torch.manual_seed(cfg.seed)
+        model = TransferModel(backbone, task.build_head(backbone, data.info), task.head_input)
+        tctx.place(model)
+        tctx.scratch_backbone = scratch
+        tctx.epoch_hook = lambda r: report(r.val_metric)
+        history = strategy.fit(model, trial_data, tctx)
+        _, metrics = evaluate(model, trial_data.val, tctx)
+        return float(metrics[task.primary_metric]), {
+            "epochs": len(history.epochs), "steps": history.usage.steps,
+            "images": history.usage.images, "train_flops": history.usage.train_flops}
+
+    rec["tuning"] = search(space, objective, tune, task.higher_is_better, cfg.seed, progress)
+    torch.set_rng_state(rng)
+    s_kw, t_kw = split_params(spec, rec["tuning"]["best"]["params"])
+    ctx.settings = TrainSettings(**{**cfg.train, **t_kw, "seed": cfg.seed})
+    rec["tuning"]["fixed"] = dict(cfg.strategy.kwargs)
+    return spec.cls(**{**cfg.strategy.kwargs, **s_kw})
 
 
 def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferModel:

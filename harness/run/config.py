@@ -18,6 +18,7 @@ from typing import Any, Optional
 from ..api.errors import ConfigError
 from ..measure.latency import MeasureSettings
 from ..train.loop import TrainSettings
+from .hparam_search import TuneSettings
 
 AXES = ("backbones", "tasks", "datasets", "strategies")
 
@@ -120,6 +121,8 @@ class MatrixConfig:
         train: :class:`harness.train.loop.TrainSettings` (its defaults apply per key).
         latency: :class:`harness.measure.latency.MeasureSettings` (its defaults apply per key).
         name: names the run folder. Default ``"matrix"``.
+        tune: :class:`harness.run.hparam_search.TuneSettings`: ``--tune N`` trials per cell
+            and ``--halving`` (the ``[tune]`` table). Default: neither.
     """
 
     backbones: list = field(default_factory=list)
@@ -138,6 +141,7 @@ class MatrixConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     latency: MeasureSettings = field(default_factory=MeasureSettings)
     name: str = "matrix"
+    tune: TuneSettings = field(default_factory=TuneSettings)
     # what the run prints, not what it runs: left out of to_dict() and so of the run key
     notes: list = field(default_factory=list, compare=False)
     user_weights: dict = field(default_factory=dict, compare=False)  # typed by the user
@@ -149,6 +153,8 @@ class MatrixConfig:
             if getattr(self, axis) is not None:
                 setattr(self, axis, [AxisItem.parse(v, axis) for v in getattr(self, axis)])
         check_run_name(self.name)
+        if isinstance(self.tune, dict):
+            self.tune = TuneSettings(**self.tune)
         if self.seeds < 1:
             raise ConfigError("seeds must be >= 1")
         if self.image_size < 8:
@@ -179,7 +185,8 @@ class MatrixConfig:
                     backbone=bb, task=task, dataset=ds, strategy=st, weights=weights,
                     seed=self.train.seed + seed, image_size=self.image_size,
                     train=asdict(self.train), runtimes=tuple(self.runtimes),
-                    profiles=tuple(self.profiles), latency=asdict(self.latency)))
+                    profiles=tuple(self.profiles), latency=asdict(self.latency),
+                    tune=self.tune.to_dict() if self.tune.active else {}))
         return out
 
     def weights_of(self, backbone: str) -> list:
@@ -190,6 +197,8 @@ class MatrixConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         del d["notes"], d["user_weights"], d["weights_from"]
+        if not self.tune.active:  # runs that do not tune keep the keys they had before
+            del d["tune"]
         for axis in AXES:
             d[axis] = [i.label() for i in getattr(self, axis)]
         return d
@@ -213,9 +222,14 @@ class CellConfig:
     #: the training device's name (GPU or CPU model), set when the run resolves the device
     #: (:func:`harness.train.device.resolve_hardware`); part of the key with ``train["device"]``
     device_name: str = ""
+    #: :class:`harness.run.hparam_search.TuneSettings` as a dict when the run tunes or
+    #: halves (part of the key then), else empty (and left out of the key)
+    tune: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.tune:
+            del d["tune"]
         for k in ("backbone", "task", "dataset", "strategy"):
             d[k] = getattr(self, k).label()
         d["runtimes"], d["profiles"] = list(self.runtimes), list(self.profiles)
@@ -236,7 +250,7 @@ class CellConfig:
 _TOP_KEYS = {
     "name": str, "backbones": list, "tasks": list, "datasets": list, "strategies": list,
     "runtimes": list, "profiles": list, "weights": dict, "seeds": int, "image_size": int,
-    "train": dict, "latency": dict, "profile": dict, "description": str,
+    "train": dict, "latency": dict, "profile": dict, "description": str, "tune": dict,
 }
 _PROFILE_KEYS = {"batch_size": int, "threads": int, "precisions": list, "device": str,
                  "description": str}
@@ -356,6 +370,16 @@ def matrix_kwargs(data: dict, text: str = "", path: Path = Path("<matrix>")) -> 
                 kw[section] = cls(**data[section])
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: [{section}] {exc}") from None
+    if "tune" in data:
+        allowed = TuneSettings.keys()
+        for key, value in data["tune"].items():
+            if key not in allowed:
+                raise _unknown(key, allowed, text, path, "tune")
+            _check(value, allowed[key], key, text, path, "tune")
+        try:
+            kw["tune"] = TuneSettings(**data["tune"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     for pname, pdef in data.get("profile", {}).items():
         _check(pdef, dict, pname, text, path, "profile")
         for key, value in pdef.items():

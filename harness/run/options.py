@@ -23,6 +23,9 @@ LISTS = AXES + ("runtimes", "profiles")
 TRAIN = ("epochs", "batch_size", "lr", "schedule", "patience", "budget", "device", "amp",
          "layout", "compile", "eval_batch_size", "tf32", "deterministic")
 """Options that replace a ``[train]`` setting."""
+TUNE = {"tune": "trials", "tune_pruner": "pruner", "halving": "halving",
+        "halving_min_resource": "min_resource", "halving_reduction_factor": "reduction_factor"}
+"""Options that replace a ``[tune]`` setting (option name -> setting)."""
 
 
 def weights_mapping(values: Iterable[str]) -> dict:
@@ -40,7 +43,7 @@ def weights_mapping(values: Iterable[str]) -> dict:
 def kwargs_to_mapping(kw: dict) -> dict:
     """:func:`~harness.run.config.matrix_kwargs` output back to the mapping ``build_matrix`` takes."""
     out = dict(kw)
-    for k in ("train", "latency"):
+    for k in ("train", "latency", "tune"):
         if k in out and not isinstance(out[k], dict):
             out[k] = asdict(out[k])
     if "custom_profiles" in out:
@@ -90,6 +93,7 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
     overrides = {k: tuple(opts.get(k) or ()) for k in LISTS}
     overrides.update(weights=weights_mapping(opts.get("weights") or ()),
                      train={k: opts[k] for k in TRAIN if opts.get(k) is not None},
+                     tune={v: opts[k] for k, v in TUNE.items() if opts.get(k) is not None},
                      # --tf32/--no-tf32 means the GPU runtimes' fp32 rows too
                      latency=({"tf32": opts["tf32"]} if opts.get("tf32") is not None else {}),
                      image_size=opts.get("image_size"), seeds=opts.get("seeds"))
@@ -101,4 +105,4 @@ def matrix_from_options(plugins: PluginSystem, opts: dict) -> MatrixConfig:
     return build_matrix(base, overrides, base_name)
 
 
-__all__ = ["AXES", "TRAIN", "weights_mapping", "kwargs_to_mapping", "matrix_from_options"]
+__all__ = ["AXES", "TRAIN", "TUNE", "weights_mapping", "kwargs_to_mapping", "matrix_from_options"]

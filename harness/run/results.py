@@ -150,7 +150,7 @@ def cell_rows(rec: dict) -> list[dict]:
 
 
 #: statuses of a cell that is done (a record with one of them is not replaced by ``running``)
-FINISHED = ("ok", "failed", "oom", "timeout", "interrupted")
+FINISHED = ("ok", "failed", "oom", "timeout", "interrupted", "stopped (halving)")
 
 INTERRUPTED = ("the bench run that ran this cell stopped before the cell finished (killed, "
                "or its machine went down); run the same command again to run it")

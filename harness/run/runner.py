@@ -18,7 +18,7 @@ from ..train.device import Hardware, declared_hardware, resolve_hardware
 from ..measure.env import environment, package_versions
 from ..api.errors import BenchError, ConfigError, UnknownName
 from ..measure.lifetime import sweep_temp_folders
-from .executor import CellJob, cell_needs_gpu, failure_record, recipe_for
+from .executor import CellJob, InProcessExecutor, cell_needs_gpu, failure_record, recipe_for
 from .contracts import PluginFault, plugin_label
 from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
@@ -67,7 +67,7 @@ def build_matrix(base: dict, overrides: dict, base_name: str = "the preset") -> 
     for k, v in overrides.items():
         if v in (None, (), [], {}):
             continue
-        if k in ("train", "latency"):
+        if k in ("train", "latency", "tune"):
             data[k] = {**data.get(k, {}), **v}
         elif k == "weights":
             data[k], notes = merge_weights(data.get(k, {}), v, base_name)
@@ -334,6 +334,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     cells, notes = validate(plugins, matrix)
     executor = executor or plugins.default("executors").name
     runner = make_executor(plugins, executor, executor_options)
+    halving = _halving(plugins, matrix, runner, executor)
     # a cluster's cells run on other machines: the workers resolve the device there
     resolve = declared_hardware if getattr(runner, "remote", False) else resolve_hardware
     hardware = resolve(matrix.train.device, matrix.train.amp)  # ConfigError: usage
@@ -366,6 +367,7 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
               file=sys.stderr)
     driver = _Driver(plugins, matrix, store, _progress_bar(len(keyed), done_before,
                                                            show_progress), keep_onnx, executor)
+    driver.halving = halving
     driver.drive(runner, todo, made_here)
     atomic_write_json(path / "config.json", config)
     try:
@@ -374,6 +376,27 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
         print(f"warning: could not add the final load average to {path}/environment.json "
               f"({exc})", file=sys.stderr)
     return store
+
+
+def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str):
+    """Check a tuning or halving run can run (Optuna installed, every strategy's search
+    space names real settings, halving on the in-process executor); the matrix's
+    :class:`harness.run.hparam_search.CellHalving`, or None."""
+    from .hparam_search import CellHalving, check_space, require_optuna
+    if not matrix.tune.active:
+        return None
+    require_optuna()
+    for item in matrix.strategies:
+        check_space(plugins.strategies.get(item.name))
+    if not matrix.tune.halving:
+        return None
+    if not isinstance(runner, InProcessExecutor):
+        raise ConfigError(
+            f"--halving runs the matrix's cells one after the other in this process, through "
+            f"Optuna's SuccessiveHalvingPruner; the {executor!r} executor runs them elsewhere "
+            f"(Ray Tune's ASHA scheduler for the ray executor is not implemented yet): use "
+            f"--executor inprocess, or drop --halving")
+    return CellHalving(matrix.tune)
 
 
 def _ranked_cells(cells: list, ranking: dict, notes: list) -> list:
@@ -417,6 +440,7 @@ class _Driver:
         self.plugins, self.matrix, self.store, self.bar = plugins, matrix, store, bar
         self.keep_onnx = keep_onnx
         self.executor = executor
+        self.halving = None  # the matrix's successive halving (--halving), set by run_matrix
         self.claims: dict = {}
         self.done: set = set()  # keys whose record came back through on_done
 
@@ -446,7 +470,8 @@ class _Driver:
         return run_cell(self.plugins, cfg, key,
                         progress=lambda m: self.bar.set_postfix_str(m[:60]),
                         custom_profiles=self.matrix.custom_profiles,
-                        onnx_dir=self.store.path / "onnx" if self.keep_onnx else None)
+                        onnx_dir=self.store.path / "onnx" if self.keep_onnx else None,
+                        halving=self.halving)
 
     def on_done(self, rec: dict) -> None:
         self.done.add(rec.get("key"))

@@ -435,6 +435,11 @@ class TrainContext:
         #: under ``budget = "flops"``: FLOPs of one image's training step with every
         #: parameter of the cell's model trainable (the unit of the limit)
         self.reference_flops: Optional[float] = None
+        #: ``f(record)`` called after every epoch's validation with its
+        #: :class:`EpochRecord` (the validation curve as it grows); a tuning trial or the
+        #: halving of a matrix reports it to a pruner there (:mod:`harness.run.hparam_search`)
+        #: and stops the fit by raising. None: nobody listens.
+        self.epoch_hook: Optional[Callable[["EpochRecord"], None]] = None
         #: the numerics in force (TF32, determinism), recorded in the cell
         self.backends = configure_backends(settings.cudnn_benchmark, settings.tf32,
                                            settings.deterministic)
@@ -692,6 +697,8 @@ def run_phase(model: nn.Module, phase: Phase, train: TensorSplit, val: TensorSpl
         if step is None:  # the budget was spent before this epoch's first step
             break
         rec = run.validate(step, val, trainable, t0)
+        if ctx.epoch_hook is not None:
+            ctx.epoch_hook(rec)
         ctx.progress(f"{phase.name} epoch {epoch + 1}/{run.max_epochs} "
                      f"val_loss={rec.val_loss:.4f} "
                      f"val_{ctx.task.primary_metric}={rec.val_metric:.4f}")

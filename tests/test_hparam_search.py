@@ -1,0 +1,250 @@
+"""Tuning every strategy with the same budget (``--tune N``) and successive halving over a
+matrix's cells (``--halving``), issue 31: a search finds a planted best learning rate, trials
+never see the test split, halving keeps the best of cells with known curves."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from harness import SearchDim, StrategySpec, hookimpl  # noqa: E402
+from harness.api.errors import BenchError, ConfigError  # noqa: E402
+from harness.run import hparam_search  # noqa: E402
+from harness.run.config import MatrixConfig, matrix_kwargs  # noqa: E402
+from harness.run.hparam_search import (CellHalving, Stopped, TuneSettings, search,  # noqa: E402
+                                       split_params)
+from harness.report.table import summary_table  # noqa: E402
+from harness.train.loop import TrainSettings  # noqa: E402
+from plugins.strategies import FineTune  # noqa: E402
+
+PLANTED = 3e-2  # the best rate of the synthetic objective, 1.5 decades above the 1e-3 default
+
+
+def _planted_objective(params, report):
+    """A validation curve that rises towards 1 - (distance of log10(lr) from the planted
+    rate)^2 over 4 epochs: the default 1e-3 scores 1 - 1.5^2 < 0."""
+    top = 1.0 - (math.log10(params["lr"]) - math.log10(PLANTED)) ** 2
+    for epoch in range(1, 5):
+        report(top * epoch / 4)
+    return top, {"epochs": 4}
+
+
+def test_search_finds_a_planted_best_learning_rate():
+    space = (SearchDim("lr", 1e-6, 1.0), SearchDim("weight_decay", 1e-6, 1e-2))
+    out = search(space, _planted_objective, TuneSettings(trials=24), maximize=True, seed=0)
+    best = out["best"]["params"]["lr"]
+    assert abs(math.log10(best) - math.log10(PLANTED)) < 0.5, out["best"]
+    assert len(out["trials"]) == 24
+    assert out["counts"]["complete"] + out["counts"]["pruned"] == 24
+    assert out["counts"]["pruned"] > 0  # the median rule stopped hopeless rates early
+    for t in out["trials"]:
+        assert set(t["params"]) == {"lr", "weight_decay"}
+        assert t["curve"] and t["cost"]["seconds"] >= 0
+        if t["state"] == "pruned":
+            assert len(t["curve"]) < 4 and t["value"] is None
+        else:
+            assert len(t["curve"]) == 4 and t["value"] == pytest.approx(t["curve"][-1])
+    # seeded: the same search again makes the same trials
+    again = search(space, _planted_objective, TuneSettings(trials=24), maximize=True, seed=0)
+    assert [t["params"] for t in again["trials"]] == [t["params"] for t in out["trials"]]
+
+
+def test_failed_trials_are_recorded_and_all_failing_is_an_error():
+    def diverges(params, report):
+        if params["lr"] > 1e-2:
+            raise FloatingPointError("loss is nan")
+        report(0.5)
+        return 0.5, {}
+
+    out = search((SearchDim("lr", 1e-4, 1.0),), diverges, TuneSettings(trials=6, pruner="none"),
+                 maximize=True, seed=1)
+    failed = [t for t in out["trials"] if t["state"] == "failed"]
+    assert all("loss is nan" in t["error"] for t in failed)
+    assert out["best"]["params"]["lr"] <= 1e-2
+
+    def always(params, report):
+        raise FloatingPointError("loss is nan")
+
+    with pytest.raises(BenchError, match="none of the 2 trials completed.*loss is nan"):
+        search((SearchDim("lr", 1e-4, 1.0),), always, TuneSettings(trials=2), True, 0)
+
+
+# -- successive halving over cells with known curves -------------------------------------------
+CURVES = {  # validation accuracy per epoch; "best" leads from the first epoch on
+    "best": [0.50, 0.70, 0.80, 0.90, 0.92, 0.95, 0.96, 0.97, 0.97],
+    "good": [0.45, 0.60, 0.70, 0.75, 0.80, 0.82, 0.83, 0.84, 0.85],
+    "slow": [0.30, 0.40, 0.50, 0.60, 0.65, 0.70, 0.72, 0.74, 0.75],
+    "flat": [0.25, 0.25, 0.26, 0.26, 0.26, 0.27, 0.27, 0.27, 0.27],
+    "bad": [0.10, 0.12, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.20],
+    "worse": [0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12, 0.13],
+}
+
+
+def _halve(order, settings):
+    halving = CellHalving(settings)
+    trained = {}
+    for name in order:
+        report, finish = halving.start(("digits", "classification", 0), maximize=True)
+        seen = []
+        try:
+            for value in CURVES[name]:
+                seen.append(value)
+                report(value)
+            finish(max(seen))
+        except Stopped:
+            finish(None)
+        trained[name] = seen
+    return trained
+
+
+@pytest.mark.parametrize("order, stopped", [
+    (list(CURVES), {"good", "slow", "flat", "bad", "worse"}),
+    (["flat", "good", "best", "bad", "slow", "worse"], {"bad", "slow", "worse"}),
+    # asynchronous halving judges a cell against those before it: worst first, each is the
+    # best so far at every rung and none is stopped (ASHA's order sensitivity, docs/tuning.md)
+    (list(reversed(CURVES)), set()),
+])
+def test_halving_keeps_the_best_cell_of_known_curves(order, stopped):
+    trained = _halve(order, TuneSettings(halving=True, min_resource=1, reduction_factor=3))
+    full = len(CURVES["best"])
+    assert trained["best"] == CURVES["best"]  # never stopped, whatever the order
+    assert {n for n, c in trained.items() if len(c) < full} == stopped
+    for n in stopped:  # a stopped cell keeps the partial curve it trained: its first epoch
+        assert trained[n] == CURVES[n][:1]
+    assert sum(map(len, trained.values())) == full * (len(CURVES) - len(stopped)) + len(stopped)
+
+
+def test_halving_waits_for_min_resource():
+    trained = _halve(["best", "worse"], TuneSettings(halving=True, min_resource=3,
+                                                     reduction_factor=2))
+    assert trained["best"] == CURVES["best"]
+    assert len(trained["worse"]) == 3  # not judged before its third epoch, stopped at it
+
+
+# -- settings, errors -------------------------------------------------------------------------
+def test_tune_table_in_a_matrix_file_and_its_errors(tmp_path):
+    kw = matrix_kwargs({"backbones": ["b"], "datasets": ["d"], "strategies": ["s"],
+                        "tune": {"trials": 8, "halving": True, "reduction_factor": 2}})
+    m = MatrixConfig(**kw)
+    assert m.tune == TuneSettings(trials=8, halving=True, reduction_factor=2)
+    assert all(c.tune["trials"] == 8 for c in m.cells())  # the same budget for every cell
+    assert "tune" in m.to_dict()
+    plain = MatrixConfig(backbones=["b"], datasets=["d"], strategies=["s"])
+    assert all("tune" not in c.to_dict() for c in plain.cells())
+    assert "tune" not in plain.to_dict()  # runs that do not tune keep their keys
+    with pytest.raises(ConfigError, match="unknown key 'trails'.*Did you mean trials"):
+        matrix_kwargs({"tune": {"trails": 3}})
+    with pytest.raises(ConfigError, match="reduction_factor must be >= 2"):
+        matrix_kwargs({"tune": {"reduction_factor": 1}})
+    with pytest.raises(ConfigError, match="pruner must be one of median, halving, none"):
+        TuneSettings(pruner="hyperband")
+
+
+def test_missing_optuna_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
+    with pytest.raises(ConfigError, match=r"need Optuna.*pip install 'transfer-bench\[tune\]'"):
+        hparam_search.require_optuna()
+
+
+def test_every_built_in_search_space_names_real_settings(plugin_system):
+    tuned = []
+    for spec in plugin_system.strategies:
+        hparam_search.check_space(spec)
+        if spec.search_space:
+            tuned.append(spec.name)
+            assert {"weight_decay"} < {d.name for d in spec.search_space}
+    assert {"scratch", "frozen", "finetune", "chain_thaw", "ulmfit"} <= set(tuned)
+    spec = plugin_system.strategies.get("finetune")
+    assert split_params(spec, {"lr": 1e-4, "weight_decay": 1e-5}) == (
+        {"lr": 1e-4}, {"weight_decay": 1e-5})
+    bad = StrategySpec("bad", cls=FineTune, search_space=(SearchDim("momentum", 0.5, 0.99),))
+    with pytest.raises(ConfigError, match="'momentum', which is neither"):
+        hparam_search.check_space(bad)
+
+
+# -- real tiny cells ----------------------------------------------------------------------------
+class _Spy(FineTune):
+    fits: list = []
+
+    def fit(self, model, data, ctx):
+        type(self).fits.append({"test": data.test is not None, "lr": self.lr,
+                                "ids": (id(data.val), id(data.test)),
+                                "weight_decay": ctx.settings.weight_decay})
+        return super().fit(model, data, ctx)
+
+
+class _SpyPlugin:
+    @hookimpl
+    def register_strategies(self):
+        return [StrategySpec("spy_finetune", cls=_Spy, search_space=(
+            SearchDim("lr", 1e-3, 1e-1), SearchDim("weight_decay", 1e-6, 1e-3)))]
+
+
+def _run(plugin_system, tmp_path, monkeypatch, strategies, **tune):
+    from harness.run.runner import run_matrix
+    from harness.testkit import TestkitPlugin
+    monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path / "cache"))
+    plugin_system.register(TestkitPlugin(), name="testkit", origin="test")
+    plugin_system.register(_SpyPlugin(), name="spy", origin="test")
+    plugin_system.rebuild()
+    m = MatrixConfig(backbones=["testkit_tiny"], strategies=strategies,
+                     datasets=["testkit_quadrants,n_train=64"], image_size=16, name="t",
+                     train=TrainSettings(epochs=3, batch_size=32, device="cpu", lr=1e-6),
+                     tune=tune)
+    with contextlib.redirect_stderr(io.StringIO()):
+        store = run_matrix(plugin_system, m, tmp_path / "runs", show_progress=False)
+    return {r["config"]["strategy"]: r for r in store.records()}
+
+
+def test_tuning_a_cell_finds_a_working_rate_and_never_sees_the_test_split(
+        plugin_system, tmp_path, monkeypatch):
+    from harness.run import cell
+    evaluated = []
+    real = cell.evaluate
+    monkeypatch.setattr(cell, "evaluate", lambda model, split, ctx: (
+        evaluated.append(id(split)), real(model, split, ctx))[1])
+    _Spy.fits = []
+    recs = _run(plugin_system, tmp_path, monkeypatch, ["spy_finetune"], trials=3)
+    rec = recs["spy_finetune"]
+    assert rec["status"] == "ok", rec.get("error")
+    tuning = rec["tuning"]
+    assert len(tuning["trials"]) == 3
+    # the trials trained without a test split; the retrained best one had it, once
+    assert [f["test"] for f in _Spy.fits] == [False, False, False, True]
+    # evaluated: each trial's delivered model on validation, then the best one on test, once
+    val_id, test_id = _Spy.fits[-1]["ids"]
+    assert evaluated == [val_id] * tuning["counts"]["complete"] + [test_id]
+    best = tuning["best"]["params"]
+    assert _Spy.fits[-1]["lr"] == pytest.approx(best["lr"])
+    assert _Spy.fits[-1]["weight_decay"] == pytest.approx(best["weight_decay"])
+    # the run's rate (1e-6) cannot learn in 3 epochs: the tuned rate does, on the test split
+    assert rec["test_metrics"]["accuracy"] > 0.6
+    assert "1 trial" not in summary_table(list(recs.values()))
+    assert "3 trials" in summary_table(list(recs.values()))
+
+
+def test_halving_stops_the_hopeless_cell_and_records_its_partial_curve(
+        plugin_system, tmp_path, monkeypatch):
+    recs = _run(plugin_system, tmp_path, monkeypatch,
+                ["finetune,lr=0.03", "finetune,lr=1e-07"], halving=True, reduction_factor=2)
+    good, bad = recs["finetune,lr=0.03"], recs["finetune,lr=1e-07"]
+    assert good["status"] == "ok" and len(good["halving"]["curve"]) == 3
+    assert bad["status"] == "stopped (halving)"
+    assert "successive halving" in bad["note"]
+    assert bad["history"]["partial"] and len(bad["history"]["epochs"]) < 3
+    assert bad["halving"]["curve"] == [e["val_metric"] for e in bad["history"]["epochs"]]
+    assert "test_metrics" not in bad  # never scored
+    assert "stopped (halving)" in summary_table(list(recs.values()))
+
+
+def test_halving_refuses_an_executor_that_runs_cells_elsewhere(plugin_system, tmp_path):
+    from harness.run.runner import run_matrix
+    m = MatrixConfig(backbones=["resnet18"], strategies=["finetune"], datasets=["digits"],
+                     tune={"halving": True})
+    with pytest.raises(ConfigError, match="--halving runs.*executor inprocess"):
+        run_matrix(plugin_system, m, tmp_path, executor="processes")
