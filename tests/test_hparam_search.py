@@ -216,9 +216,10 @@ def test_tuning_a_cell_finds_a_working_rate_and_never_sees_the_test_split(
     assert len(tuning["trials"]) == 3
     # the trials trained without a test split; the retrained best one had it, once
     assert [f["test"] for f in _Spy.fits] == [False, False, False, True]
-    # evaluated: each trial's delivered model on validation, then the best one on test, once
+    # evaluated: each trial's delivered model on validation, then the retrained best one on
+    # validation and on test, once
     val_id, test_id = _Spy.fits[-1]["ids"]
-    assert evaluated == [val_id] * tuning["counts"]["complete"] + [test_id]
+    assert evaluated == [val_id] * (tuning["counts"]["complete"] + 1) + [test_id]
     best = tuning["best"]["params"]
     assert _Spy.fits[-1]["lr"] == pytest.approx(best["lr"])
     assert _Spy.fits[-1]["weight_decay"] == pytest.approx(best["weight_decay"])

@@ -408,8 +408,8 @@ def _tuned(plugins, cfg: CellConfig, task, data: DataSplits, ctx: TrainContext,
         tctx.scratch_backbone = scratch
         tctx.epoch_hook = lambda r: report(r.val_metric)
         history = strategy.fit(model, trial_data, tctx)
-        _, metrics = evaluate(model, trial_data.val, tctx)
-        return float(metrics[task.primary_metric]), {
+        kept = kept_model_record(model, trial_data, tctx, history)  # checks the kept epoch
+        return kept["val_metric"], {
             "epochs": len(history.epochs), "steps": history.usage.steps,
             "images": history.usage.images, "train_flops": history.usage.train_flops}
 
