@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import sys
 
@@ -145,6 +146,18 @@ def test_tune_table_in_a_matrix_file_and_its_errors(tmp_path):
         TuneSettings(pruner="hyperband")
 
 
+def test_command_line_tune_options_fill_the_tune_table(plugin_system):
+    from harness.run.options import matrix_from_options
+    m = matrix_from_options(plugin_system, {
+        "backbones": ("resnet18",), "datasets": ("digits",), "strategies": ("finetune",),
+        "tune": 4, "tune_pruner": "none", "halving": True, "halving_min_resource": 2,
+        "halving_reduction_factor": 4})
+    assert m.tune == TuneSettings(trials=4, pruner="none", halving=True, min_resource=2,
+                                  reduction_factor=4)
+    untouched = matrix_from_options(plugin_system, {"backbones": ("resnet18",)})
+    assert untouched.tune == TuneSettings() and not untouched.tune.active
+
+
 def test_missing_optuna_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     with pytest.raises(ConfigError, match=r"need Optuna.*pip install 'transfer-bench\[tune\]'"):
@@ -225,6 +238,9 @@ def test_tuning_a_cell_finds_a_working_rate_and_never_sees_the_test_split(
     assert _Spy.fits[-1]["weight_decay"] == pytest.approx(best["weight_decay"])
     # the run's rate (1e-6) cannot learn in 3 epochs: the tuned rate does, on the test split
     assert rec["test_metrics"]["accuracy"] > 0.6
+    from harness.run.results import cell_rows
+    row = cell_rows(rec)[0]  # results.csv says the budget and the configuration tested
+    assert row["tuning_trials"] == 3 and json.loads(row["tuned_params"]) == best
     assert "1 trial" not in summary_table(list(recs.values()))
     assert "3 trials" in summary_table(list(recs.values()))
 

@@ -81,7 +81,7 @@ def new_run_dir(root: Path, name: str = "run") -> Path:
 # -- flattening a cell record into table rows -----------------------------------------------
 ROW_FIELDS = [
     "status", "backbone", "device_class", "task", "dataset", "synthetic", "strategy", "weights",
-    "pretrained", "seed", "metric", "test_metric", "best_val_metric", "start_metric",
+    "pretrained", "tuning_trials", "tuned_params", "seed", "metric", "test_metric", "best_val_metric", "start_metric",
     "start_is_chance",
     "train_s", "budget", "epochs", "steps", "images", "train_flops", "params",
     "trainable_params", "gmacs", "runtime", "profile", "precision",
@@ -108,6 +108,11 @@ def cell_rows(rec: dict) -> list[dict]:
         "status": rec.get("status"), "key": rec.get("key"),
         "backbone": cfg.get("backbone"), "task": cfg.get("task"), "dataset": cfg.get("dataset"),
         "strategy": cfg.get("strategy"), "seed": cfg.get("seed"),
+        # --tune N: the trials this cell's strategy had (the same N for every cell) and the
+        # configuration its test metric comes from; 0 and empty for an untuned cell
+        "tuning_trials": len((rec.get("tuning") or {}).get("trials") or []),
+        "tuned_params": json.dumps(((rec.get("tuning") or {}).get("best") or {}).get("params")
+                                   or {}, sort_keys=True) if rec.get("tuning") else "",
         "device_class": rec.get("backbone_facts", {}).get("device_class"),
         "weights": rec.get("weights", {}).get("description"),
         "pretrained": rec.get("weights", {}).get("pretrained"),
