@@ -31,6 +31,7 @@ def _names(kind: str):
             return []
         return [CompletionItem(s.name, help=(s.description or "").split("\n")[0][:70])
                 for s in reg if s.name.startswith(incomplete)]
+    complete.registry_kind = kind  # what the parameter names (tests/test_docs_commands.py)
     return complete
 
 
@@ -277,6 +278,11 @@ def matrix_options(fn):
     for opt in reversed(_MATRIX_OPTIONS):
         fn = opt(fn)
     return fn
+
+
+#: what register_commands hands plugins with the group: ``cli.matrix_options`` decorates a
+#: plugin command with bench run's matrix options (so a plugin never imports this module)
+BenchGroup.matrix_options = staticmethod(matrix_options)
 
 
 @cli.command("run", epilog=EPILOG_RUN)

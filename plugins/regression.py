@@ -70,14 +70,14 @@ def _fail(ctx, exc) -> None:
     ctx.exit(2)
 
 
-def baseline_group():
-    """The ``bench baseline`` command group.
+def baseline_group(matrix_options):
+    """The ``bench baseline`` command group; ``matrix_options`` is the decorator the CLI
+    hands plugins (``cli.matrix_options`` in ``register_commands``) for bench run's matrix
+    options.
 
     Long only because click defines the commands and their options inside it; the bodies hand
     over to :mod:`harness.regression`.
     """
-    from harness.cli import matrix_options
-
     @click.group("baseline", epilog=EPILOG_BASELINE)
     def baseline():
         """Create or update a baseline file for `bench check`."""
@@ -169,14 +169,12 @@ def _report_created(entries, out) -> None:
         click.echo(f"  note: {label} {key}: {why}", err=True)
 
 
-def check_command():
-    """The ``bench check`` command.
+def check_command(matrix_options):
+    """The ``bench check`` command (``matrix_options``: as :func:`baseline_group` takes it).
 
     Long only because click defines the commands and their options inside it; the bodies hand
     over to :mod:`harness.regression`.
     """
-    from harness.cli import matrix_options
-
     @click.command("check", epilog=EPILOG_CHECK)
     @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
                   help="Baseline file from `bench baseline create` (with --against: only "
@@ -373,5 +371,6 @@ def slowdown_plugin(plugins, runtime: str, extra: float) -> tuple[str, "Slowdown
 
 @hookimpl
 def register_commands(cli):
-    cli.add_command(baseline_group())
-    cli.add_command(check_command())
+    # bench run's matrix options come with the group: a plugin never imports the CLI
+    cli.add_command(baseline_group(cli.matrix_options))
+    cli.add_command(check_command(cli.matrix_options))

@@ -92,7 +92,7 @@ def write_mlflow(store, out=None, budget_ms: Optional[float] = None):
 
 
 def write_published(store, out=None):
-    from harness.run.results import publish
+    from harness.report.publish import publish
     if out and Path(out).exists() and not Path(out).is_dir():
         raise BenchError(f"--out {out} is a file; the publish reporter writes a CSV and a "
                          f"Markdown file into a folder: give a folder")

@@ -198,7 +198,7 @@ def test_cell_rows_one_per_latency_measurement():
 
 
 def test_published_names_state_the_conditions(tmp_path):
-    from harness.run.results import publish
+    from harness.report.publish import publish
     store = RunStore(tmp_path / "run")
     atomic_write_json(store.path / "config.json", {"matrix": {
         "name": "default", "datasets": ["fashion_mnist"], "image_size": 64, "seeds": 1}})

@@ -291,6 +291,10 @@ def register_commands(cli) -> None:
 
     Called once when the CLI is built, with the top-level :class:`click.Group`.
     Returns nothing; attach commands with ``cli.add_command`` or ``@cli.command``.
+    ``cli.matrix_options`` is a decorator that gives a command ``bench run``'s matrix
+    options (``-b/-t/-d/-s/-r/-p/-w``, ``--matrix``, ``--preset``, training settings),
+    whose values :func:`harness.run.options.matrix_from_options` turns into a matrix; a
+    plugin never imports :mod:`harness.cli`.
 
     Example::
 

@@ -7,6 +7,7 @@ import platform
 import sys
 
 from .. import __version__
+from ..train.cpu import cpu_model  # noqa: F401 (part of the environment's facts)
 
 CORE_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "pluggy")
 """What training runs on (transfer-bench's own requirements); each runtime adds the
@@ -40,17 +41,6 @@ def package_versions(plugins=None) -> dict:
         if info.origin != "built-in" and not info.error and not info.disabled:
             out[f"plugin {name}"] = info.origin
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_slug(model: str) -> str:

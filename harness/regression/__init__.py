@@ -34,14 +34,17 @@ How latency is compared (why it holds on a noisy, shared machine):
   sides (:mod:`.calibration`).
 
 Modules, bottom up: ``sequential``, ``settings`` and ``statistics``; ``calibration``;
-``rebuild`` (a cell's model back from its configuration); ``measure`` (the rounds); ``baseline`` (files); ``verdict``; ``reports``;
+``rebuild`` (a cell's model back from its configuration); ``measure`` (a session's blocks),
+``worker`` (that session in a fresh process) and ``rounds`` (the interleaved rounds, in
+either); ``baseline`` (files); ``verdict``; ``reports``;
 ``check`` (orchestration). This package re-exports their public names.
 """
 from .baseline import (fingerprint_warnings, load_baseline, make_entry, new_baseline,
                        resolved_profiles, write_baseline)
 from .check import (attach_latency, entries_from_matrix, entries_from_run,
                     fresh_metrics_from_run, run_check)
-from .measure import Session, latency_key, measure_latency, probe
+from .measure import Session, latency_key, probe
+from .rounds import measure_latency
 from .paired import base_tree, compare_paired, paired_check, run_paired
 from .rebuild import build_architecture, cell_config, cell_identity
 from .sequential import SignSPRT, operating_characteristic, paired_decision, round_probability

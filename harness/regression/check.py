@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from ..api.errors import BenchError
 from ..api.manager import PluginSystem
 from .baseline import make_entry, resolved_profiles
-from .measure import measure_latency
+from .rounds import measure_latency
 from .rebuild import cell_config, cell_identity
 from .settings import CheckSettings, RoundSettings
 from .verdict import Verdict, compare_latency, compare_metric, confirm_regression

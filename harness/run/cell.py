@@ -209,8 +209,7 @@ def curve_summary(rec: dict, higher_is_better: bool = True) -> Optional[dict]:
     nothing is picked by the metric; it stays for callers. The benefits against scratch
     need the scratch cell too and are computed across cells
     (:func:`harness.report.benefits.transfer_benefits`)."""
-    from ..report.benefits import CHANCE_NOTE, kept_curve, kept_value, learning_curve, \
-        start_is_chance
+    from .records import CHANCE_NOTE, kept_curve, kept_value, learning_curve, start_is_chance
 
     curve = kept_curve(rec)
     if not curve:

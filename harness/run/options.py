@@ -2,7 +2,8 @@
 
 ``bench run`` and plugin commands that take a matrix (``bench baseline create``) accept the
 same options (``-b/-t/-d/-s/-r/-p/-w``, ``--matrix``/``--preset``, training settings); the
-click decorator for them is :func:`harness.cli.matrix_options`, and :func:`matrix_from_options`
+click decorator for them is :func:`harness.cli.matrix_options` (handed to plugin commands
+as ``cli.matrix_options`` in ``register_commands``), and :func:`matrix_from_options`
 turns their values into a :class:`~harness.run.config.MatrixConfig`.
 """
 from __future__ import annotations

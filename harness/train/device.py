@@ -89,7 +89,7 @@ def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev.index if dev.index is not None
                                           else torch.cuda.current_device())
-    from ..measure.env import cpu_model
+    from .cpu import cpu_model
     return cpu_model()
 
 
