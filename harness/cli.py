@@ -314,22 +314,33 @@ BenchGroup.matrix_options = staticmethod(matrix_options)
                    "features, seconds) and train only the K best per dataset.")
 @click.option("--rank-by", default="logme", show_default=True, metavar="ESTIMATOR[,k=v]",
               help="The estimator --rank-first uses (see bench list estimators).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (cells, weights and their source, pretrainings, runtimes, "
+                   "an estimated time) and stop: nothing is trained or written.")
 @click.pass_context
 def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_onnx, as_json,
-            quiet, rank_first, rank_by, **matrix_opts):
+            quiet, rank_first, rank_by, dry_run, **matrix_opts):
     """Run a matrix of backbone x task x strategy x dataset and report accuracy and latency.
 
     With no option it runs the embedded default matrix (offline, a few minutes on 2 CPU
     cores). Options replace the axis or setting they name; the rest comes from the
     matrix file, the preset, or the default.
     """
-    from .run.options import matrix_from_options
-    from .run.runner import run_matrix
+    import time
 
+    from .run.options import matrix_from_options
+    from .run.runner import dry_run as plan_only, run_matrix
+
+    t0 = time.perf_counter()
     plugins = get_plugins()
     matrix = None
     try:
         matrix = matrix_from_options(plugins, matrix_opts)
+        if dry_run:
+            plan = plan_only(plugins, matrix, Path(out_root),
+                             (rank_first, rank_by) if rank_first is not None else None)
+            click.echo("\n".join(plan.lines()))
+            return
         ranking = None
         if rank_first is not None:
             ranking = _rank_first(plugins, matrix, rank_first, rank_by, quiet)
@@ -360,6 +371,7 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
             from .report.ranking import ranking_text
             click.echo("\n" + ranking_text(ranking, records))
         click.echo(f"\nresults: {store.path}")
+    _next_steps(store.path, records, time.perf_counter() - t0)
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
@@ -390,6 +402,19 @@ def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
                            f"all {total} cells run when you resume")
     click.echo(f"\nInterrupted (Ctrl-C); {kept}. Resume with:\n  {again}", err=True)
     ctx.exit(130)
+
+
+def _next_steps(path: Path, records: list, seconds: float) -> None:
+    """The end of a run, on stderr (stdout stays the table or the JSON): how long it took
+    and the commands that read the run folder."""
+    from .run.plan import format_seconds
+
+    ok = sum(1 for r in records if r.get("status") == "ok")
+    click.echo(f"took {format_seconds(seconds)} ({ok} of {len(records)} cells ok)\n"
+               f"next:\n"
+               f"  bench report {path}                  # this table again\n"
+               f"  bench report {path} --format html    # interactive page: {path}/report/report.html\n"
+               f"  bench compare {path} OTHER_RUN       # cells matched, deltas", err=True)
 
 
 def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:

@@ -35,6 +35,22 @@ DEFAULT = {
 }
 
 
+#: The README's first run, about a minute on 2 CPU cores: the lecture's models 1-3 (scratch,
+#: frozen, fine-tune) on one small backbone with real weights that install offline, 8x8
+#: handwritten digits upscaled to 32 px, 3 epochs, one runtime with its int8 variant.
+QUICKSTART = {
+    "name": "quickstart",
+    "backbones": ["mobilenetv2_100"],
+    "tasks": ["classification"],
+    "datasets": ["digits"],
+    "strategies": ["scratch", "frozen", "finetune"],
+    "runtimes": ["onnxruntime"],
+    "profiles": ["mobile"],
+    "image_size": 32,
+    "train": {"epochs": 3, "batch_size": 64, "lr": 1e-3, "patience": 2, "budget": "epochs"},
+    "latency": DEFAULT["latency"],
+}
+
 #: Every CPU runtime, the mobile XNNPACK one included, on the default's fine-tuned
 #: MobileNetV2 (one cell): which runtime and precision to ship it with, accuracy after
 #: quantization beside each latency.
@@ -136,6 +152,10 @@ def register_presets():
     return [PresetSpec("default", matrix=DEFAULT, default=True,
                        description="offline default: MobileNetV2 (packaged ImageNet) and "
                                    "ResNet-18 x scratch/frozen/finetune on Fashion-MNIST"),
+            PresetSpec("quickstart", matrix=QUICKSTART,
+                       description="a first run in about a minute: MobileNetV2 (packaged "
+                                   "ImageNet) x scratch/frozen/finetune on digits at 32 px, "
+                                   "ONNX Runtime fp32/int8 (offline)"),
             PresetSpec("deploy", matrix=DEPLOY,
                        description="every CPU runtime (PyTorch, ONNX Runtime, OpenVINO, "
                                    "ExecuTorch + XNNPACK) x fp32/int8 on fine-tuned "

@@ -42,15 +42,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
-from torch import nn
-
 from harness import __version__, WeightSourceSpec, hookimpl
-from harness.run.config import parse_value
 from harness.api.errors import WeightsUnavailable
 from harness.api.files import atomic_path
-from harness.run.locks import cache_lock
-from harness.run.results import atomic_write_json
 
 #: bump when the pretraining recipe changes, so old cache entries are not reused
 RECIPE = 1
@@ -72,6 +66,8 @@ def parse_source(arg: str | None) -> tuple[str, dict, dict]:
     if not arg or not arg.strip():
         raise WeightsUnavailable("write source:DATASET (e.g. source:digits or "
                                  "source:digits,epochs=3); see bench list datasets")
+    from harness.run.config import parse_value  # here: the run layer imports torch
+
     name, *rest = [p.strip() for p in arg.split(",")]
     train, data = dict(TRAIN_KEYS), {}
     for part in rest:
@@ -174,7 +170,7 @@ def _digest(state: dict, with_values: bool) -> str:
     return h.hexdigest()
 
 
-def cache_key(spec, backbone: nn.Module, dataset: str, data_params: dict, train: dict,
+def cache_key(spec, backbone: "torch.nn.Module", dataset: str, data_params: dict, train: dict,
               hardware: Optional[dict] = None) -> tuple[str, dict]:
     """SHA-256 (hex) of everything that determines the pretrained weights, and that material.
 
@@ -223,6 +219,7 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
         raise WeightsUnavailable(f"source dataset {ds_spec.name}: bad parameter ({exc})") from None
     task = plugins.tasks.get("classification").factory(hidden=(), dropout=0.0)
     validate_splits(data, ds_spec.name, train["image_size"], task)
+    import torch  # here, not at the top: the registry stays free of torch
     torch.manual_seed(train["seed"])
     model = TransferModel(backbone, task.build_head(backbone, data.info), "pooled")
     settings = TrainSettings(epochs=train["epochs"], batch_size=train["batch_size"],
@@ -253,6 +250,9 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
 
 def load_source(spec, backbone, arg, context) -> dict:
     """Weight source ``source:DATASET[,k=v...]``: pretrained here on DATASET, cached on disk."""
+    from harness.run.locks import cache_lock  # on use: importing the plugin stays cheap
+    from harness.run.results import atomic_write_json
+
     from harness.run.cell import cache_dir as default_cache_dir
 
     plugins = context.get("plugins")

@@ -22,7 +22,8 @@ from .executor import CellJob, InProcessExecutor, cell_needs_gpu, failure_record
 from .contracts import PluginFault, plugin_label
 from ..api.manager import PluginSystem
 from .results import RunStore, atomic_write_json
-from .weights_plan import plan_lines, refuse_target_pretraining
+from .weights_plan import refuse_target_pretraining
+from .plan import Plan, estimate, plan_run
 
 _AXIS_REGISTRY = {"backbones": "backbones", "tasks": "tasks", "datasets": "datasets",
                   "strategies": "strategies"}
@@ -356,12 +357,11 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
                                        for p in c.profiles]), keep_onnx=keep_onnx)
             for c, k in keyed if store.finished(k) is None]
     done_before = len(keyed) - len(todo)
-    print(hardware.header(), file=sys.stderr)
-    any_pretrained = any(plugins.strategies.get(c.strategy.name).cls.pretrained for c in cells)
-    for line in plan_lines(plugins, matrix, any_pretrained):
+    plan = plan_run(plugins, matrix, cells, notes, path, hardware.header(), done_before,
+                    ranking=_ranking_line(ranking))
+    estimate(plan, [j.cfg for j in todo], out_root)
+    for line in plan.lines():  # the same plan bench run --dry-run prints
         print(line, file=sys.stderr)
-    for n in notes:
-        print(f"note: {n}", file=sys.stderr)
     if done_before:
         print(f"resuming {path}: {done_before} of {len(keyed)} cells already finished",
               file=sys.stderr)
@@ -397,6 +397,38 @@ def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str)
             f"(Ray Tune's ASHA scheduler for the ray executor is not implemented yet): use "
             f"--executor inprocess, or drop --halving")
     return CellHalving(matrix.tune)
+
+
+def dry_run(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
+            rank_first: Optional[tuple] = None) -> Plan:
+    """The plan :func:`run_matrix` would print for ``matrix``, without running or writing
+    anything (``bench run --dry-run``). ``rank_first``: ``(k, estimator)`` of
+    ``--rank-first``, which is not computed here (it runs the backbones)."""
+    cells, notes = validate(plugins, matrix)
+    hardware = resolve_hardware(matrix.train.device, matrix.train.amp)
+    cells = [with_hardware(c, hardware) for c in cells]
+    versions = package_versions(plugins)
+    path = run_dir_for(out_root, matrix, plugins)
+    store = RunStore(path) if (path / "cells").is_dir() else None
+    todo = [c for c in cells if store is None or store.finished(c.key(versions)) is None]
+    ranking = None
+    if rank_first is not None:
+        k, by = rank_first
+        ranking = (f"--rank-first {k}: {by} scores every backbone first (a frozen forward "
+                   f"pass each) and only the {k} best per dataset train; the cells above "
+                   f"count every backbone")
+    plan = plan_run(plugins, matrix, cells, notes, path, hardware.header(),
+                    len(cells) - len(todo), ranking=ranking)
+    estimate(plan, todo, out_root)
+    return plan
+
+
+def _ranking_line(ranking: Optional[dict]) -> Optional[str]:
+    if ranking is None:
+        return None
+    kept = "; ".join(f"{ds}: {', '.join(bbs)}" for ds, bbs in sorted(ranking["kept"].items()))
+    return (f"ranked first by {ranking['estimator']} in {ranking['seconds']:.1f} s; training "
+            f"the top {ranking['k']} per dataset: {kept}")
 
 
 def _ranked_cells(cells: list, ranking: dict, notes: list) -> list:
@@ -586,5 +618,5 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 file=sys.stderr, dynamic_ncols=True)
 
 
-__all__ = ["build_matrix", "merge_weights", "validate", "run_matrix", "run_dir_for",
+__all__ = ["build_matrix", "merge_weights", "validate", "run_matrix", "dry_run", "run_dir_for",
            "prepare_run_dir", "save_with_retries", "RecordNotSaved", "UnknownName"]
