@@ -10,7 +10,12 @@ from functools import lru_cache, partial
 
 from harness import BackboneSpec, hookimpl
 
-from ._timm_backbone import TimmBackbone
+
+def _timm_backbone(model_name: str, pool: str = "head"):
+    """A :class:`~plugins._timm_backbone.TimmBackbone` (imported here, not at the top: the
+    registry and ``bench --help`` stay free of torch and timm)."""
+    from ._timm_backbone import TimmBackbone
+    return TimmBackbone(model_name, pool=pool)
 
 # name -> (family, device class, default weights, pooling, description)
 _FAMILIES = {
@@ -41,9 +46,9 @@ def _check_any(arg: str | None = None, pool: str = "head") -> None:
                             "; see timm.list_models() for the names"))
 
 
-def _build_any(arg: str | None = None, pool: str = "head") -> TimmBackbone:
+def _build_any(arg: str | None = None, pool: str = "head"):
     _check_any(arg, pool)
-    return TimmBackbone(arg, pool=pool)
+    return _timm_backbone(arg, pool=pool)
 
 
 @lru_cache(maxsize=None)
@@ -55,7 +60,7 @@ def backbone_facts(model_name: str, pool: str, weights: str) -> dict:
     from .weights import default_weights_facts
 
     wfacts = default_weights_facts(model_name, weights)
-    measured = measure_backbone(partial(TimmBackbone, model_name, pool=pool),
+    measured = measure_backbone(partial(_timm_backbone, model_name, pool=pool),
                                 wfacts.get("input_size"))
     return {**measured, "default_weights": weights, **wfacts}
 
@@ -82,7 +87,7 @@ class _LazyFacts(Mapping):
 @hookimpl
 def register_backbones():
     specs = [
-        BackboneSpec(name, build=partial(TimmBackbone, model_name=name, pool=pool),
+        BackboneSpec(name, build=partial(_timm_backbone, model_name=name, pool=pool),
                      family=family, device_class=dclass, default_weights=weights,
                      description=desc, facts=_LazyFacts(name, pool, weights))
         for name, (family, dclass, weights, pool, desc) in _FAMILIES.items()

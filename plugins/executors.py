@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 from harness import ExecutorSpec, hookimpl
-from harness.run.executor import InProcessExecutor
-
-from .executors_processes import ProcessExecutor
-from .executors_ray import RayExecutor, ray_available
 
 
 def _ray_description() -> str:
+    from .executors_ray import ray_available
     ok, why = ray_available()
     text = "every cell a Ray task on a local or remote cluster (--address); the run folder " \
            "must be on a shared filesystem"
@@ -17,6 +14,11 @@ def _ray_description() -> str:
 
 @hookimpl
 def register_executors():
+    # imported here, not at the top: importing the plugin (bench --help) stays cheap
+    from harness.run.executor import InProcessExecutor
+
+    from .executors_processes import ProcessExecutor
+    from .executors_ray import RayExecutor
     return [
         ExecutorSpec("inprocess", factory=InProcessExecutor, default=True,
                      description="run cells one after the other in this process"),

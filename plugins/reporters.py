@@ -13,7 +13,6 @@ from typing import Optional
 from harness import ReporterSpec, hookimpl
 from harness.api.errors import BenchError
 from harness.api.files import atomic_write_text
-from harness.report.table import report_text
 
 
 def _emit(text: str, out: Path | None, name: str) -> str | None:
@@ -38,6 +37,8 @@ def _ranking(store, records, fmt: str) -> str:
 
 
 def write_table(store, out=None, budget_ms: Optional[float] = None, mix_devices: bool = False):
+    from harness.report.table import report_text  # on use: bench --help stays cheap
+
     records = store.records()
     return _emit(report_text(records, budget_ms, mix_devices=mix_devices)
                  + _ranking(store, records, "simple") + "\n", out, "report.txt")
@@ -45,6 +46,8 @@ def write_table(store, out=None, budget_ms: Optional[float] = None, mix_devices:
 
 def write_markdown(store, out=None, budget_ms: Optional[float] = None,
                    mix_devices: bool = False):
+    from harness.report.table import report_text  # on use: bench --help stays cheap
+
     records = store.records()
     return _emit(report_text(records, budget_ms, fmt="github", mix_devices=mix_devices)
                  + _ranking(store, records, "github") + "\n", out, "report.md")

@@ -8,8 +8,6 @@ import socket
 import sys
 from pathlib import Path
 
-import torch
-
 from harness import WeightSourceSpec, hookimpl
 from harness.api.errors import WeightsUnavailable
 
@@ -38,7 +36,7 @@ def _target(backbone):
     return getattr(backbone, "model", backbone)
 
 
-def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str,
+def load_state_dict_checked(module: "torch.nn.Module", state: dict, what: str,
                             positional: bool = False) -> None:
     """Load ``state`` strictly; on a mismatch name the missing and unexpected keys.
 
@@ -115,6 +113,7 @@ def _packaged(spec, backbone, arg, context):
     arch = getattr(backbone, "model_name", spec.name)
     path = packaged_path(arch)
     dist, _package, _rel, what, drop = PACKAGED[arch]
+    import torch  # here, not at the top: the registry stays free of torch
     full = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in full.items() if not k.startswith(drop)}
     load_state_dict_checked(_target(backbone), state, f"{path.name} ({dist})", positional=True)
@@ -151,6 +150,7 @@ def _file(spec, backbone, arg, context):
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
+            import torch  # here, not at the top: the registry stays free of torch
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailable(f"cannot read weights file {path}: {type(exc).__name__}: "

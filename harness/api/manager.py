@@ -123,30 +123,45 @@ class PluginSystem:
                  disable: Iterable[str] = ()):
         self.pm = pluggy.PluginManager("transfer_bench")
         self.pm.add_hookspecs(hookspecs)
-        self.infos: dict[str, PluginInfo] = {}
+        self._infos: dict[str, PluginInfo] = {}
         self._disabled = _disabled_names(disable)
         for modname in builtins:
             self._register_import(modname, modname, "built-in")
         if entry_points:
             self._load_entry_points()
-        self.registries: dict[str, Registry] = {}
-        self.rebuild()
+        # the registries are built on first use (the registration hooks import what the
+        # plugins need, torch included): ``bench --help`` and plugin commands need none
+        self._registries: Optional[dict[str, Registry]] = None
+
+    @property
+    def registries(self) -> dict[str, Registry]:
+        """kind -> :class:`Registry`, built by :meth:`rebuild` on first use."""
+        if self._registries is None:
+            self.rebuild()
+        return self._registries  # type: ignore[return-value]
+
+    @property
+    def infos(self) -> dict[str, PluginInfo]:
+        """plugin name -> :class:`PluginInfo`, complete (registration faults included)."""
+        if self._registries is None:
+            self.rebuild()
+        return self._infos
 
     @property
     def unknown_disabled(self) -> list[str]:
         """Names asked to be disabled that match no plugin (probably a typo)."""
-        return sorted(n for n in self._disabled if n not in self.infos)
+        return sorted(n for n in self._disabled if n not in self._infos)
 
     # -- registration ------------------------------------------------------------------
     def _new_info(self, name: str, origin: str) -> PluginInfo:
-        if name in self.infos:
-            first = self.infos[name]
+        if name in self._infos:
+            first = self._infos[name]
             key = f"{name} [{origin}]"
-            info = self.infos[key] = PluginInfo(name=name, origin=origin)
+            info = self._infos[key] = PluginInfo(name=name, origin=origin)
             info.error = (f"the plugin name {name!r} is already used by {first.label}; "
                           "rename the entry point in one of the two distributions")
             return info
-        info = self.infos[name] = PluginInfo(name=name, origin=origin)
+        info = self._infos[name] = PluginInfo(name=name, origin=origin)
         return info
 
     def _register_import(self, name: str, target: str, origin: str, loader=None) -> None:
@@ -172,7 +187,7 @@ class PluginSystem:
         (the ``register_plugin`` fixture does).
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
-        info = self.infos.setdefault(name, PluginInfo(name=name, origin=origin))
+        info = self._infos.setdefault(name, PluginInfo(name=name, origin=origin))
         known = _known_hooks()
         unknown = [h for h in _module_hooks(self.pm, plugin) if h not in known]
         if unknown:
@@ -193,7 +208,7 @@ class PluginSystem:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
-        self.infos.pop(name, None)
+        self._infos.pop(name, None)
         self._disabled.add(name)
         self.rebuild()
 
@@ -210,8 +225,8 @@ class PluginSystem:
     # -- registries --------------------------------------------------------------------
     def rebuild(self) -> None:
         """Call every plugin's registration hooks and file the specs by kind and name."""
-        self.registries = {kind: Registry(k.noun) for kind, k in KINDS.items()}
-        for info in self.infos.values():
+        self._registries = {kind: Registry(k.noun) for kind, k in KINDS.items()}
+        for info in self._infos.values():
             info.registers = {}
         # pass 1: call each plugin's hooks; a hook that raises breaks its plugin
         collected: dict[str, list] = {}  # plugin name -> [(kind, spec)], registration order
@@ -223,7 +238,7 @@ class PluginSystem:
                     collected.setdefault(impl.plugin_name, []).extend((kind, s) for s in specs)
         # pass 2: file the specs of healthy plugins; a name already held breaks the newcomer
         for name in [n for n, _ in self.pm.list_name_plugin()]:
-            info = self.infos.get(name)
+            info = self._infos.get(name)
             items = collected.get(name, [])
             if info is None or info.error:
                 continue
@@ -237,7 +252,7 @@ class PluginSystem:
 
     def _call(self, kind: str, impl) -> Optional[list]:
         name = impl.plugin_name
-        info = self.infos.setdefault(name, PluginInfo(name=name, origin="built-in"))
+        info = self._infos.setdefault(name, PluginInfo(name=name, origin="built-in"))
         if info.error:
             return None
         spec_type = KINDS[kind].spec
@@ -263,7 +278,7 @@ class PluginSystem:
             seen.add((kind, spec.name))
             reg = self.registries[kind]
             if spec.name in reg:
-                holder = self.infos[reg.plugin(spec.name)]
+                holder = self._infos[reg.plugin(spec.name)]
                 return (f"{noun} {spec.name!r} is registered twice: it is held by "
                         f"{holder.label} and {info.label} "
                         f"registers it again. Rename it, or disable one of the two plugins "
@@ -271,10 +286,9 @@ class PluginSystem:
         return None
 
     def __getattr__(self, kind: str) -> Registry:
-        regs = self.__dict__.get("registries")
-        if regs is not None and kind in regs:
-            return regs[kind]
-        raise AttributeError(kind)
+        if kind.startswith("_") or kind not in KINDS:
+            raise AttributeError(kind)
+        return self.registries[kind]
 
     def default(self, kind: str, role: str = "default"):
         """The first registered spec of ``kind`` that declares ``role`` (``default=True``).
@@ -300,7 +314,7 @@ class PluginSystem:
     def add_commands(self, cli) -> None:
         """Let plugins attach commands (``register_commands``); a failing plugin is recorded."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
-            info = self.infos.get(impl.plugin_name)
+            info = self._infos.get(impl.plugin_name)
             if info is not None and info.error:
                 continue
             before = set(getattr(cli, "commands", {}))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from harness import DatasetSpec, hookimpl
 
-from .flowers import load_flowers17
-from .imagefolder import load_imagefolder
-from .offline import load_digits, load_fashion_mnist, read_idx
-from .pets import load_pets
-from .synthetic import load_shapes
-
 __all__ = ["load_digits", "load_fashion_mnist", "load_flowers17", "load_imagefolder",
            "load_pets", "load_shapes", "read_idx"]
 
 
 @hookimpl
 def register_datasets():
+    # imported here, not at the top: importing the plugin (bench --help) stays cheap
+    from .flowers import load_flowers17
+    from .imagefolder import load_imagefolder
+    from .offline import load_digits, load_fashion_mnist
+    from .pets import load_pets
+    from .synthetic import load_shapes
     return [
         DatasetSpec("fashion_mnist", load=load_fashion_mnist, tasks=("classification",),
                     offline=True, description="Fashion-MNIST, 10 classes, real photos of "
@@ -37,3 +37,24 @@ def register_datasets():
                     description="SYNTHETIC kites with a box and 4 keypoints (default "
                     "localization and pose cells); classification: the kite's quadrant"),
     ]
+
+
+def __getattr__(name: str):
+    """The names this package used to import at its top, imported on first use (PEP 562)."""
+    import importlib
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: name -> (module, attribute) of what used to be imported at the top
+_LAZY = {
+    'load_flowers17': ('.flowers', 'load_flowers17'),
+    'load_imagefolder': ('.imagefolder', 'load_imagefolder'),
+    'load_digits': ('.offline', 'load_digits'),
+    'load_fashion_mnist': ('.offline', 'load_fashion_mnist'),
+    'read_idx': ('.offline', 'read_idx'),
+    'load_pets': ('.pets', 'load_pets'),
+    'load_shapes': ('.synthetic', 'load_shapes'),
+}

@@ -5,19 +5,16 @@ Each scores frozen features computed once per backbone, weights and target datas
 """
 from __future__ import annotations
 
-import numpy as np
-
 from harness import EstimatorSpec, hookimpl
 from harness.api.errors import EstimatorUnavailable
 
-from .gbc import gbc
-from .hscore import h_score
-from .leep import leep, nce
-from .logme import logme
-from .probes import knn_accuracy, linear_probe_accuracy
+# Each method's module (numpy, scikit-learn) is imported when the estimator runs, not here:
+# importing the plugin (bench --help, bench list) stays cheap.
 
 
-def _source(inputs, name: str) -> np.ndarray:
+def _source(inputs, name: str) -> "np.ndarray":
+    import numpy as np
+
     if inputs.source_probs is None:
         raise EstimatorUnavailable(
             f"{name} needs the classifier the weights were trained with, and "
@@ -28,6 +25,8 @@ def _source(inputs, name: str) -> np.ndarray:
 
 
 def _logme(inputs, tol: float = 1e-5, max_iter: int = 1000) -> dict:
+    from .logme import logme
+
     out = logme(inputs.features, inputs.labels, inputs.num_classes, tol=float(tol),
                 max_iter=int(max_iter))
     return {"score": out["score"], "converged": out["converged"],
@@ -35,28 +34,40 @@ def _logme(inputs, tol: float = 1e-5, max_iter: int = 1000) -> dict:
 
 
 def _leep(inputs) -> float:
+    from .leep import leep
+
     return leep(_source(inputs, "LEEP"), inputs.labels, inputs.num_classes)
 
 
 def _nce(inputs) -> float:
+    from .leep import nce
+
     probs = _source(inputs, "NCE")
     return nce(probs.argmax(1), inputs.labels, probs.shape[1], inputs.num_classes)
 
 
 def _hscore(inputs) -> float:
+    from .hscore import h_score
+
     return h_score(inputs.features, inputs.labels)
 
 
 def _gbc(inputs, pca_dim: int = 64) -> dict:
+    from .gbc import gbc
+
     return gbc(inputs.features, inputs.labels, pca_dim=int(pca_dim))
 
 
 def _knn(inputs, k: int = 5) -> float:
+    from .probes import knn_accuracy
+
     return knn_accuracy(inputs.features, inputs.labels, inputs.val_features, inputs.val_labels,
                         k=int(k))
 
 
 def _linear_probe(inputs, C: float = 1.0, max_iter: int = 1000) -> float:
+    from .probes import linear_probe_accuracy
+
     return linear_probe_accuracy(inputs.features, inputs.labels, inputs.val_features,
                                  inputs.val_labels, C=float(C), max_iter=int(max_iter),
                                  seed=inputs.seed)

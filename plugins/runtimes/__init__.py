@@ -12,23 +12,23 @@ from __future__ import annotations
 
 from harness import RuntimeSpec, hookimpl
 
-from .executorch import PRECISIONS as ET_PRECISIONS
-from .executorch import executorch_available, executorch_measure
-from .onnxruntime import CPU_PRECISIONS
-from .onnxruntime import (ort_available, ort_cuda_available, ort_cuda_measure, ort_measure,
-                          ort_session, ort_trt_available, ort_trt_measure, parity_check)
-from .pytorch import (pytorch_available, pytorch_cuda_available, pytorch_cuda_measure,
-                      pytorch_measure)
-from .openvino import PRECISIONS as OV_PRECISIONS
-from .openvino import openvino_available, openvino_measure
-from .tensorrt import PRECISIONS as TRT_PRECISIONS
-from .tensorrt import tensorrt_available, tensorrt_measure
-
 __all__ = ["register_runtimes", "ort_session"]
 
 
 @hookimpl
 def register_runtimes():
+    # imported here, not at the top: importing the plugin (bench --help) stays cheap
+    from .executorch import PRECISIONS as ET_PRECISIONS
+    from .executorch import executorch_available, executorch_measure
+    from .onnxruntime import CPU_PRECISIONS
+    from .onnxruntime import (ort_available, ort_cuda_available, ort_cuda_measure, ort_measure,
+                              ort_trt_available, ort_trt_measure, parity_check)
+    from .pytorch import (pytorch_available, pytorch_cuda_available, pytorch_cuda_measure,
+                          pytorch_measure)
+    from .openvino import PRECISIONS as OV_PRECISIONS
+    from .openvino import openvino_available, openvino_measure
+    from .tensorrt import PRECISIONS as TRT_PRECISIONS
+    from .tensorrt import tensorrt_available, tensorrt_measure
     return [
         RuntimeSpec("pytorch", available=pytorch_available, measure=pytorch_measure,
                     description="PyTorch eager, CPU, fp32", packages=("torch",),
@@ -66,3 +66,39 @@ def register_runtimes():
                     description="TensorRT engine built from the ONNX file; fp32, fp16, int8",
                     precisions=TRT_PRECISIONS),
     ]
+
+
+def __getattr__(name: str):
+    """The names this package used to import at its top, imported on first use (PEP 562)."""
+    import importlib
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: name -> (module, attribute) of what used to be imported at the top
+_LAZY = {
+    'ET_PRECISIONS': ('.executorch', 'PRECISIONS'),
+    'executorch_available': ('.executorch', 'executorch_available'),
+    'executorch_measure': ('.executorch', 'executorch_measure'),
+    'CPU_PRECISIONS': ('.onnxruntime', 'CPU_PRECISIONS'),
+    'ort_available': ('.onnxruntime', 'ort_available'),
+    'ort_cuda_available': ('.onnxruntime', 'ort_cuda_available'),
+    'ort_cuda_measure': ('.onnxruntime', 'ort_cuda_measure'),
+    'ort_measure': ('.onnxruntime', 'ort_measure'),
+    'ort_session': ('.onnxruntime', 'ort_session'),
+    'ort_trt_available': ('.onnxruntime', 'ort_trt_available'),
+    'ort_trt_measure': ('.onnxruntime', 'ort_trt_measure'),
+    'parity_check': ('.onnxruntime', 'parity_check'),
+    'pytorch_available': ('.pytorch', 'pytorch_available'),
+    'pytorch_cuda_available': ('.pytorch', 'pytorch_cuda_available'),
+    'pytorch_cuda_measure': ('.pytorch', 'pytorch_cuda_measure'),
+    'pytorch_measure': ('.pytorch', 'pytorch_measure'),
+    'OV_PRECISIONS': ('.openvino', 'PRECISIONS'),
+    'openvino_available': ('.openvino', 'openvino_available'),
+    'openvino_measure': ('.openvino', 'openvino_measure'),
+    'TRT_PRECISIONS': ('.tensorrt', 'PRECISIONS'),
+    'tensorrt_available': ('.tensorrt', 'tensorrt_available'),
+    'tensorrt_measure': ('.tensorrt', 'tensorrt_measure'),
+}

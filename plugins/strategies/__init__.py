@@ -10,13 +10,6 @@ from __future__ import annotations
 
 from harness import SearchDim, StrategySpec, hookimpl
 
-from .basic import FineTune, Scratch
-from .chain_thaw import ChainThaw
-from .frozen import Frozen
-from .layer_transfer import LayerTransfer
-from .offtheshelf import OffTheShelf
-from .ulmfit import ULMFiT, Discriminative, GradualUnfreezing
-
 __all__ = ["Scratch", "Frozen", "FineTune", "OffTheShelf", "ChainThaw", "GradualUnfreezing",
            "Discriminative", "ULMFiT", "LayerTransfer"]
 
@@ -40,6 +33,13 @@ CHAIN_THAW_SPACE = (SearchDim("new_lr", 1e-4, 1e-2, default=1e-3),
 
 @hookimpl
 def register_strategies():
+    # imported here, not at the top: importing the plugin (bench --help) stays cheap
+    from .basic import FineTune, Scratch
+    from .chain_thaw import ChainThaw
+    from .frozen import Frozen
+    from .layer_transfer import LayerTransfer
+    from .offtheshelf import OffTheShelf
+    from .ulmfit import ULMFiT, Discriminative, GradualUnfreezing
     return [
         StrategySpec("scratch", cls=Scratch, search_space=SCRATCH_SPACE,
                      description="model 1: random init, train everything"),
@@ -69,3 +69,26 @@ def register_strategies():
                      description="copy first n groups, re-init the rest; fine_tune=false: "
                                  "AnB/BnB, true: AnB+/BnB+ (Yosinski et al. 2014)"),
     ]
+
+
+def __getattr__(name: str):
+    """The names this package used to import at its top, imported on first use (PEP 562)."""
+    import importlib
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: name -> (module, attribute) of what used to be imported at the top
+_LAZY = {
+    'FineTune': ('.basic', 'FineTune'),
+    'Scratch': ('.basic', 'Scratch'),
+    'ChainThaw': ('.chain_thaw', 'ChainThaw'),
+    'Frozen': ('.frozen', 'Frozen'),
+    'LayerTransfer': ('.layer_transfer', 'LayerTransfer'),
+    'OffTheShelf': ('.offtheshelf', 'OffTheShelf'),
+    'ULMFiT': ('.ulmfit', 'ULMFiT'),
+    'Discriminative': ('.ulmfit', 'Discriminative'),
+    'GradualUnfreezing': ('.ulmfit', 'GradualUnfreezing'),
+}

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from harness import TaskSpec, hookimpl
 
-from .classification import Classification, dense_head
-from .localization import Localization
-from .pose import Pose
-
 __all__ = ["Classification", "Localization", "Pose", "dense_head"]
 
 
 @hookimpl
 def register_tasks():
+    # imported here, not at the top: importing the plugin (bench --help) stays cheap
+    from .classification import Classification
+    from .localization import Localization
+    from .pose import Pose
     return [
         TaskSpec("classification", factory=Classification, default=True,
                  description="top-1/top-5/macro-F1; head: 2 dense layers + output"),
@@ -24,3 +24,21 @@ def register_tasks():
         TaskSpec("pose", factory=Pose,
                  description="K keypoints: heatmaps on the spatial map + soft-argmax; PCK@0.2"),
     ]
+
+
+def __getattr__(name: str):
+    """The names this package used to import at its top, imported on first use (PEP 562)."""
+    import importlib
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module, __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: name -> (module, attribute) of what used to be imported at the top
+_LAZY = {
+    'Classification': ('.classification', 'Classification'),
+    'dense_head': ('.classification', 'dense_head'),
+    'Localization': ('.localization', 'Localization'),
+    'Pose': ('.pose', 'Pose'),
+}

