@@ -94,9 +94,12 @@ def cli(disable, cache_dir):
         import os
         os.environ["TRANSFER_BENCH_CACHE"] = str(Path(cache_dir).expanduser().resolve())
     plugins = get_plugins(disable=disable) if disable else get_plugins()
-    # a broken plugin is left out and the others work; say so once, on stderr
-    for info in plugins.broken():
-        click.echo(f"warning: {info.message}", err=True)
+    # a broken plugin is left out and the others work; say so once, on stderr, when a
+    # command first uses the registries (bench run --help builds none)
+    def warn_broken(system) -> None:
+        for info in system.broken():
+            click.echo(f"warning: {info.message}", err=True)
+    plugins.when_built(warn_broken)
     for name in plugins.unknown_disabled:
         click.echo(f"warning: cannot disable {name!r}: no such plugin. Plugins: "
                    f"{', '.join(sorted(i.name for i in plugins.infos.values()))}", err=True)

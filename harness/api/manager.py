@@ -132,6 +132,15 @@ class PluginSystem:
         # the registries are built on first use (the registration hooks import what the
         # plugins need, torch included): ``bench --help`` and plugin commands need none
         self._registries: Optional[dict[str, Registry]] = None
+        self._when_built: list = []
+
+    def when_built(self, fn) -> None:
+        """Call ``fn(self)`` once the registries are built (now, if they are): the CLI
+        warns about broken plugins then, so ``bench run --help`` builds nothing."""
+        if self._registries is not None:
+            fn(self)
+        else:
+            self._when_built.append(fn)
 
     @property
     def registries(self) -> dict[str, Registry]:
@@ -227,7 +236,8 @@ class PluginSystem:
         """Call every plugin's registration hooks and file the specs by kind and name."""
         self._registries = {kind: Registry(k.noun) for kind, k in KINDS.items()}
         for info in self._infos.values():
-            info.registers = {}
+            # what rebuild files again; commands (register_commands) stay as they were added
+            info.registers = {k: v for k, v in info.registers.items() if k not in KINDS}
         # pass 1: call each plugin's hooks; a hook that raises breaks its plugin
         collected: dict[str, list] = {}  # plugin name -> [(kind, spec)], registration order
         for kind, k in KINDS.items():
@@ -249,6 +259,9 @@ class PluginSystem:
             for kind, spec in items:
                 self.registries[kind].add(spec, provider=f"{name} ({info.origin})", plugin=name)
                 info.registers.setdefault(kind, []).append(spec.name)
+        waiting, self._when_built = self._when_built, []
+        for fn in waiting:
+            fn(self)
 
     def _call(self, kind: str, impl) -> Optional[list]:
         name = impl.plugin_name
