@@ -106,10 +106,38 @@ def cli(disable, cache_dir):
 
 
 # -- bench list -----------------------------------------------------------------------------
-@cli.command("list", epilog="\b\nExamples:\n  bench list\n  bench list strategies")
-@click.argument("kind", required=False, type=click.Choice(sorted(KINDS)))
+def kind_names() -> dict:
+    """Every spelling of a kind ``bench list`` accepts -> the kind: ``backbones``,
+    ``backbone``, ``weight-sources``, ``weight_source``..."""
+    out = {}
+    for kind, k in KINDS.items():
+        for name in (kind, k.noun, k.noun + "s"):
+            for spelling in (name, name.replace(" ", "-"), name.replace(" ", "_")):
+                out.setdefault(spelling, kind)
+    return out
+
+
+def _kind(ctx, param, value):
+    if value is None:
+        return None
+    names = kind_names()
+    if value in names:
+        return names[value]
+    import difflib
+    close = difflib.get_close_matches(value, list(names), n=1)
+    raise click.BadParameter(f"{value!r} is not a kind" + (f"; did you mean {close[0]!r}?"
+                             if close else "") + f" Kinds: {', '.join(sorted(KINDS))}",
+                             ctx=ctx, param=param)
+
+
+@cli.command("list", epilog="\b\nExamples:\n  bench list\n  bench list strategies\n"
+                            "  bench list backbone")
+@click.argument("kind", required=False, callback=_kind, metavar="[KIND]",
+                shell_complete=lambda c, p, inc: sorted(k for k in KINDS if k.startswith(inc)))
 def list_cmd(kind):
-    """List what the plugins registered (all kinds, or one KIND)."""
+    """List what the plugins registered (all kinds, or one KIND: backbones, strategies,
+    datasets, tasks, weights, runtimes, profiles, reporters, executors, presets,
+    estimators; singular works too)."""
     from tabulate import tabulate
 
     plugins = get_plugins()

@@ -58,3 +58,20 @@ def test_completion_of_commands_and_options_loads_no_heavy_library(words, expect
     out, heavy = _run([], env)
     assert expect in out, out
     assert not heavy, f"completing {words!r} imported {heavy}"
+
+
+def test_list_takes_a_kind_singular_or_plural_and_suggests_for_a_typo(plugin_system):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    plural = CliRunner().invoke(cli, ["list", "presets"])
+    for spelling in ("preset", "Presets"[0].lower() + "resets"):
+        res = CliRunner().invoke(cli, ["list", spelling])
+        assert res.exit_code == 0 and res.output == plural.output, res.output
+    ws = CliRunner().invoke(cli, ["list", "weight-source"])
+    assert ws.exit_code == 0 and ws.output.startswith("weights (")
+    bad = CliRunner().invoke(cli, ["list", "backbonez"])
+    assert bad.exit_code == 2
+    assert "'backbonez' is not a kind; did you mean 'backbone'?" in bad.output
+    assert bad.output.count("Kinds: ") == 1

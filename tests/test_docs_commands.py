@@ -93,6 +93,11 @@ def _faults(cmd: click.Command, ctx: click.Context, values: dict, plugins,
                     param.type.convert(v, param, ctx)
                 except click.BadParameter as exc:
                     faults.append(f"{param.human_readable_name} {v}: {exc.format_message()}")
+            if param.callback is not None and isinstance(param.type, click.types.StringParamType):
+                try:  # a value a callback checks (bench list KIND)
+                    param.callback(ctx, param, v)
+                except click.BadParameter as exc:
+                    faults.append(f"{param.human_readable_name} {v}: {exc.format_message()}")
             kind = _registry_kind(param)
             if kind and v.split(",")[0] not in examples.get(kind, ()):
                 try:

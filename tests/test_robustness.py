@@ -381,8 +381,12 @@ def test_fashion_label_out_of_range_names_the_file(tmp_path, monkeypatch):
 
 # -- errors checked before anything runs --------------------------------------------------------
 @pytest.mark.parametrize("args, needle", [
-    (["-d", "digits,foo=1"], "dataset 'digits,foo=1': unknown parameter(s) foo. digits accepts: "
+    (["-d", "digits,foo=1"], "dataset 'digits,foo=1': unknown parameter(s) foo. It accepts: "
                              "val_frac, test_frac"),
+    (["-d", "digits,val_fac=0.2"], "unknown parameter(s) val_fac (did you mean val_frac?). "
+                                   "It accepts: val_frac, test_frac"),
+    (["-s", "chain_thaw,patiense=1"], "strategy 'chain_thaw,patiense=1': unknown parameter(s) "
+                                      "patiense (did you mean patience?). It accepts: "),
     (["-b", "timm:not_a_model"], "timm has no architecture 'not_a_model'"),
     (["-b", "resnet18,depth=3"], "backbone 'resnet18,depth=3': unknown parameter(s) depth"),
 ])
@@ -390,6 +394,7 @@ def test_bad_plugin_parameters_fail_up_front(plugin_system, tmp_path, args, need
     res = CliRunner().invoke(cli, ["run", *args, "-s", "scratch", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Traceback" not in res.output
+    assert res.output.count("ccepts") <= 1  # what it accepts is listed once
     assert not (tmp_path / "r").exists()
 
 

@@ -140,12 +140,15 @@ def _check_strategies_and_tasks(plugins: PluginSystem, matrix: MatrixConfig) -> 
     pretrained = []
     for item in matrix.strategies:
         cls = plugins.strategies.get(item.name).cls
+        accepts = cls.parameters()
+        bad = [k for k in item.kwargs if k not in accepts]
+        if bad:
+            raise ConfigError(unknown_parameters(f"strategy {item.label()!r}", bad,
+                                                 [f"{k}={v}" for k, v in accepts.items()]))
         try:
             pretrained.append(bool(cls(**item.kwargs).pretrained))
         except (TypeError, ValueError) as exc:
-            accepts = ", ".join(f"{k}={v}" for k, v in cls.parameters().items())
-            raise ConfigError(f"strategy {item.label()!r}: {exc}. It accepts: "
-                              f"{accepts or 'no parameters'}") from None
+            raise ConfigError(f"strategy {item.label()!r}: {exc}") from None
     for item in matrix.tasks:
         try:
             plugins.tasks.get(item.name).factory(**item.kwargs)
@@ -177,6 +180,19 @@ def _runnable_cells(plugins: PluginSystem, matrix: MatrixConfig, notes: list) ->
     return cells
 
 
+def unknown_parameters(what: str, bad: list, accepted: list) -> str:
+    """One sentence for parameters a plugin does not take: each with the closest accepted
+    name where one is close (a typo), then what it accepts, once."""
+    import difflib
+    names = [a.split("=")[0] for a in accepted]
+    hints = []
+    for b in bad:
+        close = difflib.get_close_matches(b, names, n=1)
+        hints.append(f"{b} (did you mean {close[0]}?)" if close else b)
+    return (f"{what}: unknown parameter(s) {', '.join(hints)}. It accepts: "
+            f"{', '.join(accepted) or 'no parameters'}")
+
+
 def _accepted(fn, skip: tuple) -> Optional[list[str]]:
     """The keyword parameters ``fn`` accepts beyond ``skip``; None when it takes any."""
     try:
@@ -196,8 +212,7 @@ def _check_dataset_params(plugins: PluginSystem, item) -> None:
         return
     bad = [k for k in item.kwargs if k not in accepted]
     if bad:
-        raise ConfigError(f"dataset {item.label()!r}: unknown parameter(s) {', '.join(bad)}. "
-                          f"{item.name} accepts: {', '.join(accepted) or 'no parameters'}")
+        raise ConfigError(unknown_parameters(f"dataset {item.label()!r}", bad, accepted))
 
 
 def _check_backbone(plugins: PluginSystem, item) -> None:
@@ -206,9 +221,7 @@ def _check_backbone(plugins: PluginSystem, item) -> None:
     if accepted is not None:
         bad = [k for k in item.kwargs if k not in accepted]
         if bad:
-            raise ConfigError(f"backbone {item.label()!r}: unknown parameter(s) "
-                              f"{', '.join(bad)}. It accepts: "
-                              f"{', '.join(accepted) or 'no parameters'}")
+            raise ConfigError(unknown_parameters(f"backbone {item.label()!r}", bad, accepted))
     if spec.check is not None:
         try:
             spec.check(arg, **item.kwargs)

@@ -2,6 +2,7 @@
 and a generated one (labelled synthetic). One module per dataset."""
 from __future__ import annotations
 
+from harness.api.lazy import lazy_exports
 from harness import DatasetSpec, hookimpl
 
 __all__ = ["load_digits", "load_fashion_mnist", "load_flowers17", "load_imagefolder",
@@ -39,17 +40,8 @@ def register_datasets():
     ]
 
 
-def __getattr__(name: str):
-    """The names this package used to import at its top, imported on first use (PEP 562)."""
-    import importlib
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-#: name -> (module, attribute) of what used to be imported at the top
-_LAZY = {
+# what used to be imported at the top, imported on first use
+__getattr__ = lazy_exports(__name__, {
     'load_flowers17': ('.flowers', 'load_flowers17'),
     'load_imagefolder': ('.imagefolder', 'load_imagefolder'),
     'load_digits': ('.offline', 'load_digits'),
@@ -57,4 +49,4 @@ _LAZY = {
     'read_idx': ('.offline', 'read_idx'),
     'load_pets': ('.pets', 'load_pets'),
     'load_shapes': ('.synthetic', 'load_shapes'),
-}
+})

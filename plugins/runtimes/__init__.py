@@ -10,6 +10,7 @@ No submodule imports torch at import time, so ONNX Runtime workers start fast.
 """
 from __future__ import annotations
 
+from harness.api.lazy import lazy_exports
 from harness import RuntimeSpec, hookimpl
 
 __all__ = ["register_runtimes", "ort_session"]
@@ -68,17 +69,8 @@ def register_runtimes():
     ]
 
 
-def __getattr__(name: str):
-    """The names this package used to import at its top, imported on first use (PEP 562)."""
-    import importlib
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-#: name -> (module, attribute) of what used to be imported at the top
-_LAZY = {
+# what used to be imported at the top, imported on first use
+__getattr__ = lazy_exports(__name__, {
     'ET_PRECISIONS': ('.executorch', 'PRECISIONS'),
     'executorch_available': ('.executorch', 'executorch_available'),
     'executorch_measure': ('.executorch', 'executorch_measure'),
@@ -101,4 +93,4 @@ _LAZY = {
     'TRT_PRECISIONS': ('.tensorrt', 'PRECISIONS'),
     'tensorrt_available': ('.tensorrt', 'tensorrt_available'),
     'tensorrt_measure': ('.tensorrt', 'tensorrt_measure'),
-}
+})

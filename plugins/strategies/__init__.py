@@ -8,6 +8,7 @@ file (``{name = "discriminative", factor = 2.6}``).
 """
 from __future__ import annotations
 
+from harness.api.lazy import lazy_exports
 from harness import SearchDim, StrategySpec, hookimpl
 
 __all__ = ["Scratch", "Frozen", "FineTune", "OffTheShelf", "ChainThaw", "GradualUnfreezing",
@@ -71,17 +72,8 @@ def register_strategies():
     ]
 
 
-def __getattr__(name: str):
-    """The names this package used to import at its top, imported on first use (PEP 562)."""
-    import importlib
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-#: name -> (module, attribute) of what used to be imported at the top
-_LAZY = {
+# what used to be imported at the top, imported on first use
+__getattr__ = lazy_exports(__name__, {
     'FineTune': ('.basic', 'FineTune'),
     'Scratch': ('.basic', 'Scratch'),
     'ChainThaw': ('.chain_thaw', 'ChainThaw'),
@@ -91,4 +83,4 @@ _LAZY = {
     'ULMFiT': ('.ulmfit', 'ULMFiT'),
     'Discriminative': ('.ulmfit', 'Discriminative'),
     'GradualUnfreezing': ('.ulmfit', 'GradualUnfreezing'),
-}
+})

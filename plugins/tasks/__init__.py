@@ -4,6 +4,7 @@ One module per task; this package registers them through ``register_tasks``.
 """
 from __future__ import annotations
 
+from harness.api.lazy import lazy_exports
 from harness import TaskSpec, hookimpl
 
 __all__ = ["Classification", "Localization", "Pose", "dense_head"]
@@ -26,19 +27,10 @@ def register_tasks():
     ]
 
 
-def __getattr__(name: str):
-    """The names this package used to import at its top, imported on first use (PEP 562)."""
-    import importlib
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module, __name__), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-#: name -> (module, attribute) of what used to be imported at the top
-_LAZY = {
+# what used to be imported at the top, imported on first use
+__getattr__ = lazy_exports(__name__, {
     'Classification': ('.classification', 'Classification'),
     'dense_head': ('.classification', 'dense_head'),
     'Localization': ('.localization', 'Localization'),
     'Pose': ('.pose', 'Pose'),
-}
+})
