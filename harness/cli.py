@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -496,7 +497,8 @@ def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:
 @click.option("--batch-size", type=int, help="Batch size of the feature pass.")
 @click.option("--seeds", type=int, help="Score every pair on this many seeds' data splits.")
 @click.option("--sort-by", default=None, metavar="ESTIMATOR",
-              help="Order each dataset's pairs by this estimator (default: the first).")
+              help="Order each dataset's pairs by this estimator's rank (default: bench run "
+                   "--rank-by's default where it ran, else the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the rows as JSON to this file.")
@@ -539,11 +541,21 @@ def rank_cmd(ctx, backbones, tasks, datasets, weights, estimators, matrix_file, 
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
-        click.echo(rank_table(rows, labels, sort_by))
+        click.echo(rank_table(rows, labels, sort_by or _default_rank_by(ctx, labels),
+                              higher_is_better={i.label(): s.higher_is_better
+                                                for i, s in chosen}))
     failed = [e["error"] for r in rows for e in r.get("estimates", {}).values()
               if e.get("error")]
     if any(r.get("error") for r in rows) or failed:
         ctx.exit(1)
+
+
+def _default_rank_by(ctx: click.Context, labels: list) -> Optional[str]:
+    """``bench run --rank-by``'s default when it is among the estimators run, so that
+    ``bench rank`` lists pairs in the order ``--rank-first`` would keep them."""
+    run = ctx.find_root().command.get_command(ctx, "run")
+    default = next((p.default for p in run.params if p.name == "rank_by"), None)
+    return default if default in labels else (labels[0] if labels else None)
 
 
 # -- bench report ---------------------------------------------------------------------------

@@ -141,7 +141,8 @@ def test_features_are_computed_once_and_shared_with_source_probabilities(registe
         assert set(r["estimates"]) == set(system.estimators.names())
         assert all(e["score"] is not None and e["seconds"] >= 0 for e in r["estimates"].values())
     table = rank_table(rows, ["logme", "leep"])
-    assert "tiny-src" in table and "logme (time)" in table and " s)" in table
+    assert "tiny-src" in table and "logme: rank, score (time)" in table and " s)" in table
+    assert "logme: higher score is better" in table and "consensus on " in table
 
 
 def test_leep_says_it_cannot_without_a_source_classifier(register_plugin):
@@ -219,3 +220,20 @@ def test_cli_run_rank_first_trains_only_the_top_k(register_plugin, tmp_path):
     assert rep.exit_code == 0 and "Ranking by knn before training" in rep.output
     assert "not trained (below top K)" in rep.output
     assert system is not None
+
+
+def test_rank_table_ranks_per_estimator_in_its_direction_and_agrees_in_a_consensus():
+    rows = [{"dataset": "d", "backbone": b, "weights": "w", "seed": 0, "feature_seconds": 0.1,
+             "estimates": {"up": {"score": u, "seconds": 0.01},
+                           "down": {"score": dn, "seconds": 0.01}}}
+            for b, u, dn in [("a", 1.0, 5.0), ("b", 3.0, 9.0), ("c", 2.0, 1.0)]]
+    table = rank_table(rows, ["up", "down"], sort_by="down",
+                       higher_is_better={"up": True, "down": False})
+    body = [ln.split()[1] for ln in table.splitlines()[2:5]]
+    assert body == ["c", "a", "b"]  # sorted by down's rank: lower score is better there
+    line_c = next(ln for ln in table.splitlines() if ln.startswith("d ") and " c " in ln)
+    assert "2: 2 (" in line_c and "1: 1 (" in line_c and "1.50" in line_c
+    assert "up: higher score is better; down: lower score is better" in table
+    # mean ranks: a (3 + 2) / 2 = 2.5, b (1 + 3) / 2 = 2, c (2 + 1) / 2 = 1.5
+    assert "consensus on d (mean rank over 2 estimator(s), 1 = best): c (w) 1.50 > b (w) " \
+           "2.00 > a (w) 2.50" in table

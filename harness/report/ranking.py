@@ -9,16 +9,41 @@ import numpy as np
 from ..run.rank import pair_scores
 
 
+def _ranks(rows: list[dict], est: str, higher: bool) -> dict:
+    """Rank (1 = best) of each row (by index) among the rows of its dataset and seed that
+    ``est`` scored, in the estimator's direction; ties share the better rank."""
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        s = (r.get("estimates", {}).get(est) or {}).get("score")
+        if not r.get("error") and s is not None:
+            groups.setdefault((r["dataset"], r["seed"]), []).append((s, i))
+    out = {}
+    for pairs in groups.values():
+        scores = sorted({s for s, _ in pairs}, reverse=higher)
+        for s, i in pairs:
+            out[i] = scores.index(s) + 1
+    return out
+
+
 def rank_table(rows: list[dict], estimators: list[str], sort_by: Optional[str] = None,
-               fmt: str = "simple") -> str:
-    """The table ``bench rank`` prints: per dataset, pairs best first by ``sort_by``; one
-    column per estimator with its score and the seconds it took, then the notes."""
+               fmt: str = "simple", higher_is_better: Optional[dict] = None) -> str:
+    """The table ``bench rank`` prints: per dataset, pairs best first by ``sort_by``; per
+    estimator the pair's rank among its dataset's pairs (1 = best, in that estimator's
+    direction), its score and the seconds it took; the mean rank over the estimators; then
+    each dataset's consensus order, which direction each estimator reads, and the notes.
+
+    Args:
+        higher_is_better: estimator label -> its direction (default: higher for all).
+    """
     from tabulate import tabulate
 
     sort_by = sort_by or (estimators[0] if estimators else None)
+    higher = {e: (higher_is_better or {}).get(e, True) for e in estimators}
+    ranks = {e: _ranks(rows, e, higher[e]) for e in estimators}
     notes: list[str] = []
 
-    def cell(est: Optional[dict]) -> str:
+    def cell(i: int, e: str) -> str:
+        est = rows[i].get("estimates", {}).get(e)
         if not est:
             return "-"
         if est.get("score") is None:
@@ -27,28 +52,57 @@ def rank_table(rows: list[dict], estimators: list[str], sort_by: Optional[str] =
                 notes.append(why)
             return f"n/a [{notes.index(why) + 1}]"
         flag = "" if est.get("converged", True) else " (not converged)"
-        return f"{est['score']:.4g} ({est['seconds']:.3g} s){flag}"
+        return f"{ranks[e][i]}: {est['score']:.4g} ({est['seconds']:.3g} s){flag}"
 
-    def key(r):
-        s = (r.get("estimates", {}).get(sort_by) or {}).get("score")
-        return (r["dataset"], s is None, -(s if s is not None else 0.0), r["backbone"], r["seed"])
+    def mean_rank(i: int) -> Optional[float]:
+        got = [ranks[e][i] for e in estimators if i in ranks[e]]
+        return sum(got) / len(got) if got else None
+
+    def key(i: int):
+        r = rows[i]
+        rk = ranks.get(sort_by, {}).get(i)
+        return (r["dataset"], r["seed"], rk is None, rk or 0, r["backbone"])
 
     headers = ["dataset", "backbone", "weights", "seed", "features s"] + \
-        [f"{e} (time)" for e in estimators]
+        [f"{e}: rank, score (time)" for e in estimators] + ["mean rank"]
     table = []
-    for r in sorted(rows, key=key):
+    for i in sorted(range(len(rows)), key=key):
+        r = rows[i]
         if r.get("error"):
             notes.append(r["error"])
             table.append([r["dataset"], r["backbone"], r.get("weights") or "-", r["seed"],
-                          f"failed [{len(notes)}]"] + ["-"] * len(estimators))
+                          f"failed [{len(notes)}]"] + ["-"] * (len(estimators) + 1))
             continue
+        m = mean_rank(i)
         table.append([r["dataset"], r["backbone"], r.get("weights_label") or r["weights"],
                       r["seed"], f"{r['feature_seconds']:.3g}"]
-                     + [cell(r["estimates"].get(e)) for e in estimators])
+                     + [cell(i, e) for e in estimators] + [f"{m:.2f}" if m else "-"])
     text = tabulate(table, headers=headers, tablefmt=fmt, disable_numparse=True)
+    text += "\n\nsorted by " + f"{sort_by}'s rank; " + "; ".join(
+        f"{e}: {'higher' if higher[e] else 'lower'} score is better" for e in estimators)
+    for line in consensus_lines(rows, estimators, ranks):
+        text += "\n" + line
     if notes:
         text += "\n\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1))
     return text
+
+
+def consensus_lines(rows: list[dict], estimators: list[str], ranks: dict) -> list[str]:
+    """Per dataset, the pairs by their mean rank over every estimator and seed that scored
+    them (a Borda count; 1 = best): the order the estimators agree on."""
+    per: dict = {}
+    for i, r in enumerate(rows):
+        label = f"{r['backbone']} ({r.get('weights_label') or r.get('weights')})"
+        for e in estimators:
+            if i in ranks[e]:
+                per.setdefault(r["dataset"], {}).setdefault(label, []).append(ranks[e][i])
+    out = []
+    for ds, pairs in sorted(per.items()):
+        order = sorted(pairs.items(), key=lambda kv: (sum(kv[1]) / len(kv[1]), kv[0]))
+        out.append(f"consensus on {ds} (mean rank over {len(estimators)} estimator(s), "
+                   "1 = best): " + " > ".join(f"{lbl} {sum(v) / len(v):.2f}"
+                                              for lbl, v in order))
+    return out
 
 
 def ranking_text(ranking: dict, records: list[dict], fmt: str = "simple") -> str:
