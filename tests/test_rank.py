@@ -174,7 +174,9 @@ def test_cli_rank_prints_scores_and_times(register_plugin, tmp_path):
                                    "--image-size", "16", "-e", "logme", "-e", "knn,k=3",
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "logme (time)" in res.output and "knn,k=3 (time)" in res.output
+    assert "logme: rank, score (time)" in res.output
+    assert "knn,k=3: rank, score (time)" in res.output
+    assert "sorted by logme's rank" in res.output  # --rank-by's default, not the first
     rows = json.loads(out.read_text())
     assert rows[0]["estimates"]["logme"]["converged"] is True
     bad = CliRunner().invoke(cli, ["rank", "-b", bb, "-d", "tiny_quadrants", "-e", "nope"])
