@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "timm", "numpy", "onnxruntime", "openvino", "mlflow", "sklearn", "executorch")
 PROBE = """
 import json, sys
-from harness.cli import main
+heavy = json.loads(sys.argv[2])
 sys.argv = ["bench"] + json.loads(sys.argv[1])
+from harness.cli import main
 try:
     main()
 except SystemExit:
     pass
-sys.stderr.write("HEAVY=" + json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)) + "\\n")
+sys.stderr.write("HEAVY=" + json.dumps(sorted(m for m in heavy if m in sys.modules)) + "\\n")
 """
 CASES = {
     "bench --help": ([ "--help"], {}),

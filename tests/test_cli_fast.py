@@ -51,7 +51,10 @@ def test_help_loads_no_heavy_library(args):
 
 
 @pytest.mark.parametrize("words,expect", [("bench ru", "run"), ("bench run --ep", "--epochs"),
-                                          ("bench base", "baseline")])
+                                          ("bench base", "baseline"),
+                                          ("bench run -b res", "resnet18"),
+                                          ("bench run --preset qu", "quickstart"),
+                                          ("bench report RUN --format ht", "html")])
 def test_completion_of_commands_and_options_loads_no_heavy_library(words, expect):
     env = {"_BENCH_COMPLETE": "bash_complete", "COMP_WORDS": words,
            "COMP_CWORD": str(len(words.split()) - 1)}

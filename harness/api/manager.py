@@ -303,6 +303,23 @@ class PluginSystem:
             raise AttributeError(kind)
         return self.registries[kind]
 
+    def quick_specs(self, kind: str) -> list:
+        """The specs of ``kind`` for shell completion, fast: the built registry where it is
+        built, else only ``kind``'s registration hooks (other kinds' hooks may import torch;
+        a hook that raises is skipped here and reported when the registries are built)."""
+        if self._registries is not None:
+            return list(self._registries[kind])
+        out = []
+        for impl in getattr(self.pm.hook, KINDS[kind].hook).get_hookimpls():
+            info = self._infos.get(impl.plugin_name)
+            if info is not None and info.error:
+                continue
+            try:
+                out.extend(s for s in impl.function() or [] if hasattr(s, "name"))
+            except Exception:  # completion never prints a traceback into the shell
+                continue
+        return sorted(out, key=lambda s: s.name)
+
     def default(self, kind: str, role: str = "default"):
         """The first registered spec of ``kind`` that declares ``role`` (``default=True``).
 

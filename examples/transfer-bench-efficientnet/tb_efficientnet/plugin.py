@@ -7,11 +7,16 @@ from harness import BackboneSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, h
 # plugin for `bench --help`, which must not pay for torch.
 
 
-@hookimpl
-def register_backbones():
+def build_lite0():
+    """A fresh EfficientNet-Lite0 (its module, and torch, imported on the first build)."""
     from .backbone import EfficientNetLite0
 
-    return [BackboneSpec("efficientnet_lite0", build=EfficientNetLite0, family="efficientnet",
+    return EfficientNetLite0()
+
+
+@hookimpl
+def register_backbones():
+    return [BackboneSpec("efficientnet_lite0", build=build_lite0, family="efficientnet",
                          device_class="mobile", default_weights="lite0-packaged",
                          description="EfficientNet-Lite0 (Tan & Le 2019; TF Lite variant)")]
 
