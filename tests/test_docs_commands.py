@@ -50,7 +50,13 @@ def bench_commands(path: Path) -> list[tuple[int, list[str]]]:
     """The argument lists after ``bench`` of every command in the page's code blocks;
     a trailing comment, redirection or pipe ends a command."""
     cmds = []
-    for n, line in code_lines(path.read_text()):
+    lines, joined = code_lines(path.read_text()), []
+    for n, line in lines:  # a trailing backslash continues the command on the next line
+        if joined and joined[-1][1].rstrip().endswith("\\"):
+            joined[-1] = (joined[-1][0], joined[-1][1].rstrip()[:-1] + " " + line.strip())
+        else:
+            joined.append((n, line))
+    for n, line in joined:
         s = line.strip()
         s = s[2:] if s.startswith("$ ") else s
         if not s.startswith("bench "):
