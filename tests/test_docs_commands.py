@@ -56,8 +56,14 @@ def bench_commands(path: Path) -> list[tuple[int, list[str]]]:
             joined[-1] = (joined[-1][0], joined[-1][1].rstrip()[:-1] + " " + line.strip())
         else:
             joined.append((n, line))
+    shell_vars: dict = {}  # NAME="..." lines of the page's blocks, expanded as a shell would
     for n, line in joined:
         s = line.strip()
+        m = re.match(r"^([A-Za-z_]\w*)=(.*)$", s)
+        if m:
+            shell_vars[m.group(1)] = " ".join(shlex.split(m.group(2)))
+            continue
+        s = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda v: shell_vars.get(v.group(1), v.group(0)), s)
         s = s[2:] if s.startswith("$ ") else s
         if not s.startswith("bench "):
             continue
