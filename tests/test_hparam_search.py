@@ -256,7 +256,9 @@ def test_halving_stops_the_hopeless_cell_and_records_its_partial_curve(
     assert bad["history"]["partial"] and len(bad["history"]["epochs"]) < 3
     assert bad["halving"]["curve"] == [e["val_metric"] for e in bad["history"]["epochs"]]
     assert "test_metrics" not in bad  # never scored
-    assert "stopped (halving)" in summary_table(list(recs.values()))
+    table = summary_table(list(recs.values()))
+    assert "stopped (halving)" in table
+    assert "halving: 1 of 2 cells stopped early" in table
 
 
 def test_halving_refuses_an_executor_that_runs_cells_elsewhere(plugin_system, tmp_path):

@@ -191,6 +191,19 @@ def tuning_note(records: list[dict]) -> str:
             f"and scored once on the test split (docs/tuning.md)")
 
 
+def halving_note(records: list[dict]) -> str:
+    """One line on a run halved over its cells (``--halving``), else ''."""
+    halved = [r for r in records if r.get("halving")]
+    if not halved:
+        return ""
+    h = halved[0]["halving"]
+    stopped = sum(r.get("status") == "stopped (halving)" for r in halved)
+    return (f"halving: {stopped} of {len(halved)} cells stopped early by successive halving "
+            f"(min_resource {h.get('min_resource')} epochs, reduction factor "
+            f"{h.get('reduction_factor')}; asynchronous, so judged against the cells before "
+            f"them); their partial curves are in their records (docs/tuning.md)")
+
+
 def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     cols = latency_columns(records)
     profiles = {c[1] for c in cols}
@@ -241,9 +254,10 @@ def table_notes(records: list[dict]) -> list[str]:
     """The lines under the cells table (text and HTML): the budget, the legend of noisy
     latency figures (:mod:`harness.report.noise`), what was not measured, metrics after
     conversion scored on a subset (:mod:`harness.report.scoring`)."""
-    bnote, nnote, tnote = budget_note(records), noise.legend(records), tuning_note(records)
+    bnote, nnote = budget_note(records), noise.legend(records)
+    tnotes = [n for n in (tuning_note(records), halving_note(records)) if n]
     fnote = any(flops_cell(r) != "-" for r in records)
-    return (([bnote] if bnote else []) + ([tnote] if tnote else [])
+    return (([bnote] if bnote else []) + tnotes
             + ([FLOPS_NOTE] if fnote else [])
             + ([nnote] if nnote else []) + unmeasured_notes(records) + subset_notes(records))
 
