@@ -165,8 +165,11 @@ def check_command(name: str, plugins: Any = None, args: Sequence[str] = ("--help
     from .api.manager import get_plugins
 
     what = f"command {name!r}"
+    from .cli import matrix_options
+
     plugins = plugins or get_plugins()
     group = click.Group("bench")
+    group.matrix_options = matrix_options  # what bench's own group hands register_commands
     plugins.add_commands(group)
     broken = [i.message for i in plugins.broken() if "register_commands" in (i.error or "")]
     _require(not broken, what, "; ".join(broken))
