@@ -98,8 +98,13 @@ def _tiny_system(register_plugin, with_head: bool):
     from harness.api.specs import WeightSourceSpec
 
     def load(spec, backbone, arg, context):
+        # a "pretrained" source must change the weights (the run's contract checks hold it
+        # to that): a fixed, seeded perturbation stands for loaded weights
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in backbone.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
         if with_head:
-            g = torch.Generator().manual_seed(0)
             backbone.source_classifier = SourceClassifier(
                 torch.randn(5, backbone.num_features, generator=g), torch.zeros(5), "five")
         return {"short": "tiny-src", "pretrained": True}
