@@ -44,7 +44,7 @@ from typing import Optional
 
 from harness import __version__, WeightSourceSpec, hookimpl
 from harness.api.errors import WeightsUnavailable
-from harness.api.files import atomic_path
+from harness.api.files import atomic_path, cache_dir as default_cache_dir
 
 #: bump when the pretraining recipe changes, so old cache entries are not reused
 RECIPE = 1
@@ -197,6 +197,68 @@ def cache_key(spec, backbone: "torch.nn.Module", dataset: str, data_params: dict
     return hashlib.sha256(text.encode()).hexdigest(), material
 
 
+def _entries(folder: Path, backbone: str, dataset: str):
+    """``(material, reached, complete)`` of the cache entries of ``backbone`` pretrained on
+    ``dataset`` under ``folder`` (``complete``: its weight and classifier files exist)."""
+    stem = f"{backbone}__{dataset}__".replace(":", "_")
+    for info in sorted(folder.glob(f"{stem}*.json")):
+        try:
+            entry = json.loads(info.read_text())
+            material, reached = entry["material"], entry["reached"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged entry is re-made when loaded; it tells nothing here
+        base = info.with_suffix("")
+        complete = (Path(f"{base}.safetensors").exists()
+                    and Path(f"{base}.head.safetensors").exists())
+        yield material, reached, complete
+
+
+def pretraining_time(arg: str | None, context: dict) -> dict:
+    """How long ``source:ARG`` pretrains for one cell (``context``: see
+    :class:`harness.WeightSourceSpec`), from the cache entries of earlier pretrainings here:
+    ``cached`` when an entry with every setting of this one (seed included) and today's
+    library versions exists; otherwise the per-epoch time of entries that differ only in
+    seed or epochs, times the epochs asked for (an upper bound: early stopping may end the
+    pretraining sooner); otherwise no figure (``seconds`` None). An entry whose initial
+    weights differ from this backbone's (another timm release) would be re-made: the plan's
+    "cached" assumes the same build, which the library versions in the key make likely."""
+    name, train, data = parse_source(arg)
+    train["image_size"] = int(train["image_size"] or context.get("image_size") or 64)
+    if train["seed"] is None:
+        train["seed"] = int(context.get("seed") or 0)
+    kind = str(context.get("device") or "cpu").split(":")[0]
+    amp = context.get("amp") or "off"
+    trained_on = ({"device": kind, "amp": amp} if kind != "cpu" or amp != "off" else None)
+    folder = Path(context.get("cache_dir") or default_cache_dir()) / "source-weights"
+    versions, arch = _versions(), context.get("backbone_arg")
+    loose = {k: v for k, v in train.items() if k not in ("seed", "epochs")}
+    per_epoch = []
+    for material, reached, complete in _entries(folder, context["backbone"], name):
+        if (material.get("recipe") != RECIPE or material.get("dataset_params") != data
+                or material.get("versions") != versions
+                or material.get("trained_on") != trained_on
+                or (arch and material.get("architecture") != arch)):
+            continue
+        theirs = material.get("train") or {}
+        if complete and theirs == train:
+            took = reached.get("source_train_seconds")
+            return {"cached": True, "seconds": 0.0,
+                    "basis": "cached here" + (f" (it took {took:.0f} s to make)" if took else "")}
+        if {k: v for k, v in theirs.items() if k not in ("seed", "epochs")} == loose:
+            runs = reached.get("source_epochs_run") or 0
+            if runs and reached.get("source_train_seconds"):
+                per_epoch.append(float(reached["source_train_seconds"]) / runs)
+    if not per_epoch:
+        return {"cached": False, "seconds": None,
+                "basis": "never pretrained with these settings here"}
+    import statistics
+    each = statistics.median(per_epoch)
+    return {"cached": False, "seconds": each * train["epochs"],
+            "basis": f"{train['epochs']} epochs at the {each:.0f} s per epoch measured in "
+                     f"{len(per_epoch)} earlier pretraining(s) here; early stopping may "
+                     f"end it sooner"}
+
+
 def _atomic_save(state: dict, path: Path) -> None:
     from safetensors.torch import save_file
     with atomic_path(path) as tmp:
@@ -230,6 +292,7 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
     history = History()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
+    ctx.epoch_hook = _time_left(train["epochs"], t0, progress, ds_spec.name)
     run_phase(model, Phase("source pretraining", [g.name for g in model.layer_groups()]),
               data.train, data.val, ctx, history)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -248,12 +311,27 @@ def _pretrain(plugins, ds_spec, backbone, train: dict, data_params: dict, cache_
             "source_curve": [round(e.val_metric, 4) for e in history.epochs]}
 
 
+def _time_left(epochs: int, t0: float, progress, name: str):
+    """An epoch hook that says, after each pretraining epoch, the time left at most (the
+    epochs left at the mean epoch time so far; early stopping may end it sooner)."""
+    from harness.run.timefmt import format_seconds
+    done = [0]
+
+    def hook(_rec) -> None:
+        done[0] += 1
+        left = epochs - done[0]
+        if left > 0:
+            each = (time.perf_counter() - t0) / done[0]
+            progress(f"source:{name} about {format_seconds(each * left)} left at most "
+                     f"({left} epoch(s) of up to {epochs}, {each:.0f} s each)")
+    return hook
+
+
 def load_source(spec, backbone, arg, context) -> dict:
     """Weight source ``source:DATASET[,k=v...]``: pretrained here on DATASET, cached on disk."""
     from harness.run.locks import cache_lock  # on use: importing the plugin stays cheap
     from harness.run.results import atomic_write_json
 
-    from harness.run.cell import cache_dir as default_cache_dir
 
     plugins = context.get("plugins")
     if plugins is None:
@@ -321,7 +399,7 @@ def load_source(spec, backbone, arg, context) -> dict:
 def register_weight_sources():
     return [WeightSourceSpec(
         "source", load=load_source, pretraining=source_pretraining,
-        shares_images=shares_images,
+        shares_images=shares_images, pretraining_time=pretraining_time,
         description="source:DATASET[,epochs=N,lr=..,image_size=..]: pretrain on a source "
                     "dataset here (cached by a hash of everything that determines it); "
                     "never on the target's own images unless on_target=allow")]

@@ -141,6 +141,35 @@ def test_source_pretrains_once_then_loads_from_cache(register_plugin, tmp_path):
     assert other["cache_key"] != first["cache_key"] and other["cached"] is False
 
 
+def test_source_pretraining_time_comes_from_what_was_measured_here(register_plugin, tmp_path):
+    """The plan's pretraining time (issue 25): unknown before anything was pretrained here,
+    "cached" for the same settings, and per-epoch time x epochs for another seed or epoch
+    count; another dataset, image size or learning rate tells nothing."""
+    from plugins.weights_source import pretraining_time
+    system = register_plugin(TinyPlugin(), name="tiny")
+    arg = "digits,epochs=2,batch_size=32,lr=0.01"
+    ctx = {"backbone": "tiny", "backbone_arg": None, "image_size": 16, "seed": 0,
+           "cache_dir": tmp_path, "device": "cpu", "amp": "off"}
+    before = pretraining_time(arg, ctx)
+    assert before["cached"] is False and before["seconds"] is None
+    assert "never pretrained" in before["basis"]
+
+    _, made = _load_source(system, arg, tmp_path)
+    each = made["source_train_seconds"] / made["source_epochs_run"]
+    same = pretraining_time(arg, ctx)
+    assert same["cached"] is True and same["seconds"] == 0.0 and "cached here" in same["basis"]
+    other_seed = pretraining_time(arg, {**ctx, "seed": 1})
+    assert other_seed["cached"] is False
+    assert other_seed["seconds"] == pytest.approx(2 * each)
+    longer = pretraining_time("digits,epochs=6,batch_size=32,lr=0.01", ctx)
+    assert longer["seconds"] == pytest.approx(6 * each) and "6 epochs" in longer["basis"]
+    for unlike_arg, unlike_ctx in (("digits,epochs=2,batch_size=32,lr=0.1", ctx),
+                                   (arg, {**ctx, "image_size": 32}),
+                                   (arg, {**ctx, "amp": "bf16"}),
+                                   ("fashion_mnist,epochs=2,batch_size=32,lr=0.01", ctx)):
+        assert pretraining_time(unlike_arg, unlike_ctx)["seconds"] is None, unlike_arg
+
+
 def test_source_cache_key_covers_what_determines_the_weights(register_plugin, tmp_path):
     from plugins.weights_source import cache_key, parse_source
     system = register_plugin(TinyPlugin(), name="tiny")

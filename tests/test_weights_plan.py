@@ -125,3 +125,33 @@ def test_yosinski_base_b_asks_for_its_selffer_control_and_base_a_need_not(plugin
     a, b = weights_plan(plugin_system, m)
     assert a.pretraining["dataset_params"]["classes"] == "0-4" and not a.pretraining["on_target"]
     assert b.pretraining["dataset_params"]["classes"] == "5-9" and b.pretraining["on_target"]
+
+
+def test_the_plan_times_each_pretraining_the_cells_need(plugin_system, tmp_path, monkeypatch):
+    """One pretraining per seed: the header counts them and says what it knows of their time
+    (here nothing was pretrained under this cache, so it says so and where the time shows)."""
+    monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path))
+    m = _matrix(plugin_system, seeds=3)
+    cells, _ = validate(plugin_system, m)
+    r18 = {p.backbone: p for p in weights_plan(plugin_system, m, cells)}["resnet18"]
+    assert r18.timing == {"runs": 3, "cached": 0, "seconds": None, "unknown": 3,
+                          "basis": "never pretrained with these settings here"}
+    line = r18.line()
+    assert "time: unknown: never pretrained" in line and "after its first epoch" in line
+    mb = {p.backbone: p for p in weights_plan(plugin_system, m, cells)}["mobilenetv2_100"]
+    assert mb.timing is None and "time:" not in mb.line()  # packaged weights train nothing
+
+
+def test_the_plan_line_adds_up_estimated_and_cached_pretrainings():
+    from harness.run.weights_plan import WeightsPlan
+    pre = {"dataset": "digits", "dataset_params": {}, "epochs": 5, "image_size": 32,
+           "on_target": False}
+    p = WeightsPlan("resnet18", "source:digits", "preset 'default'", True, pre,
+                    {"runs": 3, "cached": 1, "seconds": 90.0, "unknown": 0,
+                     "basis": "5 epochs at the 9 s per epoch measured in 1 earlier pretraining(s) here"})
+    assert ("time: about 1 min 30 s for 2 pretraining(s) (5 epochs at the 9 s per epoch"
+            in p.line()) and "1 of 3 cached here" in p.line()
+    done = WeightsPlan("resnet18", "source:digits", "user", True, pre,
+                       {"runs": 1, "cached": 1, "seconds": 0.0, "unknown": 0,
+                        "basis": "cached here (it took 28 s to make)"})
+    assert done.line().endswith("time: none, cached here (it took 28 s to make)")

@@ -63,4 +63,10 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+def cache_dir() -> Path:
+    """Dataset, weights and feature cache (``--cache-dir`` or ``TRANSFER_BENCH_CACHE``)."""
+    return Path(os.environ.get("TRANSFER_BENCH_CACHE",
+                               Path.home() / ".cache" / "transfer-bench")).expanduser()
+
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir"]

@@ -215,6 +215,16 @@ class WeightSourceSpec:
             dataset (named with its parameters), else None. ``bench run`` refuses such a
             cell before anything runs unless the weights string asks for it
             (``pretraining(arg)["on_target"]``): that is not transfer. Default ``None``.
+        pretraining_time: optional ``pretraining_time(arg, context) -> dict | None``,
+            cheap (no training, no model build): how long the pretraining ``pretraining(arg)``
+            announces will take here, from measurements only. ``context`` has ``backbone``
+            (the registered backbone name), ``backbone_arg`` (its argument or None),
+            ``image_size``, ``seed``, ``cache_dir`` (Path), ``device`` and ``amp`` of one
+            cell. Return ``{"cached": bool, "seconds": float | None, "basis": str}``:
+            ``cached`` when the weights are already on disk (nothing to train),
+            ``seconds`` the estimate or None when nothing measured here can tell, and
+            ``basis`` a few words on where the figure comes from. The run's plan prints
+            it per backbone. Default ``None`` (the plan says no estimate is available).
     """
 
     name: str
@@ -225,6 +235,7 @@ class WeightSourceSpec:
     check: Optional[Callable[[Optional[str]], None]] = None
     pretraining: Optional[Callable[[Optional[str]], Optional[dict]]] = None
     shares_images: Optional[Callable[[Optional[str], str, dict], Optional[str]]] = None
+    pretraining_time: Optional[Callable[[Optional[str], dict], Optional[dict]]] = None
 
     def __post_init__(self) -> None:
         _check_name("weight source", self.name)

@@ -18,6 +18,7 @@ from ..train.data import DataSplits, validate_splits
 from ..train.device import (backend_state, device_name, is_cuda_oom, release_cuda_memory,
                             visible_id, watch_nondeterminism)
 from ..api.errors import BenchError
+from ..api.files import cache_dir
 from ..measure.env import package_versions
 from ..measure.export import export_onnx
 from ..train.architecture import architecture_fingerprint
@@ -34,12 +35,6 @@ from .tuning import choose_setup
 from .hparam_search import STOPPED, Stopped, TuneSettings, search, split_params, without_test
 
 _DATA_CACHE: dict = {}
-
-
-def cache_dir() -> Path:
-    """Dataset, weights and feature cache (``--cache-dir`` or ``TRANSFER_BENCH_CACHE``)."""
-    return Path(os.environ.get("TRANSFER_BENCH_CACHE",
-                               Path.home() / ".cache" / "transfer-bench")).expanduser()
 
 
 def load_data(plugins: PluginSystem, cfg: CellConfig) -> DataSplits:

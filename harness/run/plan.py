@@ -20,6 +20,7 @@ from typing import Optional
 
 from ..api.manager import PluginSystem
 from .config import MatrixConfig
+from .timefmt import format_seconds
 from .weights_plan import plan_lines
 
 
@@ -93,16 +94,6 @@ def _product(axes: dict, seeds: list) -> int:
     return n
 
 
-def format_seconds(s: float) -> str:
-    """``42 s``, ``3 min 5 s``, ``1 h 2 min``."""
-    s = int(round(s))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {(s % 3600) // 60} min"
-
-
 def plan_run(plugins: PluginSystem, matrix: MatrixConfig, cells: list, notes: list,
              run_dir: Path, hardware_header: str, finished: int = 0,
              ranking: Optional[str] = None) -> Plan:
@@ -110,7 +101,7 @@ def plan_run(plugins: PluginSystem, matrix: MatrixConfig, cells: list, notes: li
     plan = Plan(name=matrix.name, run_dir=run_dir, cells=cells, finished=finished,
                 hardware=hardware_header, notes=list(notes), ranking=ranking)
     any_pretrained = any(plugins.strategies.get(c.strategy.name).cls.pretrained for c in cells)
-    plan.weights = plan_lines(plugins, matrix, any_pretrained)
+    plan.weights = plan_lines(plugins, matrix, any_pretrained, cells)
     if any_pretrained and any(not plugins.strategies.get(c.strategy.name).cls.pretrained
                               for c in cells):
         plan.weights.append("weights of the cells that do not transfer (scratch): random init")

@@ -20,6 +20,8 @@ from typing import Optional
 from ..api.errors import ConfigError
 from ..api.manager import PluginSystem
 from .config import MatrixConfig
+from ..api.files import cache_dir
+from .timefmt import format_seconds
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class WeightsPlan:
         pretraining: what loading them trains first (``WeightSourceSpec.pretraining``:
             ``dataset``, ``dataset_params``, ``epochs``, ``image_size``, ``on_target``),
             or None.
+        timing: the pretraining's time in this run when the source can tell
+            (``WeightSourceSpec.pretraining_time``), summed over the pretrainings the run's
+            cells need (one per seed, image size and device): ``runs``, ``cached`` (how
+            many are on disk already), ``seconds`` (the estimate of those that train,
+            None when some cannot be estimated), ``unknown`` (how many) and ``basis``.
     """
 
     backbone: str
@@ -43,10 +50,35 @@ class WeightsPlan:
     origin: str
     pretrained: bool
     pretraining: Optional[dict] = None
+    timing: Optional[dict] = None
 
     def as_dict(self) -> dict:
         return {"backbone": self.backbone, "weights": self.weights, "origin": self.origin,
-                "pretrained": self.pretrained, "pretraining": self.pretraining}
+                "pretrained": self.pretrained, "pretraining": self.pretraining,
+                "timing": self.timing}
+
+    def time_text(self) -> str:
+        """``time: about 1 min 30 s (...)``, ``time: none, cached here (...)``, or
+        ``time: unknown (...)``; empty without a pretraining."""
+        t = self.timing
+        if not self.pretraining:
+            return ""
+        if t is None:
+            return "time: no estimate (the weight source cannot tell)"
+        runs, todo = t["runs"], t["runs"] - t["cached"]
+        many = f" for {todo - t['unknown']} pretraining(s)" if runs > 1 else ""
+        if todo == 0:
+            return f"time: none, {t['basis']}"
+        parts = []
+        if t["seconds"] is not None:
+            parts.append(f"about {format_seconds(t['seconds'])}{many} ({t['basis']})")
+        if t["unknown"]:
+            parts.append(f"{'unknown' if not parts else str(t['unknown']) + ' unknown'}: "
+                         f"{t['basis'] if not parts else 'never timed here'}; its progress "
+                         f"line gives the time left after its first epoch")
+        if t["cached"]:
+            parts.append(f"{t['cached']} of {runs} cached here")
+        return "time: " + "; ".join(parts)
 
     def line(self) -> str:
         """``resnet18: source:digits,epochs=5 (preset 'default'); pretrains on digits...``"""
@@ -59,6 +91,7 @@ class WeightsPlan:
                      f"epochs{size} before its first pretrained cell (cached afterwards)")
             if p.get("on_target"):
                 text += "; on the target's own images, as asked (on_target): not transfer"
+            text += "; " + self.time_text()
         elif not self.pretrained:
             text += "; not pretrained"
         return text
@@ -73,11 +106,49 @@ def _origin(matrix: MatrixConfig, backbone: str) -> Optional[str]:
     return None
 
 
-def weights_plan(plugins: PluginSystem, matrix: MatrixConfig) -> list[WeightsPlan]:
+def _timing(plugins: PluginSystem, ws, arg, label: str, weights: str,
+            cells: Optional[list]) -> Optional[dict]:
+    """The pretraining time of ``label``'s ``weights`` over the distinct pretrainings the
+    pretrained ``cells`` need (see :attr:`WeightsPlan.timing`)."""
+    if ws.pretraining_time is None or cells is None:
+        return None
+    contexts = {}
+    for c in cells:
+        if (c.backbone.label() != label
+                or not plugins.strategies.get(c.strategy.name).cls.pretrained):
+            continue
+        spec, barg = plugins.backbones.resolve(c.backbone.name)
+        if (c.weights or spec.default_weights) != weights:
+            continue
+        ctx = {"backbone": spec.name, "backbone_arg": barg, "image_size": c.image_size,
+               "seed": c.seed, "device": c.train.get("device"), "amp": c.train.get("amp")}
+        contexts[tuple(sorted((k, str(v)) for k, v in ctx.items()))] = ctx
+    if not contexts:
+        return None
+    out = {"runs": len(contexts), "cached": 0, "seconds": 0.0, "unknown": 0, "basis": ""}
+    bases = []
+    for ctx in contexts.values():
+        got = ws.pretraining_time(arg, {**ctx, "cache_dir": cache_dir()}) or {}
+        if got.get("cached"):
+            out["cached"] += 1
+        elif got.get("seconds") is None:
+            out["unknown"] += 1
+        else:
+            out["seconds"] += float(got["seconds"])
+        bases.append(str(got.get("basis") or "no basis given"))
+    if out["unknown"] == out["runs"] - out["cached"]:
+        out["seconds"] = None
+    out["basis"] = "; ".join(dict.fromkeys(bases))
+    return out
+
+
+def weights_plan(plugins: PluginSystem, matrix: MatrixConfig,
+                 cells: Optional[list] = None) -> list[WeightsPlan]:
     """Per backbone of ``matrix`` (and per item of its weights axis), the weights its
-    pretrained cells load, their origin and the pretraining they imply. Cells of
-    strategies that do not transfer (``scratch``) start from random weights whatever this
-    says.
+    pretrained cells load, their origin and the pretraining they imply, with its time
+    where the source can estimate it from what was measured here (given the run's
+    ``cells``: :class:`harness.run.config.CellConfig`). Cells of strategies that do not
+    transfer (``scratch``) start from random weights whatever this says.
 
     Raises:
         harness.api.errors.UnknownName: a weight source nobody registered.
@@ -95,17 +166,20 @@ def weights_plan(plugins: PluginSystem, matrix: MatrixConfig) -> list[WeightsPla
                 weights, where = plugins.default("weights").name, "none: random init"
             ws, arg = plugins.weights.resolve(weights)
             pre = ws.pretraining(arg) if ws.pretraining is not None else None
+            timing = _timing(plugins, ws, arg, item.label(), weights, cells) if pre else None
             out.append(WeightsPlan(item.label(), weights, where or "backbone default",
-                                   ws.pretrained, pre))
+                                   ws.pretrained, pre, timing))
     return out
 
 
-def plan_lines(plugins: PluginSystem, matrix: MatrixConfig, any_pretrained: bool) -> list[str]:
-    """The header's lines on weights: one per backbone (and weights axis item)."""
+def plan_lines(plugins: PluginSystem, matrix: MatrixConfig, any_pretrained: bool,
+               cells: Optional[list] = None) -> list[str]:
+    """The header's lines on weights: one per backbone (and weights axis item), with the
+    time of each pretraining the run's ``cells`` need."""
     if not any_pretrained:
         return ["weights: random init for every cell (no strategy of the matrix starts from "
                 "pretrained weights)"]
-    return ["weights " + p.line() for p in weights_plan(plugins, matrix)]
+    return ["weights " + p.line() for p in weights_plan(plugins, matrix, cells)]
 
 
 def refuse_target_pretraining(plugins: PluginSystem, matrix: MatrixConfig, cells: list) -> None:
