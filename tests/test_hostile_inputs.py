@@ -146,6 +146,26 @@ def test_non_finite_annotation_is_refused_with_file_and_line(tmp_path, task, hea
         load_imagefolder(task, 16, 0, tmp_path / "c", root=str(root))
 
 
+def test_annotations_naming_files_outside_the_folder_are_refused(tmp_path):
+    """A CSV row ``../x.png`` (or an ``annotations=`` path) may not reach out of the dataset
+    folder: the row is named with its line, and nothing outside is read as data."""
+    from harness.api.errors import DataUnavailable
+    from harness.train.data import BadData
+    from plugins.datasets.imagefolder import load_imagefolder
+
+    root = _folder(tmp_path)
+    (tmp_path / "secret.png").write_bytes((root / "cats" / "0.png").read_bytes())
+    rows = [f"{c}/{i}.png,1,1,5,5" for c in ("cats", "dogs") for i in range(5)]
+    (root / "boxes.csv").write_text("file,xmin,ymin,xmax,ymax\n" + rows[0]
+                                    + "\n../secret.png,1,1,5,5\n" + "\n".join(rows[1:]) + "\n")
+    with pytest.raises(BadData, match=r"boxes.csv line 3: image '../secret.png' is outside"):
+        load_imagefolder("localization", 16, 0, tmp_path / "c", root=str(root))
+    (tmp_path / "outside.csv").write_text("file,xmin,ymin,xmax,ymax\n" + "\n".join(rows))
+    with pytest.raises(DataUnavailable, match="outside the dataset folder"):
+        load_imagefolder("localization", 16, 0, tmp_path / "c", root=str(root),
+                         annotations="../outside.csv")
+
+
 def test_pose_targets_with_nan_anywhere_are_refused_by_the_task():
     from plugins.tasks.pose import Pose
 

@@ -75,6 +75,10 @@ def read_csv(path: Path, root: Path, task: str) -> tuple[dict, list[str], dict]:
         out, lines, problems = {}, {}, []
         for n, row in enumerate(reader, 2):
             img = (root / (row["file"] or "")).resolve()
+            if not img.is_relative_to(root):
+                problems.append(f"{path.name} line {n}: image {row['file']!r} is outside the "
+                                f"dataset folder {root}; name files relative to it, inside it")
+                continue
             if not img.is_file():
                 problems.append(f"{path.name} line {n}: image {row['file']!r} does not exist "
                                 f"(looked for {img})")
@@ -144,7 +148,10 @@ def load_imagefolder(task: str, image_size: int, seed: int, cache_dir: Path,
     y: torch.Tensor = torch.tensor(labels)
     kps: list[str] = []
     if task in DEFAULT_CSV:
-        csv_path = rootp / (annotations or DEFAULT_CSV[task])
+        csv_path = (rootp / (annotations or DEFAULT_CSV[task])).resolve()
+        if not csv_path.is_relative_to(rootp):
+            raise DataUnavailable(f"annotations={annotations!r} is outside the dataset folder "
+                                  f"{rootp}: put the CSV inside it and name it relative to it")
         if not csv_path.is_file():
             raise DataUnavailable(f"{task} on imagefolder needs {csv_path} (see "
                                   f"'bench list datasets' and the README for its columns)")
