@@ -95,10 +95,11 @@ def test_html_is_self_contained_with_its_plots_as_pngs(run_dir, tmp_path):
     assert "window.vegaEmbed=" in html  # the libraries are in the page
     specs = json.loads(re.search(r"<script type='application/json' id='tb-specs'>(.*?)</script>",
                                  html, re.S).group(1))
-    assert len(specs) == 3 and all(s["$schema"].endswith("vega-lite/v6.json")
+    assert len(specs) == 4 and all(s["$schema"].endswith("vega-lite/v6.json")
                                    for s in specs.values())
     pngs = {p.name: p.read_bytes() for p in (tmp_path / "rep").glob("*.png")}
-    assert set(pngs) == {"pareto-mobile.png", "learning-curves.png", "transfer-benefits.png"}
+    assert set(pngs) == {"pareto-mobile.png", "latency-mobile.png", "learning-curves.png",
+                         "transfer-benefits.png"}
     assert all(b.startswith(PNG_MAGIC) and len(b) > 10_000 for b in pngs.values())
     assert "Recommendation" in html and "±" in html
 

@@ -4,12 +4,18 @@ The page works offline: Vega, Vega-Lite and vega-embed are embedded in it, taken
 ``vl-convert-python`` package (the Vega project's own converter, which ships these
 libraries; :func:`vega_bundle`). Each plot is a Vega-Lite specification, also written as a
 PNG beside the HTML (rendered by the same package), so the page and the images agree.
+In every plot a runtime has one colour and a precision one marker, with legends
+(:mod:`harness.report.html_views`), so neither needs a hover (issue 30).
 
 - metric against p50 latency for every profile: hover a point for its backbone, strategy,
   weights, runtime, precision, metric with its 95% interval over seeds and p50/p90; the
   Pareto front of each device class is a step line, the recommended picks are ringed.
   Points carry no text labels, so nothing overlaps: the legends (click one to highlight a
-  backbone) and the tooltips name them. Drag to pan, scroll to zoom.
+  runtime or a precision), the menus (highlight a backbone or a strategy) and the tooltips
+  name them. Drag to pan, scroll to zoom.
+- latency per backbone and runtime, per profile (:func:`html_views.latency_spec`);
+- the accuracy a lower precision keeps against fp32 on the same test images
+  (:func:`html_views.accuracy_drop_spec`);
 - learning curves, one panel per cell (train and validation metric per epoch);
 - the three benefits of transfer per strategy, against the scratch cell of the same
   backbone, dataset, task and seed (Torrey & Shavlik, "Transfer Learning", Handbook of
@@ -17,8 +23,10 @@ PNG beside the HTML (rendered by the same package), so the page and the images a
   asymptote; see :mod:`harness.benefits`).
 
 Tables: the recommendation per profile with its Pareto front, the cells (sortable by a
-click on a column header, filtered by the text box), the repeats over seeds and the run's
-environment.
+click on a column header, filtered by the text box; training details and the other
+profiles' latency columns behind switches, so it fits a 1280 px page), the repeats over
+seeds and the run's environment (a summary, :mod:`harness.report.env_summary`, then every
+setting in a collapsed block).
 """
 from __future__ import annotations
 
@@ -31,11 +39,13 @@ from typing import Optional
 
 from . import noise
 from .benefits import learning_curve, transfer_benefits
+from .env_summary import environment_summary
+from .html_views import (VEGA_LITE_SCHEMA, accuracy_drop_spec, accuracy_drop_unavailable,
+                         latency_spec, measured_rows, precision_shape, runtime_colour)
 from .recommend import DEVICE_CLASSES, Candidate, candidates, recommend
-from .table import flatten, has_repeats, repeat_rows, summary_rows, table_notes
+from .table import (flatten, has_repeats, latency_columns, repeat_rows, summary_rows,
+                    table_notes)
 
-VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
-"""Names the specification's version (vega-embed reads it); nothing is fetched from it."""
 
 _CLASS_DASH = {"mobile": [1, 0], "server": [6, 3]}
 
@@ -121,13 +131,25 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
          "title": f"p50 latency, ms ({profile} profile{', log scale' if log else ''})"}
     y = {"field": "metric", "type": "quantitative", "scale": {"zero": False},
          "title": f"test {metric}"}
-    highlight = {"name": "backbone_pick", "select": {"type": "point", "fields": ["backbone"]},
-                 "bind": "legend"}
+    # runtime and precision are seen at a glance (colour and marker, with legends: issue 30);
+    # a backbone or a strategy is highlighted from the menus under the plot or the legend
+    params = [{"name": "runtime_pick", "select": {"type": "point", "fields": ["runtime"]},
+               "bind": "legend"},
+              {"name": "precision_pick", "select": {"type": "point", "fields": ["precision"]},
+               "bind": "legend"}]
+    for field in ("backbone", "strategy"):
+        names = sorted({str(p[field]) for p in points})
+        if len(names) > 1:
+            params.append({"name": f"{field}_pick",
+                           "select": {"type": "point", "fields": [field]},
+                           "bind": {"input": "select", "options": [None] + names,
+                                    "labels": ["all"] + names, "name": f"highlight {field} "}})
+    shown = {"and": [{"param": p["name"]} for p in params]}
     layers = [
         {"data": {"values": [p for p in points if p["metric_low"] is not None]},
          "mark": {"type": "rule", "opacity": 0.5},
          "encoding": {"x": x, "y": {**y, "field": "metric_low"}, "y2": {"field": "metric_high"},
-                      "color": {"field": "backbone", "type": "nominal"}}},
+                      "color": runtime_colour(records)}},
         {"data": {"values": front_rows},
          "mark": {"type": "line", "interpolate": "step-after", "color": "#555"},
          "encoding": {"x": x, "y": y, "order": {"field": "order"},
@@ -142,14 +164,12 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
                   "color": "#d62728", "strokeWidth": 2},
          "encoding": {"x": x, "y": y, "tooltip": _tooltip(metric)}},
         {"data": {"values": points},
-         "params": [highlight, {"name": "zoom", "select": "interval", "bind": "scales"}],
+         "params": params + [{"name": "zoom", "select": "interval", "bind": "scales"}],
          "mark": {"type": "point", "filled": True, "size": 90, "stroke": "black",
                   "strokeWidth": 0.5},
          "encoding": {"x": x, "y": y,
-                      "color": {"field": "backbone", "type": "nominal"},
-                      "shape": {"field": "strategy", "type": "nominal"},
-                      "opacity": {"condition": {"param": "backbone_pick", "value": 0.9},
-                                  "value": 0.15},
+                      "color": runtime_colour(records), "shape": precision_shape(records),
+                      "opacity": {"condition": {"test": shown, "value": 0.9}, "value": 0.12},
                       "tooltip": _tooltip(metric)}},
         # a noisy latency (harness.report.noise) reads "~" beside its point, as in the tables
         {"data": {"values": [p for p in points if p["noisy"]]},
@@ -165,7 +185,8 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
                        "encoding": {"x": {"field": "budget", "type": "quantitative"}}})
     title = f"{metric} vs p50 latency, profile {profile}"
     return {"$schema": VEGA_LITE_SCHEMA, "width": 640, "height": 380,
-            "title": {"text": title, "subtitle": "red rings: recommended; lines: Pareto "
+            "title": {"text": title, "subtitle": "colour: runtime; marker: precision; red "
+                                                 "rings: recommended; lines: Pareto "
                                                  "front per device class; "
                                                  + (f"{noise.MARK}: noisy latency; "
                                                     if any(p["noisy"] for p in points) else "")
@@ -268,6 +289,13 @@ def figures(records: list[dict], budget_ms: Optional[float] = None) -> dict:
     for p in dict.fromkeys(c.profile for c in candidates(records)):
         out[f"pareto-{p}.png"] = (f"Accuracy vs latency, profile {p}",
                                   pareto_spec(records, p, budget_ms))
+    for p in dict.fromkeys(lat.get("profile") for _, lat in measured_rows(records)):
+        spec = latency_spec(records, p)
+        if spec is not None:
+            out[f"latency-{p}.png"] = (f"Latency per backbone and runtime, profile {p}", spec)
+    drop = accuracy_drop_spec(records)
+    if drop is not None:
+        out["accuracy-drop.png"] = ("Accuracy drop of lower precisions (int8...) vs fp32", drop)
     for name, title, spec in (("learning-curves.png", "Learning curves per cell",
                                curves_spec(records)),
                               ("transfer-benefits.png", "Benefits of transfer per strategy",
@@ -278,13 +306,35 @@ def figures(records: list[dict], budget_ms: Optional[float] = None) -> dict:
 
 
 # -- tables -----------------------------------------------------------------------------------
-def _table_html(headers: list, rows: list, cls: str = "", row_cls=None) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+def _table_html(headers: list, rows: list, cls: str = "", row_cls=None,
+                col_cls: Optional[list] = None) -> str:
+    """A table; ``col_cls[j]`` is the class of column ``j``'s header and cells."""
+    col_cls = col_cls or [""] * len(headers)
+    head = "".join(f"<th{_attr('class', c)}>{html.escape(str(h))}</th>"
+                   for h, c in zip(headers, col_cls))
     body = "".join(
         f"<tr{_attr('class', row_cls(i) if row_cls else '')}>"
-        + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
+        + "".join(f"<td{_attr('class', c)}>{html.escape(str(v))}</td>"
+                  for v, c in zip(r, col_cls)) + "</tr>"
         for i, r in enumerate(rows))
     return f"<table{_attr('class', cls)}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+#: cells-table columns hidden until "show every column" is ticked: the training details
+#: (the table must fit a 1280 px wide page: issue 30); the record has them all
+DETAIL_COLUMNS = ("class", "tuned", "epochs / steps", "train FLOPs", "train s", "trained on",
+                  "params M", "trained M")
+
+
+def detail_columns(headers: list, rows: list) -> list[str]:
+    """The headers of the cells table hidden by default: :data:`DETAIL_COLUMNS`, and the
+    metric's name where every cell has the same (the "test" header says it then)."""
+    hidden = [h for h in headers if h in DETAIL_COLUMNS]
+    if "metric" in headers:
+        j = headers.index("metric")
+        if len({r[j] for r in rows}) <= 1:
+            hidden.append("metric")
+    return hidden
 
 
 def _attr(name: str, value: str) -> str:
@@ -321,7 +371,9 @@ def recommendation_html(records: list[dict], budget_ms: Optional[float]) -> str:
                                      (f"latency noisy: {c.noisy[0]}" if c.noisy else "")])
                 marks.append("pick" if c == r.pick else "")
         parts.append(f"<h3>Profile {html.escape(profile)}</h3>"
-                     + _table_html(headers, rows, "recommendation", lambda i: marks[i]))
+                     + "<div class='table-wrap'>"
+                     + _table_html(headers, rows, "recommendation", lambda i: marks[i])
+                     + "</div>")
     if any(c.noisy for r in recs for c in r.front):
         parts.append(f"<p>{noise.MARK} before a latency: noisy, it failed the stability "
                      f"criterion even after re-measuring (the legend under the cells table "
@@ -334,6 +386,19 @@ def _settings(d: dict) -> list[tuple[str, str]]:
             for k, v in flatten(d or {}).items()]
 
 
+def environment_html(env: dict, records: list[dict]) -> str:
+    """The environment section: a short summary first (:mod:`harness.report.env_summary`),
+    then every recorded setting (allocator internals, argv...) in a collapsed block."""
+    summary = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                      for k, v in environment_summary(env, records))
+    return ("<h2 id='environment'>Environment</h2>"
+            f"<dl class='env-summary'>{summary}</dl>"
+            "<details class='env-details'><summary>Every recorded setting of "
+            "<code>environment.json</code> (allocator, argv, load figures...)</summary>"
+            "<div class='table-wrap'>"
+            + _table_html(["setting", "value"], _settings(env), "env") + "</div></details>")
+
+
 _CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--head:#f6f8fa;--pick:#fff4d6}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);margin:0 auto;
@@ -341,17 +406,30 @@ max-width:1500px;padding:1.5em 2em;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:0.2em}h2{margin-top:1.8em;border-bottom:1px solid var(--line);
 padding-bottom:0.2em}h3{margin:1.2em 0 0.3em}.muted{color:var(--muted)}
 nav a{margin-right:1em}
-.table-wrap{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid var(--line)}
-table{border-collapse:collapse;font-size:13px;margin:0.5em 0}
-td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-th{background:var(--head)}.table-wrap th{position:sticky;top:0}
-table.sortable th{cursor:pointer;user-select:none;white-space:nowrap}
+.table-wrap{overflow:auto;max-width:100%;max-height:70vh;border:1px solid var(--line)}
+table{border-collapse:collapse;font-size:13px;margin:0}
+td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top;
+overflow-wrap:break-word}
+th{background:var(--head)}.table-wrap th{position:sticky;top:0;z-index:1}
+.table-wrap td:first-child,.table-wrap th:first-child{position:sticky;left:0;z-index:1;
+background:#fff;box-shadow:1px 0 0 var(--line)}
+.table-wrap th:first-child{z-index:2;background:var(--head)}
+.table-wrap tr.pick td:first-child{background:var(--pick)}
+.table-wrap tbody tr:hover td:first-child{background:#eef4ff}
+table.cells td,table.cells th{min-width:3.5em}
+table.compact .extra,table.cells .off-profile{display:none}
+table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tr.pick td{background:var(--pick);font-weight:600}tr.none td{color:#b35900}
 tbody tr:hover td{background:#eef4ff}
 .plot{margin:0.8em 0 1.6em}input.filter{font-size:14px;padding:4px 8px;width:22em}
 .env td:first-child{font-family:ui-monospace,monospace;white-space:nowrap}
+.env td{overflow-wrap:anywhere}
+dl.env-summary{display:grid;grid-template-columns:max-content 1fr;gap:0.25em 1.2em;margin:0.6em 0}
+dl.env-summary dt{font-weight:600}dl.env-summary dd{margin:0}
+details.env-details{margin:1em 0}details.env-details summary{cursor:pointer}
+.vega-bindings{font-size:13px;margin:0.3em 0}.vega-bind{display:inline-block;margin-right:1.2em}
 """
 
 _SCRIPT = """
@@ -381,6 +459,17 @@ for (const table of document.querySelectorAll('table.sortable')) {
     });
     rows.forEach(r => body.appendChild(r));
   }));
+}
+for (const box of document.querySelectorAll('input.columns-toggle')) {
+  const table = document.getElementById(box.dataset.table);
+  box.addEventListener('change', () => table.classList.toggle('compact', !box.checked));
+}
+for (const pick of document.querySelectorAll('select.profile-pick')) {
+  const table = document.getElementById(pick.dataset.table);
+  pick.addEventListener('change', () => {
+    for (const c of table.querySelectorAll('[class*="prof-"]'))
+      c.classList.toggle('off-profile', pick.value !== '' && !c.classList.contains('prof-' + pick.value));
+  });
 }
 for (const input of document.querySelectorAll('input.filter')) {
   const table = document.getElementById(input.dataset.table);
@@ -443,8 +532,7 @@ def write_html(store, out: Optional[Path] = None, budget_ms: Optional[float] = N
              recommendation_html(records, budget_ms), "<h2 id='plots'>Plots</h2>"]
     specs = _plots(records, budget_ms, html_path.parent, parts)
     parts += _cells_section(records)
-    parts.append("<h2 id='environment'>Environment</h2>"
-                 + _table_html(["setting", "value"], _settings(env), "env"))
+    parts.append(environment_html(env, records))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
            f"<title>transfer-bench {name}</title><style>{_CSS}</style></head><body>"
@@ -464,11 +552,17 @@ def _plots(records: list, budget_ms: Optional[float], folder: Path, parts: list)
     from ..api.files import atomic_write_bytes
 
     specs = {}
-    for i, (png_name, (title, spec)) in enumerate(figures(records, budget_ms).items()):
+    figs = figures(records, budget_ms)
+    for i, (png_name, (title, spec)) in enumerate(figs.items()):
         atomic_write_bytes(folder / png_name, vl_convert.vegalite_to_png(spec, scale=2))
         specs[f"plot-{i}"] = spec
+        view = png_name.rsplit(".", 1)[0]
         parts.append(f"<h3>{html.escape(title)}</h3><div class='plot' id='plot-{i}' "
-                     f"role='img' aria-label='{html.escape(title)}'></div>")
+                     f"data-view='{html.escape(view)}' role='img' "
+                     f"aria-label='{html.escape(title)}'></div>")
+    if "accuracy-drop.png" not in figs:
+        parts.append(f"<p class='muted' id='no-accuracy-drop'>"
+                     f"{html.escape(accuracy_drop_unavailable(records))}</p>")
     return specs
 
 
@@ -476,13 +570,39 @@ def _cells_section(records: list) -> list:
     """The filterable, sortable cells table, the notes on what was not measured, and the
     repeats table where seeds repeat."""
     headers, rows = summary_rows(records)
+    hidden = detail_columns(headers, rows)
+    col_cls = ["extra" if h in hidden else "" for h in headers]
+    # the latency columns sit before "status", in latency_columns' order; with several
+    # profiles one profile's columns show at a time (a menu picks it)
+    lat_cols = latency_columns(records)
+    profiles = list(dict.fromkeys(prof for _, prof, _ in lat_cols))
+    first = len(headers) - 1 - len(lat_cols)
+    if len(profiles) > 1:
+        for j, (_, prof, _) in enumerate(lat_cols):
+            i = profiles.index(prof)
+            col_cls[first + j] = f"prof-{i}" + (" off-profile" if i else "")
+    pick = ("<label class='muted'>latency columns of the profile <select class='profile-pick' "
+            "data-table='cells-table'>"
+            + "".join(f"<option value='{i}'>{html.escape(str(p))}</option>"
+                      for i, p in enumerate(profiles))
+            + "<option value=''>every profile</option></select></label>"
+            if len(profiles) > 1 else "")
+    metric = next((r[headers.index("metric")] for r in rows), "") if "metric" in hidden else ""
+    toggle = (f" <label class='muted'><input type='checkbox' class='columns-toggle' "
+              f"data-table='cells-table'> show every column ({len(hidden)} more: "
+              f"{html.escape(', '.join(hidden))})</label>" if hidden else "")
     parts = [
         "<h2 id='cells'>Cells</h2><p><input class='filter' type='search' data-table='cells-table'"
         " placeholder='filter: words that every shown row contains' aria-label='filter cells'> "
         f"<span id='cells-table-count' class='muted'>{len(rows)} of {len(rows)} rows</span>"
-        " <span class='muted'>&middot; click a column header to sort</span></p>"
-        "<div class='table-wrap'>"
-        + _table_html(headers, rows, "sortable").replace("<table", "<table id='cells-table'", 1)
+        " <span class='muted'>&middot; click a column header to sort</span></p><p>" + pick
+        + toggle + "</p>"
+        + (f"<p class='muted'>test: the test {html.escape(str(metric))} of each cell's fp32 "
+           f"model; latency columns: p50 / p90 ms (a lower precision's metric after "
+           f"conversion in brackets).</p>" if metric else "")
+        + "<div class='table-wrap' id='cells-wrap'>"
+        + _table_html(headers, rows, "sortable cells compact", col_cls=col_cls).replace(
+            "<table", "<table id='cells-table'", 1)
         + "</div>"]
     notes = table_notes(records)
     if notes:
