@@ -202,9 +202,10 @@ def _run(plugin_system, tmp_path, monkeypatch, strategies, **tune):
     from harness.run.runner import run_matrix
     from harness.testkit import TestkitPlugin
     monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path / "cache"))
-    plugin_system.register(TestkitPlugin(), name="testkit", origin="test")
-    plugin_system.register(_SpyPlugin(), name="spy", origin="test")
-    plugin_system.rebuild()
+    if "testkit" not in plugin_system.infos:  # (a test may run twice)
+        plugin_system.register(TestkitPlugin(), name="testkit", origin="test")
+        plugin_system.register(_SpyPlugin(), name="spy", origin="test")
+        plugin_system.rebuild()
     m = MatrixConfig(backbones=["testkit_tiny"], strategies=strategies,
                      datasets=["testkit_quadrants,n_train=64"], image_size=16, name="t",
                      train=TrainSettings(epochs=3, batch_size=32, device="cpu", lr=1e-6),
@@ -267,3 +268,94 @@ def test_halving_refuses_an_executor_that_runs_cells_elsewhere(plugin_system, tm
                      tune={"halving": True})
     with pytest.raises(ConfigError, match="--halving runs.*executor inprocess"):
         run_matrix(plugin_system, m, tmp_path, executor="processes")
+
+
+def test_an_interrupted_halving_run_continues_where_it_stopped(
+        plugin_system, tmp_path, monkeypatch):
+    """Ctrl-C after the first epoch of the third cell, then the same command again: the finished
+    and the stopped cells keep their records and are not trained again, the study on disk
+    keeps their decisions, and the interrupted cell takes up its own trial."""
+    from harness.run import cell
+    from harness.run.runner import HALVING_JOURNAL
+    strategies = ["finetune,lr=0.03", "finetune,lr=1e-07", "finetune,lr=0.01"]
+    fits, interrupt = [], [True]
+    real_fit, real_report = cell._checked_fit, cell._report_to_halving
+
+    def counted_fit(plugins, cfg, *args, **kwargs):
+        fits.append(cfg.to_dict()["strategy"])
+        return real_fit(plugins, cfg, *args, **kwargs)
+
+    def interrupting(halving, cfg, task, ctx, rec):
+        finish = real_report(halving, cfg, task, ctx, rec)
+        if interrupt[0] and cfg.to_dict()["strategy"] == strategies[2]:
+            hook = ctx.epoch_hook
+
+            def ctrl_c_after_two_epochs(r):
+                hook(r)
+                if len(rec["halving"]["curve"]) == 1:  # (min_resource 2: not judged yet)
+                    raise KeyboardInterrupt
+            ctx.epoch_hook = ctrl_c_after_two_epochs
+        return finish
+
+    monkeypatch.setattr(cell, "_checked_fit", counted_fit)
+    monkeypatch.setattr(cell, "_report_to_halving", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _run(plugin_system, tmp_path, monkeypatch, strategies, halving=True,
+             min_resource=2, reduction_factor=2)
+    assert fits == strategies
+    run_dir = next((tmp_path / "runs").iterdir())
+    before = {json.loads(p.read_text())["config"]["strategy"]: json.loads(p.read_text())
+              for p in (run_dir / "cells").glob("*.json")}
+    assert before[strategies[0]]["status"] == "ok"
+    assert before[strategies[1]]["status"] == "stopped (halving)"
+    assert before[strategies[2]]["status"] != "ok"
+
+    optuna = hparam_search.require_optuna()
+    (summary,) = optuna.study.get_all_study_summaries(
+        hparam_search.journal_storage(optuna, run_dir / HALVING_JOURNAL))
+    study = optuna.load_study(study_name=summary.study_name, storage=hparam_search
+                              .journal_storage(optuna, run_dir / HALVING_JOURNAL))
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "PRUNED", "RUNNING"]
+
+    interrupt[0], fits[:] = False, []
+    recs = _run(plugin_system, tmp_path, monkeypatch, strategies, halving=True,
+                min_resource=2, reduction_factor=2)
+    assert fits == [strategies[2]]  # only the interrupted cell trained again
+    for s in strategies[:2]:  # the others keep their records, unchanged
+        assert recs[s] == before[s]
+    third = recs[strategies[2]]
+    assert third["status"] == "ok", third.get("error")
+    assert "earlier run of this folder stopped in the middle" in third["halving"]["resumed"]
+    study = optuna.load_study(study_name=summary.study_name, storage=hparam_search
+                              .journal_storage(optuna, run_dir / HALVING_JOURNAL))
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]  # no new trial
+    assert [t.user_attrs["cell"] for t in trials] == [before[s]["key"] for s in strategies]
+    # the stopped cell's curve in the study is the one its record shows
+    assert list(trials[1].intermediate_values.values()) == \
+        before[strategies[1]]["halving"]["curve"]
+
+
+def test_a_cell_stopped_before_its_record_was_saved_stays_stopped(tmp_path):
+    """The study on disk says a cell was stopped, its record was lost (a crash in
+    between): the rerun stops it again at once, with the curve the study kept."""
+    settings = TuneSettings(halving=True, min_resource=1, reduction_factor=2)
+    journal = tmp_path / "halving.journal"
+    first = CellHalving(settings, storage=journal)
+    for key, curve in (("best", CURVES["best"]), ("worse", CURVES["worse"])):
+        report, finish = first.start(("d", "t", 0), True, key=key)
+        try:
+            for i, v in enumerate(curve):
+                report(v, {"epoch": i, "val_metric": v})
+            finish(max(curve))
+        except Stopped:
+            finish(None)
+    again = CellHalving(settings, storage=journal)
+    with pytest.raises(Stopped, match="stopped by successive halving after epoch 1") as exc:
+        again.start(("d", "t", 0), True, key="worse")
+    assert exc.value.epochs == [{"epoch": 0, "val_metric": CURVES["worse"][0]}]
+    trial = again.start(("d", "t", 0), True, key="best")  # finished: not judged again
+    assert "let this cell finish" in trial.resumed
+    trial.report(0.0)  # a lost record's retrain cannot be stopped, nor change the study
+    assert len(again._study(("d", "t", 0), True).get_trials()) == 2

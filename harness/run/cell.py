@@ -282,6 +282,8 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
                                                                   "transfer-bench")),
                                        rec["key"])
     rec["hardware"] = hardware_record(ctx, cfg)
+    # before tuning: a cell an earlier run of this folder stopped is not tuned again
+    finish = _report_to_halving(halving, cfg, task, ctx, rec) if halving is not None else None
     tune = TuneSettings(**cfg.tune)
     if tune.trials:
         with timed(rec, "tune_s"):
@@ -290,14 +292,16 @@ def _run(plugins: PluginSystem, cfg: CellConfig, rec: dict, progress, custom_pro
     before = parameter_fingerprints(model)
     ctx.scratch_backbone = scratch_backbone
     nondeterministic: list = []
-    finish = _report_to_halving(halving, cfg, task, ctx, rec) if halving is not None else None
     try:
         with timed(rec, "train_s"), watch_nondeterminism(nondeterministic):
             history = _checked_fit(plugins, cfg, strategy, model, data, ctx, before, rec)
-    finally:
-        if finish is not None:  # a failed fit leaves the study too (no value)
-            curve = rec["halving"]["curve"]
-            finish(_best(curve, task.higher_is_better) if curve else None)
+    except Exception:  # (an interrupt leaves the trial running: a rerun takes it up)
+        if finish is not None:  # a failed fit leaves the study as failed (a rerun retries)
+            finish(None, failed=True)
+        raise
+    if finish is not None:
+        curve = rec["halving"]["curve"]
+        finish(_best(curve, task.higher_is_better) if curve else None)
     ctx.epoch_hook = None
     if finish is not None and not rec["halving"]["curve"]:
         rec["halving"]["note"] = ("no per-epoch validation curve (the strategy does not train "
@@ -349,27 +353,47 @@ def _best(curve: list, higher_is_better: bool) -> float:
 def _report_to_halving(halving, cfg: CellConfig, task, ctx: TrainContext, rec: dict):
     """Report every epoch's validation metric to the matrix's successive halving (one
     study per dataset, task and seed); when it stops the cell, keep the partial curve.
-    Returns ``finish(value)``, which closes the cell's trial (once)."""
-    report, finish = halving.start((cfg.dataset.label(), cfg.task.label(), cfg.seed),
-                                   task.higher_is_better)
+    Returns ``finish(value)``, which closes the cell's trial (once).
+
+    Raises:
+        Stopped: an earlier, interrupted run of this folder had stopped the cell (its
+            partial curve is recorded as then).
+    """
     epochs: list = []
     rec["halving"] = {"group": [cfg.dataset.label(), cfg.task.label(), cfg.seed],
                       "min_resource": halving.settings.min_resource,
                       "reduction_factor": halving.settings.reduction_factor, "curve": []}
 
+    def partial() -> dict:  # the record as it stands, with the curve so far
+        return {**rec, "history": {"epochs": list(epochs), "partial": True}}
+
+    try:
+        trial = halving.start(tuple(rec["halving"]["group"]), task.higher_is_better,
+                              key=rec.get("key"), snapshot=partial)
+    except Stopped as exc:
+        epochs.extend(getattr(exc, "epochs", []))
+        rec["halving"].update(curve=[float(e["val_metric"]) for e in epochs],
+                              stopped_after_epochs=len(epochs),
+                              resumed="stopped by an earlier run of this folder, which was "
+                                      "interrupted before it saved the record")
+        rec["history"] = partial()["history"]
+        raise
+    if trial.resumed:
+        rec["halving"]["resumed"] = trial.resumed
+
     def hook(r) -> None:
         epochs.append(dict(vars(r)))
         rec["halving"]["curve"].append(float(r.val_metric))
         try:
-            report(r.val_metric)
+            trial.report(r.val_metric, epochs[-1])
         except Stopped:
-            finish(None)
+            trial.finish(None)
             rec["halving"]["stopped_after_epochs"] = len(epochs)
-            rec["history"] = {"epochs": epochs, "partial": True}
+            rec["history"] = partial()["history"]
             raise
 
     ctx.epoch_hook = hook
-    return finish
+    return trial.finish
 
 
 def _tuned(plugins, cfg: CellConfig, task, data: DataSplits, ctx: TrainContext,

@@ -22,14 +22,16 @@ goes on only if its validation metric is in the top ``1 / reduction_factor`` of 
 that reached that rung before it (Optuna promotes the first cells while fewer than
 ``reduction_factor`` have reached a rung, when they are the best so far). Cells run one after
 the other in this process, so the order of the matrix matters, as in ASHA; a stopped cell is
-recorded with status ``stopped (halving)`` and its partial curve. Ray Tune's ASHA scheduler
-for the ``ray`` executor is not implemented: ``--halving`` asks for the in-process executor.
+recorded with status ``stopped (halving)`` and its partial curve. The studies are kept in
+the run folder (Optuna's JournalStorage, ``halving.journal``), so an interrupted run started
+again continues with the decisions already taken (:class:`CellHalving`).
 
 Optuna is optional (``pip install 'transfer-bench[tune]'``) and imported only here, when a
 run tunes or halves.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Optional
@@ -231,50 +233,155 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
                        for s in ("complete", "pruned", "failed")}}
 
 
+@dataclass
+class CellTrial:
+    """A cell's place in the matrix's successive halving (:meth:`CellHalving.start`).
+
+    Attributes:
+        report: ``report(value, record=None)`` after each epoch with its validation metric
+            (and the epoch's record, kept so that a resumed run can show the curve);
+            raises :class:`Stopped` when halving stops the cell.
+        finish: ``finish(value or None, failed=False)`` when the fit ends (``None``:
+            stopped; ``failed``: the fit raised); once, later calls do nothing.
+        resumed: what an earlier, interrupted run of the same folder had decided for this
+            cell ('' when this run is its first).
+    """
+
+    report: Callable
+    finish: Callable
+    resumed: str = ""
+
+    def __iter__(self):  # report, finish = halving.start(...)
+        return iter((self.report, self.finish))
+
+
+def journal_storage(optuna, path):
+    """Optuna's JournalStorage in a file (``path``): an append-only log with file locks,
+    so a study survives a crash and several processes may share it."""
+    try:
+        from optuna.storages.journal import JournalFileBackend  # Optuna >= 4.0
+        backend = JournalFileBackend(str(path))
+    except ImportError:  # Optuna 3.x
+        backend = optuna.storages.JournalFileStorage(str(path))
+    return optuna.storages.JournalStorage(backend)
+
+
 class CellHalving:
     """Successive halving over a matrix's cells, one Optuna study per comparison group.
 
-    ``start(group, maximize)`` opens a cell's trial and returns ``(report, finish)``:
-    ``report(value)`` after each epoch (raises :class:`Stopped` when the cell is halted),
-    ``finish(value or None)`` when it ends (``None``: stopped or failed).
+    ``start(group, maximize, key)`` opens the cell's trial (:class:`CellTrial`).
+
+    With ``storage`` (a file: the run folder's ``halving.journal``) the studies live in
+    Optuna's JournalStorage, so a run that is interrupted and started again continues:
+    the cells already finished or stopped keep their trials, and so their values at every
+    rung, which judge the cells still to run; a cell stopped before its record was saved
+    is stopped again without training; a cell interrupted in the middle of its fit takes
+    up its own trial again (the rungs it already passed stand: it is judged again only at
+    rungs beyond them, on the values the first attempt reported).
     """
 
-    def __init__(self, settings: TuneSettings):
+    def __init__(self, settings: TuneSettings, storage=None):
         self.settings = settings
         self.optuna = require_optuna()
+        self.storage = journal_storage(self.optuna, storage) if storage is not None else None
         self.studies: dict = {}
         self.told: dict = {}  # group -> numbers of the trials already told
 
-    def start(self, group: tuple, maximize: bool):
-        optuna = self.optuna
+    def _study(self, group: tuple, maximize: bool):
         if group not in self.studies:
-            self.studies[group] = optuna.create_study(
-                direction="maximize" if maximize else "minimize",
-                pruner=optuna.pruners.SuccessiveHalvingPruner(
-                    min_resource=self.settings.min_resource,
-                    reduction_factor=self.settings.reduction_factor))
-        study = self.studies[group]
-        trial = study.ask()
-        steps, told = [0], self.told.setdefault(group, set())
+            optuna = self.optuna
+            direction = "maximize" if maximize else "minimize"
+            pruner = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=self.settings.min_resource,
+                reduction_factor=self.settings.reduction_factor)
+            if self.storage is None:
+                study = optuna.create_study(direction=direction, pruner=pruner)
+            else:
+                study = optuna.create_study(
+                    storage=self.storage, study_name="halving " + json.dumps(list(group)),
+                    direction=direction, pruner=pruner, load_if_exists=True)
+                if study.direction.name.lower() != direction:
+                    raise BenchError(f"the halving study of {list(group)} in this run folder "
+                                     f"is to {study.direction.name.lower()}, this run's "
+                                     f"metric is to {direction}: rerun with --fresh")
+            self.studies[group] = study
+        return self.studies[group]
 
-        def report(value: float) -> None:
+    def _stop_message(self, epochs: int) -> str:
+        return (f"stopped by successive halving after epoch {epochs} "
+                f"(min_resource {self.settings.min_resource}, reduction factor "
+                f"{self.settings.reduction_factor}): its validation metric was "
+                f"not in the best 1/{self.settings.reduction_factor} of the "
+                f"cells of its group at that rung")
+
+    def start(self, group: tuple, maximize: bool, key: Optional[str] = None,
+              snapshot: Optional[Callable[[], dict]] = None) -> CellTrial:
+        """The trial of cell ``key`` in its group's study (``snapshot``: unused here; an
+        executor that halves elsewhere saves the partial record with it).
+
+        Raises:
+            Stopped: an earlier run of this folder stopped this cell (its epochs ride on
+                the exception, ``epochs``).
+        """
+        optuna = self.optuna
+        study = self._study(group, maximize)
+        told = self.told.setdefault(group, set())
+        states = optuna.trial.TrialState
+        earlier = [t for t in study.get_trials(deepcopy=False)
+                   if key is not None and t.user_attrs.get("cell") == key]
+        earlier = earlier[-1] if earlier else None
+        resumed, skip_to = "", 0
+        if earlier is not None and earlier.state == states.PRUNED:
+            exc = Stopped(earlier.user_attrs.get("note") or self._stop_message(
+                earlier.last_step or 0))
+            exc.epochs = _epochs_of(earlier)
+            raise exc
+        if earlier is not None and earlier.state == states.COMPLETE:
+            # halving let it finish; its record was lost (a crash after the fit): train it
+            # again, and leave the study as it was
+            return CellTrial(lambda value, record=None: None, lambda *a, **k: None,
+                             f"an earlier run of this folder let this cell finish (trial "
+                             f"{earlier.number}); its record was not saved, so it trained "
+                             f"again, unjudged")
+        if earlier is not None and earlier.state == states.RUNNING:
+            trial = optuna.trial.Trial(study, earlier._trial_id)  # take up its own trial
+            skip_to = earlier.last_step or 0
+            resumed = (f"an earlier run of this folder stopped in the middle of this cell "
+                       f"(trial {earlier.number}, {skip_to} epochs reported): it trained "
+                       f"again and the halving decisions of those epochs stood")
+        else:  # first time, or the earlier fit failed
+            trial = study.ask()
+            if key is not None:
+                trial.set_user_attr("cell", key)
+        steps = [0]
+
+        def report(value: float, record: Optional[dict] = None) -> None:
             steps[0] += 1
+            if steps[0] <= skip_to:
+                return  # decided in the earlier run: it went on
+            if self.storage is not None and record is not None:
+                trial.set_user_attr(f"epoch {steps[0]:04d}", record)
             trial.report(float(value), steps[0])
             if trial.should_prune():
-                raise Stopped(f"stopped by successive halving after epoch {steps[0]} "
-                              f"(min_resource {self.settings.min_resource}, reduction factor "
-                              f"{self.settings.reduction_factor}): its validation metric was "
-                              f"not in the best 1/{self.settings.reduction_factor} of the "
-                              f"cells of its group at that rung")
+                note = self._stop_message(steps[0])
+                if self.storage is not None:
+                    trial.set_user_attr("note", note)
+                raise Stopped(note)
 
-        def finish(value: Optional[float]) -> None:  # once; later calls do nothing
+        def finish(value: Optional[float], failed: bool = False) -> None:  # once
             if trial.number in told:
                 return
             told.add(trial.number)
-            if value is None:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            if failed:  # a rerun runs the cell again, with a new trial
+                study.tell(trial, state=states.FAIL)
+            elif value is None:
+                study.tell(trial, state=states.PRUNED)
             else:
                 study.tell(trial, float(value))
 
-        return report, finish
+        return CellTrial(report, finish, resumed)
 
+
+def _epochs_of(trial) -> list:
+    """The epoch records a trial kept (``epoch NNNN`` user attributes), in order."""
+    return [trial.user_attrs[k] for k in sorted(trial.user_attrs) if k.startswith("epoch ")]

@@ -275,7 +275,8 @@ class RunStore:
             return None
 
     def finished(self, key: str) -> Optional[dict]:
-        """The cell's record if it finished ok, else None: failed cells run again, and so
+        """The cell's record if it finished ok (or was stopped by ``--halving``), else None:
+        failed cells run again, and so
         do ok cells with failed measurements (``failed_measurements``: a runtime that
         raised or whose outputs disagreed with PyTorch's), so a fixed plugin is measured
         again without ``--fresh``."""
@@ -367,7 +368,10 @@ class RunStore:
 
 
 def _complete(rec: Optional[dict]) -> bool:
-    """An ok record with no failed measurement: never run again, never replaced."""
+    """An ok record with no failed measurement, or a cell successive halving stopped
+    (``--halving``: the decision stands): never run again, never replaced."""
+    if rec and rec.get("status") == "stopped (halving)":
+        return True
     return bool(rec) and rec.get("status") == "ok" and not rec.get("failed_measurements")
 
 

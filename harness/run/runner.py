@@ -380,7 +380,11 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
               file=sys.stderr)
     driver = _Driver(plugins, matrix, store, _progress_bar(len(keyed), done_before,
                                                            show_progress), keep_onnx, executor)
-    driver.halving = halving
+    if halving and isinstance(runner, InProcessExecutor):
+        from .hparam_search import CellHalving
+        driver.halving = CellHalving(matrix.tune, storage=path / HALVING_JOURNAL)
+    elif halving:  # an executor that halves cells through its own engine (ray: Ray Tune)
+        runner.halving = matrix.tune
     driver.drive(runner, todo, made_here)
     atomic_write_json(path / "config.json", config)
     try:
@@ -391,25 +395,29 @@ def run_matrix(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
     return store
 
 
-def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str):
+#: the Optuna studies of ``--halving`` in a run folder (JournalStorage: a rerun continues them)
+HALVING_JOURNAL = "halving.journal"
+
+
+def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str) -> bool:
     """Check a tuning or halving run can run (Optuna installed, every strategy's search
-    space names real settings, halving on the in-process executor); the matrix's
-    :class:`harness.run.hparam_search.CellHalving`, or None."""
-    from .hparam_search import CellHalving, check_space, require_optuna
+    space names real settings, halving on an executor that can halve: the in-process one,
+    through Optuna's pruner, or one with ``halves = True``, through its own engine); whether
+    the matrix halves its cells."""
+    from .hparam_search import check_space, require_optuna
     if not matrix.tune.active:
-        return None
+        return False
     require_optuna()
     for item in matrix.strategies:
         check_space(plugins.strategies.get(item.name))
     if not matrix.tune.halving:
-        return None
-    if not isinstance(runner, InProcessExecutor):
+        return False
+    if not isinstance(runner, InProcessExecutor) and not getattr(runner, "halves", False):
         raise ConfigError(
-            f"--halving runs the matrix's cells one after the other in this process, through "
-            f"Optuna's SuccessiveHalvingPruner; the {executor!r} executor runs them elsewhere "
-            f"(Ray Tune's ASHA scheduler for the ray executor is not implemented yet): use "
-            f"--executor inprocess, or drop --halving")
-    return CellHalving(matrix.tune)
+            f"--halving runs the matrix's cells in this process, through Optuna's "
+            f"SuccessiveHalvingPruner; the {executor!r} executor cannot stop a cell it runs "
+            f"elsewhere: use --executor inprocess, or drop --halving")
+    return True
 
 
 def dry_run(plugins: PluginSystem, matrix: MatrixConfig, out_root: Path,
@@ -528,7 +536,10 @@ class _Driver:
             c = self.claims.pop(rec.get("key"), None)
             if c is not None:
                 c.release()
-        if rec.get("status") != "ok":
+        if rec.get("status") == "stopped (halving)":
+            self.bar.write(f"cell stopped early: {rec['config'].get('backbone')} / "
+                           f"{rec['config'].get('strategy')}: {rec.get('note')}")
+        elif rec.get("status") != "ok":
             self.bar.write(f"cell failed: {rec['config'].get('backbone')} / "
                            f"{rec['config'].get('strategy')}: {rec.get('error')}")
         self.bar.update(1)
