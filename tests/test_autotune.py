@@ -90,6 +90,49 @@ def test_probe_times_each_candidate_and_leaves_model_and_rng_alone():
     assert info["numerics"]["channels_last fp32"]["ok"]
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert info["capped"] is None and info["max_s"] == at.MAX_S
+
+
+class Ticks:
+    """A fake clock: each reading is ``step`` seconds after the previous one."""
+
+    def __init__(self, step):
+        self.t, self.step = 0.0, step
+
+    def __call__(self):
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize("max_s, rounds, chose_baseline", [(1.5, 0, True), (14.5, 2, False)])
+def test_a_probe_stops_at_its_time_cap_and_says_so(max_s, rounds, chose_baseline):
+    """The cap is checked before each step; only complete rounds count, and with fewer
+    than MIN_ROUNDS the baseline is kept."""
+    cands, _ = candidates(CPU, "auto", "off")
+    info = probe(Net(), *batch(), nn.functional.cross_entropy, CPU, cands, max_s=max_s,
+                 clock=Ticks(1.0))
+    assert info["capped"]["max_s"] == max_s and info["capped"]["elapsed_s"] > max_s
+    assert info["capped"]["complete_rounds"] == info["rounds"] == rounds
+    assert {len(t) for t in info["step_ms"].values()} == {rounds}
+    assert "time cap" in info["why"]
+    if chose_baseline:
+        assert info["chosen_name"] == "contiguous fp32" and "kept" in info["why"]
+
+
+def test_the_table_names_a_capped_probe():
+    from harness.report.table import autotune_note, table_notes
+    rec = {"config": {"backbone": "big_net"}, "autotune": {
+        "chosen_name": "contiguous fp32",
+        "capped": {"max_s": 30.0, "elapsed_s": 31.2, "complete_rounds": 1}}}
+    line = autotune_note([rec])
+    assert "big_net" in line and "31.2 s of 30 s" in line and "autotune_max_s" in line
+    assert line in table_notes([rec])
+    assert autotune_note([{"autotune": {"capped": None}}]) == ""
+
+
+def test_the_time_cap_must_be_positive():
+    with pytest.raises(ValueError, match="autotune_max_s"):
+        TrainSettings(autotune_max_s=0)
 
 
 def test_a_layout_that_changes_the_outputs_is_left_out():
@@ -117,8 +160,9 @@ def test_choose_setup_probes_once_then_reuses_and_records(tmp_path, monkeypatch)
     import harness.run.tuning as tuning
     calls = []
 
-    def fake_probe(model, x, y, loss, dev, cands):
+    def fake_probe(model, x, y, loss, dev, cands, max_s):
         calls.append(names(cands))
+        assert max_s == at.MAX_S  # [train] autotune_max_s reaches the probe
         return {"chosen": {"layout": "channels_last", "amp": "off"},
                 "chosen_name": "channels_last fp32", "why": "planted"}
 
@@ -134,7 +178,7 @@ def test_choose_setup_probes_once_then_reuses_and_records(tmp_path, monkeypatch)
 def test_a_failed_probe_is_recorded_not_cached(tmp_path, monkeypatch):
     import harness.run.tuning as tuning
 
-    def boom(*a):
+    def boom(*a, **kw):
         raise RuntimeError("probe exploded")
 
     monkeypatch.setattr(tuning, "probe", boom)
@@ -149,7 +193,7 @@ def test_a_failed_probe_is_recorded_not_cached(tmp_path, monkeypatch):
     ({"layout": "contiguous", "amp": "bf16"}, False, "bf16")])
 def test_forced_settings_skip_the_probe(tmp_path, monkeypatch, train, layout, precision):
     import harness.run.tuning as tuning
-    monkeypatch.setattr(tuning, "probe", lambda *a: pytest.fail("probed a forced set-up"))
+    monkeypatch.setattr(tuning, "probe", lambda *a, **kw: pytest.fail("probed a forced set-up"))
     c = _Ctx(**train)
     info = tuning.choose_setup(c.ctx, Net(), c.data.train, tmp_path, {}, "a")
     assert info["probed"] is False and "forced" in info["why"]

@@ -250,12 +250,29 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
+def autotune_note(records: list[dict]) -> str:
+    """One line naming the layout probes that reached their time cap, else ''."""
+    capped = {}
+    for r in records:
+        a = r.get("autotune") or {}
+        if a.get("capped"):
+            c = r.get("config") or {}
+            capped.setdefault(c.get("backbone", "?"), (a["capped"], a.get("chosen_name")))
+    if not capped:
+        return ""
+    return "layout probe stopped at its time cap ([train] autotune_max_s): " + "; ".join(
+        f"{b} ({c.get('complete_rounds', 0)} complete rounds in {c.get('elapsed_s', 0):.1f} s "
+        f"of {c.get('max_s', 0):g} s; trained {chosen})"
+        for b, (c, chosen) in sorted(capped.items()))
+
+
 def table_notes(records: list[dict]) -> list[str]:
     """The lines under the cells table (text and HTML): the budget, the legend of noisy
     latency figures (:mod:`harness.report.noise`), what was not measured, metrics after
     conversion scored on a subset (:mod:`harness.report.scoring`)."""
     bnote, nnote = budget_note(records), noise.legend(records)
-    tnotes = [n for n in (tuning_note(records), halving_note(records)) if n]
+    tnotes = [n for n in (tuning_note(records), halving_note(records), autotune_note(records))
+              if n]
     fnote = any(flops_cell(r) != "-" for r in records)
     return (([bnote] if bnote else []) + tnotes
             + ([FLOPS_NOTE] if fnote else [])

@@ -9,7 +9,8 @@ scratch) and later runs reuse it. A lock on the entry (:func:`harness.run.locks.
 makes a second worker wait for the first one's probe instead of probing at the same time
 (two probes on shared cores would also time each other). A probe that fails is recorded
 in the cell (``autotune.error``), which then trains in the baseline set-up, and is not
-cached. Every cell records what it trained in and how that was chosen (``rec["autotune"]``).
+cached. A probe that reached its time cap (``[train] autotune_max_s``) is cached with its
+``capped`` record: probing again would reach the cap again; a larger cap is another key. Every cell records what it trained in and how that was chosen (``rec["autotune"]``).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _key(ctx, model, train_split, cands, versions) -> str:
              "device": str(ctx.device), "threads": torch.get_num_threads(),
              "architecture": architecture_fingerprint(model),
              "input": list(train_split.images.shape[1:]), "batch": ctx.settings.batch_size,
-             "candidates": [c.name for c in cands]}
+             "candidates": [c.name for c in cands], "max_s": ctx.settings.autotune_max_s}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
                           ).hexdigest()[:20]
 
@@ -62,7 +63,8 @@ def _probed(ctx, model, train_split, cands, notes, folder: Path, versions, cell_
             pass
         x, y = next(train_split.batches(ctx.settings.batch_size))
         try:
-            info = probe(model, x, y, ctx.task.loss, ctx.device, cands)
+            info = probe(model, x, y, ctx.task.loss, ctx.device, cands,
+                         max_s=ctx.settings.autotune_max_s)
         except Exception as exc:  # recorded in the cell, never cached
             base = forced(cands[:1])
             return {**base, "why": f"the probe failed, trained in the baseline {cands[0].name}",

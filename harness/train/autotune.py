@@ -28,6 +28,13 @@ order; per candidate the median step time. A candidate replaces the baseline (th
 contiguous, fp32 or the forced precision) only when its median is at least
 :data:`MARGIN` faster and it won most rounds against the baseline, so noise keeps the
 baseline rather than picking at random.
+
+The probe has a time cap (``[train] autotune_max_s``, :data:`MAX_S` by default): a large
+model on a slow or busy machine must not spend minutes choosing how to train. The cap is
+checked before every step (a step already started is finished); when it is reached, only
+complete rounds count, and with fewer than :data:`MIN_ROUNDS` of them the baseline is kept.
+The record says so (``capped``: the cap, the seconds spent, the complete rounds), and the
+run's table adds a line naming the capped probes.
 """
 from __future__ import annotations
 
@@ -46,10 +53,14 @@ LAYOUTS = ("auto", "contiguous", "channels_last")
 ROUNDS = 3
 #: a candidate must be this much faster (median step) than the baseline to be picked
 MARGIN = 0.05
+#: default time cap of one probe, seconds (copies, numerics check, warm-up and rounds)
+MAX_S = 30.0
+#: complete rounds a capped probe needs to choose anything but the baseline
+MIN_ROUNDS = 2
 #: outputs of another layout may differ from contiguous ones by this fraction of their scale
 NUMERICS_RTOL = 1e-4
 #: bump when the probe changes, so cached choices are probed again
-RECIPE = 1
+RECIPE = 2
 
 
 @dataclass(frozen=True)
@@ -154,12 +165,24 @@ def decide(times: dict, baseline: str) -> tuple[str, str]:
 
 
 def probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable,
-          dev: torch.device, cands: list) -> dict:
+          dev: torch.device, cands: list, max_s: float = MAX_S,
+          clock: Callable[[], float] = time.perf_counter) -> dict:
     """Time a few training steps of every candidate on one batch; return what was seen and
     the choice (``chosen``: ``{"layout", "amp"}``). The caller's model, its weights and the
-    random-number streams are left as they were."""
-    t0 = time.perf_counter()
+    random-number streams are left as they were. ``max_s`` caps the probe's time (module
+    doc); ``clock`` is its timer (tests pass a fake one)."""
+    if max_s <= 0:
+        raise ValueError(f"the probe's time cap must be > 0 s, not {max_s!r}")
+    t0 = clock()
+    capped: dict = {}
+
+    def over(where: str) -> bool:
+        if not capped and clock() - t0 > max_s:
+            capped.update(max_s=max_s, elapsed_s=round(clock() - t0, 3), stopped_at=where)
+        return bool(capped)
+
     x, y = x.to(dev), y.to(dev)
+    done = 0
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         steps = {c.name: _step_fn(model, x, y, loss_fn, c, dev) for c in cands}
         base = cands[0].name
@@ -172,21 +195,43 @@ def probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Cal
         bad |= {c.name for c in cands if c.layout != cands[0].layout
                 and Candidate(c.layout, cands[0].amp).name in bad}
         kept = [n for n in steps if n not in bad]
-        for n in kept:  # warm-up: first-call costs (kernel choice, allocation)
-            steps[n]()
         times: dict = {n: [] for n in kept}
-        for r in range(ROUNDS):
-            for n in kept[r % len(kept):] + kept[:r % len(kept)]:
-                s = time.perf_counter()
+        if len(kept) > 1:
+            for n in kept:  # warm-up: first-call costs (kernel choice, allocation)
+                if over("warm-up"):
+                    break
                 steps[n]()
-                times[n].append(time.perf_counter() - s)
-    chosen, why = decide(times, base) if len(kept) > 1 else (base, "one candidate")
+            for r in range(ROUNDS):
+                for n in kept[r % len(kept):] + kept[:r % len(kept)]:
+                    if over(f"round {r + 1}"):
+                        break
+                    s = clock()
+                    steps[n]()
+                    times[n].append(clock() - s)
+                if capped:
+                    break
+                done += 1
+    times = {n: ts[:done] for n, ts in times.items()}  # complete rounds only
+    if len(kept) == 1:
+        chosen, why = base, "one candidate"
+    elif capped and done < MIN_ROUNDS:
+        chosen, why = base, (f"kept {base}: the probe reached its time cap of {max_s:g} s "
+                             f"({capped['stopped_at']}) after {done} complete round(s); "
+                             f"choosing needs {MIN_ROUNDS}")
+    else:
+        chosen, why = decide(times, base)
+        if capped:
+            why += f" (time cap {max_s:g} s reached: {done} of {ROUNDS} rounds)"
+    if capped:
+        capped["complete_rounds"] = done
     pick = next(c for c in cands if c.name == chosen)
     return {"chosen": asdict(pick), "chosen_name": chosen, "why": why,
             "step_ms": {n: [round(t * 1e3, 3) for t in ts] for n, ts in times.items()},
-            "median_ms": {n: round(statistics.median(ts) * 1e3, 3) for n, ts in times.items()},
+            "median_ms": {n: round(statistics.median(ts) * 1e3, 3)
+                          for n, ts in times.items() if ts},
             "numerics": numerics, "left_out": sorted(bad), "batch": list(x.shape),
-            "rounds": ROUNDS, "warmup_steps": 1, "probe_s": time.perf_counter() - t0}
+            "rounds": done, "warmup_steps": 1, "max_s": max_s, "capped": capped or None,
+            "probe_s": clock() - t0}
 
 
 def forced(cands: list, notes: Optional[list] = None) -> dict:
@@ -197,4 +242,4 @@ def forced(cands: list, notes: Optional[list] = None) -> dict:
 
 
 __all__ = ["LAYOUTS", "Candidate", "candidates", "native_mixed_precisions", "probe", "decide",
-           "forced", "ROUNDS", "MARGIN", "RECIPE"]
+           "forced", "ROUNDS", "MARGIN", "RECIPE", "MAX_S", "MIN_ROUNDS"]

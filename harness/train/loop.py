@@ -59,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..api.errors import BenchError
 from .data import DataInfo, TensorSplit
-from .autotune import LAYOUTS
+from .autotune import LAYOUTS, MAX_S as AUTOTUNE_MAX_S
 from .device import (AMPS, Precision, configure_backends, parse_amp, place_module,
                      runtime_device, to_device)
 from .model import (TransferModel, changed_parameters, group_modules, parameter_fingerprints,
@@ -105,6 +105,9 @@ class TrainSettings:
             picks contiguous or channels-last, whichever trains faster with the same
             numerics; a :class:`TrainContext` used directly stays contiguous),
             ``contiguous`` or ``channels_last``.
+        autotune_max_s: time cap of the layout/precision probe, seconds
+            (:mod:`harness.train.autotune`); a probe that reaches it keeps the baseline
+            unless enough rounds finished, and says so in the cell's record and the table.
         channels_last: ``True`` is the same as ``layout = "channels_last"`` (the older
             spelling; ``False`` leaves ``layout`` as it is).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark`` on CUDA (cuDNN times its
@@ -143,6 +146,7 @@ class TrainSettings:
     augment: bool = False
     amp: str = "auto"
     layout: str = "auto"
+    autotune_max_s: float = AUTOTUNE_MAX_S
     channels_last: bool = False
     cudnn_benchmark: bool = False
     tf32: bool = True
@@ -172,6 +176,8 @@ class TrainSettings:
                 raise ValueError("channels_last = true contradicts layout = 'contiguous'; "
                                  "give one of them")
             self.layout = "channels_last"
+        if not self.autotune_max_s > 0:
+            raise ValueError(f"autotune_max_s must be > 0 seconds, not {self.autotune_max_s!r}")
         if self.eval_batch_size < 0:
             raise ValueError("eval_batch_size must be >= 0 (0: the training batch size)")
         if self.deterministic and self.cudnn_benchmark:
