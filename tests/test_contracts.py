@@ -13,7 +13,8 @@ from harness.measure.latency import MeasureSettings
 from harness.run.config import MatrixConfig
 from harness.run.runner import run_matrix
 from harness.testkit import TestkitPlugin, TinyBackbone, make_tiny_splits
-from harness.train.loop import Phase, TrainSettings, record_start
+from harness.train.loop import Phase, TrainSettings, record_start, run_phase
+from harness.train.data import TensorSplit
 from harness.train.model import LayerGroup
 from harness.train.strategy import TrainingStrategy
 
@@ -94,7 +95,10 @@ class NoMetric(NanLoss):
 
 
 def _quad_any(task, image_size, seed, cache_dir):
-    return make_tiny_splits(image_size=image_size, n_train=32, seed=seed)
+    import dataclasses
+    d = make_tiny_splits(image_size=image_size, n_train=32, seed=seed)
+    cut = [TensorSplit(s.images[:16], s.targets[:16]) for s in (d.val, d.test)]
+    return dataclasses.replace(d, val=cut[0], test=cut[1])  # 16 images: fast to evaluate
 
 
 class HeadOnlyButAll(TrainingStrategy):
@@ -114,6 +118,58 @@ class AllButNothing(TrainingStrategy):
         history = ctx.new_history(len(data.train))
         record_start(model, data.val, ctx, history)
         return history
+
+
+class AllButBackboneInLifecycle(TrainingStrategy):
+    """Declares every group trained (fine-tune's phase and declaration) but freezes the
+    backbone before every epoch: only the head trains."""
+
+    def on_epoch_start(self, model, phase, epoch):
+        model.backbone.requires_grad_(False)
+
+
+class AllButHeadFit(TrainingStrategy):
+    """Declares every parameter trained (the default, from phases()) but its own fit trains
+    only the head."""
+
+    def fit(self, model, data, ctx):
+        history = ctx.new_history(len(data.train), model, data.train)
+        record_start(model, data.val, ctx, history)
+        run_phase(model, Phase("head", ["head"]), data.train, data.val, ctx, history)
+        return history
+
+
+class HeadPhaseTrainsAll(TrainingStrategy):
+    """Declares every parameter trained overall, but its one phase names only the head,
+    and it unfreezes everything in that phase."""
+
+    def trained_parameters(self, model, ctx):
+        return [n for n, _ in model.named_parameters()]
+
+    def phases(self, model, ctx):
+        return [Phase("head", ["head"])]
+
+    def on_epoch_start(self, model, phase, epoch):
+        model.requires_grad_(True)
+
+
+class UnfreezeOnce(TrainingStrategy):
+    """Gradual unfreezing (Howard & Ruder 2018) with no epoch held back for the whole
+    model (``track_from`` 0): a total budget of 2 epochs ends it with the bottom group
+    never unfrozen, which the run records instead of failing the cell. ``stuck=True``
+    freezes instead (the trainable set never grows): a fault."""
+
+    def __init__(self, stuck: bool = False):
+        super().__init__()
+        self.stuck = stuck
+
+    def phases(self, model, ctx):
+        return [Phase("unfreezing", [g.name for g in model.layer_groups()], epochs=10)]
+
+    def on_epoch_start(self, model, phase, epoch):
+        from harness.train.model import set_trainable
+        groups = [g.name for g in model.layer_groups()]
+        set_trainable(model, groups[-1:] if self.stuck else groups[max(0, len(groups) - 1 - epoch):])
 
 
 class FreezeEverything(TrainingStrategy):
@@ -150,19 +206,42 @@ class Faulty:
         return [StrategySpec("head_only_but_all", cls=HeadOnlyButAll),
                 StrategySpec("all_but_nothing", cls=AllButNothing),
                 StrategySpec("freeze_everything", cls=FreezeEverything),
+                StrategySpec("all_but_backbone", cls=AllButBackboneInLifecycle),
+                StrategySpec("all_but_head_fit", cls=AllButHeadFit),
+                StrategySpec("head_phase_trains_all", cls=HeadPhaseTrainsAll),
+                StrategySpec("unfreeze_once", cls=UnfreezeOnce),
+                StrategySpec("bias_only", cls=BiasOnly),
                 StrategySpec("no_history", cls=NoHistory)]
 
 
+class BiasOnly(TrainingStrategy):
+    """docs/writing-a-plugin.md's example (BitFit): one phase over every group, all but
+    the backbone's biases frozen in on_epoch_start, declared as such."""
+
+    def phases(self, model, ctx):
+        return [Phase("head + biases", [g.name for g in model.layer_groups()])]
+
+    def on_epoch_start(self, model, phase, epoch):
+        for name, p in model.backbone.named_parameters():
+            p.requires_grad_(name.endswith(".bias"))
+
+    def trained_parameters(self, model, ctx):
+        return [n for n, _ in model.named_parameters()
+                if n.startswith("head.") or n.endswith(".bias")]
+
+
 def _run(system, tmp_path, backbone="testkit_tiny", strategy="finetune", weights=None,
-         task="classification"):
+         task="classification", image_size=16, records=False, **train):
     matrix = MatrixConfig(backbones=[backbone], datasets=["quad_any"],
-                          strategies=[strategy], tasks=[task], runtimes=[], image_size=16,
-                          name="c",
+                          strategies=strategy if isinstance(strategy, list) else [strategy], tasks=[task], runtimes=[],
+                          image_size=image_size, name="c",
                           weights={"*": weights} if weights else {},
-                          train=TrainSettings(epochs=1, batch_size=16),
+                          train=TrainSettings(**{"epochs": 1, "batch_size": 16, **train}),
                           latency=MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3,
                                                   min_s=0.0))
     store = run_matrix(system, matrix, tmp_path, show_progress=False)
+    if records:
+        return store.records()
     (rec,) = store.records()
     return rec
 
@@ -188,6 +267,20 @@ def faulty(register_plugin):
      ["strategy 'head_only_but_all'", "declares frozen"]),
     ({"strategy": "all_but_nothing"},
      ["strategy 'all_but_nothing'", "changed none of them"]),
+    ({"strategy": "all_but_backbone"},
+     ["strategy 'all_but_backbone'", "declares layer group(s) backbone.stem, backbone.stage "
+      "trained in phase 'all'", "changed none of their parameters",
+      "froze what it declares trained"]),
+    ({"strategy": "all_but_head_fit"},
+     ["strategy 'all_but_head_fit'", "layer group(s) backbone.stem, backbone.stage trained "
+      "(trained_parameters()) but training changed none of them",
+      "froze what it declares trained"]),
+    ({"strategy": "head_phase_trains_all"},
+     ["strategy 'head_phase_trains_all'", "changed layer group(s) backbone.stem, "
+      "backbone.stage in phase 'head', which trains only head"]),
+    ({"strategy": "unfreeze_once,stuck=true", "budget": "epochs", "epochs": 2},
+     ["strategy 'unfreeze_once'", "backbone.stem, backbone.stage trained in phase "
+      "'unfreezing'"]),
     ({"strategy": "freeze_everything"},
      ["strategy 'freeze_everything'", "no parameter trainable"]),
     ({"backbone": "nan_features"},
@@ -201,7 +294,9 @@ def faulty(register_plugin):
     ({"task": "no_metric"},
      ["task 'no_metric'", "lacks its primary metric 'accuracy'"]),
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
-        "declares-head-trains-all", "declares-all-trains-head", "freezes-everything",
+        "declares-head-trains-all", "declares-all-trains-nothing",
+        "declares-all-freezes-backbone-per-epoch", "declares-all-fit-trains-head",
+        "phase-names-head-trains-all", "unfreezing-that-never-grows", "freezes-everything",
         "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
         "no-primary-metric"])
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
@@ -210,6 +305,69 @@ def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, word
     for w in words + ["of plugin 'faulty' (test)"]:
         assert w in rec["error"], (w, rec["error"])
     assert rec["error"].startswith("PluginFault: ")
+
+
+def strategy_names():
+    from harness.api.manager import PluginSystem
+    return PluginSystem(entry_points=False).strategies.names()
+
+
+@pytest.mark.parametrize("strategy", strategy_names())
+def test_no_built_in_strategy_trips_the_trained_and_frozen_contract(faulty, tmp_path, strategy):
+    """Every registered strategy, as bench run runs it at 32 px: what it declares trained
+    changed, group by group and phase by phase, and nothing it declares frozen did."""
+    rec = _run(faulty, tmp_path, strategy=strategy, image_size=32)
+    assert rec["status"] == "ok", rec.get("error")
+    c = rec["contracts"]["strategy"]
+    assert c["groups_trained"] >= 1 and c["unchanged"] == {}
+    phases = rec["history"]["phases"]
+    assert c["phases_checked"] == sum("changed_groups" in p for p in phases)
+    for p in phases:
+        if "changed_groups" in p:
+            assert set(p["changed_groups"]) == set(p["groups"]), p
+
+
+@pytest.mark.parametrize("budget", ["steps", "flops"])
+def test_multi_phase_strategies_keep_the_contract_under_every_total_budget(
+        faulty, tmp_path, budget):
+    """Chain-thaw's phases (Felbo et al. 2017) and ULMFiT's gradual unfreezing (Howard &
+    Ruder 2018) share a total budget that just fits them (6 steps; their phases cut inside
+    an epoch): each phase trains its groups. (Whole-epoch phases: the test above.)"""
+    store = _run(faulty, tmp_path, strategy=["chain_thaw", "ulmfit"], budget=budget,
+                 epochs=3, records=True)
+    for rec in store:
+        assert rec["status"] == "ok", rec.get("error")
+        assert rec["contracts"]["strategy"]["unchanged"] == {}
+    assert len(store) == 2
+
+
+@pytest.mark.parametrize("strategy,unchanged", [
+    ("finetune,backbone_lr_mult=0",
+     {"backbone.stem": "phase 'all' trains it at a learning rate of 0",
+      "backbone.stage": "phase 'all' trains it at a learning rate of 0"}),
+    ("unfreeze_once", {"backbone.stem": "phase 'unfreezing' stopped (budget) before gradual "
+                                        "unfreezing reached it"}),
+    ("bias_only", {}),
+], ids=["lr-0", "unfreezing-cut-by-budget", "bitfit-doc-example"])
+def test_a_group_may_stay_as_it_was_only_for_a_recorded_reason(faulty, tmp_path, strategy,
+                                                                unchanged):
+    rec = _run(faulty, tmp_path, strategy=strategy, budget="epochs", epochs=2)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["contracts"]["strategy"]["unchanged"] == unchanged
+
+
+def test_phase_checks_read_steps_the_fp16_scaler_skipped():
+    """A phase whose every step fp16's gradient scaler skipped (inf gradients) changed
+    nothing, legitimately; one step taken that changed nothing is a fault."""
+    from harness.run.contracts import PluginFault, check_phase
+    rec = {"name": "new layers", "groups": ["head"], "changed_groups": [], "steps": 2,
+           "steps_skipped": 2, "lrs": {"head": 1e-3}}
+    seen: dict = {}
+    check_phase("strategy 's'", rec, None, seen)
+    assert seen == {"head": "phase 'new layers' took no optimiser step (no step)"}
+    with pytest.raises(PluginFault, match=r"declares layer group\(s\) head trained in phase "
+                                          r"'new layers' but its 1 optimiser step"):
+        check_phase("strategy 's'", {**rec, "steps_skipped": 1}, None, {})
 
 
 def test_honest_cell_records_the_contracts_it_kept(faulty, tmp_path):

@@ -458,12 +458,13 @@ def _checked_model(plugins, cfg, backbone, task, data, rec: dict) -> TransferMod
 def _checked_fit(plugins, cfg, strategy, model, data, ctx, before: dict, rec: dict):
     """``strategy.fit``, holding the strategy to what it declares trained and frozen."""
     declared = contracts.declared_trained(plugins, cfg.strategy.name, strategy, model, ctx)
+    groups = contracts.layer_group_map(model)
     with contracts.blame(plugins, "strategies", cfg.strategy.name, "training",
                          hint=lambda: contracts.froze_everything(model)):
         history = strategy.fit(model, data, ctx)
     contracts.check_history(plugins, cfg.strategy.name, history)
     rec.setdefault("contracts", {})["strategy"] = contracts.check_training(
-        plugins, cfg.strategy.name, declared, before, model)
+        plugins, cfg.strategy.name, declared, before, model, history, groups)
     return history
 
 

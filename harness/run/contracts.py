@@ -13,7 +13,8 @@ training):
   (:func:`check_features`);
 - what a strategy declares frozen (everything outside
   :meth:`harness.train.strategy.Strategy.trained_parameters`) keeps its exact bytes, and
-  training changed at least one parameter it declares trained (:func:`check_training`);
+  every layer group it declares trained changed: in each phase, the groups the phase
+  names and no other (:func:`check_training`, :func:`check_phase`);
 - a pretrained weight source changed some parameter (:func:`check_weights_loaded`), the
   backbone's features are finite, the task's loss is a finite scalar
   (:func:`check_loss`) and its metrics hold a finite primary metric
@@ -288,20 +289,37 @@ def froze_everything(model: nn.Module) -> Optional[str]:
 
 
 def check_training(plugins, strategy_name: str, declared: list, before: dict,
-                   model: nn.Module) -> dict:
-    """What training changed agrees with what the strategy declared.
+                   model: nn.Module, history=None, groups: Optional[dict] = None) -> dict:
+    """What training froze and changed agrees with what the strategy declared.
 
-    Every parameter the strategy does not declare trained keeps its exact bytes (or the
-    cell fails); when it declares some trained, at least one of them changed (early
-    stopping, a rolled-back phase or gradual unfreezing may leave others as they were;
-    the kit, on its own tiny problem, asks that every one changes).
+    Compared after training (``before``: the fingerprints taken just before ``fit``):
+
+    - every parameter the strategy does not declare trained
+      (:meth:`harness.train.strategy.Strategy.trained_parameters`) keeps its exact bytes;
+    - when it declares some trained, at least one of them changed;
+    - per phase of the shared loop (``history.phases`` entries with ``changed_groups``,
+      measured before any rollback): :func:`check_phase` (each group the phase names
+      changed; no other group did);
+    - every layer group holding a parameter it declares trained changed, at the end or in
+      a phase (:func:`check_groups_trained`).
+
+    "Changed" means any element of any parameter of the group differs. A group may stay as
+    it was, and the record says why, only when the phases that name it took no optimiser
+    step, trained it at a learning rate of 0, or stopped (early stopping, budget) while
+    gradual unfreezing had not reached it yet; a group with no parameter elements cannot
+    change.
 
     Args:
         declared: :func:`declared_trained`'s names.
         before: :func:`harness.train.model.parameter_fingerprints` before ``fit``.
+        history: what ``fit`` returned (None: only the first two checks).
+        groups: ``{group name: parameter names}`` of the model's layer groups before
+            ``fit`` (:func:`layer_group_map`).
 
     Returns:
-        ``{"declared_trained", "declared_frozen", "changed"}`` (parameter tensors).
+        ``{"declared_trained", "declared_frozen", "changed"}`` (parameter tensors), with
+        ``history``: ``"phases_checked"``, ``"groups_trained"`` and ``"unchanged"``
+        (``{group: why}`` for each excused group).
     """
     from ..train.model import parameter_fingerprints
 
@@ -319,8 +337,116 @@ def check_training(plugins, strategy_name: str, declared: list, before: dict,
         raise PluginFault(f"{who} declares {len(declared)} parameter(s) trained "
                           f"({_some(declared)}) but training changed none of them: it froze "
                           f"what it declares trained")
-    return {"declared_trained": len(declared), "declared_frozen": len(frozen),
-            "changed": len(changed)}
+    out = {"declared_trained": len(declared), "declared_frozen": len(frozen),
+           "changed": len(changed)}
+    if history is None:
+        return out
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    records = [p for p in getattr(history, "phases", None) or []
+               if isinstance(p, dict) and "changed_groups" in p and "groups" in p]
+    empty = {g for g, params in (groups or {}).items()
+             if not any(sizes.get(p, 1) for p in params)}
+    seen: dict = {g: "it has no parameter elements" for g in empty}
+    for rec in records:
+        check_phase(who, rec, history, seen)
+    out["phases_checked"] = len(records)
+    if groups is not None:
+        out.update(check_groups_trained(who, declared, groups, changed, seen))
+    return out
+
+
+def layer_group_map(model: nn.Module) -> dict:
+    """``{group name: parameter names}`` of ``model.layer_groups()``, taken before ``fit``
+    for :func:`check_training` (a strategy may replace modules while it trains)."""
+    return {g.name: list(g.params) for g in model.layer_groups()}
+
+
+def _grew_then_stopped(rec: dict, history) -> Optional[list]:
+    """Gradual unfreezing (Howard & Ruder 2018, section 3.3) that stopped before it
+    unfroze everything: the groups trainable in any epoch of the phase, when the trainable
+    set grew during the phase and the phase stopped early (early stopping or its budget);
+    else None."""
+    first, n = rec.get("first_epoch"), rec.get("epochs_run") or 0
+    if first is None or not n or str(rec.get("stopped", "max epochs")) == "max epochs":
+        return None
+    epochs = list(getattr(history, "epochs", None) or [])[first:first + n]
+    sets = [set(getattr(e, "trainable_groups", None) or ()) for e in epochs]
+    if len(sets) < 2 or not sets[0] < sets[-1]:
+        return None
+    return sorted(set().union(*sets))
+
+
+def check_phase(who: str, rec: dict, history, seen: dict) -> None:
+    """One phase of the shared loop (:func:`harness.train.loop.run_phase`'s record) changed
+    exactly the layer groups it names: each named group that the phase trained (an
+    optimiser step taken, a learning rate above 0) has a changed parameter, and no group
+    it does not name changed (both measured before any rollback).
+
+    ``seen`` collects ``{group: "changed" or why it may stay as it was}`` over the phases
+    for :func:`check_groups_trained`. Raises :class:`PluginFault` naming the phase."""
+    name, named = rec.get("name"), list(rec["groups"])
+    did = set(rec["changed_groups"])
+    extra = [g for g in rec["changed_groups"] if g not in named]
+    if extra:
+        raise PluginFault(f"{who} changed layer group(s) {', '.join(extra)} in phase {name!r}, "
+                          f"which trains only {', '.join(named) or 'no group'}: it trains "
+                          f"groups its phase declares frozen; name them in the Phase's "
+                          f"groups or keep them frozen (requires_grad False)")
+    excused = {g: why for g, why in seen.items() if why != "changed"}  # empty groups
+    for g in did:
+        seen[g] = "changed"
+    steps = int(rec.get("steps") or 0) - int(rec.get("steps_skipped") or 0)
+    lrs = rec.get("lrs") or {}
+    reached = _grew_then_stopped(rec, history)
+    missing = []
+    for g in named:
+        if g in did:
+            continue
+        if g in excused:
+            why = excused[g]
+        elif steps < 1:
+            why = f"phase {name!r} took no optimiser step ({rec.get('stopped', 'no step')})"
+        elif g in lrs and float(lrs[g]) == 0.0:
+            why = f"phase {name!r} trains it at a learning rate of 0"
+        elif reached is not None and g not in reached:
+            why = (f"phase {name!r} stopped ({rec.get('stopped')}) before gradual "
+                   f"unfreezing reached it")
+        else:
+            missing.append(g)
+            continue
+        seen.setdefault(g, why)
+    if missing:
+        raise PluginFault(f"{who} declares layer group(s) {', '.join(missing)} trained in "
+                          f"phase {name!r} but its {steps} optimiser step(s) changed none of "
+                          f"their parameters: it froze what it declares trained (changed: "
+                          f"{', '.join(rec['changed_groups']) or 'nothing'}); keep them "
+                          f"trainable or leave them out of the phase")
+
+
+def check_groups_trained(who: str, declared: list, groups: dict, changed: set,
+                         seen: dict) -> dict:
+    """Every layer group holding a parameter the strategy declares trained changed: at the
+    end of ``fit`` (``changed``) or in one of its phases (``seen``, from
+    :func:`check_phase`), unless a phase excused it. Returns ``{"groups_trained",
+    "unchanged"}``."""
+    wanted = set(declared)
+    missing, unchanged, trained = [], {}, 0
+    for g, params in groups.items():
+        if not wanted & set(params):
+            continue
+        trained += 1
+        if seen.get(g) == "changed" or changed & set(params):
+            continue
+        if g in seen:
+            unchanged[g] = seen[g]
+        else:
+            missing.append(g)
+    if missing:
+        raise PluginFault(f"{who} declares the parameters of layer group(s) "
+                          f"{', '.join(missing)} trained (trained_parameters()) but training "
+                          f"changed none of them: it froze what it declares trained; train "
+                          f"them or leave them out of trained_parameters()")
+    return {"groups_trained": trained, "unchanged": unchanged}
 
 
 # -- runtimes: outputs against PyTorch's -------------------------------------------------------

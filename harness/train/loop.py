@@ -792,6 +792,7 @@ class _PhaseRun:
         self.epochs_run = 0
         self.stopped = "max epochs"
         self.budget_spent = False  # a batch was cut or refused for the allowance
+        self.maybe_skipped: list = []  # fp16 steps the scaler may have skipped (StepTaken)
 
     def spent(self) -> float:
         """Steps, images or FLOPs this phase has spent (the unit of its budget)."""
@@ -838,14 +839,16 @@ class _PhaseRun:
                     out = self.forward(x)
                     loss = ctx.task.loss(out, y)
                 opt.zero_grad(set_to_none=True)
-                precision.step(loss, opt, clip_norm=self.phase.clip_norm)
-                return out, loss
+                taken = precision.step(loss, opt, clip_norm=self.phase.clip_norm)
+                return out, loss, taken
 
             if key not in counted:
-                (out, loss), flops = count_flops(train_step, exact_modes=s.compile)
+                (out, loss, taken), flops = count_flops(train_step, exact_modes=s.compile)
                 counted[key] = flops / len(x)
             else:
-                out, loss = train_step()
+                out, loss, taken = train_step()
+            if taken is not True:  # fp16: the scaler may have skipped it; read at the end
+                self.maybe_skipped.append(taken)
             if self.sched is not None:
                 self.sched.step()
             done.steps += 1
@@ -929,6 +932,10 @@ class _PhaseRun:
             "rolled_back": rolled_back, "best_so_far_val_loss": best.loss,
             "stopped": self.stopped, "allowance": self.allowance, "unit": usage.unit,
             "changed_groups": changed_groups, "steps": usage.steps - self.start[0],
+            # optimiser steps fp16's gradient scaler skipped (inf/NaN gradients): they
+            # changed nothing (one wait for the device, here at the phase's end)
+            "steps_skipped": sum(1 for t in self.maybe_skipped if not t),
+            "first_epoch": self.first_epoch,
             "images": usage.images - self.start[1], "schedule": self.schedule,
             "patience": self.patience,
             "lrs": {pg["group"]: pg["max_lr"] for pg in self.opt.param_groups},
