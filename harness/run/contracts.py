@@ -35,6 +35,7 @@ from torch import nn
 
 from ..api.errors import BenchError
 from ..api.hookspecs import KINDS
+from ..api.tolerance import DEFAULT_TOLERANCE, OUTPUT_TOLERANCE, tolerance_key
 
 
 class PluginFault(BenchError):
@@ -450,13 +451,8 @@ def check_groups_trained(who: str, declared: list, groups: dict, changed: set,
 
 
 # -- runtimes: outputs against PyTorch's -------------------------------------------------------
-#: Largest relative RMS difference ``||out - ref|| / ||ref||`` of a runtime's outputs from
-#: PyTorch eager fp32's on the same test images, per precision; other precisions get
-#: :data:`DEFAULT_TOLERANCE`. fp32 allows operator reordering, fp16/bf16 their rounding,
-#: int8 its quantization error; a runtime off by more computes something else (negated
-#: or shuffled outputs differ by about 1.4-2, zeros by 1).
-OUTPUT_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 2e-2, "bf16": 5e-2, "int8": 0.3}
-DEFAULT_TOLERANCE = 0.3
+# OUTPUT_TOLERANCE (per precision) and DEFAULT_TOLERANCE: the project's one table,
+# harness.api.tolerance, imported above
 
 
 def reference_outputs(model: nn.Module, images, batch: int = 64):
@@ -478,7 +474,7 @@ def compare_outputs(outputs, reference, precision: str) -> dict:
     outputs), the ``outputs_check`` of a latency row."""
     import numpy as np
 
-    tol = OUTPUT_TOLERANCE.get(precision, DEFAULT_TOLERANCE)
+    tol = OUTPUT_TOLERANCE.get(precision, DEFAULT_TOLERANCE)  # harness.api.tolerance
     out = {"tolerance": tol, "metric": "relative RMS difference ||out - ref|| / ||ref||",
            "against": "PyTorch eager fp32 (CPU) on the same test images"}
     try:
@@ -514,7 +510,7 @@ def check_runtime_row(plugins, runtime: str, row: dict, outputs,
                                 "test_outputs (outputs on artifacts.test_images)"}
         return
     # a GPU fp32 row that ran with TF32 tensor cores (its "tf32") has TF32's 10-bit mantissa
-    key = "tf32" if prec == "fp32" and row.get("tf32") else prec
+    key = tolerance_key(prec, row.get("tf32"))
     check = row["outputs_check"] = compare_outputs(outputs, reference(), key)
     if not check["ok"]:
         why = check.get("problem") or (f"relative RMS difference {check['rel_rms']:.3g} > "

@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from harness.api.files import atomic_write_text
+from harness.api.tolerance import output_tolerance, tolerance_key
 
 
 def threads(profile) -> int:
@@ -116,25 +117,25 @@ def pytorch_reference(art, x: np.ndarray) -> np.ndarray:
         return art.model.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
 
 
-#: tolerance of a GPU row's outputs against PyTorch fp32, as a fraction of the outputs'
-#: scale (``atol = tol * max(1, max|ref|)``, ``rtol = tol``). fp32 with TF32 tensor cores
-#: keeps 10 mantissa bits in its multiplies (about 1e-3 relative each, accumulated over the
-#: network), fp16 as well plus fp16 activations, bf16 7 bits. int8 has no tolerance: its
-#: comparison is recorded and its accuracy on the test images decides.
-GPU_TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 5e-2, "bf16": 1e-1}
+#: precisions a GPU row's worker holds to the project's tolerance
+#: (:data:`harness.api.tolerance.OUTPUT_TOLERANCE`), element by element (``atol = tol x
+#: max(1, max|ref|)``, ``rtol = tol``). int8 is compared and recorded, not enforced there:
+#: the run's check of every row (relative RMS, the same table) and its accuracy judge it.
+WORKER_ENFORCED = ("fp32", "tf32", "fp16", "bf16")
 
 
 def gpu_parity(art, x: np.ndarray, got, precision: str, tf32: Optional[bool]) -> dict:
     """A GPU row's outputs ``got`` on ``x`` against PyTorch fp32 on the CPU.
 
-    fp32 (stricter without TF32), fp16 and bf16 must agree within :data:`GPU_TOLERANCE`
+    fp32 (stricter without TF32), fp16 and bf16 must agree within
+    :data:`harness.api.tolerance.OUTPUT_TOLERANCE` (:data:`WORKER_ENFORCED`)
     (else :class:`harness.api.errors.ParityError`, and the row fails with the comparison);
     int8 is compared and recorded, not enforced. Every result carries ``top1_agreement``
     (the share of inputs whose arg-max output is PyTorch's)."""
     ref = pytorch_reference(art, x)
     got = np.asarray(got, dtype=np.float32)
-    key = "tf32" if precision == "fp32" and tf32 else precision
-    tol = GPU_TOLERANCE.get(key)
+    key = tolerance_key(precision, tf32)
+    tol = output_tolerance(precision, tf32) if key in WORKER_ENFORCED else None
     what = f"the {precision} outputs" + (" (TF32 on)" if key == "tf32" else "")
     if tol is None:
         res = compare_outputs(got, ref, what=what, strict=False)
