@@ -39,9 +39,10 @@ def _progress(quiet: bool):
 def _round_options(fn):
     for opt in reversed([
         click.option("--rounds", type=int, default=None,
-                     help="Interleaved measurement rounds per runtime x profile, for a stored "
-                          "baseline [10] (--against adds rounds until it decides: "
-                          "--max-rounds)."),
+                     help="Interleaved measurement rounds per runtime x profile: stored by "
+                          "`bench baseline` [20]; `bench check --baseline` sizes its fresh "
+                          "rounds from the stored noise unless given (--against adds rounds "
+                          "until it decides: --max-rounds)."),
         click.option("--calls", type=int, default=None, help="Timed calls per round [15]."),
         click.option("--calibrate/--no-calibrate", default=None,
                      help="Time a fixed matmul probe before every round and normalize by it "
@@ -122,7 +123,7 @@ def baseline_group(matrix_options):
         except (BenchError, ValueError) as exc:
             _fail(ctx, exc)
             return
-        _report_created(entries, out)
+        _report_created(entries, out, cs, rs)
 
     @baseline.command("update", epilog=EPILOG_BASELINE)
     @click.option("--out", required=True, type=click.Path(dir_okay=False),
@@ -148,18 +149,24 @@ def baseline_group(matrix_options):
                     if e["id"] in fresh and fresh[e["id"]][0] is not None:
                         e["metric"] = fresh[e["id"]][0]
             rg.attach_latency(plugins, entries, rs, _progress(quiet))
-            new = rg.new_baseline(entries, rs, rg.CheckSettings(**old["check"]),
-                                  f"update of {old.get('source', '?')}")
+            cs = rg.CheckSettings(**old["check"])
+            new = rg.new_baseline(entries, rs, cs, f"update of {old.get('source', '?')}")
             rg.write_baseline(Path(out), new)
         except (BenchError, ValueError) as exc:
             _fail(ctx, exc)
             return
-        _report_created(entries, out)
+        _report_created(entries, out, cs, rs)
 
     return baseline
 
 
-def _report_created(entries, out) -> None:
+def _report_created(entries, out, cs, rs) -> None:
+    """What was written, each series' noise and the fresh rounds and power a check against
+    it will have; a series too noisy (or too short) for the promise says how many stored
+    rounds it would need."""
+    from harness.regression import fresh_round_plan
+    from harness.regression.stored import base_rounds_needed
+
     problems = [(e["label"], k, v.get("error") or v.get("unavailable"))
                 for e in entries for k, v in e["latency"].items()
                 if v.get("error") or v.get("unavailable")]
@@ -167,6 +174,17 @@ def _report_created(entries, out) -> None:
     click.echo(f"wrote {out}: {len(entries)} cell(s), {n} latency series")
     for label, key, why in problems:
         click.echo(f"  note: {label} {key}: {why}", err=True)
+    labels = {e["id"]: e["label"] for e in entries}
+    for (cid, key), (fresh, power, sigma, stored) in sorted(fresh_round_plan(
+            entries, cs, rs.calibrate).items()):
+        line = (f"  {labels[cid]} {key}: {stored} rounds, noise sd {sigma:.3f}; a check will "
+                f"take {fresh} fresh rounds, predicted power {power:.3f} at x{cs.effect:g}")
+        if power < cs.power:
+            need = base_rounds_needed(sigma, cs)
+            line += (f" (below the {cs.power:g} goal: " +
+                     (f"store {need} rounds, --rounds {need})" if need else
+                      "too noisy for it here: use `bench check --against REV`)"))
+        click.echo(line)
 
 
 def check_command(matrix_options):
@@ -191,23 +209,26 @@ def check_command(matrix_options):
     @click.option("--accuracy-drop", type=float, default=None,
                   help="Allowed drop of the metric [baseline's check table, else 0.01].")
     @click.option("--alpha", type=float, default=None, help="Significance level [0.01].")
-    @click.option("--confirm", type=int, default=None,
-                  help="Re-measurements that must confirm a latency regression against a "
-                       "stored baseline [2].")
-    @click.option("--max-rounds", type=int, default=None,
-                  help="--against: paired rounds after which a still undecided sequential "
-                       "test stops and says 'undecided' (exit 2) [60].")
+    @click.option("--min-effect", type=float, default=None,
+                  help="The smallest slowdown the check promises to catch; its rounds are "
+                       "sized for it [1.25].")
     @click.option("--power", type=float, default=None,
-                  help="--against: the sequential test's power when 80% of the paired rounds "
-                       "read above the tolerance (about a 1.25x slowdown) [0.95].")
+                  help="The promised chance of catching --min-effect [0.95].")
+    @click.option("--noise", type=float, default=None,
+                  help="--against: the sd of the paired per-round log ratios the sequential "
+                       "test is sized for (the check prints the noise it read) [0.20].")
+    @click.option("--max-rounds", type=int, default=None,
+                  help="Cap on rounds: paired rounds of --against (a test still undecided "
+                       "then says so, exit 2) and fresh rounds against a stored baseline "
+                       "[200].")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
     @matrix_options
     @_round_options
     @click.pass_context
     def check(ctx, baseline_path, against, run, retrain, no_latency, latency_tolerance,
-              accuracy_drop, alpha, confirm, max_rounds, power, markdown, junit, rounds, calls,
-              calibrate, statistic, quiet, **matrix_opts):
+              accuracy_drop, alpha, min_effect, power, noise, max_rounds, markdown, junit,
+              rounds, calls, calibrate, statistic, quiet, **matrix_opts):
         """Re-measure a baseline's cells (or measure REV beside this code) and say whether
         they got slower or less accurate."""
         from harness.api.errors import BenchError
@@ -218,8 +239,8 @@ def check_command(matrix_options):
             plan = _check_plan(get_plugins(), baseline_path, against, run, retrain, no_latency,
                                matrix_opts, {"latency_tolerance": latency_tolerance,
                                              "accuracy_drop": accuracy_drop, "alpha": alpha,
-                                             "confirm": confirm, "max_rounds": max_rounds,
-                                             "power": power},
+                                             "min_effect": min_effect, "power": power,
+                                             "noise": noise, "max_rounds": max_rounds},
                                (rounds, calls, calibrate, statistic))
             for w in plan["warnings"]:
                 click.echo(f"warning: {w}", err=True)
@@ -229,11 +250,14 @@ def check_command(matrix_options):
             else:
                 verdicts = rg.run_check(get_plugins(), plan["baseline"], plan["cs"], plan["rs"],
                                         run=Path(run) if run else None, retrain=retrain,
-                                        latency=not no_latency, progress=_progress(quiet))
+                                        latency=not no_latency, progress=_progress(quiet),
+                                        fresh_rounds=rounds)
         except (BenchError, ValueError) as exc:
             _fail(ctx, exc)
             return
         click.echo(rg.verdict_table(verdicts))
+        for line in rg.power_lines(verdicts):
+            click.echo(line)
         click.echo("\n" + rg.summary_line(verdicts))
         counters = next((v.detail["counters"] for v in verdicts if "counters" in v.detail), "")
         if counters and not no_latency:
@@ -247,10 +271,10 @@ def check_command(matrix_options):
     return check
 
 
-STORED_CAVEAT = ("a stored baseline was measured in another process (and maybe on another day "
-                 "or machine of the same kind): the variation between processes is not "
-                 "cancelled by interleaving or calibration (README, 'bench check'); "
-                 "`bench check --against REV` measures the base beside this code instead")
+STORED_CAVEAT = ("a stored baseline was measured in another process at another time: its alpha "
+                 "holds only while the drift between the two measurements stays within the "
+                 "tolerance (docs/ci-check.md); `bench check --against REV` measures the base "
+                 "beside this code instead")
 
 
 def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matrix_opts: dict,
@@ -266,14 +290,13 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
     if against and (run or retrain or no_latency):
         raise BenchError("--against compares latency only; check metrics with --baseline "
                          "FILE and --run/--retrain in a second step")
-    if against and (round_opts[0] is not None or overrides.get("confirm") is not None):
+    if against and round_opts[0] is not None:
         raise BenchError("--against adds paired rounds until one sequential test decides: "
-                         "--rounds and --confirm are for a stored baseline (--baseline); "
-                         "bound the paired rounds with --max-rounds")
-    if not against and (overrides.get("max_rounds") is not None or
-                        overrides.get("power") is not None):
-        raise BenchError("--max-rounds and --power set the paired check's sequential test "
-                         "(--against REV); a stored baseline is checked in --rounds rounds")
+                         "--rounds is for a stored baseline (--baseline); bound the paired "
+                         "rounds with --max-rounds")
+    if not against and overrides.get("noise") is not None:
+        raise BenchError("--noise sizes the paired check's sequential test (--against REV); "
+                         "a stored baseline's rounds are sized from its own stored noise")
     if not against and not baseline_path:
         raise BenchError("give --baseline FILE (a stored baseline) or --against REV (measure "
                          "the base revision beside this code)")
@@ -288,9 +311,9 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
     cs_kw = dict(base["check"]) if base else {}
     cs_kw.update({k: v for k, v in overrides.items() if v is not None})
     rs = _round_settings(base["measure"] if base else {}, *round_opts)
-    warnings = []
+    warnings = list(base.get("legacy_notes", [])) if base else []
     if base is not None and not against and not no_latency:
-        warnings = rg.fingerprint_warnings(base) + [STORED_CAVEAT]
+        warnings.append(STORED_CAVEAT)
     source = (f"{baseline_path}" if not against else
               f"revision {against} measured beside this code" +
               (f" (cells of {baseline_path})" if baseline_path else ""))

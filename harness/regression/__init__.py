@@ -24,31 +24,36 @@ How latency is compared (why it holds on a noisy, shared machine):
   the same way with the same threads; the block's sample divided by the probe's cancels
   the machine's speed (another CPU model, a clock change). Comparisons use these
   normalized samples.
-* **Against a stored baseline:** a regression needs the ratio of medians above
-  ``1 + tolerance`` and a one-sided Mann-Whitney U test (Mann & Whitney 1947) below
-  ``alpha`` (the rule asv uses), confirmed by ``confirm`` re-measurements.
+* **Against a stored baseline:** one one-sided Mann-Whitney U test (Mann & Whitney 1947) at
+  ``alpha`` on the fresh samples shifted by the tolerance, in as many fresh rounds as the
+  stored samples' noise needs for the stated power at ``min_effect`` (:mod:`.stored`);
+  refused (an error) on another kind of machine or with other package versions.
 * **Paired (``--against REV``):** base and candidate workers side by side, paired rounds
   added until one sequential test decides at ``alpha`` (:mod:`.sequential`: Wald's SPRT on
   the signs of the per-round log ratios beyond the tolerance; its power is computed exactly
   and simulated, not assumed). int8 conversions are calibrated on the same images on both
-  sides (:mod:`.calibration`).
+  sides (:mod:`.calibration`). The rule is sized for a stated noise, goal and minimum
+  effect, and the check prints the power predicted for the noise it measured.
 
-Modules, bottom up: ``sequential``, ``settings`` and ``statistics``; ``calibration``;
+Modules, bottom up: ``sequential``, ``settings``, ``statistics`` and ``stored``; ``calibration``;
 ``rebuild`` (a cell's model back from its configuration); ``measure`` (a session's blocks),
 ``worker`` (that session in a fresh process) and ``rounds`` (the interleaved rounds, in
 either); ``baseline`` (files); ``verdict``; ``reports``;
 ``check`` (orchestration). This package re-exports their public names.
 """
-from .baseline import (fingerprint_warnings, load_baseline, make_entry, new_baseline,
+from .baseline import (drift_reasons, load_baseline, make_entry, new_baseline,
                        resolved_profiles, write_baseline)
 from .check import (attach_latency, entries_from_matrix, entries_from_run,
-                    fresh_metrics_from_run, run_check)
+                    fresh_metrics_from_run, fresh_round_plan, run_check)
 from .measure import Session, latency_key, probe
 from .rounds import measure_latency
 from .paired import base_tree, compare_paired, paired_check, run_paired
 from .rebuild import build_architecture, cell_config, cell_identity
-from .sequential import SignSPRT, operating_characteristic, paired_decision, round_probability
-from .reports import junit_xml, markdown_summary, summary_line, verdict_table, write_reports
+from .sequential import (SignSPRT, noise_limit, operating_characteristic, paired_decision, predict,
+                         round_probability, size_rule)
+from .stored import fresh_rounds, mwu_power, stored_decision
+from .reports import (junit_xml, markdown_summary, power_lines, summary_line, verdict_table,
+                      write_reports)
 from .settings import FORMAT, VERSION, BaselineError, CheckSettings, RoundSettings
 from .statistics import mann_whitney_greater
 from .verdict import Verdict, compare_latency, compare_metric, exit_code
@@ -56,11 +61,12 @@ from .verdict import Verdict, compare_latency, compare_metric, exit_code
 __all__ = [
     "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Session", "Verdict",
     "SignSPRT", "operating_characteristic", "paired_decision", "round_probability",
+    "size_rule", "predict", "noise_limit", "fresh_rounds", "mwu_power", "stored_decision",
     "base_tree", "compare_paired", "paired_check", "run_paired",
     "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
     "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",
-    "fingerprint_warnings", "fresh_metrics_from_run", "junit_xml", "latency_key",
-    "load_baseline", "make_entry", "mann_whitney_greater", "markdown_summary",
+    "drift_reasons", "fresh_metrics_from_run", "fresh_round_plan", "junit_xml", "latency_key",
+    "load_baseline", "make_entry", "power_lines", "mann_whitney_greater", "markdown_summary",
     "measure_latency", "new_baseline", "probe", "resolved_profiles", "run_check",
     "summary_line", "verdict_table", "write_baseline", "write_reports",
 ]

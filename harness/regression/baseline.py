@@ -11,7 +11,8 @@ from ..api.manager import PluginSystem
 from ..measure.env import environment, machine_fingerprint
 from ..run.results import atomic_write_json
 from .rebuild import cell_config, cell_identity
-from .settings import FORMAT, VERSION, BaselineError, CheckSettings, RoundSettings
+from .settings import (FORMAT, LEGACY_CHECK_KEYS, VERSION, BaselineError, CheckSettings,
+                       RoundSettings)
 
 
 def resolved_profiles(plugins: PluginSystem, names, custom: dict) -> dict:
@@ -75,6 +76,11 @@ def load_baseline(path: Path) -> dict:
         if not isinstance(data.get(key), typ):
             raise BaselineError(f"{path}: key {key!r} is missing or not a "
                                 f"{'list' if typ is list else 'table'}{fix}")
+    legacy = sorted(set(data["check"]) & set(LEGACY_CHECK_KEYS))
+    data["legacy_notes"] = [f"{path}: [check] {k} ({LEGACY_CHECK_KEYS[k]}) is no longer used "
+                            "and was dropped" for k in legacy]
+    for k in legacy:
+        del data["check"][k]
     for sec, cls in (("check", CheckSettings), ("measure", RoundSettings)):
         allowed = {f.name for f in fields(cls)}
         bad = set(data[sec]) - allowed
@@ -100,14 +106,29 @@ def load_baseline(path: Path) -> dict:
     return data
 
 
-def fingerprint_warnings(baseline: dict) -> list[str]:
-    """Differences between the baseline's machine and this one (latency may not compare)."""
-    here = machine_fingerprint(environment())
+def drift_reasons(baseline: dict, plugins: Optional[PluginSystem] = None) -> list[str]:
+    """Why this machine's latency cannot be compared with the baseline's at the stated alpha:
+    another kind of machine (CPU model, cores, architecture, GPU) or other versions of the
+    measured packages (Python, torch, every runtime's packages). Empty when none.
+
+    transfer-bench's own version and third-party plugins' are not compared: they are the code
+    under test.
+    """
+    from ..measure.env import package_versions
+
+    out = []
+    here = machine_fingerprint(environment(plugins))
     there = baseline.get("fingerprint") or {}
     diffs = [f"{k}: baseline {there.get(k)!r}, here {here.get(k)!r}" for k in sorted(here)
              if there.get(k) != here.get(k)]
-    if not diffs:
-        return []
-    return ["the baseline was measured on another kind of machine (" + "; ".join(diffs) +
-            "); the probe calibration cancels speed only roughly - re-create the baseline "
-            "on this kind of machine for trustworthy latency verdicts"]
+    if diffs:
+        out.append("the baseline was measured on another kind of machine (" + "; ".join(diffs) +
+                   ")")
+    old = (baseline.get("environment") or {}).get("versions") or {}
+    now = package_versions(plugins)
+    vdiffs = [f"{k} {old[k]} -> {now[k]}" for k in sorted(set(old) & set(now))
+              if k != "transfer-bench" and not k.startswith("plugin ") and old[k] != now[k]]
+    if vdiffs:
+        out.append("the baseline was measured with other package versions (" +
+                   ", ".join(vdiffs) + ")")
+    return out

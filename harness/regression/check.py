@@ -1,9 +1,10 @@
 """Orchestration of the regression check: baseline entries from a run or a matrix, a check's
-verdicts (metric, latency, confirmation of suspected regressions)."""
+verdicts against a stored baseline (metric; latency with its fresh rounds sized from the
+stored noise, one test per series)."""
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ from .baseline import make_entry, resolved_profiles
 from .rounds import measure_latency
 from .rebuild import cell_config, cell_identity
 from .settings import CheckSettings, RoundSettings
-from .verdict import Verdict, compare_latency, compare_metric, confirm_regression
+from .verdict import Verdict, compare_latency, compare_metric
 
 
 def _data_info(rec: dict) -> dict:
@@ -113,22 +114,55 @@ def fresh_metrics_from_run(run: Path) -> dict:
     return out
 
 
+def fresh_round_plan(entries: list[dict], cs: CheckSettings, calibrate: bool) -> dict:
+    """``{(cell id, latency key): (fresh rounds, predicted power, stored noise sd, stored
+    rounds)}``: each
+    stored series' fresh rounds sized from its own noise
+    (:func:`harness.regression.stored.fresh_rounds`)."""
+    import math
+
+    from .stored import fresh_rounds, noise_of
+    from .verdict import base_series
+
+    plan = {}
+    for e in entries:
+        for key, lat in e["latency"].items():
+            if "round_ms" not in lat:
+                continue
+            series = base_series(lat, calibrate)
+            if len(series) < 3 or min(series) <= 0:
+                continue
+            sigma = noise_of([math.log(v) for v in series])
+            n, power = fresh_rounds(len(series), sigma, cs)
+            plan[(e["id"], key)] = (n, power, sigma, len(series))
+    return plan
+
+
+def _refused(entries: list[dict], reasons: list[str]) -> list[Verdict]:
+    why = ("refused: " + "; ".join(reasons) + ". A stored baseline's alpha holds only when "
+           "nothing but the code changed between the two measurements: re-create it here "
+           "(`bench baseline update --out FILE`) or compare with the base revision measured "
+           "beside this code (`bench check --against REV`)")
+    return [Verdict(e["label"], f"latency {key}", "error", note=why)
+            for e in entries for key in sorted(e["latency"])]
+
+
 def run_check(plugins: PluginSystem, baseline: dict, cs: CheckSettings,
               rs: Optional[RoundSettings] = None, run: Optional[Path] = None,
               retrain: bool = False, latency: bool = True,
-              progress: Callable[[str], None] = lambda m: None) -> list[Verdict]:
+              progress: Callable[[str], None] = lambda m: None,
+              fresh_rounds: Optional[int] = None) -> list[Verdict]:
     """Compare fresh measurements with a baseline; one :class:`Verdict` per cell x check.
 
-    About 60 lines: the accuracy and latency checks of a cell share its rebuilt model and the
-    fresh metrics, so they stay in one loop.
+    Latency: refused (error verdicts) when :func:`~.baseline.drift_reasons` finds another
+    kind of machine or other package versions; else ``fresh_rounds`` fresh rounds (default:
+    the most any stored series needs, :func:`fresh_round_plan`) and one test per series
+    (:func:`~.verdict.compare_latency`).
     """
+    from .baseline import drift_reasons
+
     rs = rs or RoundSettings(**baseline["measure"])
     entries = baseline["cells"]
-    n_base = baseline["measure"].get("rounds", rs.rounds)
-    if latency and 1 / math.comb(n_base + rs.rounds, rs.rounds) >= cs.alpha:
-        raise BenchError(f"{n_base} baseline and {rs.rounds} fresh rounds can never reach "
-                         f"p < alpha = {cs.alpha:g} in the Mann-Whitney test; use more "
-                         "--rounds (5 and 5 reach 0.004) or a larger --alpha")
     verdicts: list[Verdict] = []
     fresh_metric: dict = {}
     if run is not None:
@@ -153,33 +187,23 @@ def run_check(plugins: PluginSystem, baseline: dict, cs: CheckSettings,
         verdicts.append(v)
     if not latency:
         return verdicts
+    reasons = drift_reasons(baseline, plugins)
+    if reasons:
+        return verdicts + _refused(entries, reasons)
+    plan = fresh_round_plan(entries, cs, rs.calibrate)
+    n = fresh_rounds or max([v[0] for v in plan.values()] or [rs.rounds])
+    progress(f"{n} fresh rounds (sized from the stored noise for power {cs.power:g} at "
+             f"x{cs.effect:g})" if not fresh_rounds else f"{n} fresh rounds (--rounds)")
     reps = {(e["id"], lat["runtime"], lat["profile"]): lat["probe_reps"]
             for e in entries for lat in e["latency"].values()
             if lat.get("probe_reps") and "runtime" in lat}
-    fresh = measure_latency(plugins, entries, rs, probe_reps=reps, progress=progress)
-    lat_verdicts = {}
+    fresh = measure_latency(plugins, entries, replace(rs, rounds=max(n, 3)), probe_reps=reps,
+                            progress=progress)
     for e in entries:
         got = fresh.get(e["id"], {})
         for key, base in sorted(e["latency"].items()):
-            lat_verdicts[(e["id"], key)] = compare_latency(
+            verdicts.append(compare_latency(
                 e["label"], key, base, got.get(key) or got.get("*") or
                 {"error": "not measured in this check (runtime or profile gone?)"},
-                cs, rs.calibrate)
-    # a suspected regression must show again in `confirm` fresh re-measurements
-    for attempt in range(cs.confirm):
-        suspects = {k for k, v in lat_verdicts.items() if v.status == "regression"}
-        if not suspects:
-            break
-        only = {(cid, key.split("/")[0], key.split("/")[1]) for cid, key in suspects}
-        progress(f"confirming {len(suspects)} suspected regression(s)")
-        again = measure_latency(plugins, [e for e in entries if e["id"] in {c for c, _ in suspects}],
-                                rs, only=only, probe_reps=reps, progress=progress)
-        by_id = {e["id"]: e for e in entries}
-        for cid, key in suspects:
-            first = lat_verdicts[(cid, key)]
-            second = compare_latency(first.cell, key, by_id[cid]["latency"][key],
-                                     again.get(cid, {}).get(key, {"error": "not re-measured"}),
-                                     cs, rs.calibrate)
-            confirm_regression(first, second, attempt)
-    verdicts.extend(lat_verdicts.values())
+                cs, rs.calibrate))
     return verdicts

@@ -23,12 +23,13 @@ import statistics
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..api.archives import safe_extractall
 from ..api.errors import BenchError
-from .sequential import SignSPRT, paired_decision
+from .sequential import SignSPRT, paired_decision, predict
 from .settings import CheckSettings, RoundSettings
 from .verdict import Verdict
 
@@ -106,7 +107,7 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
     :func:`harness.regression.sequential.paired_decision` with ``cs``'s rule."""
     rule = cs.sequential()
     name = f"latency {key}"
-    limit = f"SPRT: x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}"
+    limit = f"SPRT: x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}, <= {rule.max_rounds} rounds"
     for src, got in (("base", base), ("candidate", cand)):
         bad = next((s for s in got if "round_ms" not in s), None)
         if bad is not None:
@@ -126,6 +127,14 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
         note += (f"; undecided after {n} rounds (max {rule.max_rounds}): the change is near "
                  "the tolerance or the rounds too noisy; measure again on a quieter machine or "
                  "give --max-rounds more")
+    sigma = statistics.stdev(logs) if n >= 3 else None
+    pred = predict(rule, sigma, cs.effect) if sigma is not None else None
+    if pred is not None:
+        note += (f"; noise sd {sigma:.3f} over {n} rounds: predicted power "
+                 f"{pred['power']:.3f} at x{cs.effect:g}")
+        if pred["power"] < cs.power:
+            note += (f" (below the {cs.power:g} goal: the rule is sized for noise "
+                     f"{cs.noise:g}; --noise {math.ceil(sigma * 100) / 100:g} sizes it for this)")
     p = fast.p_value if status == "improved" else slow.p_value
     bms = statistics.median(s["round_ms"] for s in base) if base else None
     cms = statistics.median(s["round_ms"] for s in cand) if cand else None
@@ -134,7 +143,10 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
                    detail={"ratio": ratio, "ratios": ratios, "p_slower": slow.p_value,
                            "p_faster": fast.p_value, "statistic": what, "rounds": n,
                            "sprt": {"slower": slow.decision, "faster": fast.decision,
-                                    "llr_slower": slow.llr, "llr_faster": fast.llr}})
+                                    "llr_slower": slow.llr, "llr_faster": fast.llr},
+                           "noise_sd": sigma, "min_effect": cs.effect,
+                           "predicted_power": pred and pred["power"],
+                           "max_rounds": rule.max_rounds})
 
 
 def _done(b: list[dict], c: list[dict], rule: SignSPRT, calibrate: bool) -> bool:
@@ -144,13 +156,15 @@ def _done(b: list[dict], c: list[dict], rule: SignSPRT, calibrate: bool) -> bool
 
 
 def paired_rounds(base, cand, rule: SignSPRT, calibrate: bool,
-                  progress: Callable[[str], None] = lambda m: None) -> dict:
+                  progress: Callable[[str], None] = lambda m: None,
+                  seconds: Optional[dict] = None) -> dict:
     """``{(cell id, latency key): ([base samples], [candidate samples])}``, round by round,
     until every key's sequential test decided or ``rule.max_rounds`` rounds.
 
     ``base`` and ``cand`` are sessions with the same targets; in round ``r`` every target
     with an undecided key is measured by both (only its undecided keys), the base first in
-    even rounds and the candidate first in odd ones.
+    even rounds and the candidate first in odd ones. ``seconds``, when given, receives
+    ``{target index: [wall seconds of each of its paired rounds]}``.
     """
     if base.targets != cand.targets:
         raise BenchError("the base and the candidate revision measure different targets "
@@ -169,7 +183,10 @@ def paired_rounds(base, cand, rule: SignSPRT, calibrate: bool,
             progress(f"round {r + 1} (at most {rule.max_rounds}) "
                      f"{'/'.join(base.targets[i][1:])}: {len(keys)} undecided")
             order = (base, cand) if r % 2 == 0 else (cand, base)
+            t0 = time.perf_counter()
             got = {id(s): s.block(i, keys) for s in order}
+            if seconds is not None:
+                seconds.setdefault(i, []).append(time.perf_counter() - t0)
             for key in list(keys):
                 slot = out.setdefault((base.targets[i][0], key), ([], []))
                 slot[0].append(got[id(base)].get(key, {"error": "not measured by the base"}))
@@ -217,6 +234,8 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
     rule = cs.sequential()
     labels = {e["id"]: e["label"] for e in entries}
     progress(f"starting the base worker ({tree}) and the candidate worker")
+    t0 = time.perf_counter()
+    seconds: dict = {}
     with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp:
         if plugins is None:  # recipes only: the cells' data come from the default plugins
             from ..api.manager import get_plugins
@@ -229,14 +248,23 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
                 WorkerSession(entries, rs, plugins=plugins, probe_reps=base.probe_reps,
                               recipe=cand_recipe, tree=cand_tree,
                               calibration=calib) as cand:  # the same probe on both sides
-            rounds = paired_rounds(base, cand, rule, rs.calibrate, progress=progress)
+            startup = time.perf_counter() - t0
+            rounds = paired_rounds(base, cand, rule, rs.calibrate, progress=progress,
+                                   seconds=seconds)
             verdicts = [compare_paired(labels[cid], key, b, c, cs, rs.calibrate)
                         for (cid, key), (b, c) in rounds.items()]
             static = _static_verdicts(labels, base, cand)
             counters = cand.counter or base.counter
     out = static + verdicts
-    if counters:
-        for v in out:
+    timing = {"startup_s": startup, "total_s": time.perf_counter() - t0,
+              "max_rounds": rule.max_rounds,
+              "round_s": {f"{labels[base.targets[i][0]]} {'/'.join(base.targets[i][1:])}":
+                          sum(v) / len(v) for i, v in seconds.items() if v}}
+    # the worst case: every target undecided until the last round
+    timing["worst_case_s"] = startup + rule.max_rounds * sum(timing["round_s"].values())
+    for v in out:
+        v.detail["timing"] = timing
+        if counters:
             v.detail.setdefault("counters", counters)
     return out
 

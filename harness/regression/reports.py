@@ -34,6 +34,28 @@ def summary_line(verdicts: list[Verdict]) -> str:
     return head + " (" + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ")"
 
 
+def power_lines(verdicts: list[Verdict]) -> list[str]:
+    """Per latency target: the rounds it used, the noise it read and the power the rule's own
+    calculation predicts for that noise at the stated minimum effect; then the check's time
+    and its worst case (paired checks)."""
+    out = []
+    for v in verdicts:
+        d = v.detail
+        if d.get("predicted_power") is None:
+            continue
+        rounds = d["rounds"] if isinstance(d["rounds"], int) else "+".join(map(str, d["rounds"]))
+        cap = f" of at most {d['max_rounds']}" if d.get("max_rounds") else ""
+        out.append(f"power: {v.cell} {v.check}: {rounds} rounds{cap}, noise sd "
+                   f"{d['noise_sd']:.3f} -> predicted power {d['predicted_power']:.3f} at "
+                   f"x{d['min_effect']:g}")
+    timing = next((v.detail["timing"] for v in verdicts if "timing" in v.detail), None)
+    if timing:
+        out.append(f"time: {timing['total_s']:.0f} s (workers' start-up {timing['startup_s']:.0f}"
+                   f" s); worst case, every target undecided until round "
+                   f"{timing['max_rounds']}: about {timing['worst_case_s']:.0f} s")
+    return out
+
+
 def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path: str) -> str:
     """A pull-request comment: overall status, warnings, the verdict table."""
     icon = {0: ":white_check_mark:", 1: ":x:", 2: ":warning:"}[exit_code(verdicts)]
@@ -49,11 +71,14 @@ def markdown_summary(verdicts: list[Verdict], warnings: list[str], baseline_path
         if v.status in ("regression", "error", "undecided"):
             cells[2] = f"**{cells[2]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Against a stored baseline a latency regression needs the ratio of medians "
-              "above the tolerance AND a one-sided Mann-Whitney test below alpha, confirmed by "
-              "re-measurements. With --against, paired rounds are added until one sequential "
-              "test (Wald's SPRT on the signs of the per-round log ratios beyond the "
-              "tolerance) decides at alpha; p is its always-valid p-value. See docs/ci-check.md."]
+    power = power_lines(verdicts)
+    if power:
+        lines += [""] + [f"- {line}" for line in power]
+    lines += ["", "Against a stored baseline one Mann-Whitney test at alpha decides, on the fresh "
+              "rounds shifted by the tolerance, in as many rounds as the stored noise needs. "
+              "With --against, paired rounds are added until one sequential test (Wald's SPRT "
+              "on the signs of the per-round log ratios beyond the tolerance) decides at "
+              "alpha; p is its always-valid p-value. See docs/ci-check.md."]
     return "\n".join(lines) + "\n"
 
 

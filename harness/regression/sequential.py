@@ -40,6 +40,7 @@ slowdown and the noise of the paired log-ratios into ``p`` for normal noise.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -64,6 +65,8 @@ class SignSPRT:
     beta: float = 0.05
     p1: float = 0.8
     max_rounds: int = 60
+    # (these are the test's own defaults; `bench check` sizes p1, beta and max_rounds from
+    # its stated goal and noise with :func:`size_rule`)
 
     def __post_init__(self) -> None:
         if not self.tolerance >= 0:
@@ -164,10 +167,13 @@ def paired_decision(log_ratios: list[float], rule: SignSPRT) -> tuple[str, SPRTR
 
 def operating_characteristic(rule: SignSPRT, p: float) -> dict:
     """Exact error rates of ``rule`` when each round reads above the tolerance with chance
-    ``p``: ``{"regression", "pass", "undecided", "expected_rounds"}`` (dynamic programming over
-    the rounds and the count of rounds above; no simulation)."""
+    ``p``: ``{"regression", "pass", "undecided", "expected_rounds", "regression_by_round"}``
+    (dynamic programming over the rounds and the count of rounds above; no simulation).
+    ``regression_by_round[n - 1]`` is the chance of a regression verdict within ``n`` rounds,
+    i.e. the power of the same test capped at ``n`` rounds."""
     alive = {0: 1.0}  # successes -> probability of being still undecided
     rej = acc = expect = 0.0
+    by_round = []
     for n in range(1, rule.max_rounds + 1):
         nxt: dict = {}
         for s, pr in alive.items():
@@ -183,9 +189,10 @@ def operating_characteristic(rule: SignSPRT, p: float) -> dict:
                 else:
                     nxt[s2] = nxt.get(s2, 0.0) + m
         alive = nxt
+        by_round.append(rej)
     und = sum(alive.values())
     return {"regression": rej, "pass": acc, "undecided": und,
-            "expected_rounds": expect + rule.max_rounds * und}
+            "expected_rounds": expect + rule.max_rounds * und, "regression_by_round": by_round}
 
 
 def round_probability(slowdown: float, tolerance: float, sigma: float) -> float:
@@ -196,5 +203,75 @@ def round_probability(slowdown: float, tolerance: float, sigma: float) -> float:
     return 1 - NormalDist(math.log(slowdown), sigma).cdf(math.log1p(tolerance))
 
 
+# p1 is kept inside this range whatever the design noise: near 1 a single round at or below
+# the tolerance (one burst of load on the candidate's side... or the base's) would accept H0
+P1_RANGE = (0.6, 0.9)
+
+
+@functools.lru_cache(maxsize=64)
+def size_rule(tolerance: float, alpha: float, power: float, min_effect: float, noise: float,
+              cap: int) -> SignSPRT:
+    """The sequential sign test sized so that its own exact power calculation predicts
+    ``power`` at a slowdown of ``min_effect`` when the paired log-ratios have sd ``noise``.
+
+    ``p1`` is the share of rounds above the tolerance at ``min_effect`` under that noise
+    (:func:`round_probability`, kept within :data:`P1_RANGE`); ``beta`` starts at
+    ``1 - power`` and is halved (down to ``(1 - power) / 16``) while even ``cap`` rounds do
+    not reach ``power`` (Wald's bounds are approximate, and a cap leaves some tests
+    undecided); ``max_rounds`` is then the smallest number of rounds at which
+    :func:`operating_characteristic` reaches ``power``. When no ``beta`` reaches it within
+    ``cap`` rounds the rule uses ``cap`` rounds and the ``beta`` that comes closest: its predicted power
+    (:func:`predict`) then says by how much it falls short.
+
+    Raises:
+        ValueError: ``min_effect`` not above ``1 + tolerance``, or a bad power/noise.
+    """
+    if not min_effect > 1 + tolerance:
+        raise ValueError(f"the minimum effect x{min_effect:g} must be above the tolerance "
+                         f"x{1 + tolerance:g} (a slowdown the gate may let pass cannot be one "
+                         "it promises to catch); give a larger --min-effect")
+    if not 0.5 < power < 1:
+        raise ValueError(f"power must be between 0.5 and 1, got {power}")
+    if not noise > 0:
+        raise ValueError(f"noise (the paired log-ratio sd the rule is sized for) must be > 0, "
+                         f"got {noise}")
+    p1 = min(max(round_probability(min_effect, tolerance, noise), P1_RANGE[0]), P1_RANGE[1])
+    best = None  # (power within cap rounds, beta): the fallback when none reaches `power`
+    for k in range(5):
+        beta = (1 - power) / 2 ** k
+        rule = SignSPRT(tolerance=tolerance, alpha=alpha, beta=beta, p1=p1,
+                        max_rounds=max(cap, 1))
+        by_round = operating_characteristic(rule, p1)["regression_by_round"]
+        enough = next((n for n, r in enumerate(by_round, 1) if r >= power), None)
+        if enough is not None:
+            n = max(enough, rule.min_rounds_to_reject)
+            return SignSPRT(tolerance=tolerance, alpha=alpha, beta=beta, p1=p1, max_rounds=n)
+        if best is None or by_round[-1] > best[0]:
+            best = (by_round[-1], beta)
+    return SignSPRT(tolerance=tolerance, alpha=alpha, beta=best[1], p1=p1, max_rounds=cap)
+
+
+def predict(rule: SignSPRT, noise: float, min_effect: float) -> dict:
+    """What ``rule`` is predicted to do at paired log-ratio sd ``noise``: ``power`` (chance of
+    "regression" at ``min_effect``), ``false_alarm`` (at x1.00) and ``expected_rounds`` at
+    each, from :func:`operating_characteristic` (normal noise)."""
+    hit = operating_characteristic(rule, round_probability(min_effect, rule.tolerance, noise))
+    aa = operating_characteristic(rule, round_probability(1.0, rule.tolerance, noise))
+    return {"power": hit["regression"], "false_alarm": aa["regression"],
+            "rounds_at_effect": hit["expected_rounds"], "rounds_at_1": aa["expected_rounds"]}
+
+
+def noise_limit(rule: SignSPRT, min_effect: float, power: float) -> float:
+    """The largest paired log-ratio sd at which ``rule`` still predicts ``power`` at
+    ``min_effect`` (bisection; 0 when it never does)."""
+    lo, hi = 1e-4, 2.0
+    if predict(rule, lo, min_effect)["power"] < power:
+        return 0.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if predict(rule, mid, min_effect)["power"] >= power else (lo, mid)
+    return lo
+
+
 __all__ = ["SignSPRT", "SPRTResult", "paired_decision", "operating_characteristic",
-           "round_probability"]
+           "round_probability", "size_rule", "predict", "noise_limit", "P1_RANGE"]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Optional
 
 from ..api.errors import BenchError
-from .sequential import SignSPRT
+from .sequential import SignSPRT, size_rule
 
 FORMAT = "transfer-bench-baseline"
 VERSION = 2  # 2: a round's statistic times calls only (no per-round set-up)
@@ -18,47 +19,65 @@ class BaselineError(BenchError):
 # -- settings ---------------------------------------------------------------------------------
 @dataclass
 class CheckSettings:
-    """Tolerances of a check (the baseline's ``check`` table; options override it).
+    """Tolerances of a check and the promise of its latency rule (the baseline's ``check``
+    table; options override it).
 
     Attributes:
-        latency_tolerance: a latency regression needs ``fresh / baseline > 1 + this``.
+        latency_tolerance: a candidate may be up to ``1 + this`` times as slow (H0's
+            boundary in both latency rules).
         accuracy_drop: a metric may get worse by at most this much (absolute, e.g. 0.01 =
             one point of accuracy); the direction follows the task's ``higher_is_better``.
-        alpha: the false-alarm rate: of the one-sided Mann-Whitney test (stored baseline);
-            of the sequential test of the paired check (at a slowdown of exactly
-            ``1 + latency_tolerance``; less below it).
-        confirm: how many re-measurements must also show a suspected latency regression
-            (stored baseline only; the paired check is one sequential test).
-        power: the paired check's chance of catching a slowdown at which a share ``p1`` of
-            the paired rounds reads above the tolerance (Wald's ``1 - beta``).
-        p1: that share (:class:`harness.regression.sequential.SignSPRT`): 0.8 is a 1.25x
-            slowdown under a paired log-ratio noise of 0.15.
-        max_rounds: paired rounds after which a still undecided target stops, "undecided".
+        alpha: the false-alarm rate of the one latency test per target, at most, at a
+            slowdown of exactly ``1 + latency_tolerance`` (less below it).
+        min_effect: the smallest slowdown the gate promises to catch; None (the default):
+            ``(1 + latency_tolerance) x 1.25 / 1.10``, i.e. x1.25 at the default tolerance
+            and as far above any other tolerance (:attr:`effect` resolves it).
+        power: the promised chance of catching ``min_effect`` (0.95: 19 checks in 20).
+        noise: the sd of the paired per-round log ratios the paired rule is sized for
+            (:func:`harness.regression.sequential.size_rule`); the check prints the noise it
+            measured and the power predicted for it. 0.20 is above what every built-in
+            runtime read on the shared 2-core machine (docs/ci-check.md). A stored baseline's
+            rule is sized from the noise of its own stored samples instead.
+        max_rounds: the cap on rounds: paired rounds of ``--against`` (the rule sized within
+            it) and fresh rounds against a stored baseline.
     """
 
     latency_tolerance: float = 0.10
     accuracy_drop: float = 0.01
     alpha: float = 0.01
-    confirm: int = 2
-    power: float = 1 - SignSPRT.beta
-    p1: float = SignSPRT.p1
-    max_rounds: int = SignSPRT.max_rounds
+    min_effect: Optional[float] = None
+    power: float = 0.95
+    noise: float = 0.20
+    max_rounds: int = 200
 
     def __post_init__(self) -> None:
         if not self.latency_tolerance >= 0 or not self.accuracy_drop >= 0:
             raise ValueError("latency_tolerance and accuracy_drop must be >= 0")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.confirm < 0:
-            raise ValueError("confirm must be >= 0")
-        self.sequential()  # validates power, p1 and max_rounds with the test's own message
+        if self.max_rounds < 3:
+            raise ValueError(f"max_rounds must be >= 3, got {self.max_rounds}")
+        self.sequential()  # validates min_effect, power and noise with the sizing's message
 
-    def sequential(self):
-        """The paired check's decision rule with these settings."""
-        if not 0 < self.power < 1:
-            raise ValueError(f"power must be between 0 and 1, got {self.power}")
-        return SignSPRT(tolerance=self.latency_tolerance, alpha=self.alpha,
-                        beta=1 - self.power, p1=self.p1, max_rounds=self.max_rounds)
+    def sequential(self) -> SignSPRT:
+        """The paired check's decision rule, sized for these settings."""
+        return size_rule(self.latency_tolerance, self.alpha, self.power, self.effect,
+                         self.noise, self.max_rounds)
+
+    @property
+    def effect(self) -> float:
+        """The minimum effect the rules are sized for (``min_effect`` or its default)."""
+        if self.min_effect is not None:
+            return self.min_effect
+        return round((1 + self.latency_tolerance) * 1.25 / 1.10, 6)
+
+
+# keys that older baseline files carry in their check table, and why they are dropped
+LEGACY_CHECK_KEYS = {
+    "confirm": "re-measurements that had to confirm a regression (a chain of tests; one test "
+               "at alpha decides now)",
+    "p1": "the paired test's alternative (now sized from min_effect, power and noise)",
+}
 
 
 @dataclass
@@ -66,7 +85,10 @@ class RoundSettings:
     """How latency samples are taken (stored in the baseline so a check repeats it).
 
     Attributes:
-        rounds: interleaved blocks per runtime x profile of each cell.
+        rounds: interleaved blocks per runtime x profile of each cell that a baseline
+            stores (20: the fewer, the less power any check against it can have; `bench
+            baseline create` says how many a series' noise needs). A check against a stored
+            baseline sizes its fresh rounds from the stored noise unless ``--rounds`` is given.
         calls: timed calls per block (its median is one sample).
         warmup_calls: untimed calls before each block.
         calibrate: time the probe before each block and normalize by it.
@@ -82,7 +104,7 @@ class RoundSettings:
             of every thread of the worker (spinning included).
     """
 
-    rounds: int = 10
+    rounds: int = 20
     calls: int = 15
     warmup_calls: int = 3
     calibrate: bool = True

@@ -1,25 +1,12 @@
 """Verdicts: a fresh measurement against its baseline, latency and metric."""
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .settings import CheckSettings
-from .statistics import mann_whitney_greater
-
-
-def latency_status(ratio: float, p_slow: float, p_fast: float,
-                   cs: CheckSettings) -> tuple[str, float]:
-    """``(status, p)`` of a latency comparison against a stored baseline: a regression needs
-    the ratio past the tolerance AND a significant one-sided test (asv's rule); "improved"
-    the same the other way; else "pass" with the slow side's p. (The paired check decides
-    with one sequential test instead: :mod:`harness.regression.sequential`.)"""
-    if ratio > 1 + cs.latency_tolerance and p_slow < cs.alpha:
-        return "regression", p_slow
-    if ratio < 1 / (1 + cs.latency_tolerance) and p_fast < cs.alpha:
-        return "improved", p_fast
-    return "pass", p_slow
 
 
 @dataclass
@@ -44,15 +31,27 @@ def _samples(lat: dict, calibrate: bool) -> list[float]:
     return list(lat["round_ms"])
 
 
+def base_series(lat: dict, calibrate: bool) -> list[float]:
+    """A stored latency series as the check compares it before the fresh rounds exist:
+    instructions per call where counted, else the (probe-normalized) time per call."""
+    if len(lat.get("instructions") or []) >= 3:
+        return list(lat["instructions"])
+    return _samples(lat, calibrate and bool(lat.get("probe_ms")))
+
+
 def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSettings,
                     calibrate: bool) -> Verdict:
-    """Ratio of medians of the block samples, and a Mann-Whitney test.
+    """One test at ``cs.alpha`` against the stored samples
+    (:func:`harness.regression.stored.stored_decision`: Mann-Whitney on the fresh samples
+    shifted by the tolerance), with the power predicted for the noise both samples show.
 
     The samples are instructions per call where both sides counted them (hardware counters:
     the least noisy statistic), else (probe-normalized) time per call; the note says which.
     """
+    from .stored import mwu_power, noise_of, stored_decision
+
     name = f"latency {key}"
-    limit = f"ratio <= {1 + cs.latency_tolerance:.2f} or p >= {cs.alpha:g}"
+    limit = f"MWU shifted x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}"
     for src, lat in (("baseline", base), ("fresh", fresh)):
         if lat.get("error") or lat.get("unavailable"):
             return Verdict(cell, name, "error" if lat.get("error") else "skipped", limit=limit,
@@ -72,20 +71,29 @@ def compare_latency(cell: str, key: str, base: dict, fresh: dict, cs: CheckSetti
         return Verdict(cell, name, "error", limit=limit,
                        note=f"too few samples (baseline {len(b)}, fresh {len(f)}; need 3)")
     ratio = statistics.median(f) / statistics.median(b)
-    p_slow = mann_whitney_greater(f, b)
-    p_fast = mann_whitney_greater(b, f)
+    status, p_slow, p_fast = stored_decision(b, f, cs.latency_tolerance, cs.alpha)
+    # the noise both samples show (each about its own mean), and the power it predicts
+    lb, lf = [math.log(v) for v in b], [math.log(v) for v in f]
+    sigma = math.sqrt((noise_of(lb) ** 2 * (len(lb) - 1) + noise_of(lf) ** 2 * (len(lf) - 1))
+                      / (len(lb) + len(lf) - 2))
+    delta = math.log(cs.effect) - math.log1p(cs.latency_tolerance)
+    power = mwu_power(len(b), len(f), delta, sigma, cs.alpha)
     bms, fms = statistics.median(base["round_ms"]), statistics.median(fresh["round_ms"])
-    status, p = latency_status(ratio, p_slow, p_fast, cs)
     stat = {"cpu": "CPU ms/call", "min": "fastest call", "median": "median call"}.get(
         base.get("statistic", "median"), "median call")
     note = ("instructions/call (hardware counters)" if counted else
             stat + (", probe-normalized" if use_probe else ", not calibrated"))
+    note += (f"; {len(b)} stored + {len(f)} fresh rounds, noise sd {sigma:.3f}: predicted "
+             f"power {power:.3f} at x{cs.effect:g}")
+    if power < cs.power:
+        note += f" (below the {cs.power:g} goal)"
     if status == "pass" and ratio > 1 + cs.latency_tolerance:
-        note += f"; slower but not significant (p={p_slow:.3g})"
+        note += f"; slower but not significantly beyond the tolerance (p={p_slow:.3g})"
     return Verdict(cell, name, status, baseline=bms, fresh=fms, change=f"x{ratio:.3f}",
-                   p_value=p, limit=limit, note=note,
+                   p_value=p_fast if status == "improved" else p_slow, limit=limit, note=note,
                    detail={"ratio": ratio, "p_slower": p_slow, "p_faster": p_fast,
-                           "rounds": [len(b), len(f)]})
+                           "rounds": [len(b), len(f)], "noise_sd": sigma,
+                           "predicted_power": power, "min_effect": cs.effect})
 
 
 def compare_metric(entry: dict, fresh: Optional[float], cs: CheckSettings,
@@ -113,16 +121,3 @@ def exit_code(verdicts: list[Verdict]) -> int:
     if any(v.status in ("error", "undecided") for v in verdicts):
         return 2
     return 1 if any(v.status == "regression" for v in verdicts) else 0
-
-
-def confirm_regression(first: "Verdict", second: "Verdict", attempt: int) -> None:
-    """Fold re-measurement ``attempt``'s verdict ``second`` into the suspected regression
-    ``first`` (both modes, stored baseline and paired): kept in its detail; a regression
-    not seen again becomes a pass, with the reason in the note."""
-    first.detail.setdefault("confirmations", []).append(second.detail)
-    if second.status != "regression":
-        first.status = "pass"
-        p = f"{second.p_value:.2g}" if second.p_value is not None else "n/a"
-        first.note += f"; not confirmed on re-measurement {attempt + 1} ({second.change}, p={p})"
-    else:
-        first.note += f"; confirmed ({second.change}, p={second.p_value:.2g})"
