@@ -158,11 +158,13 @@ def summary(runtime: str, results: dict, cs) -> list[str]:
         if kind == "A/A":
             logs = [d for r in rs_ for d in r["logs"]]
             if len(logs) > 2:
-                sigma = statistics.stdev(logs)
-                p = rg.round_probability(1.25, cs.latency_tolerance, sigma)
-                power = rg.operating_characteristic(rule, p)["regression"]
-                lines.append(f"NOISE  {runtime:11s} A/A paired log-ratio sd {sigma:.3f} over "
-                             f"{len(logs)} rounds: predicted power at x1.25 {power:.3f}")
+                sigma, bursts = rg.paired_noise(logs)
+                pred = rg.predict(rule, sigma, cs.effect, bursts)
+                lines.append(f"NOISE  {runtime:11s} A/A paired log-ratio sd {sigma:.3f} "
+                             f"(plain sd {statistics.stdev(logs):.3f}), {bursts:.0%} burst "
+                             f"rounds, over {len(logs)} rounds: predicted power at "
+                             f"x{cs.effect:g} {pred['power']:.3f}, A/A false alarms "
+                             f"{pred['false_alarm']:.2g}")
     return lines
 
 
@@ -174,8 +176,10 @@ def main() -> int:
     ap.add_argument("--kinds", default="A/A,wider,busy,option")
     ap.add_argument("--calls", type=int, default=rg.RoundSettings().calls)
     ap.add_argument("--max-rounds", type=int, default=rg.CheckSettings().max_rounds)
+    ap.add_argument("--noise", type=float, default=rg.CheckSettings().noise)
     args = ap.parse_args()
-    cs = rg.CheckSettings(max_rounds=args.max_rounds)
+    cs = rg.CheckSettings(max_rounds=args.max_rounds, noise=args.noise)
+    rule = cs.sequential()
     rs = rg.RoundSettings(calls=args.calls)
     effects = [float(e) for e in args.effects.split(",") if e]
     kinds = set(args.kinds.split(","))
@@ -194,7 +198,9 @@ def main() -> int:
           f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start; CNN "
           f"{fa_plugin.describe()} @ {fa_plugin.IMAGE}px, 1 thread, fp32; {rs.calls} calls "
           f"per round; rule: sequential sign test, tolerance x{1 + cs.latency_tolerance:.2f}, "
-          f"alpha {cs.alpha}, power {cs.power} at p1 {cs.p1}, at most {cs.max_rounds} rounds; "
+          f"alpha {cs.alpha}, sized for power {cs.power} at x{cs.effect:g} under paired noise "
+          f"{cs.noise:g} (p1 {rule.p1:.3f}, beta {rule.beta:.3f}, at most {rule.max_rounds} "
+          "rounds); "
           f"{args.checks} checks per runtime, kind and effect", flush=True)
     from harness.regression.counters import instruction_counter
     print(f"instructions: {instruction_counter()[1] or 'counted'}", flush=True)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from harness.regression.sequential import (SignSPRT, noise_limit, operating_characteristic,
-                                           paired_decision, predict, round_probability,
-                                           size_rule)
+                                           paired_decision, paired_noise, predict,
+                                           round_probability, size_rule)
 from harness.regression.settings import CheckSettings
 
 SIMS = 2000
@@ -175,3 +175,19 @@ def test_size_rule_validates_its_promise():
         CheckSettings(noise=0.0)
     with pytest.raises(ValueError, match="power must be between"):
         CheckSettings(power=1.0)
+
+
+def test_burst_rounds_do_not_inflate_the_noise_and_the_prediction_matches_simulation():
+    """A sign test sees a burst of load as one round above or below: the noise it is
+    predicted from is the bulk's sd plus the share of burst rounds, not the plain sd (which
+    read 2.9 in a real check at load 15 and predicted a power of 0.015)."""
+    rng = np.random.default_rng(5)
+    d = _noise(rng, 4000, MEASURED_SIGMA, "bursty")
+    sigma, bursts = paired_noise(d.tolist())
+    assert sigma == pytest.approx(MEASURED_SIGMA, rel=0.2) and np.std(d) > 1.5 * sigma
+    assert bursts == pytest.approx(0.10, abs=0.02)
+    share, _ = _simulate(1.25, 0.155, "bursty", seed=6)
+    pred = predict(RULE, 0.155, 1.25, bursts)["power"]
+    assert abs(share["regression"] - pred) <= 0.02, (share, pred)
+    with pytest.raises(ValueError, match="3 paired rounds"):
+        paired_noise([0.1, 0.2])

@@ -49,8 +49,8 @@ from .measure import Session, latency_key, probe
 from .rounds import measure_latency
 from .paired import base_tree, compare_paired, paired_check, run_paired
 from .rebuild import build_architecture, cell_config, cell_identity
-from .sequential import (SignSPRT, noise_limit, operating_characteristic, paired_decision, predict,
-                         round_probability, size_rule)
+from .sequential import (SignSPRT, noise_limit, operating_characteristic, paired_decision,
+                         paired_noise, predict, round_probability, size_rule)
 from .stored import fresh_rounds, mwu_power, stored_decision
 from .reports import (junit_xml, markdown_summary, power_lines, summary_line, verdict_table,
                       write_reports)
@@ -61,7 +61,7 @@ from .verdict import Verdict, compare_latency, compare_metric, exit_code
 __all__ = [
     "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Session", "Verdict",
     "SignSPRT", "operating_characteristic", "paired_decision", "round_probability",
-    "size_rule", "predict", "noise_limit", "fresh_rounds", "mwu_power", "stored_decision",
+    "size_rule", "predict", "paired_noise", "noise_limit", "fresh_rounds", "mwu_power", "stored_decision",
     "base_tree", "compare_paired", "paired_check", "run_paired",
     "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
     "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 from ..api.archives import safe_extractall
 from ..api.errors import BenchError
-from .sequential import SignSPRT, paired_decision, predict
+from .sequential import SignSPRT, paired_decision, paired_noise, predict
 from .settings import CheckSettings, RoundSettings
 from .verdict import Verdict
 
@@ -127,14 +127,15 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
         note += (f"; undecided after {n} rounds (max {rule.max_rounds}): the change is near "
                  "the tolerance or the rounds too noisy; measure again on a quieter machine or "
                  "give --max-rounds more")
-    sigma = statistics.stdev(logs) if n >= 3 else None
-    pred = predict(rule, sigma, cs.effect) if sigma is not None else None
+    sigma, bursts = paired_noise(logs) if n >= 3 else (None, 0.0)
+    pred = predict(rule, sigma, cs.effect, bursts) if sigma is not None else None
     if pred is not None:
-        note += (f"; noise sd {sigma:.3f} over {n} rounds: predicted power "
-                 f"{pred['power']:.3f} at x{cs.effect:g}")
+        note += (f"; noise sd {sigma:.3f}" + (f" + {bursts:.0%} burst rounds" if bursts else "")
+                 + f" over {n} rounds: predicted power {pred['power']:.3f} at x{cs.effect:g}")
         if pred["power"] < cs.power:
-            note += (f" (below the {cs.power:g} goal: the rule is sized for noise "
-                     f"{cs.noise:g}; --noise {math.ceil(sigma * 100) / 100:g} sizes it for this)")
+            note += (f" (below the {cs.power:g} goal: the rule is sized for noise {cs.noise:g}"
+                     " without bursts; a quieter machine, or --noise "
+                     f"{math.ceil(sigma * 100) / 100:g} and more --max-rounds)")
     p = fast.p_value if status == "improved" else slow.p_value
     bms = statistics.median(s["round_ms"] for s in base) if base else None
     cms = statistics.median(s["round_ms"] for s in cand) if cand else None
@@ -144,7 +145,7 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
                            "p_faster": fast.p_value, "statistic": what, "rounds": n,
                            "sprt": {"slower": slow.decision, "faster": fast.decision,
                                     "llr_slower": slow.llr, "llr_faster": fast.llr},
-                           "noise_sd": sigma, "min_effect": cs.effect,
+                           "noise_sd": sigma, "bursts": bursts, "min_effect": cs.effect,
                            "predicted_power": pred and pred["power"],
                            "max_rounds": rule.max_rounds})
 

@@ -45,9 +45,10 @@ def power_lines(verdicts: list[Verdict]) -> list[str]:
             continue
         rounds = d["rounds"] if isinstance(d["rounds"], int) else "+".join(map(str, d["rounds"]))
         cap = f" of at most {d['max_rounds']}" if d.get("max_rounds") else ""
+        bursts = f" + {d['bursts']:.0%} burst rounds" if d.get("bursts") else ""
         out.append(f"power: {v.cell} {v.check}: {rounds} rounds{cap}, noise sd "
-                   f"{d['noise_sd']:.3f} -> predicted power {d['predicted_power']:.3f} at "
-                   f"x{d['min_effect']:g}")
+                   f"{d['noise_sd']:.3f}{bursts} -> predicted power {d['predicted_power']:.3f}"
+                   f" at x{d['min_effect']:g}")
     timing = next((v.detail["timing"] for v in verdicts if "timing" in v.detail), None)
     if timing:
         out.append(f"time: {timing['total_s']:.0f} s (workers' start-up {timing['startup_s']:.0f}"

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Iterable
@@ -195,12 +196,35 @@ def operating_characteristic(rule: SignSPRT, p: float) -> dict:
             "expected_rounds": expect + rule.max_rounds * und, "regression_by_round": by_round}
 
 
-def round_probability(slowdown: float, tolerance: float, sigma: float) -> float:
+def round_probability(slowdown: float, tolerance: float, sigma: float,
+                      bursts: float = 0.0) -> float:
     """``P(d > log(1 + tolerance))`` for ``d ~ Normal(log(slowdown), sigma)``: the share of
-    rounds above the tolerance at a true ``slowdown`` with paired log-ratio noise ``sigma``."""
+    rounds above the tolerance at a true ``slowdown`` with paired log-ratio noise ``sigma``.
+    With ``bursts`` (a share of rounds hit by a burst of load on one side, either side
+    alike, far beyond the normal noise) those rounds read above with chance 1/2."""
     if sigma <= 0:
-        return 1.0 if math.log(slowdown) > math.log1p(tolerance) else 0.0
-    return 1 - NormalDist(math.log(slowdown), sigma).cdf(math.log1p(tolerance))
+        core = 1.0 if math.log(slowdown) > math.log1p(tolerance) else 0.0
+    else:
+        core = 1 - NormalDist(math.log(slowdown), sigma).cdf(math.log1p(tolerance))
+    return (1 - bursts) * core + bursts / 2
+
+
+def paired_noise(log_ratios: list[float]) -> tuple[float, float]:
+    """``(sigma, bursts)`` of paired log-ratios: ``sigma`` the normal-equivalent sd of their
+    bulk (1.4826 x the median absolute deviation from their median, which a few rounds
+    caught in a burst of load do not inflate), ``bursts`` the share of rounds further than
+    3 ``sigma`` from the median. A sign test sees a burst as one round above or below,
+    whatever its size, so this pair, not the plain sd, predicts its power
+    (:func:`round_probability`). Needs 3 rounds or more."""
+    if len(log_ratios) < 3:
+        raise ValueError(f"the noise needs 3 paired rounds or more, got {len(log_ratios)}")
+    med = statistics.median(log_ratios)
+    dev = [abs(d - med) for d in log_ratios]
+    sigma = 1.4826 * statistics.median(dev)
+    if sigma <= 0:  # more than half the rounds identical: the sd of the rest, if any
+        sigma = statistics.pstdev(log_ratios)
+        return sigma, 0.0
+    return sigma, sum(x > 3 * sigma for x in dev) / len(dev)
 
 
 # p1 is kept inside this range whatever the design noise: near 1 a single round at or below
@@ -251,12 +275,14 @@ def size_rule(tolerance: float, alpha: float, power: float, min_effect: float, n
     return SignSPRT(tolerance=tolerance, alpha=alpha, beta=best[1], p1=p1, max_rounds=cap)
 
 
-def predict(rule: SignSPRT, noise: float, min_effect: float) -> dict:
-    """What ``rule`` is predicted to do at paired log-ratio sd ``noise``: ``power`` (chance of
-    "regression" at ``min_effect``), ``false_alarm`` (at x1.00) and ``expected_rounds`` at
-    each, from :func:`operating_characteristic` (normal noise)."""
-    hit = operating_characteristic(rule, round_probability(min_effect, rule.tolerance, noise))
-    aa = operating_characteristic(rule, round_probability(1.0, rule.tolerance, noise))
+def predict(rule: SignSPRT, noise: float, min_effect: float, bursts: float = 0.0) -> dict:
+    """What ``rule`` is predicted to do at paired log-ratio sd ``noise`` (and a share
+    ``bursts`` of burst rounds, :func:`paired_noise`): ``power`` (chance of "regression" at
+    ``min_effect``), ``false_alarm`` (at x1.00) and the expected rounds at each
+    (``rounds_at_effect``, ``rounds_at_1``), from :func:`operating_characteristic`."""
+    hit = operating_characteristic(
+        rule, round_probability(min_effect, rule.tolerance, noise, bursts))
+    aa = operating_characteristic(rule, round_probability(1.0, rule.tolerance, noise, bursts))
     return {"power": hit["regression"], "false_alarm": aa["regression"],
             "rounds_at_effect": hit["expected_rounds"], "rounds_at_1": aa["expected_rounds"]}
 
@@ -274,4 +300,5 @@ def noise_limit(rule: SignSPRT, min_effect: float, power: float) -> float:
 
 
 __all__ = ["SignSPRT", "SPRTResult", "paired_decision", "operating_characteristic",
-           "round_probability", "size_rule", "predict", "noise_limit", "P1_RANGE"]
+           "round_probability", "paired_noise", "size_rule", "predict", "noise_limit",
+           "P1_RANGE"]
