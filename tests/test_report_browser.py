@@ -144,10 +144,16 @@ def _open(browser, html: Path, width: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def page_of_report(tmp_path_factory, browser):
+def plain_report(tmp_path_factory):
+    """test_report's run (one runtime, fp32, one profile) and its written page."""
     root = tmp_path_factory.mktemp("browser")
     store = make_run(root / "run")
-    html = write_html(store, root / "report")
+    return store, write_html(store, root / "report")
+
+
+@pytest.fixture(scope="module")
+def page_of_report(plain_report, browser):
+    store, html = plain_report
     opened = _open(browser, html, 1400)
     yield {**opened, "store": store}
     opened["page"].close()
@@ -301,6 +307,7 @@ def test_the_page_has_every_view_and_loads_nothing(mixed_report):
 
 def test_every_point_plot_colours_runtimes_and_marks_precisions_with_legends(mixed_report):
     views = _views(mixed_report["text"])
+    colours, shapes = {}, {}
     for name in ("pareto-mobile", "pareto-server", "latency-mobile", "latency-server",
                  "accuracy-drop"):
         enc = _layer(views[name], type="point", filled=True)["encoding"]
@@ -308,10 +315,16 @@ def test_every_point_plot_colours_runtimes_and_marks_precisions_with_legends(mix
         assert colour["field"] == "runtime" and shape["field"] == "precision", name
         assert colour["legend"]["title"] == "runtime (colour)"
         assert shape["legend"]["title"] == "precision (marker)"
-        # the same runtime keeps its colour and a precision its marker in every plot
-        assert colour["scale"]["domain"] == RUNTIMES and shape["scale"]["domain"] == PRECISIONS
-        assert len(set(colour["scale"]["range"])) == 2
-        assert shape["scale"]["range"] == ["circle", "triangle-up", "triangle-down"]
+        # a legend lists what its plot shows: int8 is measured by ONNX Runtime only
+        want = (["onnxruntime"], ["int8", "int8-dynamic"]) if name == "accuracy-drop" else (
+            RUNTIMES, PRECISIONS)
+        assert (colour["scale"]["domain"], shape["scale"]["domain"]) == want, name
+        # ... and a runtime keeps its colour, a precision its marker, in every plot
+        for seen, scale in ((colours, colour["scale"]), (shapes, shape["scale"])):
+            for value, look in zip(scale["domain"], scale["range"]):
+                assert seen.setdefault(value, look) == look, (name, value)
+    assert len(set(colours.values())) == 2
+    assert shapes == {"fp32": "circle", "int8": "triangle-up", "int8-dynamic": "triangle-down"}
 
 
 def test_latency_view_has_a_point_per_backbone_runtime_and_precision(mixed_report):
@@ -357,8 +370,8 @@ def test_accuracy_drop_view_pairs_fp32_and_int8_on_the_same_images(mixed_report)
     assert len(_layer(spec, type="rule")["data"]["values"]) == 15
 
 
-def test_no_accuracy_drop_view_says_why(tmp_path):
-    text = write_html(make_run(tmp_path / "run"), tmp_path / "report").read_text()
+def test_no_accuracy_drop_view_says_why(plain_report):
+    text = plain_report[1].read_text(encoding="utf-8")
     assert "accuracy-drop" not in _views(text)
     assert "No accuracy-drop view: no lower precision (int8, fp16...) was measured" in text
 
@@ -423,10 +436,14 @@ def test_mixed_page_renders_offline_and_fits_1280_px(mixed_page):
 
 def test_mixed_page_legends_name_each_runtime_and_precision(mixed_page):
     page = mixed_page["page"]
-    for plot in page.query_selector_all(".plot")[:5]:  # pareto x2, latency x2, accuracy drop
+    for plot in page.query_selector_all(".plot")[:4]:  # pareto x2, latency x2
         labels = [t.text_content() for t in plot.query_selector_all("svg g.role-legend text")]
         assert "runtime (colour)" in labels and "precision (marker)" in labels
         assert set(RUNTIMES + PRECISIONS) <= set(labels), labels
+    drop = page.query_selector(".plot[data-view='accuracy-drop']")
+    labels = [t.text_content() for t in drop.query_selector_all("svg g.role-legend text")]
+    assert {"onnxruntime", "int8", "int8-dynamic"} <= set(labels)
+    assert "pytorch" not in labels and "fp32" not in labels  # never lowered: not in this plot
 
 
 def test_mixed_page_latency_points_and_profile_menu(mixed_page):
@@ -450,3 +467,64 @@ def test_mixed_page_screenshot(mixed_page, tmp_path):
     mixed_page["page"].screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG")
     print(f"screenshot: {shot}")
+
+
+def test_mixed_page_hover_and_highlight_menus(mixed_page):
+    page = mixed_page["page"]
+    latency = page.query_selector(".plot[data-view='latency-server']")
+    (points,) = latency.query_selector_all("svg g.mark-symbol.role-mark")
+    noisy = [p for p in points.query_selector_all("path")
+             if "backbone: small;" in p.get_attribute("aria-label")
+             and "runtime: pytorch;" in p.get_attribute("aria-label")]
+    assert len(noisy) == 1
+    noisy[0].hover()
+    tip = page.wait_for_selector("#vg-tooltip-element.visible", timeout=10_000).inner_text()
+    assert "noisy, unreliable: IQR is 31%" in tip and "cells measured" in tip
+    page.mouse.move(0, 0)
+    # the accuracy-vs-latency plot: the backbone menu dims every other backbone's points
+    pareto = page.query_selector(".plot[data-view='pareto-mobile']")
+    menu = pareto.query_selector(".vega-bindings select[name^='backbone_pick']")
+    menu.select_option(label="big")
+    (_, dots) = pareto.query_selector_all("svg g.mark-symbol.role-mark")
+    opacity = [(p.get_attribute("aria-label"), float(p.evaluate(
+        "e => getComputedStyle(e).opacity"))) for p in dots.query_selector_all("path")]
+    big = [o for label, o in opacity if "backbone: big;" in label]
+    small = [o for label, o in opacity if "backbone: small;" in label]
+    assert len(big) == len(small) == 8 and min(big) > 0.8 > 0.2 > max(small)
+    menu.select_option(label="all")
+
+
+def _cell(key, lats, status="ok", metric=0.8, hib=True):
+    return {"key": key, "status": status, "metric_name": "mae" if not hib else "accuracy",
+            "higher_is_better": hib, "test_metrics": {"mae" if not hib else "accuracy": metric},
+            "data": {"sizes": {"test": TEST_IMAGES}},
+            "config": {"backbone": "b", "strategy": "s", "dataset": "d", "seed": 0},
+            "latency": lats}
+
+
+def test_views_edge_cases():
+    from harness.report.html_views import (accuracy_drop_rows, accuracy_drop_unavailable,
+                                           latency_spec, variant_scales)
+    gpu = _lat("tensorrt", "fp16", "mobile", 0.0, 0.7) | {"device": "cuda:0"}
+    recs = [_cell("a", [_lat("pytorch", "fp32", "mobile", 0.0), gpu,
+                        _lat("onnxruntime", "fp32", "mobile", 2.0)]),
+            _cell("f", [_lat("pytorch", "fp32", "mobile", 99.0)], status="failed")]
+    spec = latency_spec(recs, "mobile")
+    points = [ly for ly in spec["layer"] if ly["mark"]["type"] == "point"][0]["data"]["values"]
+    assert sorted(p["variant"] for p in points) == [  # the failed cell is not drawn
+        "onnxruntime fp32 (cpu)", "pytorch fp32 (cpu)", "tensorrt fp16 (gpu)"]
+    assert [p["p50_ms"] for p in points if p["runtime"] == "pytorch"] == [0.0]
+    assert "log" not in str(spec["layer"][0]["encoding"]["x"]["scale"])  # a 0 ms p50
+    assert latency_spec(recs, "server") is None
+    # a metric where lower is better: the drop is how much worse, so after - fp32
+    (row,) = accuracy_drop_rows([_cell("m", [gpu | {"accuracy_after": 0.5}], metric=0.3,
+                                       hib=False)])
+    assert row["drop"] == pytest.approx(0.2) and row["images"] == TEST_IMAGES
+    assert accuracy_drop_rows(recs[1:]) == []
+    assert "no lower precision" in accuracy_drop_unavailable(recs[1:])
+    subset = _lat("onnxruntime", "int8", "mobile", 1.0, 0.7, evaluated_on=TEST_IMAGES // 2)
+    assert "none of the lower-precision rows" in accuracy_drop_unavailable(
+        [_cell("x", [subset])])
+    _, shapes = variant_scales([_cell("q", [_lat("r", p, "mobile", 1.0) for p in
+                                            ("fp32", "int4", "int8", "fp8")])])
+    assert shapes["domain"][:2] == ["fp32", "int8"] and len(set(shapes["range"])) == 4

@@ -57,17 +57,31 @@ def variant_scales(records: list[dict]) -> tuple[dict, dict]:
     return ({"domain": runtimes, "range": colours}, {"domain": precisions, "range": shapes})
 
 
-def runtime_colour(records: list[dict]) -> dict:
-    """The ``color`` encoding of a runtime, with its legend."""
+def _only(scale: dict, shown: Optional[list]) -> dict:
+    """``scale`` cut to the values a plot shows (its legend lists no other), each value
+    keeping the colour or marker it has in every plot."""
+    if shown is None:
+        return scale
+    keep = [i for i, v in enumerate(scale["domain"]) if v in set(shown)]
+    return {"domain": [scale["domain"][i] for i in keep],
+            "range": [scale["range"][i] for i in keep]}
+
+
+def runtime_colour(records: list[dict], points: Optional[list] = None) -> dict:
+    """The ``color`` encoding of a runtime, with its legend; ``points``: the plot's data,
+    whose runtimes alone the legend lists."""
     colour, _ = variant_scales(records)
-    return {"field": "runtime", "type": "nominal", "scale": colour,
+    shown = None if points is None else [p["runtime"] for p in points]
+    return {"field": "runtime", "type": "nominal", "scale": _only(colour, shown),
             "legend": {"title": "runtime (colour)", "orient": "right", "symbolOpacity": 1}}
 
 
-def precision_shape(records: list[dict]) -> dict:
-    """The ``shape`` encoding of a precision, with its legend."""
+def precision_shape(records: list[dict], points: Optional[list] = None) -> dict:
+    """The ``shape`` encoding of a precision, with its legend (``points`` as for
+    :func:`runtime_colour`)."""
     _, shape = variant_scales(records)
-    return {"field": "precision", "type": "nominal", "scale": shape,
+    shown = None if points is None else [p["precision"] for p in points]
+    return {"field": "precision", "type": "nominal", "scale": _only(shape, shown),
             "legend": {"title": "precision (marker)", "orient": "right"}}
 
 
@@ -140,12 +154,13 @@ def latency_spec(records: list[dict], profile: str) -> Optional[dict]:
         {"data": {"values": [r for r in rows if r["p90_ms"] is not None]},
          "mark": {"type": "rule", "strokeWidth": 2, "opacity": 0.6},
          "encoding": {"x": x, "x2": {"field": "p90_ms"}, "y": y, "yOffset": offset,
-                      "color": runtime_colour(records)}},
+                      "color": runtime_colour(records, rows)}},
         {"data": {"values": rows},
          "mark": {"type": "point", "filled": True, "size": 80, "stroke": "black",
                   "strokeWidth": 0.5, "opacity": 0.95},
-         "encoding": {"x": x, "y": y, "yOffset": offset, "color": runtime_colour(records),
-                      "shape": precision_shape(records), "tooltip": tooltip}},
+         "encoding": {"x": x, "y": y, "yOffset": offset,
+                      "color": runtime_colour(records, rows),
+                      "shape": precision_shape(records, rows), "tooltip": tooltip}},
         {"data": {"values": [r for r in rows if r["noisy"]]},
          "mark": {"type": "text", "text": NOISY_TEXT, "dx": -12, "dy": -2, "fontSize": 16,
                   "fontWeight": "bold", "color": "#b35900"},
@@ -228,7 +243,8 @@ def accuracy_drop_spec(records: list[dict]) -> Optional[dict]:
     fp32 = list({r["cell"]: {"cell": r["cell"], "fp32": r["fp32"],
                              "metric_name": r["metric_name"]} for r in rows}.values())
     x = {"type": "quantitative", "scale": {"zero": False}, "title": f"test {metric}"}
-    y = {"field": "cell", "type": "nominal", "sort": cells, "title": None}
+    y = {"field": "cell", "type": "nominal", "sort": cells, "title": None,
+         "axis": {"labelLimit": 420}}
     tooltip = [{"field": "cell"}, {"field": "runtime"}, {"field": "precision"},
                {"field": "fp32", "title": f"fp32 {metric}", "format": ".4f"},
                {"field": "after", "title": f"{metric} after conversion", "format": ".4f"},
@@ -247,17 +263,19 @@ def accuracy_drop_spec(records: list[dict]) -> Optional[dict]:
         {"data": {"values": rows},
          "mark": {"type": "point", "filled": True, "size": 80, "stroke": "black",
                   "strokeWidth": 0.5, "opacity": 0.95},
-         "encoding": {"x": {**x, "field": "after"}, "y": y, "color": runtime_colour(records),
-                      "shape": precision_shape(records), "tooltip": tooltip}},
+         "encoding": {"x": {**x, "field": "after"}, "y": y,
+                      "color": runtime_colour(records, rows),
+                      "shape": precision_shape(records, rows), "tooltip": tooltip}},
     ]
     worst = max(rows, key=lambda r: r["drop"])
+    largest = (f"largest drop: {worst['drop']:+.4f} ({worst['cell']}, {worst['runtime']} "
+               f"{worst['precision']})" if worst["drop"] > 0 else
+               "no lower precision scored worse than its fp32 model here")
     return {"$schema": VEGA_LITE_SCHEMA, "width": 480, "height": {"step": 22},
             "title": {"text": f"Accuracy after conversion: fp32 vs lower precisions ({metric})",
                       "subtitle": [f"black ring: the fp32 model's test {metric}; coloured "
                                    f"marker: after conversion, scored on the same test "
-                                   f"images; the line is the drop",
-                                   f"largest drop: {worst['drop']:+.4f} ({worst['cell']}, "
-                                   f"{worst['runtime']} {worst['precision']})"]},
+                                   f"images; the line is the drop", largest]},
             "layer": layers}
 
 

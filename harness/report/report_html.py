@@ -149,7 +149,7 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
         {"data": {"values": [p for p in points if p["metric_low"] is not None]},
          "mark": {"type": "rule", "opacity": 0.5},
          "encoding": {"x": x, "y": {**y, "field": "metric_low"}, "y2": {"field": "metric_high"},
-                      "color": runtime_colour(records)}},
+                      "color": runtime_colour(records, points)}},
         {"data": {"values": front_rows},
          "mark": {"type": "line", "interpolate": "step-after", "color": "#555"},
          "encoding": {"x": x, "y": y, "order": {"field": "order"},
@@ -168,7 +168,8 @@ def pareto_spec(records: list[dict], profile: str, budget_ms: Optional[float]) -
          "mark": {"type": "point", "filled": True, "size": 90, "stroke": "black",
                   "strokeWidth": 0.5},
          "encoding": {"x": x, "y": y,
-                      "color": runtime_colour(records), "shape": precision_shape(records),
+                      "color": runtime_colour(records, points),
+                      "shape": precision_shape(records, points),
                       "opacity": {"condition": {"test": shown, "value": 0.9}, "value": 0.12},
                       "tooltip": _tooltip(metric)}},
         # a noisy latency (harness.report.noise) reads "~" beside its point, as in the tables
