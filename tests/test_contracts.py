@@ -153,6 +153,14 @@ class HeadPhaseTrainsAll(TrainingStrategy):
         model.requires_grad_(True)
 
 
+class ZeroRateBackbone(TrainingStrategy):
+    """Fine-tune's phase over every group, the backbone's groups at a rate of 0."""
+
+    def phases(self, model, ctx):
+        groups = [g.name for g in model.layer_groups()]
+        return [Phase("all", groups, lr={g: 1e-3 if g == "head" else 0.0 for g in groups})]
+
+
 class UnfreezeOnce(TrainingStrategy):
     """Gradual unfreezing (Howard & Ruder 2018) with no epoch held back for the whole
     model (``track_from`` 0): a total budget of 2 epochs ends it with the bottom group
@@ -210,6 +218,7 @@ class Faulty:
                 StrategySpec("all_but_head_fit", cls=AllButHeadFit),
                 StrategySpec("head_phase_trains_all", cls=HeadPhaseTrainsAll),
                 StrategySpec("unfreeze_once", cls=UnfreezeOnce),
+                StrategySpec("zero_rate_backbone", cls=ZeroRateBackbone),
                 StrategySpec("bias_only", cls=BiasOnly),
                 StrategySpec("no_history", cls=NoHistory)]
 
@@ -278,6 +287,9 @@ def faulty(register_plugin):
     ({"strategy": "head_phase_trains_all"},
      ["strategy 'head_phase_trains_all'", "changed layer group(s) backbone.stem, "
       "backbone.stage in phase 'head', which trains only head"]),
+    ({"strategy": "zero_rate_backbone"},
+     ["strategy 'zero_rate_backbone'", "backbone.stem, backbone.stage trained in phase 'all'",
+      "froze what it declares trained"]),
     ({"strategy": "unfreeze_once,stuck=true", "budget": "epochs", "epochs": 2},
      ["strategy 'unfreeze_once'", "backbone.stem, backbone.stage trained in phase "
       "'unfreezing'"]),
@@ -296,7 +308,7 @@ def faulty(register_plugin):
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
         "declares-head-trains-all", "declares-all-trains-nothing",
         "declares-all-freezes-backbone-per-epoch", "declares-all-fit-trains-head",
-        "phase-names-head-trains-all", "unfreezing-that-never-grows", "freezes-everything",
+        "phase-names-head-trains-all", "backbone-at-rate-0", "unfreezing-that-never-grows", "freezes-everything",
         "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
         "no-primary-metric"])
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
@@ -342,13 +354,10 @@ def test_multi_phase_strategies_keep_the_contract_under_every_total_budget(
 
 
 @pytest.mark.parametrize("strategy,unchanged", [
-    ("finetune,backbone_lr_mult=0",
-     {"backbone.stem": "phase 'all' trains it at a learning rate of 0",
-      "backbone.stage": "phase 'all' trains it at a learning rate of 0"}),
     ("unfreeze_once", {"backbone.stem": "phase 'unfreezing' stopped (budget) before gradual "
                                         "unfreezing reached it"}),
     ("bias_only", {}),
-], ids=["lr-0", "unfreezing-cut-by-budget", "bitfit-doc-example"])
+], ids=["unfreezing-cut-by-budget", "bitfit-doc-example"])
 def test_a_group_may_stay_as_it_was_only_for_a_recorded_reason(faulty, tmp_path, strategy,
                                                                 unchanged):
     rec = _run(faulty, tmp_path, strategy=strategy, budget="epochs", epochs=2)

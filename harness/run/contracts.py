@@ -306,7 +306,8 @@ def check_training(plugins, strategy_name: str, declared: list, before: dict,
 
     "Changed" means any element of any parameter of the group differs. A group may stay as
     it was, and the record says why, only when the phases that name it took no optimiser
-    step, trained it at a learning rate of 0, or stopped (early stopping, budget) while
+    step (fp16 steps the gradient scaler skipped do not count), or stopped (early
+    stopping, budget) while
     gradual unfreezing had not reached it yet; a group with no parameter elements cannot
     change.
 
@@ -379,9 +380,10 @@ def _grew_then_stopped(rec: dict, history) -> Optional[list]:
 
 def check_phase(who: str, rec: dict, history, seen: dict) -> None:
     """One phase of the shared loop (:func:`harness.train.loop.run_phase`'s record) changed
-    exactly the layer groups it names: each named group that the phase trained (an
-    optimiser step taken, a learning rate above 0) has a changed parameter, and no group
-    it does not name changed (both measured before any rollback).
+    exactly the layer groups it names: when the phase took an optimiser step, each named
+    group has a changed parameter, and no group
+    it does not name changed (both measured before any rollback). A named group at a
+    learning rate of 0 is declared trained and left as it was: a fault.
 
     ``seen`` collects ``{group: "changed" or why it may stay as it was}`` over the phases
     for :func:`check_groups_trained`. Raises :class:`PluginFault` naming the phase."""
@@ -397,7 +399,6 @@ def check_phase(who: str, rec: dict, history, seen: dict) -> None:
     for g in did:
         seen[g] = "changed"
     steps = int(rec.get("steps") or 0) - int(rec.get("steps_skipped") or 0)
-    lrs = rec.get("lrs") or {}
     reached = _grew_then_stopped(rec, history)
     missing = []
     for g in named:
@@ -407,8 +408,6 @@ def check_phase(who: str, rec: dict, history, seen: dict) -> None:
             why = excused[g]
         elif steps < 1:
             why = f"phase {name!r} took no optimiser step ({rec.get('stopped', 'no step')})"
-        elif g in lrs and float(lrs[g]) == 0.0:
-            why = f"phase {name!r} trains it at a learning rate of 0"
         elif reached is not None and g not in reached:
             why = (f"phase {name!r} stopped ({rec.get('stopped')}) before gradual "
                    f"unfreezing reached it")

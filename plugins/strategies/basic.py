@@ -45,6 +45,10 @@ class FineTune(TrainingStrategy):
     def __init__(self, lr: Optional[float] = None, backbone_lr_mult: float = 1.0,
                  schedule: Optional[str] = None):
         super().__init__(lr=lr, schedule=schedule)
+        if isinstance(backbone_lr_mult, bool) or not isinstance(backbone_lr_mult, (int, float)) \
+                or not float(backbone_lr_mult) > 0:
+            raise ValueError(f"backbone_lr_mult must be a number > 0, not {backbone_lr_mult!r} "
+                             f"(a backbone that does not train is the 'frozen' strategy)")
         self.backbone_lr_mult = float(backbone_lr_mult)
 
     def phases(self, model, ctx):
