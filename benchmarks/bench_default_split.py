@@ -9,7 +9,10 @@ nothing measured yet), as ``make run`` on a fresh clone:
   times its own latency rows and trains contiguous fp32, the code path of the harness
   before timings were shared and layouts probed;
 * ``after``: the defaults (timings measured once per architecture x runtime x precision x
-  profile and shared; the layout probed per model).
+  profile and shared; the layout probed per model);
+* ``base`` (with ``--base-tree DIR``): the defaults run by the code in DIR (a checkout of an
+  earlier commit: ``git worktree add --detach DIR COMMIT``), so a change to the default
+  path is measured against the code before it, in the same session, alternating.
 
 The split comes from the cells' own timers (``timers`` in each cell record,
 :func:`harness.run.cell.timed`): ``pretraining`` is the weight loading of the cells that
@@ -29,6 +32,7 @@ Usage:
     python benchmarks/bench_default_split.py                    # the full default (idle machine)
     python benchmarks/bench_default_split.py --reduced --rounds 1 --publish results/
     python benchmarks/bench_default_split.py -- --epochs 2       # extra `bench run` options
+    python benchmarks/bench_default_split.py --reduced --base-tree /tmp/old --only after
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 #: what --reduced passes to ``bench run`` (a shared 2-core machine cannot run the default
 #: twice per round in reasonable time): fewer epochs, smaller images, shorter pretraining
@@ -64,16 +69,21 @@ def _matrix_file(folder: Path, reuse: bool, latency: dict) -> Path:
     return path
 
 
-def run_variant(name: str, folder: Path, extra: list, latency: dict) -> dict:
-    """One cold ``bench run``; its wall time and the records of its cells."""
+def run_variant(name: str, folder: Path, extra: list, latency: dict,
+                tree: Optional[str] = None) -> dict:
+    """One cold ``bench run`` (by the code in ``tree``, else this checkout's); its wall
+    time and the records of its cells."""
     cache, out = folder / f"cache-{name}", folder / f"runs-{name}"
     before = name == "before"
     args = [sys.executable, "-m", "harness.cli", "run", "-m",
             str(_matrix_file(folder, not before, latency)), "--name", f"split-{name}",
             "--out", str(out), "-q", *(["--layout", "contiguous"] if before else []), *extra]
     env = {**os.environ, "TRANSFER_BENCH_CACHE": str(cache)}
+    root = Path(tree).resolve() if tree else Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get(
+        "PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != Path.cwd()])
     t0 = time.perf_counter()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=root)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name}: bench run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -124,6 +134,21 @@ def latencies(run: dict) -> dict:
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+def sharing(run: dict) -> str:
+    """Per cell (in run order), its latency rows timed here / shared / neither, and how many
+    of them are noisy: where sharing stops and why."""
+    out = []
+    for r in sorted(run["records"], key=lambda r: r.get("started", 0)):
+        rows = r.get("latency", [])
+        n = {k: sum(row.get("latency_measured") == k for row in rows) for k in ("here", "shared")}
+        none = len(rows) - n["here"] - n["shared"]
+        noisy = sum(bool(((row.get("stats") or {}).get("noise") or {}).get("noisy"))
+                    for row in rows)
+        out.append(f"{r['config']['backbone']}/{r['config']['strategy']} {n['here']}/"
+                   f"{n['shared']}/{none} ({noisy} noisy)")
+    return "; ".join(out)
+
+
 def report(runs: dict, extra: list, load: tuple) -> str:
     from harness.measure.env import cpu_flags, cpu_model
     lines = [f"machine: {cpu_model()} ({', '.join(cpu_flags())}), {os.cpu_count()} CPUs; "
@@ -137,19 +162,24 @@ def report(runs: dict, extra: list, load: tuple) -> str:
         cells = [f"{sum(s.values()) if ph == 'total' else s[ph]:.1f}"
                  for v in runs for s in splits[v]]
         lines.append(f"| {ph} | " + " | ".join(cells) + " |")
-    if "before" in runs and "after" in runs:
-        b = statistics.median(r["wall"] for r in runs["before"])
+    lines += ["", "latency rows per cell, timed here / shared / neither (first round):"]
+    lines += [f"- {v}: {sharing(rs[0])}" for v, rs in runs.items()]
+    ref = next((v for v in ("base", "before") if v in runs), None)
+    if ref and "after" in runs:
+        b = statistics.median(r["wall"] for r in runs[ref])
         a = statistics.median(r["wall"] for r in runs["after"])
-        lines += ["", f"wall time, median over rounds: before {b:.1f} s, after {a:.1f} s "
-                      f"(after/before {a / b:.2f})"]
-        mb, ma = metrics(runs["before"][0]), metrics(runs["after"][0])
-        lines += ["", "| cell | test metric before | after |", "|---|---|---|"]
+        lines += ["", f"wall time, median over rounds: {ref} {b:.1f} s, after {a:.1f} s "
+                      f"(after/{ref} {a / b:.2f})"]
+        mb, ma = metrics(runs[ref][0]), metrics(runs["after"][0])
+        same = sum(ma.get(k) == m for k, m in mb.items())
+        lines += ["", f"test metrics identical in {same} of {len(mb)} cells",
+                  "", f"| cell | test metric {ref} | after |", "|---|---|---|"]
         lines += [f"| {' / '.join(map(str, k))} | {mb[k]:.4f} | {ma.get(k, float('nan')):.4f} |"
                   for k in sorted(mb)]
-        lb, la = latencies(runs["before"][0]), latencies(runs["after"][0])
+        lb, la = latencies(runs[ref][0]), latencies(runs["after"][0])
         ratios = sorted(la[k] / lb[k] for k in lb if k in la and lb[k] > 0)
         if ratios:
-            lines += ["", f"latency p50 after/before over {len(ratios)} (backbone, runtime, "
+            lines += ["", f"latency p50 after/{ref} over {len(ratios)} (backbone, runtime, "
                           f"profile, precision) rows: median {statistics.median(ratios):.2f}, "
                           f"range {ratios[0]:.2f}-{ratios[-1]:.2f}"]
         tuned = sorted({(r["config"]["backbone"], (r.get("autotune") or {}).get("chosen_name"),
@@ -165,7 +195,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternated")
     ap.add_argument("--reduced", action="store_true",
                     help=f"add {' '.join(REDUCED)} (a shared or slow machine)")
-    ap.add_argument("--only", choices=("before", "after"), help="run one variant")
+    ap.add_argument("--only", choices=("before", "after"), help="run one variant (besides "
+                    "base, with --base-tree)")
+    ap.add_argument("--base-tree", metavar="DIR",
+                    help="also run the defaults with the code in DIR (variant 'base': a "
+                         "checkout of the commit before a change), alternating with the others")
     ap.add_argument("--publish", metavar="FOLDER", help="write the report and raw data there")
     ap.add_argument("--latency", action="append", default=[], metavar="KEY=VALUE",
                     help="a [latency] setting for both variants (e.g. max_load_per_cpu=100 on "
@@ -176,14 +210,17 @@ def main() -> None:
     extra = (REDUCED if a.reduced else []) + list(a.extra)
     from harness.run.config import parse_value
     latency = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.latency)}
-    variants = [a.only] if a.only else ["before", "after"]
+    variants = ([a.only] if a.only else ["before", "after"])
+    if a.base_tree:
+        variants = ["base"] + variants
     load0 = os.getloadavg()
     runs: dict = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="bench-split-") as tmp:
         for i in range(a.rounds):
             for v in variants:
                 print(f"round {i + 1}: {v} ...", file=sys.stderr, flush=True)
-                runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra, latency))
+                runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra, latency,
+                                           a.base_tree if v == "base" else None))
     text = report(runs, extra + [f"[latency] {k} = {v}" for k, v in latency.items()],
                   (load0, os.getloadavg()))
     print(text)
