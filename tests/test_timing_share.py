@@ -153,9 +153,10 @@ class Noisy(Recorder):
 
     def __init__(self, iqrs):
         super().__init__()
-        self.iqrs = list(iqrs)
+        self.iqrs, self.retries = list(iqrs), []
 
     def __call__(self, profile, settings, suffix):
+        self.retries.append(settings.noisy_retries)
         rows = super().__call__(profile, settings, suffix)
         iqr = self.iqrs.pop(0) if settings.min_count > 1 else None
         for r in rows:
@@ -180,6 +181,7 @@ def test_a_noisy_figure_is_measured_once_more_then_the_less_noisy_one_is_shared(
     b = rows_by_precision(measure_shared(second, fake_measure, "rt", PROFILE, SETTINGS,
                                          timing_for(tmp_path, "b")))
     assert second.calls == [(("fp32", "int8"), True)]  # measured again, with full settings
+    assert first.retries == [SETTINGS.noisy_retries] and second.retries == [0]  # once more
     third = Noisy([])
     c = rows_by_precision(measure_shared(third, fake_measure, "rt", PROFILE, SETTINGS,
                                          timing_for(tmp_path, "c")))

@@ -19,8 +19,8 @@ that measured).
 
 Noise: a figure that fails the stability criterion even after its own retries
 (``stats.noise.noisy``, :func:`harness.measure.latency.stability`) is stored too, marked
-noisy, and measured once more by the next cell that needs it (:data:`NOISY_MEASUREMENTS` in
-all, by different cells); the less noisy of the two is kept and shared from then on, by
+noisy, and measured once more (one attempt, no retries) by the next cell that needs it
+(:data:`NOISY_MEASUREMENTS` in all, by different cells); the less noisy of the two is kept and shared from then on, by
 this run and later ones, still marked noisy where it is (the table's ``~``). Before, a noisy
 figure was never stored, so on a machine whose measurements are often noisy every cell
 timed it again, with its retries: most of a default run's latency stage. A row a runtime
@@ -170,8 +170,10 @@ def measure_shared(call: Callable, measure_fn: Callable, runtime: str, profile,
     """The rows of one runtime and profile, with timings measured once and shared.
 
     A precision is timed here when no cell has timed it yet, or when its stored figure is
-    noisy and was measured fewer than :data:`NOISY_MEASUREMENTS` times (the less noisy of
-    the two is kept, :func:`_less_noisy`); otherwise the stored figure is shared. A stored
+    noisy and was measured fewer than :data:`NOISY_MEASUREMENTS` times: then once, without
+    the measurement's own retries (``noisy_retries = 0``: the first cell already took them),
+    and the less noisy of the two figures is kept (:func:`_less_noisy`); otherwise the
+    stored figure is shared. A stored
     "not measured" verdict is shared without starting the worker for it.
 
     Args:
@@ -190,8 +192,15 @@ def measure_shared(call: Callable, measure_fn: Callable, runtime: str, profile,
         entries = {p: cache.get(keys[p]) for p in profile.precisions}
         rows: dict = {}
         fresh = [p for p in profile.precisions if _needs_measuring(entries[p])]
-        if fresh:
-            for row in call(dataclasses.replace(profile, precisions=tuple(fresh)), settings, ""):
+        new = [p for p in fresh if entries[p] is None]
+        # a noisy figure already had its retries: measured once more, not retried again
+        for which, sets, suffix in ((new, settings, ""), (
+                [p for p in fresh if p not in new],
+                dataclasses.replace(settings, noisy_retries=0), "-again")):
+            if not which:
+                continue
+            for row in call(dataclasses.replace(profile, precisions=tuple(which)), sets,
+                            suffix):
                 p = row.get("precision")
                 rows[p] = _measured_here(row, keys.get(p), entries.get(p), timing, cache)
         for p in profile.precisions:
