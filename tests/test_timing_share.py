@@ -203,6 +203,19 @@ def test_a_noisy_figure_is_measured_once_more_then_the_less_noisy_one_is_shared(
     assert sum(m["kept"] for m in entry["measurements"]) == 1
 
 
+def test_a_new_row_keeps_its_retries_while_a_noisy_one_is_measured_once_more(tmp_path):
+    first = Noisy([0.5])
+    first.fail = {"int8"}  # not stored: the next cell measures it as new
+    measure_shared(first, fake_measure, "rt", PROFILE, SETTINGS, timing_for(tmp_path, "a"))
+    second = Noisy([None, None])
+    rows = rows_by_precision(measure_shared(second, fake_measure, "rt", PROFILE, SETTINGS,
+                                            timing_for(tmp_path, "b")))
+    assert second.calls == [(("int8",), True), (("fp32",), True)]
+    assert second.retries == [SETTINGS.noisy_retries, 0]
+    assert rows["fp32"]["latency_remeasured"]["kept"] == "this cell's figure"
+    assert rows["int8"]["latency_measurements"] == 1 and list(rows) == ["fp32", "int8"]
+
+
 def test_a_runtimes_not_measured_verdict_is_shared_without_starting_its_worker(tmp_path):
     def declines_int8(profile, settings, suffix):
         calls.append((tuple(profile.precisions), settings.min_count > 1))
