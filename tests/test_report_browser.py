@@ -492,6 +492,17 @@ def test_mixed_page_hover_and_highlight_menus(mixed_page):
     small = [o for label, o in opacity if "backbone: small;" in label]
     assert len(big) == len(small) == 8 and min(big) > 0.8 > 0.2 > max(small)
     menu.select_option(label="all")
+    # a click on a legend entry highlights that precision (or runtime)
+    (label,) = [t for t in pareto.query_selector_all("svg g.role-legend-label text")
+                if t.text_content() == "int8"]
+    label.click()
+    (_, dots) = pareto.query_selector_all("svg g.mark-symbol.role-mark")
+    seen = {}
+    for p in dots.query_selector_all("path"):
+        precision = p.get_attribute("aria-label").split("precision: ")[1].split(";")[0]
+        seen.setdefault(precision, set()).add(float(p.evaluate(
+            "e => getComputedStyle(e).opacity")))
+    assert seen == {"int8": {0.9}, "fp32": {0.12}, "int8-dynamic": {0.12}}
 
 
 def _cell(key, lats, status="ok", metric=0.8, hib=True):
