@@ -114,6 +114,22 @@ def split(run: dict) -> dict:
     return out
 
 
+def workers(run: dict) -> dict:
+    """The latency workers of one run (rows' ``worker``, one per worker run): how many,
+    seconds from launch to the runtime's measure and after it (start-up, exit), and inside
+    it (the runtime's imports, conversions, compilation, timing and test outputs)."""
+    seen: dict = {}
+    for r in run["records"]:
+        for row in r.get("latency", []):
+            w = row.get("worker")
+            if w:
+                seen[(r["key"], w["job"])] = w
+    return {"runs": len(seen),
+            "start_exit_s": sum(w.get("start_s", 0) + w.get("end_s", 0) for w in seen.values()),
+            "in_runtime_s": sum(w.get("measure_s", 0) for w in seen.values()),
+            "wall_s": sum(w["wall_s"] for w in seen.values())}
+
+
 def _cell_id(r: dict) -> tuple:
     c = r["config"]
     return c["backbone"], c["strategy"], c["seed"]
@@ -162,6 +178,13 @@ def report(runs: dict, extra: list, load: tuple) -> str:
         cells = [f"{sum(s.values()) if ph == 'total' else s[ph]:.1f}"
                  for v in runs for s in splits[v]]
         lines.append(f"| {ph} | " + " | ".join(cells) + " |")
+    lines += ["", "latency workers (first round): runs, start-up + exit s, inside the runtime "
+                  "s (imports, conversion, compilation, timing, test outputs), all s"]
+    for v, rs in runs.items():
+        w = workers(rs[0])
+        lines.append(f"- {v}: " + (f"{w['runs']} runs, {w['start_exit_s']:.1f} s, "
+                                   f"{w['in_runtime_s']:.1f} s, {w['wall_s']:.1f} s"
+                                   if w["runs"] else "not recorded by this code"))
     lines += ["", "latency rows per cell, timed here / shared / neither (first round):"]
     lines += [f"- {v}: {sharing(rs[0])}" for v, rs in runs.items()]
     ref = next((v for v in ("base", "before") if v in runs), None)

@@ -280,6 +280,11 @@ def test_the_latency_worker_sees_only_the_cells_gpu(monkeypatch, tmp_path):
     rows = measure_in_worker(report_visible_devices, art, ProfileSpec("p", batch_size=1),
                              MeasureSettings(), label="visible")
     assert rows[0]["visible"] == "6" and rows[0]["isolation"] == "process"
+    spent = rows[0]["worker"]  # where the worker's time went, for the run's time split
+    assert spent["job"] == "visible" and spent["wall_s"] > 0
+    assert spent["start_s"] >= 0 and spent["measure_s"] >= 0 and spent["end_s"] >= 0
+    assert spent["start_s"] + spent["measure_s"] + spent["end_s"] == pytest.approx(
+        spent["wall_s"], abs=0.01)
 
 
 def test_deterministic_training_repeats_itself(tiny_splits):

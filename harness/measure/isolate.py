@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -178,6 +179,7 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     # The worker must import what the parent imported (plugins from tests, editable paths).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    started = time.time()
     try:
         proc = subprocess.run([sys.executable, "-m", "harness.measure.isolate", str(folder)], env=env,
                               capture_output=True, text=True, timeout=settings.worker_timeout_s)
@@ -187,7 +189,24 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
     if not (folder / "result.json").exists():
         raise WorkerError(f"the {label} worker exited with code {proc.returncode} and no result"
                           f"; its stderr ends:\n{proc.stderr[-2000:]}")
-    return [{**r, "isolation": "process"} for r in _read_result(folder)]
+    rows, spent = _read_result(folder), _spent(folder, started, time.time(), label)
+    return [{**r, "isolation": "process", "worker": spent} for r in rows]
+
+
+def _spent(folder: Path, started: float, ended: float, label: str) -> dict:
+    """Where a worker's wall time went (seconds): ``start_s`` from its launch to the
+    runtime's measure (interpreter, harness import), ``measure_s`` in it (the runtime's own
+    imports, conversions, compilation, timing, test outputs), ``end_s`` the rest (writing
+    arrays, exit, reading them back). The same for every row of one worker run."""
+    out = {"job": label, "wall_s": round(ended - started, 3)}
+    try:
+        t = json.loads((folder / "timing.json").read_text())
+        out.update(start_s=round(t["begin"] - started, 3),
+                   measure_s=round(t["end"] - t["begin"], 3),
+                   end_s=round(ended - t["end"], 3))
+    except (OSError, ValueError, KeyError):
+        pass
+    return out
 
 
 def _worker(folder: Path) -> int:
@@ -209,7 +228,10 @@ def _worker(folder: Path) -> int:
         profile = ProfileSpec(**pdict)
         known = {f.name for f in fields(MeasureSettings)}
         settings = MeasureSettings(**{k: v for k, v in job["settings"].items() if k in known})
+        begin = time.time()
         results = measure_fn(art, profile, settings) or []
+        atomic_write_text(folder / "timing.json", json.dumps({"begin": begin,
+                                                               "end": time.time()}))
         clean = []
         for i, rec in enumerate(results):
             rec = dict(rec)
