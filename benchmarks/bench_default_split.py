@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -228,6 +229,9 @@ def main() -> None:
                     help="a [latency] setting for both variants (e.g. max_load_per_cpu=100 on "
                          "a shared machine, where every measurement fails the stability "
                          "criterion and none would be shared)")
+    ap.add_argument("--keep", metavar="FOLDER",
+                    help="copy each run's folder (its cell records) there before the cold "
+                         "caches are removed")
     ap.add_argument("extra", nargs="*", help="more `bench run` options (after --)")
     a = ap.parse_args()
     extra = (REDUCED if a.reduced else []) + list(a.extra)
@@ -244,6 +248,9 @@ def main() -> None:
                 print(f"round {i + 1}: {v} ...", file=sys.stderr, flush=True)
                 runs[v].append(run_variant(v, Path(tmp, f"{v}-{i}"), extra, latency,
                                            a.base_tree if v == "base" else None))
+                if a.keep:
+                    shutil.copytree(Path(tmp, f"{v}-{i}", f"runs-{v}"),
+                                    Path(a.keep, f"{v}-{i}"), dirs_exist_ok=True)
     text = report(runs, extra + [f"[latency] {k} = {v}" for k, v in latency.items()],
                   (load0, os.getloadavg()))
     print(text)
