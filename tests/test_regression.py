@@ -437,3 +437,28 @@ def test_a_replayed_call_that_changed_meaning_is_an_error_not_a_number(tiny, plu
 def _matrix(plugins, tiny):
     from harness.run.options import matrix_from_options
     return matrix_from_options(plugins, {"matrix_file": str(tiny / "m.toml")})
+
+
+def test_ci_workflow_guards_every_builtin_runtime_or_says_why_not():
+    """The CI recipe (.github/workflows/bench-check.yml) checks every built-in runtime with
+    `--against`; a runtime it leaves out is named in the file with the reason (a GPU)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from harness.api.manager import PluginSystem
+
+    path = Path(rg.__file__).resolve().parents[2] / ".github" / "workflows" / "bench-check.yml"
+    text = path.read_text()
+    env = yaml.safe_load(text)["env"]
+    guarded = set(re.search(r"-r (\S+)", env["RUNTIMES"]).group(1).split(","))
+    step = next(s["run"] for s in yaml.safe_load(text)["jobs"]["check"]["steps"]
+                if "--against" in s.get("run", ""))
+    assert "$RUNTIMES" in step and "$CELL" in step
+    comments = " ".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    for spec in PluginSystem(entry_points=False).runtimes:
+        if spec.name not in guarded:
+            assert re.search(rf"\b{re.escape(spec.name)}\b", comments) and "GPU" in comments, (
+                f"{spec.name} is neither checked nor named with a reason in {path}")
+    assert {"pytorch", "onnxruntime", "openvino", "executorch"} <= guarded
