@@ -60,6 +60,8 @@ class RayExecutor(Executor):
 
     name = "ray"
     remote = True  # cells run on the cluster's nodes: the driver does not resolve --device
+    halves = True  # --halving: Ray Tune's ASHA scheduler (plugins/ray_asha.py)
+    halving = None  # the matrix's [tune] settings when it halves, set by the run
 
     def __init__(self, address: Optional[str] = None, jobs: Optional[int] = None,
                  cpus_per_cell: float = 1, threads: Optional[int] = None,
@@ -76,6 +78,16 @@ class RayExecutor(Executor):
         self.address, self.jobs = address, jobs
         self.cpus_per_cell = cpus_per_cell
         self.threads = threads or max(1, int(cpus_per_cell))
+
+    def check_halving(self) -> None:
+        """``--halving`` runs through Ray Tune (ray's ``tune`` extra): say so before any cell
+        runs when it cannot be imported."""
+        try:
+            from ray.tune.schedulers import ASHAScheduler  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"--halving on the ray executor runs Ray Tune's ASHA scheduler, "
+                              f"which cannot be imported here ({exc}); install it with: "
+                              f"{INSTALL_HINT} (it includes ray[tune])") from None
 
     def run(self, jobs, run_one, on_done):
         ray = self.ray
@@ -94,6 +106,15 @@ class RayExecutor(Executor):
                     "Give ray://HOST:10001 (Ray Client: pip install 'ray[client]', included in "
                     f"{INSTALL_HINT}), HOST:6379 or auto on a cluster node, or leave --address "
                     "out to start Ray on this machine") from exc
+        if self.halving is not None:
+            try:
+                from .ray_asha import run_halving
+                run_halving(ray, list(jobs), on_done, self.halving, self.threads,
+                            self.cpus_per_cell, gpus_for)
+            finally:
+                if started_here:
+                    ray.shutdown()
+            return
         # max_calls is fixed when Ray exports a remote function: .options() drops it (and
         # num_gpus given there leaves it unlimited), so GPU cells get a function of their own
         cpu_task = ray.remote(max_retries=0)(execute_job)

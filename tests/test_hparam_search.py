@@ -103,6 +103,33 @@ def _halve(order, settings):
     return trained
 
 
+def _halve_with_ray_asha(order, settings, tmp_path):
+    """The same cells, one after the other, judged by Ray Tune's ASHA scheduler as the ray
+    executor configures it (its own decision code, driven here without a cluster)."""
+    from types import SimpleNamespace
+    pytest.importorskip("ray.tune", reason="Ray Tune is not installed "
+                        "(pip install 'transfer-bench[ray]')")
+    from ray.tune.schedulers.trial_scheduler import TrialScheduler
+    from plugins.ray_asha import SCORE, observed_asha
+    sched = observed_asha(settings, tmp_path / "asha.pkl")
+    trained = {}
+    for name in order:
+        trial = SimpleNamespace(trial_id=f"t-{name}", config={"key": name})
+        sched.on_trial_add(None, trial)
+        seen = []
+        for value in CURVES[name]:
+            seen.append(value)
+            result = {"training_iteration": len(seen), SCORE: value}
+            if sched.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                break
+        else:
+            sched.on_trial_complete(None, trial, result)
+        trained[name] = seen
+    assert {k: len(trained[k]) for k in sched.stopped} == sched.stopped
+    return trained
+
+
+@pytest.mark.parametrize("engine", ["optuna", "ray_asha"])
 @pytest.mark.parametrize("order, stopped", [
     (list(CURVES), {"good", "slow", "flat", "bad", "worse"}),
     (["flat", "good", "best", "bad", "slow", "worse"], {"bad", "slow", "worse"}),
@@ -110,8 +137,10 @@ def _halve(order, settings):
     # best so far at every rung and none is stopped (ASHA's order sensitivity, docs/tuning.md)
     (list(reversed(CURVES)), set()),
 ])
-def test_halving_keeps_the_best_cell_of_known_curves(order, stopped):
-    trained = _halve(order, TuneSettings(halving=True, min_resource=1, reduction_factor=3))
+def test_halving_keeps_the_best_cell_of_known_curves(order, stopped, engine, tmp_path):
+    settings = TuneSettings(halving=True, min_resource=1, reduction_factor=3)
+    trained = (_halve(order, settings) if engine == "optuna"
+               else _halve_with_ray_asha(order, settings, tmp_path))
     full = len(CURVES["best"])
     assert trained["best"] == CURVES["best"]  # never stopped, whatever the order
     assert {n for n, c in trained.items() if len(c) < full} == stopped
@@ -120,9 +149,11 @@ def test_halving_keeps_the_best_cell_of_known_curves(order, stopped):
     assert sum(map(len, trained.values())) == full * (len(CURVES) - len(stopped)) + len(stopped)
 
 
-def test_halving_waits_for_min_resource():
-    trained = _halve(["best", "worse"], TuneSettings(halving=True, min_resource=3,
-                                                     reduction_factor=2))
+@pytest.mark.parametrize("engine", ["optuna", "ray_asha"])
+def test_halving_waits_for_min_resource(engine, tmp_path):
+    settings = TuneSettings(halving=True, min_resource=3, reduction_factor=2)
+    trained = (_halve(["best", "worse"], settings) if engine == "optuna"
+               else _halve_with_ray_asha(["best", "worse"], settings, tmp_path))
     assert trained["best"] == CURVES["best"]
     assert len(trained["worse"]) == 3  # not judged before its third epoch, stopped at it
 
@@ -198,7 +229,7 @@ class _SpyPlugin:
             SearchDim("lr", 1e-3, 1e-1), SearchDim("weight_decay", 1e-6, 1e-3)))]
 
 
-def _run(plugin_system, tmp_path, monkeypatch, strategies, **tune):
+def _run(plugin_system, tmp_path, monkeypatch, strategies, executor=None, **tune):
     from harness.run.runner import run_matrix
     from harness.testkit import TestkitPlugin
     monkeypatch.setenv("TRANSFER_BENCH_CACHE", str(tmp_path / "cache"))
@@ -211,7 +242,11 @@ def _run(plugin_system, tmp_path, monkeypatch, strategies, **tune):
                      train=TrainSettings(epochs=3, batch_size=32, device="cpu", lr=1e-6),
                      tune=tune)
     with contextlib.redirect_stderr(io.StringIO()):
-        store = run_matrix(plugin_system, m, tmp_path / "runs", show_progress=False)
+        store = run_matrix(plugin_system, m, tmp_path / "runs", show_progress=False,
+                           executor=executor,
+                           # one cell at a time on the 2-CPU Ray: the in-process order
+                           executor_options={"threads": 1, "cpus_per_cell": 2}
+                           if executor == "ray" else None)
     return {r["config"]["strategy"]: r for r in store.records()}
 
 
@@ -359,3 +394,77 @@ def test_a_cell_stopped_before_its_record_was_saved_stays_stopped(tmp_path):
     assert "let this cell finish" in trial.resumed
     trial.report(0.0)  # a lost record's retrain cannot be stopped, nor change the study
     assert len(again._study(("d", "t", 0), True).get_trials()) == 2
+
+
+# -- --halving on the ray executor: Ray Tune's ASHA scheduler -----------------------------------
+HAVE_TUNE = __import__("importlib").util.find_spec("ray") is not None and \
+    __import__("importlib").util.find_spec("ray.tune") is not None
+needs_tune = pytest.mark.skipif(not HAVE_TUNE, reason="Ray Tune is not installed "
+                                "(pip install 'transfer-bench[ray]')")
+
+
+@needs_tune
+def test_ray_asha_takes_the_halving_settings():
+    from plugins.ray_asha import MAX_T, SCORE, asha_kwargs
+    from ray.tune.schedulers import ASHAScheduler
+    kw = asha_kwargs(TuneSettings(halving=True, min_resource=2, reduction_factor=4))
+    assert kw["grace_period"] == 2 and kw["reduction_factor"] == 4
+    assert kw["time_attr"] == "training_iteration" and kw["metric"] == SCORE
+    assert kw["max_t"] == MAX_T and kw["stop_last_trials"] is False  # no cap on a schedule
+    rungs = [m for m, _ in ASHAScheduler(**kw)._brackets[0]._rungs]
+    assert sorted(rungs)[:3] == [2, 8, 32]  # min_resource * reduction_factor ** k epochs
+
+
+def test_ray_without_tune_says_how_to_install(monkeypatch):
+    pytest.importorskip("ray")
+    from plugins.executors_ray import RayExecutor
+    monkeypatch.setitem(sys.modules, "ray.tune.schedulers", None)
+    with pytest.raises(ConfigError, match=r"ASHA scheduler.*pip install 'transfer-bench\[ray\]'"):
+        RayExecutor().check_halving()
+
+
+@pytest.fixture
+def ray_two_cpus():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@needs_tune
+@pytest.mark.slow
+def test_halving_on_ray_stops_the_hopeless_cell_through_asha(
+        plugin_system, tmp_path, monkeypatch, ray_two_cpus):
+    """The in-process test's matrix on a 2-CPU local Ray: the same records."""
+    strategies = ["finetune,lr=0.03", "finetune,lr=1e-07"]
+    recs = _run(plugin_system, tmp_path, monkeypatch, strategies, executor="ray",
+                halving=True, reduction_factor=2)
+    good, bad = recs[strategies[0]], recs[strategies[1]]
+    assert good["status"] == "ok", good.get("error")
+    assert len(good["halving"]["curve"]) == 3 and good["halving"]["engine"].startswith("Ray")
+    assert good["worker"]["pid"] != __import__("os").getpid()
+    assert bad["status"] == "stopped (halving)", bad.get("error")
+    assert "ASHA" in bad["note"] and bad["halving"]["stopped_after_epochs"] == 1
+    assert bad["history"]["partial"] and len(bad["history"]["epochs"]) == 1
+    assert bad["halving"]["curve"] == [e["val_metric"] for e in bad["history"]["epochs"]]
+    assert "test_metrics" not in bad  # never scored
+    assert "halving: 1 of 2 cells stopped early" in summary_table(list(recs.values()))
+    # the same command again: both are finished, nothing runs (no new Tune experiment)
+    tune_dir = next((tmp_path / "runs").iterdir()) / "ray_tune"
+    experiments = sorted(p.name for p in tune_dir.iterdir() if p.is_dir())
+    again = _run(plugin_system, tmp_path, monkeypatch, strategies, executor="ray",
+                 halving=True, reduction_factor=2)
+    assert again == recs
+    assert sorted(p.name for p in tune_dir.iterdir() if p.is_dir()) == experiments
+    # a run that died after ASHA stopped the cell and before it saved the record: the cell's
+    # last saved record is its partial one; the rerun records it stopped, without training
+    path = tune_dir.parent / "cells" / f"{bad['key']}.json"
+    path.write_text(json.dumps({**{k: v for k, v in bad.items() if k != "note"},
+                                "status": "running"}))
+    again = _run(plugin_system, tmp_path, monkeypatch, strategies, executor="ray",
+                 halving=True, reduction_factor=2)
+    assert again[strategies[0]] == good
+    assert again[strategies[1]]["status"] == "stopped (halving)"
+    assert again[strategies[1]]["history"] == bad["history"]
+    assert "error" not in again[strategies[1]] and "ASHA" in again[strategies[1]]["note"]
+    assert sorted(p.name for p in tune_dir.iterdir() if p.is_dir()) == experiments

@@ -362,7 +362,8 @@ def _report_to_halving(halving, cfg: CellConfig, task, ctx: TrainContext, rec: d
     epochs: list = []
     rec["halving"] = {"group": [cfg.dataset.label(), cfg.task.label(), cfg.seed],
                       "min_resource": halving.settings.min_resource,
-                      "reduction_factor": halving.settings.reduction_factor, "curve": []}
+                      "reduction_factor": halving.settings.reduction_factor, "curve": [],
+                      "engine": getattr(halving, "engine", type(halving).__name__)}
 
     def partial() -> dict:  # the record as it stands, with the curve so far
         return {**rec, "history": {"epochs": list(epochs), "partial": True}}

@@ -270,7 +270,7 @@ class GpuSlots:
 
 
 def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] = None,
-                one_gpu: Optional[bool] = None) -> dict:
+                one_gpu: Optional[bool] = None, halving=None) -> dict:
     """Run one cell in a worker and write its records into the run folder.
 
     Args:
@@ -281,6 +281,9 @@ def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] 
         one_gpu: the executor made exactly one GPU visible to this worker (default: when
             ``gpu`` is given; Ray's GPU tasks pass True): a cell asked for ``cuda:N`` runs
             on it as ``cuda``, and the record keeps what was asked.
+        halving: the cell's side of the matrix's successive halving, handed to
+            :func:`harness.run.cell.run_cell` (``--halving`` on Ray: Ray Tune's ASHA,
+            ``plugins/ray_asha.py``).
 
     The device is resolved here, where the cell runs (``auto`` becomes what this worker
     sees), and recorded with this worker's GPU name in the cell's ``hardware``.
@@ -322,7 +325,8 @@ def execute_job(job: CellJob, threads: Optional[int] = None, gpu: Optional[int] 
         store.write_cell({"key": job.key, "config": job.cfg.to_dict(), "status": "running",
                           "started": time.time(), "worker": info})
         rec = run_cell(plugins, cfg, job.key, custom_profiles=job.custom_profiles,
-                       onnx_dir=Path(job.run_dir) / "onnx" if job.keep_onnx else None)
+                       onnx_dir=Path(job.run_dir) / "onnx" if job.keep_onnx else None,
+                       halving=halving)
         if cfg is not job.cfg:
             rec["config"] = job.cfg.to_dict()
             rec.setdefault("hardware", {})["asked_device"] = asked

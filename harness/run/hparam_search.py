@@ -280,6 +280,8 @@ class CellHalving:
     rungs beyond them, on the values the first attempt reported).
     """
 
+    engine = "Optuna SuccessiveHalvingPruner"
+
     def __init__(self, settings: TuneSettings, storage=None):
         self.settings = settings
         self.optuna = require_optuna()

@@ -402,7 +402,8 @@ HALVING_JOURNAL = "halving.journal"
 def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str) -> bool:
     """Check a tuning or halving run can run (Optuna installed, every strategy's search
     space names real settings, halving on an executor that can halve: the in-process one,
-    through Optuna's pruner, or one with ``halves = True``, through its own engine); whether
+    through Optuna's pruner, or one with ``halves = True`` (and ``check_halving()``), through
+    its own engine, which ``run_matrix`` hands the settings as ``runner.halving``); whether
     the matrix halves its cells."""
     from .hparam_search import check_space, require_optuna
     if not matrix.tune.active:
@@ -415,8 +416,10 @@ def _halving(plugins: PluginSystem, matrix: MatrixConfig, runner, executor: str)
     if not isinstance(runner, InProcessExecutor) and not getattr(runner, "halves", False):
         raise ConfigError(
             f"--halving runs the matrix's cells in this process, through Optuna's "
-            f"SuccessiveHalvingPruner; the {executor!r} executor cannot stop a cell it runs "
-            f"elsewhere: use --executor inprocess, or drop --halving")
+            f"SuccessiveHalvingPruner, or on Ray, through Ray Tune's ASHA scheduler; the "
+            f"{executor!r} executor cannot stop a cell it runs elsewhere: use --executor "
+            f"inprocess or ray, or drop --halving")
+    getattr(runner, "check_halving", lambda: None)()  # its engine importable (Ray Tune)
     return True
 
 
