@@ -94,6 +94,17 @@ class NoMetric(NanLoss):
         return {"acc": 0.5}
 
 
+class WrongHead(NoMetric):
+    """Builds a head for a feature size the backbone does not declare."""
+    name = "wrong_head"
+
+    def build_head(self, backbone, info):
+        return nn.Linear(backbone.num_features + 3, info.num_classes)
+
+    def metrics(self, outputs, targets, info):
+        return {"accuracy": 0.5}
+
+
 def _quad_any(task, image_size, seed, cache_dir):
     import dataclasses
     d = make_tiny_splits(image_size=image_size, n_train=32, seed=seed)
@@ -202,12 +213,13 @@ class Faulty:
 
     @hookimpl
     def register_tasks(self):
-        return [TaskSpec("nan_loss", factory=NanLoss), TaskSpec("no_metric", factory=NoMetric)]
+        return [TaskSpec("nan_loss", factory=NanLoss), TaskSpec("no_metric", factory=NoMetric),
+                TaskSpec("wrong_head", factory=WrongHead)]
 
     @hookimpl
     def register_datasets(self):
         return [DatasetSpec("quad_any", load=_quad_any, synthetic=True,
-                            tasks=("classification", "nan_loss", "no_metric"))]
+                            tasks=("classification", "nan_loss", "no_metric", "wrong_head"))]
 
     @hookimpl
     def register_strategies(self):
@@ -305,12 +317,15 @@ def faulty(register_plugin):
      ["task 'nan_loss'", "gives a loss of nan"]),
     ({"task": "no_metric"},
      ["task 'no_metric'", "lacks its primary metric 'accuracy'"]),
+    ({"task": "wrong_head"},
+     ["task 'wrong_head'", "(num_features = 32): the head does not fit the declared "
+      "feature size"]),
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
         "declares-head-trains-all", "declares-all-trains-nothing",
         "declares-all-freezes-backbone-per-epoch", "declares-all-fit-trains-head",
         "phase-names-head-trains-all", "backbone-at-rate-0", "unfreezing-that-never-grows", "freezes-everything",
         "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
-        "no-primary-metric"])
+        "no-primary-metric", "head-does-not-fit-features"])
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
     rec = _run(faulty, tmp_path, **axes)
     assert rec["status"] == "failed"
