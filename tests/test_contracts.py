@@ -172,6 +172,17 @@ class ZeroRateBackbone(TrainingStrategy):
         return [Phase("all", groups, lr={g: 1e-3 if g == "head" else 0.0 for g in groups})]
 
 
+class TrainsThenReverts(TrainingStrategy):
+    """Fine-tunes everything, then puts the backbone's weights back as they were."""
+
+    def fit(self, model, data, ctx):
+        import copy
+        saved = copy.deepcopy(model.backbone.state_dict())
+        history = super().fit(model, data, ctx)
+        model.backbone.load_state_dict(saved)
+        return history
+
+
 class UnfreezeOnce(TrainingStrategy):
     """Gradual unfreezing (Howard & Ruder 2018) with no epoch held back for the whole
     model (``track_from`` 0): a total budget of 2 epochs ends it with the bottom group
@@ -231,6 +242,7 @@ class Faulty:
                 StrategySpec("head_phase_trains_all", cls=HeadPhaseTrainsAll),
                 StrategySpec("unfreeze_once", cls=UnfreezeOnce),
                 StrategySpec("zero_rate_backbone", cls=ZeroRateBackbone),
+                StrategySpec("trains_then_reverts", cls=TrainsThenReverts),
                 StrategySpec("bias_only", cls=BiasOnly),
                 StrategySpec("no_history", cls=NoHistory)]
 
@@ -302,6 +314,9 @@ def faulty(register_plugin):
     ({"strategy": "zero_rate_backbone"},
      ["strategy 'zero_rate_backbone'", "backbone.stem, backbone.stage trained in phase 'all'",
       "froze what it declares trained"]),
+    ({"strategy": "trains_then_reverts"},
+     ["strategy 'trains_then_reverts'", "backbone.stem, backbone.stage trained and its "
+      "phases changed them, but the model it delivers has them as before training"]),
     ({"strategy": "unfreeze_once,stuck=true", "budget": "epochs", "epochs": 2},
      ["strategy 'unfreeze_once'", "backbone.stem, backbone.stage trained in phase "
       "'unfreezing'"]),
@@ -323,7 +338,7 @@ def faulty(register_plugin):
 ], ids=["groups-missing", "groups-twice", "feature-size", "weights-reshape",
         "declares-head-trains-all", "declares-all-trains-nothing",
         "declares-all-freezes-backbone-per-epoch", "declares-all-fit-trains-head",
-        "phase-names-head-trains-all", "backbone-at-rate-0", "unfreezing-that-never-grows", "freezes-everything",
+        "phase-names-head-trains-all", "backbone-at-rate-0", "trains-then-reverts", "unfreezing-that-never-grows", "freezes-everything",
         "nan-features", "weights-load-nothing", "fit-returns-no-history", "nan-loss",
         "no-primary-metric", "head-does-not-fit-features"])
 def test_planted_fault_fails_its_cell_naming_plugin(faulty, tmp_path, axes, words):
@@ -346,8 +361,11 @@ def test_no_built_in_strategy_trips_the_trained_and_frozen_contract(faulty, tmp_
     rec = _run(faulty, tmp_path, strategy=strategy, image_size=32)
     assert rec["status"] == "ok", rec.get("error")
     c = rec["contracts"]["strategy"]
-    assert c["groups_trained"] >= 1 and c["unchanged"] == {}
+    assert c["groups_trained"] >= 1
     phases = rec["history"]["phases"]
+    for g, why in c["unchanged"].items():  # chain-thaw may roll a phase back, nothing else
+        assert "rolled back" in why and all(p["rolled_back"] for p in phases
+                                            if g in p["groups"]), (g, why)
     assert c["phases_checked"] == sum("changed_groups" in p for p in phases)
     for p in phases:
         if "changed_groups" in p:
@@ -378,6 +396,35 @@ def test_a_group_may_stay_as_it_was_only_for_a_recorded_reason(faulty, tmp_path,
     rec = _run(faulty, tmp_path, strategy=strategy, budget="epochs", epochs=2)
     assert rec["status"] == "ok", rec.get("error")
     assert rec["contracts"]["strategy"]["unchanged"] == unchanged
+
+
+def _epoch(phase, groups, rolled_back=False):
+    from harness.train.loop import EpochRecord
+    return EpochRecord(phase, 0, 1.0, 0.5, 1.0, 0.5, 1e-3, 0.1, trainable_groups=groups,
+                       rolled_back=rolled_back)
+
+
+@pytest.mark.parametrize("epochs,kept,why", [
+    # chain-thaw (Felbo et al. 2017): head phase kept, the stem's phase rolled back
+    ([_epoch("new layers", ["head"]), _epoch("stem", ["stem"], rolled_back=True)], 0,
+     "every phase that trained it was rolled back"),
+    # a phase that restored its best epoch, from before the stem was unfrozen
+    ([_epoch("u", ["head"]), _epoch("u", ["stem", "head"])], 0,
+     "the delivered weights are epoch 1's, from before any kept epoch trained it"),
+    ([_epoch("all", ["stem", "head"])], 0, None),  # trained and kept: undone by the strategy
+], ids=["rolled-back", "kept-before-unfrozen", "undone"])
+def test_a_group_trained_then_not_delivered_needs_a_rollback_or_an_earlier_kept_epoch(
+        epochs, kept, why):
+    from harness.run.contracts import PluginFault, check_groups_trained
+    from harness.train.loop import History
+    history = History(epochs=epochs, kept_epoch=kept)
+    args = ("strategy 's'", ["stem.w", "head.w"], {"stem": ["stem.w"], "head": ["head.w"]},
+            {"head.w"}, {"stem": "changed", "head": "changed"}, history)
+    if why is None:
+        with pytest.raises(PluginFault, match="it undid what it declares trained"):
+            check_groups_trained(*args)
+    else:
+        assert why in check_groups_trained(*args)["unchanged"]["stem"]
 
 
 def test_phase_checks_read_steps_the_fp16_scaler_skipped():

@@ -301,15 +301,16 @@ def check_training(plugins, strategy_name: str, declared: list, before: dict,
     - per phase of the shared loop (``history.phases`` entries with ``changed_groups``,
       measured before any rollback): :func:`check_phase` (each group the phase names
       changed; no other group did);
-    - every layer group holding a parameter it declares trained changed, at the end or in
-      a phase (:func:`check_groups_trained`).
+    - every layer group holding a parameter it declares trained is changed in the model
+      it delivers, unless a rollback or an earlier best epoch explains why not
+      (:func:`check_groups_trained`).
 
     "Changed" means any element of any parameter of the group differs. A group may stay as
-    it was, and the record says why, only when the phases that name it took no optimiser
-    step (fp16 steps the gradient scaler skipped do not count), or stopped (early
-    stopping, budget) while
-    gradual unfreezing had not reached it yet; a group with no parameter elements cannot
-    change.
+    it was, and the record says why (``unchanged``), only when the phases that name it
+    took no optimiser step (fp16 steps the gradient scaler skipped do not count) or
+    stopped (early stopping, budget) while gradual unfreezing had not reached it yet, when
+    it has no parameter elements, or (in the delivered model only) when the phases that
+    trained it were rolled back or the kept epoch came before them.
 
     Args:
         declared: :func:`declared_trained`'s names.
@@ -353,7 +354,7 @@ def check_training(plugins, strategy_name: str, declared: list, before: dict,
         check_phase(who, rec, history, seen)
     out["phases_checked"] = len(records)
     if groups is not None:
-        out.update(check_groups_trained(who, declared, groups, changed, seen))
+        out.update(check_groups_trained(who, declared, groups, changed, seen, history))
     return out
 
 
@@ -424,20 +425,34 @@ def check_phase(who: str, rec: dict, history, seen: dict) -> None:
 
 
 def check_groups_trained(who: str, declared: list, groups: dict, changed: set,
-                         seen: dict) -> dict:
-    """Every layer group holding a parameter the strategy declares trained changed: at the
-    end of ``fit`` (``changed``) or in one of its phases (``seen``, from
-    :func:`check_phase`), unless a phase excused it. Returns ``{"groups_trained",
-    "unchanged"}``."""
+                         seen: dict, history=None) -> dict:
+    """Every layer group holding a parameter the strategy declares trained is changed in
+    the model ``fit`` delivers (``changed``: compared after training), unless it may stay
+    as it was for a recorded reason:
+
+    - a phase excused it (``seen``, from :func:`check_phase`: no optimiser step, gradual
+      unfreezing stopped before reaching it, no parameter elements);
+    - its phases changed it (``seen[g] == "changed"``) but the delivered weights predate
+      every epoch that trained it and was not rolled back: chain-thaw's rolled-back
+      phases (Felbo et al. 2017), or a phase that restored its best epoch from before the
+      group was unfrozen (``history.kept_epoch`` and each epoch's ``trainable_groups``).
+
+    Returns ``{"groups_trained", "unchanged"}`` (``{group: why}``)."""
     wanted = set(declared)
-    missing, unchanged, trained = [], {}, 0
+    missing, undone, unchanged, trained = [], [], {}, 0
     for g, params in groups.items():
         if not wanted & set(params):
             continue
         trained += 1
-        if seen.get(g) == "changed" or changed & set(params):
+        if changed & set(params):
             continue
-        if g in seen:
+        if seen.get(g) == "changed":
+            why = _delivered_before_training(g, history)
+            if why is None:
+                undone.append(g)
+            else:
+                unchanged[g] = why
+        elif g in seen:
             unchanged[g] = seen[g]
         else:
             missing.append(g)
@@ -446,7 +461,30 @@ def check_groups_trained(who: str, declared: list, groups: dict, changed: set,
                           f"{', '.join(missing)} trained (trained_parameters()) but training "
                           f"changed none of them: it froze what it declares trained; train "
                           f"them or leave them out of trained_parameters()")
+    if undone:
+        raise PluginFault(f"{who} declares layer group(s) {', '.join(undone)} trained and its "
+                          f"phases changed them, but the model it delivers has them as before "
+                          f"training (no rollback or earlier best epoch explains it): it undid "
+                          f"what it declares trained")
     return {"groups_trained": trained, "unchanged": unchanged}
+
+
+def _delivered_before_training(group: str, history) -> Optional[str]:
+    """Why the delivered model may hold ``group`` as before training although a phase
+    changed it (see :func:`check_groups_trained`), or None when nothing explains it."""
+    kept = getattr(history, "kept_epoch", None)
+    epochs = list(getattr(history, "epochs", None) or [])
+    if kept is None or not epochs:
+        return None
+    trained = [i for i, e in enumerate(epochs)
+               if group in (getattr(e, "trainable_groups", None) or ())]
+    kept_on = [i for i in trained if not getattr(epochs[i], "rolled_back", False)]
+    if not trained or any(i <= kept for i in kept_on):
+        return None
+    if not kept_on:
+        return "every phase that trained it was rolled back (no better validation loss)"
+    return (f"the delivered weights are epoch {kept + 1}'s, from before any kept epoch "
+            f"trained it")
 
 
 # -- runtimes: outputs against PyTorch's -------------------------------------------------------
