@@ -354,6 +354,15 @@ def strategy_names():
     return PluginSystem(entry_points=False).strategies.names()
 
 
+def _only_rollbacks(rec):
+    """Chain-thaw may roll a phase back and deliver its groups as they were (recorded);
+    no other reason leaves a declared-trained group unchanged in these runs."""
+    phases = rec["history"]["phases"]
+    for g, why in rec["contracts"]["strategy"]["unchanged"].items():
+        assert "rolled back" in why and all(p["rolled_back"] for p in phases
+                                            if g in p["groups"]), (g, why)
+
+
 @pytest.mark.parametrize("strategy", strategy_names())
 def test_no_built_in_strategy_trips_the_trained_and_frozen_contract(faulty, tmp_path, strategy):
     """Every registered strategy, as bench run runs it at 32 px: what it declares trained
@@ -362,10 +371,8 @@ def test_no_built_in_strategy_trips_the_trained_and_frozen_contract(faulty, tmp_
     assert rec["status"] == "ok", rec.get("error")
     c = rec["contracts"]["strategy"]
     assert c["groups_trained"] >= 1
+    _only_rollbacks(rec)
     phases = rec["history"]["phases"]
-    for g, why in c["unchanged"].items():  # chain-thaw may roll a phase back, nothing else
-        assert "rolled back" in why and all(p["rolled_back"] for p in phases
-                                            if g in p["groups"]), (g, why)
     assert c["phases_checked"] == sum("changed_groups" in p for p in phases)
     for p in phases:
         if "changed_groups" in p:
@@ -382,7 +389,7 @@ def test_multi_phase_strategies_keep_the_contract_under_every_total_budget(
                  epochs=3, records=True)
     for rec in store:
         assert rec["status"] == "ok", rec.get("error")
-        assert rec["contracts"]["strategy"]["unchanged"] == {}
+        _only_rollbacks(rec)
     assert len(store) == 2
 
 
