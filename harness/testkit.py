@@ -300,6 +300,8 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
     - after ``fit``: every parameter it does not name is bit-identical to before (a
       strategy that claims to freeze a part but trains it fails here), and every one it
       names has changed (or was replaced by a new module);
+    - each phase of the shared loop changed every layer group its ``Phase.groups`` names
+      and no other (measured before any rollback), as ``bench run`` checks in every cell;
     - ``fit`` returns a :class:`harness.train.loop.History` with at least one epoch, and test
       accuracy beats chance by ``margin``.
 
@@ -353,6 +355,7 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
              f"trained ({', '.join(still[:4])}{', ...' if len(still) > 4 else ''}) in "
              f"{len(history.epochs)} epochs: train them, or leave them out of "
              f"trained_parameters()")
+    _check_phases(what, history)
     _, metrics = evaluate(model.eval(), splits.test, ctx)
     chance = 1.0 / splits.info.num_classes
     acc = float(metrics["accuracy"])
@@ -361,6 +364,19 @@ def check_strategy(spec: StrategySpec, splits: Optional[DataSplits] = None,
              f"{chance:.2f} by {margin}; the strategy does not seem to train the model")
     return {"accuracy": acc, "chance": chance, "epochs": len(history.epochs),
             "trained": len(declared), "frozen": len(frozen)}
+
+
+def _check_phases(what: str, history) -> None:
+    """Each phase the shared loop ran changed the groups it names and no other, as every
+    ``bench run`` cell checks (:func:`harness.run.contracts.check_phase`)."""
+    from .run.contracts import PluginFault, check_phase
+    seen: dict = {}
+    for rec in history.phases:
+        if isinstance(rec, dict) and "changed_groups" in rec and "groups" in rec:
+            try:
+                check_phase(what, rec, history, seen)
+            except PluginFault as exc:
+                raise ConformanceError(str(exc)) from None
 
 
 class _ClassificationForChecks:

@@ -53,6 +53,25 @@ def test_check_strategy_catches_declared_trained_parameters_that_never_change():
                                      "parameters it declares trained (backbone.stem.0.weight")
 
 
+class PhaseOverstates(Strategy):
+    """Declares the head only (trained_parameters) and trains only it, but its phase names
+    every group: the phase record says the backbone trained. bench run fails such a cell;
+    the kit says so first."""
+
+    def trained_parameters(self, model, ctx):
+        return [f"head.{n}" for n, _ in model.head.named_parameters()]
+
+    def on_epoch_start(self, model, phase, epoch):
+        model.backbone.requires_grad_(False)
+
+
+def test_check_strategy_holds_each_phase_to_the_groups_it_names():
+    with pytest.raises(ConformanceError) as err:
+        check_strategy(StrategySpec("overstates", cls=PhaseOverstates), epochs=1)
+    assert str(err.value).startswith("strategy 'overstates' declares layer group(s) "
+                                     "backbone.stem, backbone.stage trained in phase 'all'")
+
+
 def test_check_strategy_passes_a_strategy_true_to_its_declaration(plugin_system):
     report = check_strategy(plugin_system.strategies.get("frozen"), epochs=2)
     assert (report["trained"], report["frozen"]) == (2, 8)  # the head's Linear; the backbone
