@@ -435,17 +435,32 @@ def test_a_group_trained_then_not_delivered_needs_a_rollback_or_an_earlier_kept_
 
 
 def test_phase_checks_read_steps_the_fp16_scaler_skipped():
-    """A phase whose every step fp16's gradient scaler skipped (inf gradients) changed
-    nothing, legitimately; one step taken that changed nothing is a fault."""
+    """A phase whose every step fp16's gradient scaler skipped (inf gradients: here a real
+    GradScaler with an infinite scale, on the CPU) changed nothing, legitimately, and its
+    record says so; one step taken that changed nothing is a fault."""
     from harness.run.contracts import PluginFault, check_phase
-    rec = {"name": "new layers", "groups": ["head"], "changed_groups": [], "steps": 2,
-           "steps_skipped": 2, "lrs": {"head": 1e-3}}
+    from harness.testkit import _ClassificationForChecks
+    from harness.train.loop import TrainContext
+    from harness.train.model import TransferModel
+    splits, task = make_tiny_splits(n_train=32), _ClassificationForChecks()
+    bb = TinyBackbone()
+    model = TransferModel(bb, task.build_head(bb, splits.info))
+    ctx = TrainContext(task, splits.info, TrainSettings(epochs=1, batch_size=16))
+    ctx.precision.scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))
+    history = ctx.new_history(len(splits.train))
+    record_start(model, splits.val, ctx, history)
+    run_phase(model, Phase("all", ["backbone.stem", "head"]), splits.train, splits.val, ctx,
+              history)
+    rec = history.phases[0]
+    assert (rec["steps"], rec["steps_skipped"], rec["changed_groups"]) == (2, 2, [])
     seen: dict = {}
-    check_phase("strategy 's'", rec, None, seen)
-    assert seen == {"head": "phase 'new layers' took no optimiser step (no step)"}
-    with pytest.raises(PluginFault, match=r"declares layer group\(s\) head trained in phase "
-                                          r"'new layers' but its 1 optimiser step"):
-        check_phase("strategy 's'", {**rec, "steps_skipped": 1}, None, {})
+    check_phase("strategy 's'", rec, history, seen)
+    assert seen == {g: "phase 'all' took no optimiser step (the fp16 gradient scaler "
+                       "skipped all 2)"
+                    for g in ("backbone.stem", "head")}
+    with pytest.raises(PluginFault, match=r"declares layer group\(s\) backbone.stem, head "
+                                          r"trained in phase 'all' but its 1 optimiser step"):
+        check_phase("strategy 's'", {**rec, "steps_skipped": 1}, history, {})
 
 
 def test_honest_cell_records_the_contracts_it_kept(faulty, tmp_path):

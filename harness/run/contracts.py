@@ -408,7 +408,10 @@ def check_phase(who: str, rec: dict, history, seen: dict) -> None:
         if g in excused:
             why = excused[g]
         elif steps < 1:
-            why = f"phase {name!r} took no optimiser step ({rec.get('stopped', 'no step')})"
+            skipped = int(rec.get("steps_skipped") or 0)
+            why = f"phase {name!r} took no optimiser step" + (
+                f" (the fp16 gradient scaler skipped all {skipped})" if skipped
+                else f" (stopped: {rec.get('stopped', 'unknown')})")
         elif reached is not None and g not in reached:
             why = (f"phase {name!r} stopped ({rec.get('stopped')}) before gradual "
                    f"unfreezing reached it")
