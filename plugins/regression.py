@@ -211,7 +211,8 @@ def check_command(matrix_options):
     @click.option("--alpha", type=float, default=None, help="Significance level [0.01].")
     @click.option("--min-effect", type=float, default=None,
                   help="The smallest slowdown the check promises to catch; its rounds are "
-                       "sized for it [1.25].")
+                       "sized for it [1.25 at the default tolerance; (1 + tolerance) x "
+                       "1.25/1.10].")
     @click.option("--power", type=float, default=None,
                   help="The promised chance of catching --min-effect [0.95].")
     @click.option("--noise", type=float, default=None,

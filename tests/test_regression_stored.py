@@ -59,6 +59,8 @@ def test_sizing_grows_with_the_noise_and_says_when_the_stored_sample_is_too_smal
     need = base_rounds_needed(0.15, CS)
     assert need is not None and need > 5
     assert mwu_power(need, CS.max_rounds, math.log(1.25 / 1.1), 0.15, CS.alpha) >= CS.power
+    # 6 stored and 3 fresh rounds: the exact test's smallest p is 1/84 > 0.01, so no power
+    assert mwu_power(6, 3, 1.0, 0.01, CS.alpha) == 0.0
 
 
 def test_one_test_decides_without_a_confirmation_chain():

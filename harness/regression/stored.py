@@ -61,9 +61,11 @@ def mwu_power(n_base: int, n_fresh: int, delta: float, sigma: float, alpha: floa
     """Predicted power of the one-sided Mann-Whitney test at ``alpha`` when the fresh log
     samples are the base's shifted by ``delta`` beyond H0's boundary, both with normal noise
     of sd ``sigma`` (normal approximation with Lehmann's exact variance; module docstring)."""
+    m, n = n_base, n_fresh
+    if 1 / math.comb(m + n, n) >= alpha:
+        return 0.0  # the exact test's smallest p-value is not below alpha: it never rejects
     if sigma <= 0:
         return 1.0 if delta > 0 else 0.0
-    m, n = n_base, n_fresh
     h = delta / (sigma * math.sqrt(2))
     theta = _N.cdf(h)
     q = _orthant(h)
