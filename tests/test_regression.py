@@ -452,7 +452,9 @@ def test_ci_workflow_guards_every_builtin_runtime_or_says_why_not():
     path = Path(rg.__file__).resolve().parents[2] / ".github" / "workflows" / "bench-check.yml"
     text = path.read_text()
     env = yaml.safe_load(text)["env"]
-    guarded = set(re.search(r"-r (\S+)", env["RUNTIMES"]).group(1).split(","))
+    guarded = set(re.findall(r"-r (\S+)", env["RUNTIMES"]))
+    # one name per -r (the CLI takes no comma lists): each must be a registered runtime
+    assert all("," not in name for name in guarded), env["RUNTIMES"]
     step = next(s["run"] for s in yaml.safe_load(text)["jobs"]["check"]["steps"]
                 if "--against" in s.get("run", ""))
     assert "$RUNTIMES" in step and "$CELL" in step
@@ -462,3 +464,8 @@ def test_ci_workflow_guards_every_builtin_runtime_or_says_why_not():
             assert re.search(rf"\b{re.escape(spec.name)}\b", comments) and "GPU" in comments, (
                 f"{spec.name} is neither checked nor named with a reason in {path}")
     assert {"pytorch", "onnxruntime", "openvino", "executorch"} <= guarded
+    # the step's command parses and names a valid matrix: it gets as far as the revision
+    args = ["check", "--against", "no-such-revision-xyz", *env["CELL"].split(),
+            *env["RUNTIMES"].split()]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "no-such-revision-xyz" in r.output, r.output
