@@ -1,7 +1,7 @@
 """Test-kit checks of the kinds that run no model of their own: executors, profiles,
 presets, commands and transferability estimators (re-exported by :mod:`harness.testkit`).
 
-Each raises :class:`harness.testkit.ConformanceError` with a message that names the spec
+Each raises :class:`harness.kitparts.ConformanceError` (also ``harness.testkit.ConformanceError``) with a message that names the spec
 and what to fix, and returns a small dict of what it measured.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from . import hookimpl
 from .api.errors import BenchError, EstimatorUnavailable
 from .api.specs import EstimatorInput, EstimatorSpec, ExecutorSpec, PresetSpec, ProfileSpec
-from .testkit import ConformanceError, TestkitPlugin, _require
+from .kitparts import ConformanceError, TestkitPlugin, _require
 
 
 class _Registers:
