@@ -14,6 +14,7 @@ arm_from_env()  # a bench worker dies with its parent from its first import on (
 import pluggy  # noqa: E402
 
 from .api import errors, specs  # noqa: E402
+from .api.lazy import LazyCallable  # noqa: E402
 from .api.specs import (BackboneSpec, DatasetSpec, EstimatorInput, EstimatorSpec,  # noqa: E402
                         ExecutorSpec, PresetSpec, ProfileSpec, ReporterSpec, RuntimeSpec,
                         SearchDim, StrategySpec, TaskSpec, WeightSourceSpec)
@@ -30,6 +31,6 @@ hookimpl = pluggy.HookimplMarker("transfer_bench")
 """Marker for hook implementations: ``@hookimpl def register_backbones(): ...``."""
 
 __all__ = [
-    "hookimpl", "BackboneSpec", "DatasetSpec", "EstimatorInput", "EstimatorSpec", "ExecutorSpec",
+    "hookimpl", "LazyCallable", "BackboneSpec", "DatasetSpec", "EstimatorInput", "EstimatorSpec", "ExecutorSpec",
     "PresetSpec", "ProfileSpec", "ReporterSpec", "RuntimeSpec", "SearchDim", "StrategySpec", "TaskSpec", "WeightSourceSpec", "__version__",
 ]

@@ -81,14 +81,16 @@ class BenchGroup(click.Group):
         return cmd
 
 
-@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]},
+@click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               # one way to show defaults, in every command
+                                               "show_default": True},
              epilog="\b\nExample:\n  bench run\n  bench list backbones\n  bench plugins")
 @click.version_option(__version__, prog_name="transfer-bench")
 @click.option("--disable-plugin", "disable", multiple=True, metavar="NAME",
               help="Leave a plugin out (also: TRANSFER_BENCH_DISABLE_PLUGINS=a,b).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Downloads, decoded images and weights (also: TRANSFER_BENCH_CACHE; "
-                   "default ~/.cache/transfer-bench).")
+              show_default="TRANSFER_BENCH_CACHE, else ~/.cache/transfer-bench",
+              help="Downloads, decoded images and weights.")
 def cli(disable, cache_dir):
     """transfer-bench: which backbone, which way to adapt it, and what it costs."""
     if cache_dir:  # harness.run.cell.cache_dir() reads the variable, also in worker processes
@@ -135,10 +137,13 @@ def _kind(ctx, param, value):
                             "  bench list backbone")
 @click.argument("kind", required=False, callback=_kind, metavar="[KIND]",
                 shell_complete=lambda c, p, inc: sorted(k for k in KINDS if k.startswith(inc)))
-def list_cmd(kind):
+@click.option("--measure", is_flag=True,
+              help="Build each backbone whose plugin gives no facts, to count its parameters "
+                   "and GMACs (imports torch: slower).")
+def list_cmd(kind, measure):
     """List what the plugins registered (all kinds, or one KIND: backbones, strategies,
     datasets, tasks, weights, runtimes, profiles, reporters, executors, presets,
-    estimators; singular works too)."""
+    estimators; singular works too). Fast: it builds and imports nothing heavy."""
     from tabulate import tabulate
 
     plugins = get_plugins()
@@ -146,23 +151,29 @@ def list_cmd(kind):
     for k in kinds:
         reg = plugins.registries[k]
         click.echo(f"{k} ({len(reg)}):")
-        rows = [[s.name, _describe(k, s), reg.plugin(s.name)] for s in reg]
+        rows = [[s.name, _describe(k, s, measure), reg.plugin(s.name)] for s in reg]
         click.echo(tabulate(rows, headers=["name", "description", "plugin"], tablefmt="simple")
                    if rows else "  (none)")
         click.echo()
 
 
-def _describe(kind: str, spec) -> str:
+def _describe(kind: str, spec, measure: bool = False) -> str:
     text = spec.description or ""
     if kind == "backbones":
         text = f"[{spec.device_class}, weights: {spec.default_weights or 'none'}] {text}"
         facts = dict(spec.facts or {})
-        if not facts.get("params"):  # a plugin's backbone: measure it as the built-ins are
-            from .train.model import measure_backbone
-            try:
-                facts = {**measure_backbone(spec.build, facts.get("input_size")), **facts}
-            except Exception as exc:
-                text += f"; facts unknown: build() raised {type(exc).__name__}: {exc}"
+        if not facts.get("params"):
+            if facts.get("note"):  # facts that depend on the backbone's parameters
+                text += f"; {facts['note']}"
+            elif not measure:  # building imports torch: bench list stays fast without it
+                text += "; facts not given by its plugin (bench list backbones --measure)"
+            else:
+                from .train.model import measure_backbone
+                try:
+                    facts = {**measure_backbone(spec.build, facts.get("input_size")), **facts}
+                except Exception as exc:
+                    text += (f"; facts unknown: building it failed ({type(exc).__name__}: "
+                             f"{exc})")
         if facts.get("params"):
             top1 = facts.get("imagenet_top1")
             n, mb = facts["params"], facts.get("weights_mb", 0)
@@ -246,37 +257,37 @@ _MATRIX_OPTIONS = [
     click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
                  help="A TOML or YAML matrix file."),
     click.option("--preset", default=None, shell_complete=_names("presets"),
+                 show_default="the preset registered as the default",
                  help="A registered preset matrix (see bench list presets)."),
     click.option("--epochs", type=int, help="Maximum epochs per phase."),
     click.option("--batch-size", type=int, help="Training batch size."),
     click.option("--lr", type=float, help="Learning rate."),
     click.option("--schedule", type=click.Choice(["constant", "stlr"]), help="LR schedule."),
-    click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
-                 help="Where cells train and evaluate (default auto: CUDA when PyTorch sees "
-                      "a GPU; the run header says which)."),
-    click.option("--amp", default=None,
+    click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N", show_default="auto",
+                 help="Where cells train and evaluate; auto: CUDA when PyTorch sees a GPU "
+                      "(the run header says which)."),
+    click.option("--amp", default=None, show_default="auto",
                  type=click.Choice(["auto", "off", "bf16", "fp16", "tune"]),
-                 help="Mixed precision (default auto: bf16 on GPUs that have it, else fp16; "
-                      "fp32 on the CPU). tune: a short probe per model picks fp32 or a mixed "
+                 help="Mixed precision; auto: bf16 on GPUs that have it, else fp16; fp32 on "
+                      "the CPU. tune: a short probe per model picks fp32 or a mixed "
                       "precision this device computes natively."),
-    click.option("--layout", default=None,
+    click.option("--layout", default=None, show_default="auto",
                  type=click.Choice(["auto", "contiguous", "channels_last"]),
-                 help="Training memory layout (default auto: a short probe per model picks "
-                      "the faster of contiguous and channels-last; cached per machine)."),
+                 help="Training memory layout; auto: a short probe per model picks the "
+                      "faster of contiguous and channels-last (cached per machine)."),
     click.option("--channels-last/--no-channels-last", default=None,
                  help="Same as --layout channels_last / --layout contiguous."),
-    click.option("--tf32/--no-tf32", default=None,
+    click.option("--tf32/--no-tf32", default=None, show_default="on",
                  help="Let fp32 matmuls and convolutions on CUDA use TF32 tensor cores, in "
-                      "training and in the GPU runtimes' fp32 rows (default on; recorded in "
-                      "every cell)."),
-    click.option("--deterministic/--no-deterministic", default=None,
+                      "training and in the GPU runtimes' fp32 rows (recorded in every cell)."),
+    click.option("--deterministic/--no-deterministic", default=None, show_default="off",
                  help="Deterministic algorithms (cuDNN deterministic, no benchmarking, "
-                      "torch.use_deterministic_algorithms); default off; recorded in every "
-                      "cell."),
-    click.option("--compile/--no-compile", "compile", default=None,
-                 help="torch.compile the forward passes (default off; part of the cell key)."),
+                      "torch.use_deterministic_algorithms); recorded in every cell."),
+    click.option("--compile/--no-compile", "compile", default=None, show_default="off",
+                 help="torch.compile the forward passes (part of the cell key)."),
     click.option("--eval-batch-size", type=click.IntRange(min=0), default=None,
-                 help="Evaluation/prediction batch size (default 0: the training batch size)."),
+                 show_default="0: the training batch size",
+                 help="Evaluation/prediction batch size."),
     click.option("--patience", type=click.IntRange(min=1),
                  help="Early-stopping patience (epochs without a better validation loss)."),
     click.option("--budget", type=click.Choice(["phase", "epochs", "steps", "images", "flops"]),
@@ -289,14 +300,15 @@ _MATRIX_OPTIONS = [
                  help="Tune every cell's strategy with N Optuna trials (TPE) on the "
                       "train/validation split, then retrain the best once (docs/tuning.md)."),
     click.option("--tune-pruner", type=click.Choice(["median", "halving", "none"]),
-                 default=None, help="Pruner of the tuning trials (default median)."),
+                 default=None, show_default="median", help="Pruner of the tuning trials."),
     click.option("--halving/--no-halving", default=None,
                  help="Successive halving over the matrix's cells: stop cells whose "
                       "validation curve falls behind (docs/tuning.md)."),
     click.option("--halving-min-resource", type=click.IntRange(min=1), default=None,
-                 metavar="EPOCHS", help="Epochs before halving may stop a cell (default 1)."),
+                 metavar="EPOCHS", show_default="1",
+                 help="Epochs before halving may stop a cell."),
     click.option("--halving-reduction-factor", type=click.IntRange(min=2), default=None,
-                 metavar="ETA", help="Keep the best 1/ETA at each rung (default 3)."),
+                 metavar="ETA", show_default="3", help="Keep the best 1/ETA at each rung."),
 ]
 
 
@@ -319,14 +331,16 @@ BenchGroup.matrix_options = staticmethod(matrix_options)
 
 @cli.command("run", epilog=EPILOG_RUN)
 @matrix_options
-@click.option("--name", default=None, help="Name of the matrix (run folder and published "
-              "files); default: the preset's or file's, with '-custom' when an option "
-              "changed an axis.")
+@click.option("--name", default=None,
+              show_default="the preset's or file's, with '-custom' when an option changed "
+                           "an axis",
+              help="Name of the matrix (run folder and published files).")
 @click.option("--out", "out_root", default="runs", show_default=True,
               type=click.Path(file_okay=False), help="Folder that holds run folders.")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
 @click.option("--executor", default=None, shell_complete=_names("executors"),
-              help="How cells run: inprocess (default), processes, ray (see bench list executors).")
+              show_default="inprocess; processes with --jobs N>1 or --cell-timeout",
+              help="How cells run: inprocess, processes, ray (see bench list executors).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Cells at once; --jobs N>1 without --executor uses worker processes.")
 @click.option("--address", default=None, metavar="ADDR",
@@ -489,7 +503,7 @@ def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:
 @click.option("-w", "--weights", multiple=True, metavar="[BACKBONE=]SOURCE",
               help="Weights to score: imagenet, packaged, file:PATH, source:DATASET, random.")
 @click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME[,k=v]",
-              help="Estimators (default: all; see bench list estimators).")
+              show_default="all", help="Estimators (see bench list estimators).")
 @click.option("-m", "--matrix", "matrix_file", type=click.Path(dir_okay=False),
               help="A TOML or YAML matrix file (its backbones, datasets, weights).")
 @click.option("--preset", default=None, help="A registered preset matrix.")
@@ -497,8 +511,8 @@ def _rank_first(plugins, matrix, k: int, rank_by: str, quiet: bool) -> dict:
 @click.option("--batch-size", type=int, help="Batch size of the feature pass.")
 @click.option("--seeds", type=int, help="Score every pair on this many seeds' data splits.")
 @click.option("--sort-by", default=None, metavar="ESTIMATOR",
-              help="Order each dataset's pairs by this estimator's rank (default: bench run "
-                   "--rank-by's default where it ran, else the first).")
+              show_default="bench run --rank-by's default where it ran, else the first",
+              help="Order each dataset's pairs by this estimator's rank.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the rows as JSON to this file.")
@@ -579,13 +593,15 @@ def _open_run(ctx: click.Context, run: str):
               shell_complete=_names("reporters"),
               help="A registered reporter (see bench list reporters).")
 @click.option("--out", type=click.Path(), default=None,
-              help="Write to this file, or into this existing folder under the format's "
-                   "file name (report.txt, report.md, results.csv, results.json, "
-                   "report.html, mlflow.db); html default: RUN/report/report.html.")
+              show_default="standard output; html: RUN/report/report.html",
+              help="Where to write: a file, or an existing folder (the format's file name "
+                   "in it: report.txt, report.md, results.csv, results.json, report.html, "
+                   "mlflow.db).")
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Latency budget (p50, ms) of the recommendation; default: no limit.")
+              show_default="no limit",
+              help="Latency budget (p50, ms) of the recommendation.")
 @click.option("--mix-devices", is_flag=True,
-              help="Rank GPU and CPU latency rows in one recommendation pool (default: a "
+              help="Rank GPU and CPU latency rows in one recommendation pool (without it: a "
                    "pool each; their latencies answer different deployment questions).")
 @click.pass_context
 def report_cmd(ctx, run, fmt, out, budget_ms, mix_devices):
@@ -632,22 +648,66 @@ def report_cmd(ctx, run, fmt, out, budget_ms, mix_devices):
 
 
 # -- bench compare --------------------------------------------------------------------------
-@cli.command("compare", epilog="\b\nExample:\n  bench compare runs/default-1a2b runs/default-9f8e"
-                                "\n  bench compare RUN_A RUN_B --format github")
+#: ``bench compare --format``: the output formats named as ``bench report``'s reporters
+#: name them -> the tabulate style that writes it (csv and json are written directly)
+COMPARE_FORMATS = {"table": None, "markdown": "github", "csv": None, "json": None}
+
+
+def _compare_format(ctx, param, value):
+    """``--format`` is an output format, as in ``bench report``; a tabulate style given there
+    (the old meaning: ``--format github``) still works, with a note saying what to write."""
+    if value in COMPARE_FORMATS:
+        return value
+    from tabulate import tabulate_formats
+    if value in tabulate_formats:
+        click.echo(f"warning: --format {value} is a table style; --format now takes an output "
+                   f"format ({', '.join(COMPARE_FORMATS)}), as bench report's does. This run "
+                   f"uses --format table --table-style {value}; write that instead (the old "
+                   f"spelling goes in a later release).", err=True)
+        ctx.meta["compare_style"] = value
+        return "table"
+    raise click.BadParameter(f"{value!r} is not an output format; choose one of "
+                             f"{', '.join(COMPARE_FORMATS)}", ctx=ctx, param=param)
+
+
+@cli.command("compare", epilog="\b\nExamples:\n  bench compare runs/default-1a2b runs/default-9f8e"
+                                "\n  bench compare RUN_A RUN_B --format markdown > diff.md"
+                                "\n  bench compare RUN_A RUN_B --format table --table-style grid")
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", default="simple", show_default=True,
-              help="A tabulate format: simple, github, csv-like tsv, ...")
+@click.option("--format", "fmt", default="table", show_default=True, callback=_compare_format,
+              metavar="|".join(COMPARE_FORMATS),
+              shell_complete=lambda c, p, inc: [f for f in COMPARE_FORMATS if f.startswith(inc)],
+              help="Output format, named as bench report's: table, markdown, csv, json.")
+@click.option("--table-style", "style", default="simple", show_default=True,
+              help="The tabulate style of --format table: simple, grid, rst, ...")
 @click.pass_context
-def compare_cmd(ctx, run_a, run_b, fmt):
+def compare_cmd(ctx, run_a, run_b, fmt, style):
     """Compare two runs: cells matched by configuration, metric deltas, latency ratios B/A."""
     from tabulate import tabulate, tabulate_formats
 
     from .report.table import compare_rows, setting_differences
 
-    if fmt not in tabulate_formats:
-        _fail_usage(ctx, f"unknown --format {fmt!r}; choose one of {', '.join(tabulate_formats)}")
+    style = ctx.meta.get("compare_style", style)
+    if style not in tabulate_formats:
+        _fail_usage(ctx, f"unknown --table-style {style!r}; choose one of "
+                         f"{', '.join(tabulate_formats)}")
     a, b = _open_run(ctx, run_a), _open_run(ctx, run_b)
+    headers, rows, notes = compare_rows(a.records(), b.records())
+    if fmt == "json":
+        click.echo(json.dumps({"a": str(a.path), "b": str(b.path),
+                               "rows": [dict(zip(headers, r)) for r in rows], "notes": notes},
+                              indent=2, default=str))
+        ctx.exit(0 if rows else 1)
+    if fmt == "csv":
+        import csv
+        import io
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([headers, *rows])
+        click.echo(buf.getvalue(), nl=False)
+        for n in notes:
+            click.echo(n, err=True)
+        ctx.exit(0 if rows else 1)
     click.echo(f"A: {a.path}\nB: {b.path}")
     for what, fa, fb in (("settings", a.config, b.config), ("environment", a.environment,
                                                             b.environment)):
@@ -658,11 +718,11 @@ def compare_cmd(ctx, run_a, run_b, fmt):
             diffs = [f"cannot read: {exc}"]
         if diffs:
             click.echo(f"{what} that differ:\n  " + "\n  ".join(diffs[:30]))
-    headers, rows, notes = compare_rows(a.records(), b.records())
     if not rows:
         click.echo("no configuration finished in both runs", err=True)
     else:
-        click.echo(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+        click.echo(tabulate(rows, headers=headers, disable_numparse=True,
+                            tablefmt=COMPARE_FORMATS[fmt] or style))
     for n in notes:
         click.echo(n)
     if not rows:

@@ -1,11 +1,21 @@
 """Built-in executors: in-process (default), local worker processes, and Ray."""
 from __future__ import annotations
 
-from harness import ExecutorSpec, hookimpl
+import importlib.util
+
+from harness import ExecutorSpec, LazyCallable, hookimpl
+
+INSTALL_HINT = "pip install 'transfer-bench[ray]'"
+
+
+def ray_available() -> tuple[bool, str]:
+    """Whether Ray can be imported here, and if not how to get it (looks it up only)."""
+    if importlib.util.find_spec("ray") is None:
+        return False, f"Ray is not installed; install it with: {INSTALL_HINT}"
+    return True, ""
 
 
 def _ray_description() -> str:
-    from .executors_ray import ray_available
     ok, why = ray_available()
     text = "every cell a Ray task on a local or remote cluster (--address); the run folder " \
            "must be on a shared filesystem"
@@ -14,16 +24,14 @@ def _ray_description() -> str:
 
 @hookimpl
 def register_executors():
-    # imported here, not at the top: importing the plugin (bench --help) stays cheap
-    from harness.run.executor import InProcessExecutor
-
-    from .executors_processes import ProcessExecutor
-    from .executors_ray import RayExecutor
+    # named by import path, imported when a run starts: bench list imports no torch
     return [
-        ExecutorSpec("inprocess", factory=InProcessExecutor, default=True,
-                     description="run cells one after the other in this process"),
-        ExecutorSpec("processes", factory=ProcessExecutor, parallel=True,
+        ExecutorSpec("inprocess", factory=LazyCallable("harness.run.executor:InProcessExecutor"),
+                     default=True, description="run cells one after the other in this process"),
+        ExecutorSpec("processes", parallel=True,
+                     factory=LazyCallable(".executors_processes:ProcessExecutor", __package__),
                      description="each cell in its own worker process, --jobs N at a time; "
                                  "a crashed cell is recorded and the others go on"),
-        ExecutorSpec("ray", factory=RayExecutor, description=_ray_description()),
+        ExecutorSpec("ray", factory=LazyCallable(".executors_ray:RayExecutor", __package__),
+                     description=_ray_description()),
     ]

@@ -26,14 +26,7 @@ from typing import Optional
 from harness.api.errors import ConfigError
 from harness.run.executor import Executor, execute_job, failure_record
 
-INSTALL_HINT = "pip install 'transfer-bench[ray]'"
-
-
-def ray_available() -> tuple[bool, str]:
-    """Whether Ray can be imported here, and if not how to get it."""
-    if importlib.util.find_spec("ray") is None:
-        return False, f"Ray is not installed; install it with: {INSTALL_HINT}"
-    return True, ""
+from .executors import INSTALL_HINT, ray_available  # noqa: F401 (cheap: bench list uses them)
 
 
 def _import_ray():

@@ -16,7 +16,7 @@ EPILOG_BASELINE = """\b
 Examples:
   bench baseline create --out baseline.json -b mobilenetv3_small_100 -d digits -s frozen -r pytorch
   bench baseline create --out baseline.json --from-run runs/default-1a2b3c4d5e
-  bench baseline update --out baseline.json             # re-measure latency here
+  bench baseline update baseline.json                   # re-measure latency here
 """
 
 EPILOG_CHECK = """\b
@@ -39,17 +39,18 @@ def _progress(quiet: bool):
 def _round_options(fn):
     for opt in reversed([
         click.option("--rounds", type=int, default=None,
-                     help="Interleaved measurement rounds per runtime x profile: stored by "
-                          "`bench baseline` [20]; `bench check --baseline` sizes its fresh "
-                          "rounds from the stored noise unless given (--against adds rounds "
-                          "until it decides: --max-rounds)."),
-        click.option("--calls", type=int, default=None, help="Timed calls per round [15]."),
-        click.option("--calibrate/--no-calibrate", default=None,
-                     help="Time a fixed matmul probe before every round and normalize by it "
-                          "[on]."),
+                     show_default="20 stored by bench baseline; bench check --baseline sizes "
+                                  "its fresh rounds from the stored noise; --against adds "
+                                  "rounds until it decides (--max-rounds)",
+                     help="Interleaved measurement rounds per runtime x profile."),
+        click.option("--calls", type=int, default=None, show_default="15",
+                     help="Timed calls per round."),
+        click.option("--calibrate/--no-calibrate", default=None, show_default="on",
+                     help="Time a fixed matmul probe before every round and normalize by it."),
         click.option("--statistic", type=click.Choice(["cpu", "min", "median"]), default=None,
+                     show_default="cpu",
                      help="A round's sample: process CPU time per call, or the fastest / "
-                          "median call's wall time [cpu]."),
+                          "median call's wall time."),
         click.option("-q", "--quiet", is_flag=True, help="No progress messages."),
     ]):
         fn = opt(fn)
@@ -90,9 +91,12 @@ def baseline_group(matrix_options):
                   help="Take the cells and their metrics from this run folder.")
     @click.option("--latency-only", is_flag=True,
                   help="Do not train: record latency only (no accuracy check later).")
-    @click.option("--latency-tolerance", type=float, default=0.10, show_default=True)
-    @click.option("--accuracy-drop", type=float, default=0.01, show_default=True)
-    @click.option("--alpha", type=float, default=0.01, show_default=True)
+    @click.option("--latency-tolerance", type=float, default=0.10, show_default=True,
+                  help="Allowed slowdown ratio - 1, stored for bench check.")
+    @click.option("--accuracy-drop", type=float, default=0.01, show_default=True,
+                  help="Allowed drop of the metric, stored for bench check.")
+    @click.option("--alpha", type=float, default=0.01, show_default=True,
+                  help="Significance level, stored for bench check.")
     @matrix_options
     @_round_options
     @click.pass_context
@@ -126,21 +130,37 @@ def baseline_group(matrix_options):
         _report_created(entries, out, cs, rs)
 
     @baseline.command("update", epilog=EPILOG_BASELINE)
-    @click.option("--out", required=True, type=click.Path(dir_okay=False),
-                  help="The baseline file to update in place.")
+    @click.argument("baseline_file", metavar="BASELINE", required=False,
+                    type=click.Path(dir_okay=False))
+    @click.option("--out", type=click.Path(dir_okay=False), default=None,
+                  show_default="BASELINE, updated in place",
+                  help="Where to write the updated baseline.")
     @click.option("--from-run", "from_run", type=click.Path(file_okay=False, exists=True),
                   help="Also take fresh metrics from this run folder.")
     @_round_options
     @click.pass_context
-    def update(ctx, out, from_run, rounds, calls, calibrate, statistic, quiet):
-        """Re-measure a baseline's latency here (and its metrics from a run); keep its [check]."""
+    def update(ctx, baseline_file, out, from_run, rounds, calls, calibrate, statistic, quiet):
+        """Re-measure the latency of BASELINE here (and its metrics from a run); keep its
+        [check] settings."""
         from harness.api.errors import BenchError
         from harness.api.manager import get_plugins
         from harness import regression as rg
 
+        if baseline_file is None:
+            if out is None:
+                _fail(ctx, "give the baseline to update: bench baseline update BASELINE "
+                           "[--out NEW_FILE]")
+                return
+            # the old spelling: --out named the input, updated in place
+            click.echo(f"warning: 'bench baseline update --out {out}' is deprecated: --out "
+                       f"names where a command writes, and the baseline to update is an "
+                       f"argument. This run updates {out} in place, as "
+                       f"'bench baseline update {out}' does; write that instead.", err=True)
+            baseline_file = out
+        out = out or baseline_file
         plugins = get_plugins()
         try:
-            old = rg.load_baseline(Path(out))
+            old = rg.load_baseline(Path(baseline_file))
             rs = _round_settings(old["measure"], rounds, calls, calibrate, statistic)
             entries = old["cells"]
             if from_run:
@@ -205,23 +225,25 @@ def check_command(matrix_options):
     @click.option("--retrain", is_flag=True, help="Retrain the baseline's cells for fresh metrics.")
     @click.option("--no-latency", is_flag=True, help="Check metrics only.")
     @click.option("--latency-tolerance", type=float, default=None,
-                  help="Allowed slowdown ratio - 1 [baseline's check table, else 0.10].")
+                  show_default="the baseline's [check] table, else 0.10",
+                  help="Allowed slowdown ratio - 1.")
     @click.option("--accuracy-drop", type=float, default=None,
-                  help="Allowed drop of the metric [baseline's check table, else 0.01].")
-    @click.option("--alpha", type=float, default=None, help="Significance level [0.01].")
+                  show_default="the baseline's [check] table, else 0.01",
+                  help="Allowed drop of the metric.")
+    @click.option("--alpha", type=float, default=None, show_default="0.01",
+                  help="Significance level.")
     @click.option("--min-effect", type=float, default=None,
+                  show_default="1.25 at the default tolerance; (1 + tolerance) x 1.25/1.10",
                   help="The smallest slowdown the check promises to catch; its rounds are "
-                       "sized for it [1.25 at the default tolerance; (1 + tolerance) x "
-                       "1.25/1.10].")
-    @click.option("--power", type=float, default=None,
-                  help="The promised chance of catching --min-effect [0.95].")
-    @click.option("--noise", type=float, default=None,
+                       "sized for it.")
+    @click.option("--power", type=float, default=None, show_default="0.95",
+                  help="The promised chance of catching --min-effect.")
+    @click.option("--noise", type=float, default=None, show_default="0.20",
                   help="--against: the sd of the paired per-round log ratios the sequential "
-                       "test is sized for (the check prints the noise it read) [0.20].")
-    @click.option("--max-rounds", type=int, default=None,
+                       "test is sized for (the check prints the noise it read).")
+    @click.option("--max-rounds", type=int, default=None, show_default="200",
                   help="Cap on rounds: paired rounds of --against (a test still undecided "
-                       "then says so, exit 2) and fresh rounds against a stored baseline "
-                       "[200].")
+                       "then says so, exit 2) and fresh rounds against a stored baseline.")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
     @matrix_options

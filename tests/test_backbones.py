@@ -167,6 +167,23 @@ def test_facts_are_computed_without_building_weights():
     assert mv2["imagenet_top1"] == 71.878  # the packaged torchvision weights
 
 
+def test_the_shipped_facts_table_is_what_a_measurement_gives():
+    """bench list reads plugins/backbone_facts.json instead of importing torch and timm:
+    it must hold every built-in backbone, for the installed timm, as measured now."""
+    import importlib.metadata as md
+    import json
+
+    from plugins import backbones as b
+    table = json.loads(b.FACTS_FILE.read_text())
+    assert table["timm"] == md.version("timm"), (
+        "timm changed: regenerate the table with python -m plugins.backbones --write-facts")
+    assert set(table["facts"]) == set(b._FAMILIES)
+    for name in ("resnet18", "mobilenetv3_small_100", "vgg11"):
+        _, _, weights, pool, _ = b._FAMILIES[name]
+        assert table["facts"][name] == {**b.measure_facts(name, pool, weights), "pool": pool}
+        assert b.backbone_facts(name, pool, weights) == b.measure_facts(name, pool, weights)
+
+
 def test_bench_list_backbones_shows_the_facts(plugin_system):
     from click.testing import CliRunner
 

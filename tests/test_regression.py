@@ -469,3 +469,27 @@ def test_ci_workflow_guards_every_builtin_runtime_or_says_why_not():
             *env["RUNTIMES"].split()]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 2 and "no-such-revision-xyz" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_baseline_update_writes_out_and_keeps_the_old_spelling(baseline, tmp_path):
+    """--out names where a command writes (issue 30): `baseline update BASE --out NEW`
+    leaves BASE as it was; the old `--out BASE` (BASE updated in place) still works, warned."""
+    before = baseline.read_text()
+    new = tmp_path / "new.json"
+    r = bench("baseline", "update", baseline, "--out", new, "-q", *ROUNDS)
+    assert r.exit_code == 0, r.output
+    assert baseline.read_text() == before and json.loads(new.read_text())["cells"]
+    r = bench("baseline", "update", "--out", baseline, "-q", *ROUNDS)
+    assert r.exit_code == 0, r.output
+    assert "deprecated" in r.output and f"bench baseline update {baseline}" in r.output
+    assert json.loads(baseline.read_text())["source"].startswith("update of")
+
+
+def test_baseline_update_names_its_input(tmp_path):
+    r = bench("baseline", "update")
+    assert r.exit_code == 2 and "bench baseline update BASELINE" in r.output
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    r = bench("baseline", "update", "--out", broken)  # the old spelling reads --out
+    assert r.exit_code == 2 and "deprecated" in r.output and "broken.json" in r.output

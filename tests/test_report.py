@@ -155,6 +155,33 @@ def test_compare_matches_by_configuration_not_key(tmp_path):
     assert all("2.00x" in line for line in lines)
 
 
+def test_compare_format_is_an_output_format_as_in_report(tmp_path):
+    """--format means the output format in every command (issue 30): table, markdown,
+    csv, json; a tabulate style (the old meaning) still works with a warning, and
+    --table-style takes it now."""
+    make_run(tmp_path / "a")
+    make_run(tmp_path / "b", scale=2.0, accs=(0.5, 0.7, 0.9))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    runner = CliRunner()
+    js = runner.invoke(cli, ["compare", a, b, "--format", "json"])
+    assert js.exit_code == 0, js.output
+    data = json.loads(js.stdout)
+    fin = next(r for r in data["rows"] if r["strategy"] == "finetune")
+    assert fin["B - A"] == "-0.100" and data["a"].endswith("a")
+    rows = list(csv.reader(io.StringIO(runner.invoke(cli, ["compare", a, b, "--format",
+                                                           "csv"]).stdout)))
+    assert rows[0][:3] == ["backbone", "strategy", "dataset"] and len(rows) == 1 + len(
+        data["rows"])
+    md = runner.invoke(cli, ["compare", a, b, "--format", "markdown"])
+    assert md.exit_code == 0 and "| backbone" in md.stdout and "warning" not in md.output
+    old = runner.invoke(cli, ["compare", a, b, "--format", "grid"])
+    new = runner.invoke(cli, ["compare", a, b, "--table-style", "grid"])
+    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout
+    assert "+=====" in new.stdout and "--table-style grid" in old.stderr
+    bad = runner.invoke(cli, ["compare", a, b, "--format", "nope"])
+    assert bad.exit_code == 2 and "table, markdown, csv, json" in bad.output
+
+
 def test_compare_reports_unmatched_and_bad_folders(tmp_path):
     make_run(tmp_path / "a")
     (tmp_path / "empty").mkdir()

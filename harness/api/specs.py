@@ -44,7 +44,9 @@ class BackboneSpec:
         facts: static facts shown by ``bench list backbones``. Default ``{}``; the keys
             ``params``, ``weights_mb`` and ``gmacs`` (at ``gmacs_at`` pixels) are computed
             from the built model when absent, ``imagenet_top1`` (percent) is shown when
-            given.
+            given. ``bench list`` builds nothing (it must stay fast): it shows the facts
+            given here, else the sentence under ``note`` (a backbone whose facts depend on
+            its parameters), else that ``bench list backbones --measure`` counts them.
         check: optional ``check(arg, **params)``, cheap (builds nothing), raising
             ``ValueError`` with the fix for an argument or parameters ``build`` would refuse
             (``timm:not_a_model``); ``bench run`` calls it before any cell runs. Default

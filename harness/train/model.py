@@ -205,3 +205,16 @@ def changed_parameters(model: nn.Module, before: dict[str, bytes]) -> list[str]:
     now = parameter_fingerprints(model)
     return [n for n, d in now.items() if before.get(n) != d]
 
+
+class HeadOnly(nn.Module):
+    """A model's head seen as a model of its own, for training on cached features."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head(x)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        return [LayerGroup("head", [f"head.{n}" for n, _ in self.head.named_parameters()])]

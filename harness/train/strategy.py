@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from torch import nn
-
-from .data import DataSplits
-from .model import LayerGroup, TransferModel
+from ..api.lazy import lazy_exports
+from .phase import Phase
 from .schedules import SCHEDULES
-from .loop import (BestSoFar, History, Phase, TrainContext, check_budget, record_start,
-                   run_phase)
+
+if TYPE_CHECKING:  # torch-free at import: bench list reads a strategy's parameters
+    from .data import DataSplits
+    from .loop import History, TrainContext
+    from .model import TransferModel
 
 
 class Strategy:
@@ -122,6 +123,8 @@ class Strategy:
     # -- driver -------------------------------------------------------------------------
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         """Train ``model`` on ``data``; return its learning curves."""
+        from .loop import BestSoFar, check_budget, record_start, run_phase
+
         history = ctx.new_history(len(data.train), model, data.train)
         self.freeze_before_training(model)
         phases = self.phases(model, ctx)
@@ -169,15 +172,5 @@ class TrainingStrategy(Strategy):
         return self.lr if self.lr is not None else ctx.settings.lr
 
 
-class HeadOnly(nn.Module):
-    """A model's head seen as a model of its own, for training on cached features."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x):
-        return self.head(x)
-
-    def layer_groups(self) -> list[LayerGroup]:
-        return [LayerGroup("head", [f"head.{n}" for n, _ in self.head.named_parameters()])]
+#: :class:`harness.train.model.HeadOnly`, its home before this module became torch-free
+__getattr__ = lazy_exports(__name__, {"HeadOnly": (".model", "HeadOnly")})

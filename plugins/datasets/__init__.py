@@ -3,7 +3,7 @@ and a generated one (labelled synthetic). One module per dataset."""
 from __future__ import annotations
 
 from harness.api.lazy import lazy_exports
-from harness import DatasetSpec, hookimpl
+from harness import DatasetSpec, LazyCallable, hookimpl
 
 __all__ = ["load_digits", "load_fashion_mnist", "load_flowers17", "load_imagefolder",
            "load_pets", "load_shapes", "read_idx"]
@@ -11,12 +11,15 @@ __all__ = ["load_digits", "load_fashion_mnist", "load_flowers17", "load_imagefol
 
 @hookimpl
 def register_datasets():
-    # imported here, not at the top: importing the plugin (bench --help) stays cheap
-    from .flowers import load_flowers17
-    from .imagefolder import load_imagefolder
-    from .offline import load_digits, load_fashion_mnist
-    from .pets import load_pets
-    from .synthetic import load_shapes
+    # named by import path, imported when data is loaded: bench list imports no torch
+    def lazy(path: str) -> LazyCallable:
+        return LazyCallable(path, __package__)
+
+    load_flowers17, load_imagefolder = lazy(".flowers:load_flowers17"), lazy(
+        ".imagefolder:load_imagefolder")
+    load_digits, load_fashion_mnist = lazy(".offline:load_digits"), lazy(
+        ".offline:load_fashion_mnist")
+    load_pets, load_shapes = lazy(".pets:load_pets"), lazy(".synthetic:load_shapes")
     return [
         DatasetSpec("fashion_mnist", load=load_fashion_mnist, tasks=("classification",),
                     offline=True, description="Fashion-MNIST, 10 classes, real photos of "

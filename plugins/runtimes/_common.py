@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -184,8 +185,25 @@ def file_mb(path) -> Optional[float]:
     return Path(path).stat().st_size / 2**20 if path and Path(path).exists() else None
 
 
+#: what a GPU that PyTorch could see leaves on Linux: the NVIDIA driver (it creates the
+#: /dev/nvidia* files on first use), WSL2's GPU device, ROCm's device
+GPU_TRACES = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def no_gpu_device() -> Optional[str]:
+    """Why no GPU can be visible on this Linux machine, from files alone (no import, so
+    ``bench list runtimes`` stays fast), or None where one may be (then ask PyTorch)."""
+    if not sys.platform.startswith("linux") or any(os.path.exists(p) for p in GPU_TRACES):
+        return None
+    return (f"no CUDA GPU here: none of {', '.join(GPU_TRACES)} exists (no NVIDIA driver "
+            f"or GPU device)")
+
+
 def cuda_reason() -> Optional[str]:
     """None when PyTorch sees a CUDA GPU, else why not (GPU runtimes use torch's CUDA)."""
+    reason = no_gpu_device()
+    if reason:
+        return reason
     try:
         import torch
     except ImportError:

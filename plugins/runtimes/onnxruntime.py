@@ -19,7 +19,8 @@ import numpy as np
 from harness.measure.latency import PeakMemory, measure
 
 from ._common import (as_float_images, batched_outputs, compare_outputs, cuda_reason, failed,
-                      file_mb, gpu_parity, inputs, once_per_cell, threads, unsupported)
+                      file_mb, gpu_parity, inputs, no_gpu_device, once_per_cell, threads,
+                      unsupported)
 
 CPU_PRECISIONS = ("fp32", "int8", "int8-dynamic")
 
@@ -245,6 +246,8 @@ def _gpu_provider_reason(provider: str):
     ok, why = ort_available()
     if not ok:
         return why
+    if no_gpu_device():  # said without importing onnxruntime (bench list runtimes)
+        return no_gpu_device()
     import onnxruntime as ort
     have = ort.get_available_providers()
     if provider not in have:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from harness.train.strategy import TrainingStrategy
-from harness.train.loop import Phase
+from harness.train.phase import Phase
 
 
 class Scratch(TrainingStrategy):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from harness.train.strategy import TrainingStrategy
-from harness.train.loop import Phase
+from harness.train.phase import Phase
 
 #: DeepMoji's ``train_by_chain_thaw`` defaults: Adam at 1e-3 for the new layers, 1e-4 for
 #: every later phase, gradients clipped to norm 1, early-stopping patience 5.

@@ -1,15 +1,16 @@
 """The lecture's model 2: a frozen pretrained backbone as a feature extractor."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+from harness.api.lazy import lazy_exports
+from harness.train.phase import Phase
+from harness.train.strategy import TrainingStrategy
 
-from harness.train.data import DataSplits
-from harness.train.features import extract_features, extraction_flops
-from harness.train.model import TransferModel
-from harness.train.strategy import HeadOnly, TrainingStrategy
-from harness.train.loop import History, Phase, TrainContext, record_start, run_phase
+if TYPE_CHECKING:  # torch is imported in fit: bench list reads the parameters without it
+    from harness.train.data import DataSplits
+    from harness.train.loop import History, TrainContext
+    from harness.train.model import TransferModel
 
 
 class Frozen(TrainingStrategy):
@@ -47,6 +48,12 @@ class Frozen(TrainingStrategy):
         return [f"head.{n}" for n, _ in model.head.named_parameters()]
 
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
+        import torch
+
+        from harness.train.features import extract_features, extraction_flops
+        from harness.train.loop import record_start, run_phase
+        from harness.train.model import HeadOnly
+
         history = ctx.new_history(len(data.train), model, data.train)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
@@ -68,3 +75,10 @@ class Frozen(TrainingStrategy):
         torch.manual_seed(ctx.settings.seed)
         run_phase(head, phase, feats["train"], feats["val"], ctx, history)
         return history
+
+
+# names imported from here before fit imported them (offtheshelf.py, tests)
+__getattr__ = lazy_exports(__name__, {
+    "extract_features": ("harness.train.features", "extract_features"),
+    "extraction_flops": ("harness.train.features", "extraction_flops"),
+})

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-import torch
-
 from harness.train.strategy import TrainingStrategy
-from harness.train.loop import Phase
+from harness.train.phase import Phase
 
 
 class LayerTransfer(TrainingStrategy):
@@ -79,6 +77,8 @@ class LayerTransfer(TrainingStrategy):
                   for p in g.params}
         if not reinit:
             return
+        import torch  # here, not at the top: bench list reads the parameters without torch
+
         with torch.random.fork_rng(devices=[]):  # leave the training RNG as it was
             fresh = self._fresh().state_dict()
         # a module is re-initialised whole: its parameters and its buffers (BN statistics)

@@ -6,60 +6,23 @@ workshops: the feature vector "L2 normalized to unit length", then a linear SVM)
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
+from harness.api.lazy import lazy_exports
+from harness.train.strategy import Strategy
 
-from harness.train.data import DataSplits
-from harness.train.model import TransferModel
-from harness.train.strategy import HeadOnly, Strategy
-from harness.train.loop import EpochRecord, History, TrainContext, evaluate, record_start
+if TYPE_CHECKING:  # numpy and torch are imported in fit: bench list reads the parameters
+    import numpy as np
 
-from .frozen import extract_features, extraction_flops
+    from harness.train.data import DataSplits
+    from harness.train.loop import History, TrainContext
+    from harness.train.model import TransferModel
 
 MODELS = ("logreg", "svm")
 NORMALIZATIONS = ("l2", "standard")
 #: the C values tried when ``C="val"``: a log grid; the one with the best validation
 #: accuracy wins (the smaller C, i.e. more regularisation, on a tie)
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-
-
-class L2Normalize(nn.Module):
-    """Scale each feature vector to unit L2 length (Razavian et al. 2014)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(x, p=2.0, dim=1)
-
-
-def linear_from_sklearn(clf, scaler, num_classes: int) -> nn.Linear:
-    """A torch ``Linear`` whose outputs give the fitted scikit-learn model's decisions.
-
-    The standardisation ``(x - mean) / scale`` is folded into the weights (``scaler=None``:
-    the classifier saw the features as they come). For two
-    classes scikit-learn keeps one decision value ``d`` (for class 1); the layer outputs
-    ``(0, d)``, whose softmax is exactly logistic regression's ``predict_proba`` and
-    whose argmax is the SVM's prediction.
-    """
-    coef = np.asarray(clf.coef_, dtype=np.float64)
-    intercept = np.asarray(clf.intercept_, dtype=np.float64).reshape(-1)
-    if coef.shape[0] == 1 and num_classes == 2:
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-    if coef.shape[0] != num_classes:
-        raise ValueError(f"the shallow model saw {coef.shape[0]} classes in training but "
-                         f"the dataset has {num_classes}; every class needs training images")
-    mean = (np.zeros(coef.shape[1]) if scaler is None
-            else np.asarray(scaler.mean_, dtype=np.float64))
-    scale = (np.ones(coef.shape[1]) if scaler is None
-             else np.asarray(scaler.scale_, dtype=np.float64))
-    w = coef / scale[None, :]
-    b = intercept - w @ mean
-    layer = nn.Linear(coef.shape[1], num_classes)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(w))
-        layer.bias.copy_(torch.from_numpy(b))
-    return layer
 
 
 class OffTheShelf(Strategy):
@@ -120,6 +83,8 @@ class OffTheShelf(Strategy):
 
     def _prepare(self, x: np.ndarray):
         """(scaler or None, a function mapping features to the classifier's input)."""
+        import numpy as np
+
         if self.normalize == "standard":
             from sklearn.preprocessing import StandardScaler
             scaler = StandardScaler().fit(x)
@@ -133,7 +98,16 @@ class OffTheShelf(Strategy):
     def fit(self, model: TransferModel, data: DataSplits, ctx: TrainContext) -> History:
         import warnings
 
+        import numpy as np
+        import torch
         from sklearn.exceptions import ConvergenceWarning
+        from torch import nn
+
+        from harness.train.features import extract_features, extraction_flops
+        from harness.train.loop import EpochRecord, evaluate, record_start
+        from harness.train.model import HeadOnly
+
+        from ._linear_head import L2Normalize, linear_from_sklearn
 
         t0 = time.perf_counter()
         if model.head_input != "pooled" or data.train.targets.dim() != 1 \
@@ -190,3 +164,9 @@ class OffTheShelf(Strategy):
                                "solver_iterations": tried[pick]["iterations"]})
         history.seconds = seconds
         return history
+
+
+# names defined here before they moved to _linear_head.py (torch-free import of this module)
+__getattr__ = lazy_exports(__name__, {"L2Normalize": ("._linear_head", "L2Normalize"),
+                                      "linear_from_sklearn": ("._linear_head",
+                                                              "linear_from_sklearn")})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from harness.train.strategy import TrainingStrategy
-from harness.train.loop import Phase
+from harness.train.phase import Phase
 
 
 def discriminative_lrs(groups: list[str], lr: float, factor: float) -> dict:

@@ -5,24 +5,22 @@ One module per task; this package registers them through ``register_tasks``.
 from __future__ import annotations
 
 from harness.api.lazy import lazy_exports
-from harness import TaskSpec, hookimpl
+from harness import LazyCallable, TaskSpec, hookimpl
 
 __all__ = ["Classification", "Localization", "Pose", "dense_head"]
 
 
 @hookimpl
 def register_tasks():
-    # imported here, not at the top: importing the plugin (bench --help) stays cheap
-    from .classification import Classification
-    from .localization import Localization
-    from .pose import Pose
+    # named by import path, imported when a task is built: bench list imports no torch
     return [
-        TaskSpec("classification", factory=Classification, default=True,
+        TaskSpec("classification", factory=LazyCallable(".classification:Classification",
+                                                         __package__), default=True,
                  description="top-1/top-5/macro-F1; head: 2 dense layers + output"),
-        TaskSpec("localization", factory=Localization,
+        TaskSpec("localization", factory=LazyCallable(".localization:Localization", __package__),
                  description="one box (xmin,ymin,xmax,ymax in [0,1]); smooth-L1 + GIoU; "
                              "mean IoU, acc@IoU>=0.5"),
-        TaskSpec("pose", factory=Pose,
+        TaskSpec("pose", factory=LazyCallable(".pose:Pose", __package__),
                  description="K keypoints: heatmaps on the spatial map + soft-argmax; PCK@0.2"),
     ]
 

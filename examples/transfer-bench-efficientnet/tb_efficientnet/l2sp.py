@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
-
+from harness.train.phase import Phase
 from harness.train.strategy import Strategy
-from harness.train.loop import History, Phase, record_start, run_phase
+
+if TYPE_CHECKING:  # torch is imported where it is used: listing the strategy needs none
+    import torch
+
+    from harness.train.loop import History
 
 
 class L2SP(Strategy):
@@ -45,6 +49,8 @@ class L2SP(Strategy):
     @staticmethod
     def penalty(model, anchors: dict, alpha: float, beta: float) -> torch.Tensor:
         """Omega(w) of eq. (4) for ``model`` given the starting weights ``anchors``."""
+        import torch
+
         total = torch.zeros(())
         for name, p in model.backbone.named_parameters():
             total = total + alpha / 2 * (p - anchors[name]).pow(2).sum()
@@ -65,6 +71,8 @@ class L2SP(Strategy):
         return handles
 
     def fit(self, model, data, ctx) -> History:
+        from harness.train.loop import record_start, run_phase
+
         handles = self.attach(model)
         ctx_l2sp = copy.copy(ctx)  # same task, data info, progress and generator
         ctx_l2sp.settings = dataclasses.replace(ctx.settings, weight_decay=0.0)

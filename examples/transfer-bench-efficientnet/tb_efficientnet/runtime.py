@@ -14,10 +14,6 @@ import torch
 from harness.measure.latency import measure
 
 
-def available() -> tuple[bool, str]:
-    return True, ""
-
-
 def measure_channels_last(art, profile, settings) -> list[dict]:
     if profile.device != "cpu":
         return [{"precision": "fp32", "unavailable": "pytorch-channels-last runs cpu profiles "
