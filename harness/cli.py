@@ -160,7 +160,8 @@ def list_cmd(kind, measure):
 def _describe(kind: str, spec, measure: bool = False) -> str:
     text = spec.description or ""
     if kind == "backbones":
-        text = f"[{spec.device_class}, weights: {spec.default_weights or 'none'}] {text}"
+        text = f"[{spec.device_class}, weights: {spec.default_weights or 'none'}]" + (
+            f" {text}" if text else "")
         facts = dict(spec.facts or {})
         if not facts.get("params"):
             if facts.get("note"):  # facts that depend on the backbone's parameters

@@ -80,7 +80,12 @@ def test_backbone_without_default_weights_runs_random_and_says_so(author, tmp_pa
 
 
 def test_list_backbones_measures_plugin_backbones(author):
+    """bench list builds nothing (it stays fast, issue 30); --measure builds a plugin's
+    backbone that gives no facts and counts them."""
     out = CliRunner().invoke(cli, ["list", "backbones"]).output
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("custom_cnn ")]
+    assert "weights: none" in line and "bench list backbones --measure" in line, line
+    out = CliRunner().invoke(cli, ["list", "backbones", "--measure"]).output
     (line,) = [ln for ln in out.splitlines() if ln.startswith("custom_cnn ")]
     n = sum(p.numel() for p in TinyBackbone().parameters())
     assert "weights: none" in line
