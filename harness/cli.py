@@ -11,6 +11,7 @@ import click
 from . import __version__
 from .api.errors import BenchError, ConfigError, UnknownName
 from .api.manager import KINDS, get_plugins
+from .run.hparam_search import STOPPED  # (imports nothing heavy: bench --help stays fast)
 
 EPILOG_RUN = """\b
 Examples:
@@ -419,7 +420,8 @@ def run_cmd(ctx, out_root, fresh, executor, jobs, address, cell_timeout, keep_on
             click.echo("\n" + ranking_text(ranking, records))
         click.echo(f"\nresults: {store.path}")
     _next_steps(store.path, records, time.perf_counter() - t0)
-    failed = [r for r in records if r.get("status") != "ok"]
+    # a cell successive halving stopped early (--halving) is a result, not a failure
+    failed = [r for r in records if r.get("status") not in ("ok", STOPPED)]
     if failed:
         click.echo(f"{len(failed)} of {len(records)} cells failed; their errors are in the "
                    f"table and in {store.path}/cells/", err=True)
@@ -440,9 +442,9 @@ def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
     path = run_dir_for(out_root, matrix, plugins) if matrix is not None else None
     if path is not None and path.is_dir():
         store = RunStore(path)
-        ok = sum(r.get("status") == "ok" for r in store.records())
+        ok = sum(r.get("status") in ("ok", STOPPED) for r in store.records())
         total = len(store.order()) or "?"
-        kept = (f"kept: {ok} of {total} cells finished ok, their records in {path}/cells "
+        kept = (f"kept: {ok} of {total} cells finished (ok or stopped by --halving), their records in {path}/cells "
                 f"(results.json rebuilt; bench report {shlex.quote(str(path))} shows them); "
                 f"the cells that were running or not started run when you resume"
                 if ok else f"no cell had finished yet ({path} keeps the run's settings); "
@@ -457,7 +459,9 @@ def _next_steps(path: Path, records: list, seconds: float) -> None:
     from .run.plan import format_seconds
 
     ok = sum(1 for r in records if r.get("status") == "ok")
-    click.echo(f"took {format_seconds(seconds)} ({ok} of {len(records)} cells ok)\n"
+    stopped = sum(1 for r in records if r.get("status") == STOPPED)
+    also = f", {stopped} stopped early by --halving" if stopped else ""
+    click.echo(f"took {format_seconds(seconds)} ({ok} of {len(records)} cells ok{also})\n"
                f"next:\n"
                f"  bench report {path}                  # this table again\n"
                f"  bench report {path} --format html    # interactive page: {path}/report/report.html\n"

@@ -154,7 +154,8 @@ def cell_trial(config: dict, jobs: dict, settings: TuneSettings, threads: int,
 def _quiet_tune():
     """Ray Tune's settings for one ``fit``: Ctrl-C stops the bench run (Tune's own handler
     would end only this experiment and start the next group's), no progress tables on
-    stdout (the bench run has its own bar) and no result loggers (the records are ours)."""
+    stdout (the bench run has its own bar), and of the result loggers only the JSON one (the
+    records are ours; Tune reads its results back from it)."""
     env = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "RAY_AIR_NEW_OUTPUT": "0",
            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     before = {k: os.environ.get(k) for k in env}
@@ -197,6 +198,7 @@ def run_halving(ray, jobs: list, on_done: Callable, settings: TuneSettings, thre
     """Run ``jobs`` as Ray Tune trials under ASHA, one experiment per comparison group;
     ``on_done`` once per job."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     groups: dict = {}
     for job in jobs:
@@ -226,7 +228,7 @@ def run_halving(ray, jobs: list, on_done: Callable, settings: TuneSettings, thre
             trainable, param_space={"key": tune.grid_search(list(by_key))},
             tune_config=tune.TuneConfig(scheduler=sched, reuse_actors=False),
             run_config=tune.RunConfig(storage_path=str(folder), name=f"{name}-{int(time.time())}",
-                                      verbose=0))
+                                      verbose=0, callbacks=[JsonLoggerCallback()]))
         with _quiet_tune():
             results = tuner.fit()
         errors = {r.config["key"]: r.error for r in results if r.config and r.error}
