@@ -338,7 +338,8 @@ BenchGroup.matrix_options = staticmethod(matrix_options)
                            "an axis",
               help="Name of the matrix (run folder and published files).")
 @click.option("--out", "out_root", default="runs", show_default=True,
-              type=click.Path(file_okay=False), help="Folder that holds run folders.")
+              type=click.Path(file_okay=False),
+              help="Where the run writes: the folder that holds run folders (OUT/NAME-HASH).")
 @click.option("--fresh", is_flag=True, help="Discard finished cells of the same matrix.")
 @click.option("--executor", default=None, shell_complete=_names("executors"),
               show_default="inprocess; processes with --jobs N>1 or --cell-timeout",
