@@ -305,6 +305,7 @@ def test_halving_refuses_an_executor_that_runs_cells_elsewhere(plugin_system, tm
         run_matrix(plugin_system, m, tmp_path, executor="processes")
 
 
+@pytest.mark.slow
 def test_an_interrupted_halving_run_continues_where_it_stopped(
         plugin_system, tmp_path, monkeypatch):
     """Ctrl-C after the first epoch of the third cell, then the same command again: the finished
