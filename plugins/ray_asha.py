@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.run.executor import execute_job, failure_record
+from harness.run.executor import execute_job, failure_record, worker_info
 from harness.run.hparam_search import STOPPED, CellTrial, TuneSettings
 from harness.run.results import FINISHED, RunStore
 
@@ -129,12 +129,12 @@ class TuneReporter:
     def start(self, group: tuple, maximize: bool, key: Optional[str] = None,
               snapshot: Optional[Callable[[], dict]] = None) -> CellTrial:
         from ray import tune
-        store, steps = RunStore(Path(self.run_dir)), [0]
+        store, steps, worker = RunStore(Path(self.run_dir)), [0], worker_info()
 
         def report(value: float, record: Optional[dict] = None) -> None:
             steps[0] += 1
             if snapshot is not None:  # ASHA may end this worker inside tune.report
-                store.write_cell(snapshot())
+                store.write_cell({**snapshot(), "worker": worker})
             tune.report({SCORE: float(value) if maximize else -float(value),
                          "val_metric": float(value), "epoch": steps[0]})
 

@@ -449,6 +449,7 @@ def test_halving_on_ray_stops_the_hopeless_cell_through_asha(
     assert bad["history"]["partial"] and len(bad["history"]["epochs"]) == 1
     assert bad["halving"]["curve"] == [e["val_metric"] for e in bad["history"]["epochs"]]
     assert "test_metrics" not in bad  # never scored
+    assert bad["worker"]["pid"] not in (good["worker"]["pid"], __import__("os").getpid())
     assert "halving: 1 of 2 cells stopped early" in summary_table(list(recs.values()))
     # the same command again: both are finished, nothing runs (no new Tune experiment)
     tune_dir = next((tmp_path / "runs").iterdir()) / "ray_tune"
