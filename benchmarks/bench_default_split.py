@@ -219,8 +219,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternated")
     ap.add_argument("--reduced", action="store_true",
                     help=f"add {' '.join(REDUCED)} (a shared or slow machine)")
-    ap.add_argument("--only", choices=("before", "after"), help="run one variant (besides "
-                    "base, with --base-tree)")
+    ap.add_argument("--only", choices=("before", "after", "base"),
+                    help="run one variant (besides base, with --base-tree; base: only that)")
     ap.add_argument("--base-tree", metavar="DIR",
                     help="also run the defaults with the code in DIR (variant 'base': a "
                          "checkout of the commit before a change), alternating with the others")
@@ -237,8 +237,10 @@ def main() -> None:
     extra = (REDUCED if a.reduced else []) + list(a.extra)
     from harness.run.config import parse_value
     latency = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.latency)}
+    if a.only == "base" and not a.base_tree:
+        ap.error("--only base needs --base-tree DIR (the code to run as 'base')")
     variants = ([a.only] if a.only else ["before", "after"])
-    if a.base_tree:
+    if a.base_tree and "base" not in variants:
         variants = ["base"] + variants
     load0 = os.getloadavg()
     runs: dict = {v: [] for v in variants}
