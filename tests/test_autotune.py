@@ -175,6 +175,30 @@ def test_choose_setup_probes_once_then_reuses_and_records(tmp_path, monkeypatch)
     assert info["cached"] and info["probed_by"] == "a"
 
 
+def test_a_probe_capped_before_it_could_choose_is_reused_by_this_process_only(
+        tmp_path, monkeypatch):
+    import harness.run.tuning as tuning
+    calls = []
+
+    def capped(model, x, y, loss, dev, cands, max_s):
+        calls.append(1)
+        return {"chosen": {"layout": "contiguous", "amp": "off"},
+                "chosen_name": "contiguous fp32", "why": "kept: time cap", "rounds": 0,
+                "capped": {"max_s": max_s, "elapsed_s": max_s + 1, "complete_rounds": 0}}
+
+    monkeypatch.setattr(tuning, "probe", capped)
+    monkeypatch.setattr(tuning, "_UNDECIDED", {})
+    for cell in ("a", "b"):
+        c = _Ctx()
+        info = tuning.choose_setup(c.ctx, Net(), c.data.train, tmp_path, {}, cell)
+    assert calls == [1] and info["cached"] and info["capped"]["complete_rounds"] == 0
+    assert not list(tmp_path.glob("*.json"))  # a later run probes again
+    monkeypatch.setattr(tuning, "_UNDECIDED", {})  # a new process
+    c = _Ctx()
+    tuning.choose_setup(c.ctx, Net(), c.data.train, tmp_path, {}, "c")
+    assert calls == [1, 1]
+
+
 def test_a_failed_probe_is_recorded_not_cached(tmp_path, monkeypatch):
     import harness.run.tuning as tuning
 

@@ -10,7 +10,9 @@ makes a second worker wait for the first one's probe instead of probing at the s
 (two probes on shared cores would also time each other). A probe that fails is recorded
 in the cell (``autotune.error``), which then trains in the baseline set-up, and is not
 cached. A probe that reached its time cap (``[train] autotune_max_s``) is cached with its
-``capped`` record: probing again would reach the cap again; a larger cap is another key. Every cell records what it trained in and how that was chosen (``rec["autotune"]``).
+``capped`` record when it still chose (enough complete rounds); one that kept the baseline
+for lack of rounds is kept for this process only (the run's next cells of that model
+train the same way), so a later run, maybe on a quieter machine, probes again. Every cell records what it trained in and how that was chosen (``rec["autotune"]``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from ..api.files import atomic_write_text
 from ..measure.fingerprint import machine_identity
 from ..train.architecture import architecture_fingerprint
-from ..train.autotune import RECIPE, candidates, forced, probe
+from ..train.autotune import MIN_ROUNDS, RECIPE, candidates, forced, probe
 from .locks import cache_lock
 
 
@@ -53,8 +55,16 @@ def _key(ctx, model, train_split, cands, versions) -> str:
                           ).hexdigest()[:20]
 
 
+#: probes that reached their time cap before they could choose (the baseline kept for
+#: lack of rounds), kept for this process only: the run's next cells of that model train
+#: in the same set-up, and a later run, maybe on a quieter machine, probes again
+_UNDECIDED: dict = {}
+
+
 def _probed(ctx, model, train_split, cands, notes, folder: Path, versions, cell_key) -> dict:
     path = folder / f"{_key(ctx, model, train_split, cands, versions)}.json"
+    if str(path) in _UNDECIDED:
+        return {**_UNDECIDED[str(path)], "cached": True, "notes": notes}
     with cache_lock(path):
         try:
             cached = json.loads(path.read_text())
@@ -70,8 +80,11 @@ def _probed(ctx, model, train_split, cands, notes, folder: Path, versions, cell_
             return {**base, "why": f"the probe failed, trained in the baseline {cands[0].name}",
                     "error": f"{type(exc).__name__}: {exc}", "probed": False, "notes": notes}
         info.update(probed=True, probed_by=cell_key, at=time.time())
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(info, default=str))
+        if info.get("capped") and info.get("rounds", 0) < MIN_ROUNDS:
+            _UNDECIDED[str(path)] = info
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(info, default=str))
     return {**info, "cached": False, "notes": notes}
 
 
