@@ -135,7 +135,8 @@ def test_the_plan_times_each_pretraining_the_cells_need(plugin_system, tmp_path,
     cells, _ = validate(plugin_system, m)
     r18 = {p.backbone: p for p in weights_plan(plugin_system, m, cells)}["resnet18"]
     assert r18.timing == {"runs": 3, "cached": 0, "seconds": None, "unknown": 3,
-                          "basis": "never pretrained with these settings here"}
+                          "basis": "never pretrained with these settings here",
+                          "unknown_basis": "never pretrained with these settings here"}
     line = r18.line()
     assert "time: unknown: never pretrained" in line and "after its first epoch" in line
     mb = {p.backbone: p for p in weights_plan(plugin_system, m, cells)}["mobilenetv2_100"]
@@ -155,3 +156,27 @@ def test_the_plan_line_adds_up_estimated_and_cached_pretrainings():
                        {"runs": 1, "cached": 1, "seconds": 0.0, "unknown": 0,
                         "basis": "cached here (it took 28 s to make)"})
     assert done.line().endswith("time: none, cached here (it took 28 s to make)")
+
+
+def test_the_plan_keeps_each_pretrainings_basis_apart(plugin_system):
+    """Seed 0 cached, seed 1 estimated, seed 2 unknown: the line says each once, the
+    estimate's basis with the estimate (not the cache's words)."""
+    from types import SimpleNamespace
+    from harness.run.weights_plan import _timing
+    m = _matrix(plugin_system, seeds=3)
+    cells, _ = validate(plugin_system, m)
+    answers = {0: {"cached": True, "seconds": 0.0, "basis": "cached here (it took 24 s to make)"},
+               1: {"cached": False, "seconds": 25.0, "basis": "5 epochs at the 5 s per epoch"},
+               2: {"cached": False, "seconds": None, "basis": "never pretrained here"}}
+    ws = SimpleNamespace(pretraining_time=lambda arg, ctx: answers[ctx["seed"] - cells[0].seed])
+    r18 = [c for c in cells if c.backbone.label() == "resnet18"]
+    t = _timing(plugin_system, ws, "digits", "resnet18", r18[0].weights
+                or plugin_system.backbones.get("resnet18").default_weights, cells)
+    assert (t["runs"], t["cached"], t["unknown"], t["seconds"]) == (3, 1, 1, 25.0)
+    assert t["basis"] == "5 epochs at the 5 s per epoch"
+    from harness.run.weights_plan import WeightsPlan
+    line = WeightsPlan("resnet18", "source:digits", "preset 'default'", True,
+                       {"dataset": "digits", "epochs": 5}, t).time_text()
+    assert line == ("time: about 25 s for 1 pretraining(s) (5 epochs at the 5 s per epoch); "
+                    "1 unknown: never pretrained here; its progress line gives the time left "
+                    "after its first epoch; 1 of 3 cached here")

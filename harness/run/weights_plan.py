@@ -73,9 +73,10 @@ class WeightsPlan:
         if t["seconds"] is not None:
             parts.append(f"about {format_seconds(t['seconds'])}{many} ({t['basis']})")
         if t["unknown"]:
+            why = t.get("unknown_basis") or t["basis"]
             parts.append(f"{'unknown' if not parts else str(t['unknown']) + ' unknown'}: "
-                         f"{t['basis'] if not parts else 'never timed here'}; its progress "
-                         f"line gives the time left after its first epoch")
+                         f"{why}; its progress line gives the time left after its first "
+                         f"epoch")
         if t["cached"]:
             parts.append(f"{t['cached']} of {runs} cached here")
         return "time: " + "; ".join(parts)
@@ -126,19 +127,22 @@ def _timing(plugins: PluginSystem, ws, arg, label: str, weights: str,
     if not contexts:
         return None
     out = {"runs": len(contexts), "cached": 0, "seconds": 0.0, "unknown": 0, "basis": ""}
-    bases = []
+    said: dict = {"cached": [], "unknown": [], "known": []}
     for ctx in contexts.values():
         got = ws.pretraining_time(arg, {**ctx, "cache_dir": cache_dir()}) or {}
-        if got.get("cached"):
-            out["cached"] += 1
-        elif got.get("seconds") is None:
-            out["unknown"] += 1
-        else:
+        kind = ("cached" if got.get("cached") else
+                "unknown" if got.get("seconds") is None else "known")
+        if kind == "known":
             out["seconds"] += float(got["seconds"])
-        bases.append(str(got.get("basis") or "no basis given"))
-    if out["unknown"] == out["runs"] - out["cached"]:
+        else:
+            out[kind] += 1
+        said[kind].append(str(got.get("basis") or "no basis given"))
+    if not said["known"]:
         out["seconds"] = None
-    out["basis"] = "; ".join(dict.fromkeys(bases))
+    # the basis of the figure shown first: the estimate, else why unknown, else the cache
+    first = said["known"] or said["unknown"] or said["cached"]
+    out["basis"] = "; ".join(dict.fromkeys(first))
+    out["unknown_basis"] = "; ".join(dict.fromkeys(said["unknown"]))
     return out
 
 
