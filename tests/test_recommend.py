@@ -188,6 +188,20 @@ def test_tie_at_equal_latency_goes_to_the_cheaper_to_train():
     assert r.pick.strategy == "finetune" and "cheaper to train" in r.verdict
 
 
+def test_a_tie_at_one_shared_latency_does_not_call_the_pick_faster():
+    """Strategies of one architecture share a latency measurement: when the pick is as fast
+    as a more accurate tied candidate, the verdict says it was cheaper to train, not faster
+    (the default run's 3-seed server pick read 'picked the faster' at the same 1.18 ms)."""
+    recs = (_seeds("big", "scratch", [0.79, 0.76, 0.78], 5.0, flops=8e12)
+            + _seeds("big", "finetune", [0.80, 0.70, 0.72], 5.0, flops=5e12)
+            + _seeds("big", "frozen", [0.55, 0.54, 0.56], 5.0, flops=1e10)
+            + _seeds("other", "finetune", [0.79, 0.77, 0.78], 9.0, flops=5e12))
+    (r,) = recommend(recs)
+    assert r.pick.strategy == "finetune" and r.pick.latency_ms == 5.0
+    assert "picked the cheaper to train among the 2 equally fast" in r.verdict
+    assert "picked the faster" not in r.verdict
+
+
 def test_separated_intervals_keep_the_most_accurate():
     recs = (_seeds("big", "finetune", [0.90, 0.91, 0.92], 20.0)
             + _seeds("big", "frozen", [0.70, 0.71, 0.72], 5.0))

@@ -201,8 +201,12 @@ def pick_with_ties(pool: list) -> tuple:
     ref = best if pick is not best else max(others, key=lambda c: c.score())
     p = compare_configs(dict(pick.per_seed), dict(ref.per_seed)).p
     ptext = f"p = {p:.2g}" if p is not None else "p untestable: no shared seed"
+    same_speed = [c for c in tied if c is not pick and c.latency_ms == pick.latency_ms]
     if pick is best:
         why = "the most accurate is also the fastest"
+    elif same_speed:  # one architecture's strategies share one latency measurement
+        why = (f"picked the cheaper to train among the {len(same_speed) + 1} equally fast "
+               f"(one shared latency measurement)")
     elif pick.latency_ms < best.latency_ms:
         why = "picked the faster"
     else:
