@@ -443,9 +443,12 @@ def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
     path = run_dir_for(out_root, matrix, plugins) if matrix is not None else None
     if path is not None and path.is_dir():
         store = RunStore(path)
-        ok = sum(r.get("status") in ("ok", STOPPED) for r in store.records())
+        statuses = [r.get("status") for r in store.records()]
+        ok, stopped = statuses.count("ok"), statuses.count(STOPPED)
         total = len(store.order()) or "?"
-        kept = (f"kept: {ok} of {total} cells finished (ok or stopped by --halving), their records in {path}/cells "
+        how = f"({ok} ok, {stopped} stopped early by --halving)" if stopped else "ok"
+        ok += stopped
+        kept = (f"kept: {ok} of {total} cells finished {how}, their records in {path}/cells "
                 f"(results.json rebuilt; bench report {shlex.quote(str(path))} shows them); "
                 f"the cells that were running or not started run when you resume"
                 if ok else f"no cell had finished yet ({path} keeps the run's settings); "
