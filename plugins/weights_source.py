@@ -189,19 +189,44 @@ def cache_key(spec, backbone: "torch.nn.Module", dataset: str, data_params: dict
         "dataset": dataset, "dataset_params": data_params, "train": train,
         "versions": _versions(),
     }
-    hw = hardware or {}
-    kind = str(hw.get("device", "cpu")).split(":")[0]
-    if kind != "cpu" or hw.get("amp", "off") != "off":
-        material["trained_on"] = {"device": kind, "amp": hw.get("amp", "off")}
+    trained_on = _trained_on(hardware)
+    if trained_on:
+        material["trained_on"] = trained_on
     text = json.dumps(material, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest(), material
+
+
+def _trained_on(hardware: Optional[dict]) -> Optional[dict]:
+    """The device type and precision of the cache key, None for CPU fp32 (see
+    :func:`cache_key`)."""
+    hw = hardware or {}
+    kind = str(hw.get("device", "cpu")).split(":")[0]
+    amp = hw.get("amp", "off")
+    return {"device": kind, "amp": amp} if kind != "cpu" or amp != "off" else None
+
+
+def _hardware(context: dict) -> dict:
+    """The cell's ``device`` and ``amp`` from a weight-source ``context``."""
+    return {k: context[k] for k in ("device", "amp") if context.get(k)}
+
+
+def _fill_train(train: dict, context: dict) -> dict:
+    """``train`` with the cell's image size and seed where the weights string left them."""
+    train["image_size"] = int(train["image_size"] or context.get("image_size") or 64)
+    if train["seed"] is None:
+        train["seed"] = int(context.get("seed") or 0)
+    return train
+
+
+def _stem_prefix(backbone: str, dataset: str) -> str:
+    """The start of a cache entry's file names: backbone and source dataset."""
+    return f"{backbone}__{dataset}__".replace(":", "_")
 
 
 def _entries(folder: Path, backbone: str, dataset: str):
     """``(material, reached, complete)`` of the cache entries of ``backbone`` pretrained on
     ``dataset`` under ``folder`` (``complete``: its weight and classifier files exist)."""
-    stem = f"{backbone}__{dataset}__".replace(":", "_")
-    for info in sorted(folder.glob(f"{stem}*.json")):
+    for info in sorted(folder.glob(f"{_stem_prefix(backbone, dataset)}*.json")):
         try:
             entry = json.loads(info.read_text())
             material, reached = entry["material"], entry["reached"]
@@ -223,12 +248,8 @@ def pretraining_time(arg: str | None, context: dict) -> dict:
     weights differ from this backbone's (another timm release) would be re-made: the plan's
     "cached" assumes the same build, which the library versions in the key make likely."""
     name, train, data = parse_source(arg)
-    train["image_size"] = int(train["image_size"] or context.get("image_size") or 64)
-    if train["seed"] is None:
-        train["seed"] = int(context.get("seed") or 0)
-    kind = str(context.get("device") or "cpu").split(":")[0]
-    amp = context.get("amp") or "off"
-    trained_on = ({"device": kind, "amp": amp} if kind != "cpu" or amp != "off" else None)
+    _fill_train(train, context)
+    trained_on = _trained_on(_hardware(context))
     folder = Path(context.get("cache_dir") or default_cache_dir()) / "source-weights"
     versions, arch = _versions(), context.get("backbone_arg")
     loose = {k: v for k, v in train.items() if k not in ("seed", "epochs")}
@@ -348,15 +369,13 @@ def load_source(spec, backbone, arg, context) -> dict:
         raise WeightsUnavailable(f"source:{name}: the dataset has no classification labels "
                                  f"(it has {', '.join(ds_spec.tasks)}); pick a classification "
                                  f"dataset from bench list datasets")
-    train["image_size"] = int(train["image_size"] or context.get("image_size") or 64)
-    if train["seed"] is None:
-        train["seed"] = int(context.get("seed") or 0)
+    _fill_train(train, context)
     root = Path(context.get("cache_dir") or default_cache_dir())
-    hardware = {k: context[k] for k in ("device", "amp") if context.get(k)}
+    hardware = _hardware(context)
     key, material = cache_key(spec, backbone, name, data_params, train, hardware)
     folder = root / "source-weights"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{spec.name}__{name}__{key[:16]}".replace(":", "_")
+    stem = _stem_prefix(spec.name, name) + key[:16]
     wpath, ipath = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     hpath = folder / f"{stem}.head.safetensors"
     target = getattr(backbone, "model", backbone)
