@@ -447,11 +447,11 @@ def _interrupted(ctx: click.Context, plugins, matrix, out_root: Path) -> None:
         ok, stopped = statuses.count("ok"), statuses.count(STOPPED)
         total = len(store.order()) or "?"
         how = f"({ok} ok, {stopped} stopped early by --halving)" if stopped else "ok"
-        ok += stopped
-        kept = (f"kept: {ok} of {total} cells finished {how}, their records in {path}/cells "
+        finished = ok + stopped
+        kept = (f"kept: {finished} of {total} cells finished {how}, their records in {path}/cells "
                 f"(results.json rebuilt; bench report {shlex.quote(str(path))} shows them); "
                 f"the cells that were running or not started run when you resume"
-                if ok else f"no cell had finished yet ({path} keeps the run's settings); "
+                if finished else f"no cell had finished yet ({path} keeps the run's settings); "
                            f"all {total} cells run when you resume")
     click.echo(f"\nInterrupted (Ctrl-C); {kept}. Resume with:\n  {again}", err=True)
     ctx.exit(130)
