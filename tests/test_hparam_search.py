@@ -41,6 +41,8 @@ def test_search_finds_a_planted_best_learning_rate():
     best = out["best"]["params"]["lr"]
     assert abs(math.log10(best) - math.log10(PLANTED)) < 0.5, out["best"]
     assert len(out["trials"]) == 24
+    import optuna
+    assert out["optuna"] == optuna.__version__  # the engine's version, with its trials
     assert out["counts"]["complete"] + out["counts"]["pruned"] == 24
     assert out["counts"]["pruned"] > 0  # the median rule stopped hopeless rates early
     for t in out["trials"]:
@@ -292,6 +294,8 @@ def test_halving_stops_the_hopeless_cell_and_records_its_partial_curve(
     assert bad["history"]["partial"] and len(bad["history"]["epochs"]) < 3
     assert bad["halving"]["curve"] == [e["val_metric"] for e in bad["history"]["epochs"]]
     assert "test_metrics" not in bad  # never scored
+    # the seconds its partial fit took are its train s, as for a finished cell
+    assert bad["train_seconds"] == bad["timers"]["train_s"] > 0
     table = summary_table(list(recs.values()))
     assert "stopped (halving)" in table
     assert "halving: 1 of 2 cells stopped early" in table

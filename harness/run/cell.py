@@ -163,6 +163,8 @@ def run_cell(plugins: PluginSystem, cfg: CellConfig, key: str,
         raise
     except Stopped as exc:  # successive halving stopped the cell: not a failure
         rec.update(status=STOPPED, note=str(exc))
+        if "train_s" in rec.get("timers", {}):  # what its partial fit cost (a run's total
+            rec["train_seconds"] = rec["timers"]["train_s"]  # train s counts it)
     except MemoryError as exc:
         rec.update(status="oom", error=f"MemoryError: {exc}")
     except Exception as exc:  # a failing cell records its error and the matrix goes on

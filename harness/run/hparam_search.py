@@ -170,7 +170,7 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
         seed: the TPE sampler's seed.
 
     Returns:
-        The tuning record: settings, every trial (``number``, ``params``, ``state``
+        The tuning record: settings, the Optuna version, every trial (``number``, ``params``, ``state``
         ``complete``/``pruned``/``failed``, ``value``, ``curve``, ``cost``, ``error``), and
         ``best`` (``number``, ``params``, ``value``).
 
@@ -224,7 +224,8 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
         raise BenchError(f"tuning: none of the {settings.trials} trials completed ({why}); "
                          f"check the strategy's search space or raise --tune")
     best = study.best_trial
-    return {"settings": settings.to_dict(), "sampler": f"TPE (seed {seed}, {startup} random start-up trials)",
+    return {"settings": settings.to_dict(), "optuna": optuna.__version__,
+            "sampler": f"TPE (seed {seed}, {startup} random start-up trials)",
             "pruner": settings.pruner, "direction": study.direction.name.lower(),
             "objective": "validation metric of the delivered model", "trials": trials,
             "best": {"number": best.number, "params": dict(best.params),
