@@ -48,14 +48,13 @@ def cells(records: list) -> dict:
 
 
 def check_same_matrix(runs: dict) -> None:
-    """The runs must differ only by tuning and halving: same backbones, datasets, tasks,
-    strategies, seeds, image size and training settings. Raises ValueError naming what
-    differs."""
-    def core(cfg: dict) -> dict:
+    """The runs must differ only by tuning and halving (and the order of the strategies,
+    which halving's decisions depend on): same backbones, datasets, tasks, strategies,
+    seeds, image size and training settings. Raises ValueError naming what differs."""
+    def core(cfg: dict) -> dict:  # the strategies' order may differ: halving depends on it
         m = cfg.get("matrix", cfg)
-        keep = ("backbones", "datasets", "tasks", "strategies", "seeds", "image_size", "train",
-                "weights")
-        return {k: m.get(k) for k in keep}
+        keep = ("backbones", "datasets", "tasks", "seeds", "image_size", "train", "weights")
+        return {**{k: m.get(k) for k in keep}, "strategies": sorted(m.get("strategies") or [])}
 
     (first, c0), *rest = [(k, core(r["config"])) for k, r in runs.items()]
     for name, c in rest:
@@ -215,7 +214,8 @@ def study(paths: dict) -> dict:
                      "affinity": r["environment"].get("affinity"),
                      "torch_threads": r["environment"].get("torch_threads"),
                      "load_average": r["environment"].get("load_average"),
-                     "tune": (r["config"].get("matrix") or {}).get("tune")}
+                     "tune": (r["config"].get("matrix") or {}).get("tune"),
+                     "strategies": (r["config"].get("matrix") or {}).get("strategies")}
                  for k, r in runs.items()},
         "default_vs_tuned": dvt,
         "ranking": {k: ranking(means[k], hib) for k in means},
@@ -304,7 +304,9 @@ def markdown(res: dict) -> str:
     lines += ["", f"Halving against the full (default) run: train s {h['train_s']:.1f} / "
               f"{d['train_s']:.1f} = {h['train_s'] / d['train_s']:.2f}; epochs {h['epochs']} / "
               f"{d['epochs']} = {h['epochs'] / d['epochs']:.2f}; span {h['span_s']:.1f} / "
-              f"{d['span_s']:.1f} s = {h['span_s'] / d['span_s']:.2f}.", "",
+              f"{d['span_s']:.1f} s = {h['span_s'] / d['span_s']:.2f}. The halving run's "
+              f"matrix order (each cell is judged against those before it): "
+              f"{', '.join(res['runs']['halving']['strategies'] or [])}.", "",
               "| seed | full run's ranking (test) | its best finished under halving? | cells "
               "stopped (after epochs; validation curve) | halving run's best finished |",
               "|---" * 5 + "|"]

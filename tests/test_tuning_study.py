@@ -113,3 +113,7 @@ def test_runs_of_different_matrices_are_refused(runs, tmp_path):
     with pytest.raises(ValueError, match="differ in train"):
         mod.study({"default": d, "tuned": t, "halving": other})
     assert mod.main([str(d), str(t), str(other)]) == 2
+    # the same strategies in another order are the same matrix (halving's order matters)
+    rev = _run(tmp_path, "rev", [_rec(s, k, 0.5) for s in STRATS for k in (0, 1)],
+               strategies=list(reversed(STRATS)))
+    assert mod.study({"default": d, "tuned": t, "halving": rev})["halving"][0]["cells"]
