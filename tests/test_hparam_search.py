@@ -298,6 +298,9 @@ def test_halving_stops_the_hopeless_cell_and_records_its_partial_curve(
     assert bad["train_seconds"] == bad["timers"]["train_s"] > 0
     table = summary_table(list(recs.values()))
     assert "stopped (halving)" in table
+    from harness.report.table import budget_cell
+    done = bad["history"]["epochs"]  # how far it trained, in its table row
+    assert budget_cell(bad) == f"{len(done)} / {sum(e['steps'] for e in done)} (stopped)"
     assert "halving: 1 of 2 cells stopped early" in table
 
 

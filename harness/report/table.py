@@ -115,8 +115,12 @@ def trained_on(rec: dict) -> str:
 
 def budget_cell(rec: dict) -> str:
     """``epochs / steps`` the cell trained (from its recorded usage), with the phases a
-    shared checkpoint rolled back (chain-thaw) after them: ``9 / 144, 2 of 7 rolled back``."""
+    shared checkpoint rolled back (chain-thaw) after them: ``9 / 144, 2 of 7 rolled back``;
+    a cell successive halving stopped: its partial curve's ``1 / 4 (stopped)``."""
     use = rec.get("budget") or (rec.get("history") or {}).get("usage")
+    partial = (rec.get("history") or {}).get("partial") and rec["history"].get("epochs")
+    if not use and partial:  # a cell halving stopped: how far its fit got
+        return f"{len(partial)} / {sum(int(e.get('steps') or 0) for e in partial)} (stopped)"
     if not use:
         return "-"
     text = f"{use.get('epochs', 0)} / {use.get('steps', 0)}"
