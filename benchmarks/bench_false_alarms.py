@@ -28,6 +28,10 @@ Full run (an idle machine; 640 checks, several hours: split it with --runtimes):
   python benchmarks/bench_false_alarms.py --checks 20
 Small run (shows it works; noisy on a busy machine):
   python benchmarks/bench_false_alarms.py --checks 2 --effects 1.25
+A real sub-millisecond target, as issue 28's ONNX Runtime case (MobileNetV2 at 32 px, the
+mobile profile's batch 1 on 2 threads):
+  python benchmarks/bench_false_alarms.py --runtimes onnxruntime --backbone mobilenetv2_100 \
+      --profile mobile --image-size 32 --checks 20 --effects 1.25 --kinds A/A,busy,option
 """
 from __future__ import annotations
 
@@ -47,13 +51,18 @@ import fa_plugin  # noqa: E402
 
 from harness import regression as rg  # noqa: E402
 from harness.api.manager import PluginSystem  # noqa: E402
+from harness.regression.worker import WAIT_POLICY  # noqa: E402
 from harness.run.config import MatrixConfig  # noqa: E402
 from harness.run.executor import recipe_for  # noqa: E402
 from plugins.regression import slowdown_plugin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = {"one_thread": {"batch_size": 1, "threads": 1, "precisions": ["fp32"],
-                          "device": "cpu"}}
+PROFILES = {"one_thread": {"batch_size": 1, "threads": 1, "precisions": ["fp32"],
+                           "device": "cpu"},
+            # the built-in mobile profile's batch and threads (fp32 only here)
+            "mobile": {"batch_size": 1, "threads": 2, "precisions": ["fp32"], "device": "cpu"}}
+# what is measured: the benchmark's CNN on one thread unless --backbone/--profile say otherwise
+TARGET = {"backbone": "fa_cnn", "profile": "one_thread", "image_size": fa_plugin.IMAGE}
 RUNTIMES = ("pytorch", "onnxruntime", "openvino", "executorch")
 # the one-line mistakes: (file, text, replacement, what it is)
 OPTION_OFF = {
@@ -87,10 +96,11 @@ def system(runtime: str, width_scale: float = 1.0, busy: float = 0.0) -> PluginS
 
 
 def entries(plugins: PluginSystem, runtime: str) -> list[dict]:
-    cfg = MatrixConfig(backbones=["fa_cnn"], datasets=["digits"], strategies=["frozen"],
-                       runtimes=[runtime], profiles=list(PROFILE),
-                       image_size=fa_plugin.IMAGE).fill_defaults(plugins).cells()[0].to_dict()
-    return [rg.make_entry(cfg, PROFILE, {"name": "digits", "num_classes": 10})]
+    prof = {TARGET["profile"]: PROFILES[TARGET["profile"]]}
+    cfg = MatrixConfig(backbones=[TARGET["backbone"]], datasets=["digits"],
+                       strategies=["frozen"], runtimes=[runtime], profiles=list(prof),
+                       image_size=TARGET["image_size"]).fill_defaults(plugins).cells()[0]
+    return [rg.make_entry(cfg.to_dict(), prof, {"name": "digits", "num_classes": 10})]
 
 
 def option_tree(runtime: str, into: Path) -> Path:
@@ -113,7 +123,9 @@ def plans(runtime: str, effects: list[float], tmp: Path) -> list[tuple]:
     """``(kind, effect, candidate recipe, candidate tree)`` of every check kind."""
     out = [("A/A", 1.0, recipe_for(system(runtime)), None)]
     for e in effects:
-        out.append(("wider", e, recipe_for(system(runtime, fa_plugin.width_for(e - 1))), None))
+        if TARGET["backbone"] == "fa_cnn":  # more channels: the benchmark's own CNN only
+            out.append(("wider", e, recipe_for(system(runtime, fa_plugin.width_for(e - 1))),
+                        None))
         out.append(("busy", e, recipe_for(system(runtime, busy=e - 1)), None))
     if runtime in OPTION_OFF:
         out.append(("option", None, recipe_for(system(runtime)), option_tree(runtime, tmp)))
@@ -127,7 +139,7 @@ def check(runtime: str, plan: tuple, cs, rs, log) -> dict:
     vs = rg.run_paired(entries(base_sys, runtime), cs, rs, ROOT, plugins=base_sys,
                        base_recipe=recipe_for(base_sys), cand_recipe=cand_recipe,
                        cand_tree=cand_tree)
-    (v,) = [v for v in vs if v.check == f"latency {runtime}/one_thread/fp32"]
+    (v,) = [v for v in vs if v.check == f"latency {runtime}/{TARGET['profile']}/fp32"]
     secs = time.time() - t0
     logs = [math.log(r) for r in v.detail.get("ratios", [])]
     log(f"  {runtime:11s} {kind:6s} {'' if effect is None else f'x{effect:.2f}':6s} "
@@ -177,10 +189,20 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=rg.RoundSettings().calls)
     ap.add_argument("--max-rounds", type=int, default=rg.CheckSettings().max_rounds)
     ap.add_argument("--noise", type=float, default=rg.CheckSettings().noise)
+    ap.add_argument("--backbone", default="fa_cnn",
+                    help="a registered backbone instead of the benchmark's CNN (e.g. "
+                         "mobilenetv2_100: a sub-millisecond ONNX Runtime call at 32 px); "
+                         "'wider' plants need fa_cnn and are left out for others")
+    ap.add_argument("--profile", default="one_thread", choices=sorted(PROFILES))
+    ap.add_argument("--image-size", type=int, default=fa_plugin.IMAGE)
+    ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction,
+                    default=rg.PAIRED_CALIBRATE,
+                    help="normalize rounds by the probe (bench check --against's default: off)")
     args = ap.parse_args()
+    TARGET.update(backbone=args.backbone, profile=args.profile, image_size=args.image_size)
     cs = rg.CheckSettings(max_rounds=args.max_rounds, noise=args.noise)
     rule = cs.sequential()
-    rs = rg.RoundSettings(calls=args.calls)
+    rs = rg.RoundSettings(calls=args.calls, calibrate=args.calibrate)
     effects = [float(e) for e in args.effects.split(",") if e]
     kinds = set(args.kinds.split(","))
     probe_sys = PluginSystem(entry_points=False)
@@ -196,8 +218,11 @@ def main() -> int:
     env = environment()
     print(f"machine: {os.cpu_count()} CPUs ({env.get('cpu', '?')}), load "
           f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start; CNN "
-          f"{fa_plugin.describe()} @ {fa_plugin.IMAGE}px, 1 thread, fp32; {rs.calls} calls "
-          f"per round; rule: sequential sign test, tolerance x{1 + cs.latency_tolerance:.2f}, "
+          f"{fa_plugin.describe() if args.backbone == 'fa_cnn' else args.backbone} @ "
+          f"{args.image_size}px, profile {args.profile} "
+          f"({PROFILES[args.profile]['threads']} thread(s)), fp32; {rs.calls} calls per round"
+          f"{', probe-normalized' if rs.calibrate else ''}; workers' OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', WAIT_POLICY)}; rule: sequential sign test, tolerance x{1 + cs.latency_tolerance:.2f}, "
           f"alpha {cs.alpha}, sized for power {cs.power} at x{cs.effect:g} under paired noise "
           f"{cs.noise:g} (p1 {rule.p1:.3f}, beta {rule.beta:.3f}, at most {rule.max_rounds} "
           "rounds); "

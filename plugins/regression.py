@@ -45,7 +45,8 @@ def _round_options(fn):
                      help="Interleaved measurement rounds per runtime x profile."),
         click.option("--calls", type=int, default=None, show_default="15",
                      help="Timed calls per round."),
-        click.option("--calibrate/--no-calibrate", default=None, show_default="on",
+        click.option("--calibrate/--no-calibrate", default=None,
+                     show_default="on for a stored baseline, off for --against",
                      help="Time a fixed matmul probe before every round and normalize by it."),
         click.option("--statistic", type=click.Choice(["cpu", "min", "median"]), default=None,
                      show_default="cpu",
@@ -238,7 +239,7 @@ def check_command(matrix_options):
                        "sized for it.")
     @click.option("--power", type=float, default=None, show_default="0.95",
                   help="The promised chance of catching --min-effect.")
-    @click.option("--noise", type=float, default=None, show_default="0.20",
+    @click.option("--noise", type=float, default=None, show_default="0.30",
                   help="--against: the sd of the paired per-round log ratios the sequential "
                        "test is sized for (the check prints the noise it read).")
     @click.option("--max-rounds", type=int, default=None, show_default="200",
@@ -333,6 +334,10 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
                                          train=False)
     cs_kw = dict(base["check"]) if base else {}
     cs_kw.update({k: v for k, v in overrides.items() if v is not None})
+    if against and round_opts[2] is None:
+        # the paired rounds are measured side by side: a probe has no machine drift to cancel
+        # there and only adds its own noise (docs/ci-check.md)
+        round_opts = (*round_opts[:2], rg.PAIRED_CALIBRATE, *round_opts[3:])
     rs = _round_settings(base["measure"] if base else {}, *round_opts)
     warnings = list(base.get("legacy_notes", [])) if base else []
     if base is not None and not against and not no_latency:

@@ -191,9 +191,9 @@ def test_planted_slow_runtime_plugin_is_caught(baseline, plugin_system):
     (None, "does not exist"),
     ("{not json", "is not valid JSON"),
     ('{"format": "something-else"}', "is not a transfer-bench baseline"),
-    ('{"format": "transfer-bench-baseline", "version": 2, "cells": [], "check": {}, '
+    ('{"format": "transfer-bench-baseline", "version": 3, "cells": [], "check": {}, '
      '"measure": {}}', "has no cells"),
-    ('{"format": "transfer-bench-baseline", "version": 2, "cells": [{}], "check": '
+    ('{"format": "transfer-bench-baseline", "version": 3, "cells": [{}], "check": '
      '{"tolerance": 1}, "measure": {}}', "unknown key(s) ['tolerance'] in [check]"),
 ])
 def test_broken_baseline_exits_2_naming_file(tiny, content, message):
@@ -284,18 +284,21 @@ def _rounds(values, probe=1.0, instructions=None):
             for i, v in enumerate(values)]
 
 
-NOISE = [1.0, 1.2, 0.9, 1.1, 1.0, 1.3, 0.8, 1.0, 1.05, 0.95, 1.15, 0.9]
+NOISE = [1.0, 1.2, 0.9, 1.1, 1.0, 1.3, 0.8, 1.0, 1.05, 0.95, 1.15, 0.9] * 2
 
 
 def test_paired_verdict_from_round_ratios():
     base = _rounds(NOISE)
     slower = _rounds([v * 1.3 for v in NOISE])
-    v = _paired(base, slower)
-    # every round 1.3x slower than the base beside it: the sized sign SPRT rejects after 12
-    # rounds (12 x log(p1 / 0.5) >= log 100 with p1 = 0.74) and says so with its always-valid
-    # p <= alpha, beside the power predicted for the noise it read
+    # every round 1.3x slower than the base beside it: the sized sign SPRT rejects after 17
+    # rounds (17 x log(p1 / 0.5) >= log 100 with p1 = 0.665) and says so with its
+    # always-valid p <= alpha, beside the power predicted for the noise it read
+    n = rg.CheckSettings().sequential().min_rounds_to_reject
+    assert n == 17
+    assert _paired(base[:n - 1], slower[:n - 1]).status == "undecided"
+    v = _paired(base[:n], slower[:n])
     assert v.status == "regression" and v.detail["ratio"] == pytest.approx(1.3)
-    assert v.detail["rounds"] == 12 and v.p_value <= 0.01 and "paired" in v.note
+    assert v.detail["rounds"] == n and v.p_value <= 0.01 and "paired" in v.note
     assert v.detail["noise_sd"] == pytest.approx(0.0, abs=1e-9)  # the same noise both sides
     assert v.detail["predicted_power"] == pytest.approx(1.0)
     a_a = _paired(base, base)
@@ -308,9 +311,9 @@ def test_paired_verdict_from_round_ratios():
 
 
 def test_paired_verdict_prefers_instruction_counts():
-    base = _rounds([1.0] * 8, instructions=[1000.0] * 8)
-    noisy_but_same_work = _rounds([1.0, 2.0, 1.5, 2.2, 1.8, 1.9, 2.5, 1.7],
-                                  instructions=[1000.0] * 8)
+    base = _rounds([1.0] * 16, instructions=[1000.0] * 16)
+    noisy_but_same_work = _rounds([1.0, 2.0, 1.5, 2.2, 1.8, 1.9, 2.5, 1.7] * 2,
+                                  instructions=[1000.0] * 16)
     v = _paired(base, noisy_but_same_work)
     assert v.status == "pass" and "instructions/call" in v.note
     assert "CPU ms/call, probe-normalized;" in _paired(base, _rounds([1.0] * 8)).note
@@ -332,6 +335,31 @@ def test_against_needs_a_revision_or_a_source_folder(tiny):
     assert r.exit_code == 2 and "harness/regression/worker.py" in r.output
     r = bench("check", "-m", tiny / "m.toml")
     assert r.exit_code == 2 and "--against REV" in r.output
+
+
+@pytest.mark.parametrize("given, calibrate", [((), False), (("--calibrate",), True)])
+def test_against_compares_unnormalized_rounds_unless_told(tiny, monkeypatch, given, calibrate):
+    """Side by side there is no drift for the probe to cancel, only its noise to add: a
+    paired check leaves it out unless --calibrate asks for it (a stored baseline keeps it)."""
+    seen = {}
+
+    def fake(entries, against, cs, rs, **kw):
+        seen["rs"] = rs
+        return []
+    monkeypatch.setattr(rg, "paired_check", fake)
+    bench("check", "--against", "HEAD", "-m", tiny / "m.toml", "-q", *given)
+    assert seen["rs"].calibrate is calibrate
+    assert rg.RoundSettings().calibrate is True and rg.PAIRED_CALIBRATE is False
+
+
+def test_measuring_workers_keep_openmp_threads_from_spinning_unless_the_user_says():
+    """Spinning OpenMP threads are CPU time of the worker that lands in whatever is timed
+    next (a probe, an ONNX Runtime call): workers run passive unless OMP_WAIT_POLICY is set."""
+    from harness.regression.worker import WAIT_POLICY, worker_environment
+    assert WAIT_POLICY == "PASSIVE"
+    env = worker_environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert worker_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_base_tree_extracts_a_git_revision_on_this_python(tmp_path):

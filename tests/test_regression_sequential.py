@@ -18,12 +18,13 @@ from harness.regression.settings import CheckSettings
 
 SIMS = 2000
 # the rule of `bench check --against` with its defaults: x1.10, alpha 0.01, sized for power
-# 0.95 at x1.25 under a paired log-ratio noise of 0.20
+# 0.95 at x1.25 under a paired log-ratio noise of 0.30
 SETTINGS = CheckSettings()
 RULE = SETTINGS.sequential()
 # sd of the per-round paired log-ratio (probe-normalized CPU ms/call of single calls) read by
 # the benchmark CNN's A/A checks on the shared 2-core EPYC (docs/ci-check.md): PyTorch 0.10,
-# ExecuTorch 0.137, ONNX Runtime 0.155; the rule is sized for 0.20
+# ExecuTorch 0.137, ONNX Runtime 0.155 (its sub-millisecond MobileNets on 2 threads, with the
+# workers' OpenMP threads passive: 0.22-0.30); the rule is sized for 0.30
 MEASURED = {"pytorch": 0.10, "executorch": 0.137, "onnxruntime": 0.155}
 MEASURED_SIGMA = 0.10
 DESIGN_SIGMA = SETTINGS.noise
@@ -73,7 +74,9 @@ def _simulate(slowdown, sigma, kind="normal", rule=RULE, seed=0):
 def test_a_a_false_alarms_at_most_1_in_20(sigma, kind):
     share, rounds = _simulate(1.0, sigma, kind)
     assert share["regression"] <= 1 / 20, share
-    assert share["undecided"] <= 1 / 20 and rounds < 20, (share, rounds)
+    # an A/A check decides long before the cap (18 rounds on average at noise 0.10, 41 at
+    # 0.30): the mirror test needs as many rounds to accept as the slower one
+    assert share["undecided"] <= 1 / 20 and rounds < RULE.max_rounds / 4, (share, rounds)
 
 
 @pytest.mark.parametrize("kind", ["normal", "bursty"])
@@ -127,7 +130,7 @@ def test_rule_bounds_and_validation():
 
 
 def test_speedups_are_improvements_and_bursts_alone_are_not_regressions():
-    faster = [math.log(1 / 1.4)] * 12
+    faster = [math.log(1 / 1.4)] * RULE.min_rounds_to_reject
     assert paired_decision(faster, RULE)[0] == "improved"
     # half the rounds hit by huge bursts on the candidate's side, the rest equal: a sign
     # test reads no consistent slowdown, a mean-based test would

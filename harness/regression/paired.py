@@ -35,6 +35,13 @@ from .verdict import Verdict
 
 WORKER = Path("harness") / "regression" / "worker.py"
 
+#: Whether a paired check normalizes its rounds by the probe unless told (``--calibrate``).
+#: Off: base and candidate are measured side by side, so there is no drift between machines
+#: or days for a probe to cancel, and its own noise adds to every round's ratio (idle A/A on
+#: a 2-core EPYC, 30-40 paired rounds: sd 0.22-0.35 probe-normalized against 0.09-0.30 raw
+#: for ONNX Runtime, 0.149 against 0.129 for PyTorch; docs/ci-check.md).
+PAIRED_CALIBRATE = False
+
 
 def repo_root() -> Path:
     """The git work tree the running ``harness`` comes from."""
@@ -279,4 +286,5 @@ def paired_check(entries: list[dict], against: str, cs: CheckSettings, rs: Round
         return run_paired(entries, cs, rs, tree, plugins=plugins, progress=progress)
 
 
-__all__ = ["base_tree", "compare_paired", "paired_rounds", "run_paired", "paired_check"]
+__all__ = ["PAIRED_CALIBRATE", "base_tree", "compare_paired", "paired_rounds", "run_paired",
+           "paired_check"]

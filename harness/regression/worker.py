@@ -37,6 +37,23 @@ def _reps_in(rows) -> dict:
     return {tuple(r[:3]): r[3] for r in rows or ()}
 
 
+#: OpenMP threads of a measuring worker sleep as soon as their work is done (unless the user
+#: set ``OMP_WAIT_POLICY``). With the default policy, libgomp's threads spin after every
+#: parallel region and that spinning is CPU time of the process: it landed in whatever was
+#: timed next (the probe's few ``torch.mm`` calls, an ONNX Runtime call), and the paired
+#: log-ratios of sub-millisecond ONNX Runtime targets read sd 2.9 (probe-normalized) instead
+#: of 0.3 on an idle 2-core EPYC (docs/ci-check.md). Both sides of a check run this way.
+WAIT_POLICY = "PASSIVE"
+
+
+def worker_environment(base: dict) -> dict:
+    """The environment of a measuring worker: ``base`` with ``OMP_WAIT_POLICY`` set to
+    :data:`WAIT_POLICY` where ``base`` does not set it."""
+    env = dict(base)
+    env.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+    return env
+
+
 class WorkerError(RuntimeError):
     """The worker failed or died; the message carries its error and its stderr's tail."""
 
@@ -60,7 +77,7 @@ class WorkerSession:
 
         if recipe is None:
             recipe = recipe_for(plugins) if plugins is not None else None
-        env = dict(os.environ)
+        env = worker_environment(os.environ)
         if tree is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(tree)] + [
                 p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
