@@ -15,9 +15,9 @@ training settings) made with ``bench run`` as it is, with ``--tune N`` and with
   whether the cell the full run ranks first in each seed finished.
 
     python scripts/tuning_study.py runs/study-default-<h> runs/study-tuned-3-<h> \
-        runs/study-halving-<h> --out results/ --name tuning_study-...
+        runs/study-halving-<h> [MORE HALVING RUNS] --out results/ --name tuning_study-...
 
-writes ``<name>.md`` (the tables) and ``<name>.json`` (every per-seed figure); without
+(more halving runs: the same matrix with the strategies in other orders) writes ``<name>.md`` (the tables) and ``<name>.json`` (every per-seed figure); without
 ``--out`` it prints the Markdown. Nothing here is typed in by hand: every figure comes from
 the three runs' cell records.
 """
@@ -221,7 +221,8 @@ def study(paths: dict) -> dict:
         "ranking": {k: ranking(means[k], hib) for k in means},
         "ranking_per_seed": per_seed_rank,
         "tuning": tuning_rows(by["tuned"], by["default"]),
-        "halving": halving_rows(by["default"], by["halving"], hib),
+        "halving": {k: halving_rows(by["default"], by[k], hib) for k in runs
+                    if k.startswith("halving")},
         "times": times,
     }
 
@@ -300,40 +301,52 @@ def markdown(res: dict) -> str:
                      + ", ".join(f"{n} {s}" for s, n in v["status"].items())
                      + f" | {v['epochs']} | {v['train_s']:.1f} | {v['tuning_trials_s']:.1f} | "
                      f"{v['cell_wall_sum_s']:.1f} | {_fmt(v['span_s'], 1)} |")
-    d, h = t["default"], t["halving"]
-    lines += ["", f"Halving against the full (default) run: train s {h['train_s']:.1f} / "
-              f"{d['train_s']:.1f} = {h['train_s'] / d['train_s']:.2f}; epochs {h['epochs']} / "
-              f"{d['epochs']} = {h['epochs'] / d['epochs']:.2f}; span {h['span_s']:.1f} / "
-              f"{d['span_s']:.1f} s = {h['span_s'] / d['span_s']:.2f}. The halving run's "
-              f"matrix order (each cell is judged against those before it): "
-              f"{', '.join(res['runs']['halving']['strategies'] or [])}.", "",
-              "| seed | full run's ranking (test) | its best finished under halving? | cells "
-              "stopped (after epochs; validation curve) | halving run's best finished |",
-              "|---" * 5 + "|"]
-    for seed, v in res["halving"].items():
+    for name, per_seed in res["halving"].items():
+        lines += halving_markdown(name, per_seed, res)
+    return "\n".join(lines)
+
+
+def halving_markdown(name: str, per_seed: dict, res: dict) -> list:
+    """One halving run against the full (default) run: times and, per seed, its cells."""
+    d, h = res["times"]["default"], res["times"][name]
+    lines = ["", f"Halving run `{name}` ({Path(res['runs'][name]['path']).name}) against the "
+             f"full (default) run: train s {h['train_s']:.1f} / "
+             f"{d['train_s']:.1f} = {h['train_s'] / d['train_s']:.2f}; epochs {h['epochs']} / "
+             f"{d['epochs']} = {h['epochs'] / d['epochs']:.2f}; span {h['span_s']:.1f} / "
+             f"{d['span_s']:.1f} s = {h['span_s'] / d['span_s']:.2f}. Its matrix order (each "
+             f"cell is judged against those before it): "
+             f"{', '.join(res['runs'][name]['strategies'] or [])}.", "",
+             "| seed | full run's ranking (test) | its best finished under halving? | cells "
+             "stopped (after epochs; validation curve) | halving run's best finished |",
+             "|---" * 5 + "|"]
+    for seed, v in per_seed.items():
         stopped = "; ".join(f"{c['strategy']} ({c['stopped_after_epochs']}; "
                             + ", ".join(f"{x:.2f}" for x in c["curve"] or []) + ")"
                             for c in v["cells"] if c["status"] == STOPPED) or "none"
         lines.append(f"| {seed} | {' > '.join(v['full_ranking'])} | "
                      f"{'yes' if v['full_best_finished'] else 'NO'} ({', '.join(v['full_best'])})"
                      f" | {stopped} | {v['halving_best']} |")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("default", type=Path, help="run folder of the untuned, unhalved run")
     ap.add_argument("tuned", type=Path, help="run folder of the same matrix with --tune N")
-    ap.add_argument("halving", type=Path, help="run folder of the same matrix with --halving")
+    ap.add_argument("halving", type=Path, nargs="+",
+                    help="run folder(s) of the same matrix with --halving (the strategies may "
+                         "be in another order: each gets its own table)")
     ap.add_argument("--out", type=Path, default=None, help="folder for NAME.md and NAME.json")
     ap.add_argument("--name", default="tuning_study")
     args = ap.parse_args(argv)
-    for p in (args.default, args.tuned, args.halving):
+    for p in (args.default, args.tuned, *args.halving):
         if not (p / "cells").is_dir():
             print(f"error: {p} is not a run folder (no cells/ in it)", file=sys.stderr)
             return 2
     try:
-        res = study({"default": args.default, "tuned": args.tuned, "halving": args.halving})
+        halved = {("halving" if i == 0 else f"halving-{i + 1}"): p
+                  for i, p in enumerate(args.halving)}
+        res = study({"default": args.default, "tuned": args.tuned, **halved})
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -81,9 +81,9 @@ def test_paired_gain_ranking_and_halving_verdict(runs):
     assert res["ranking_per_seed"]["default"][0] == ["frozen", "finetune", "scratch"]
     # frozen is the full run's best in both seeds and halving let it finish
     for k in (0, 1):
-        assert res["halving"][k]["full_best"] == ["frozen"]
-        assert res["halving"][k]["full_best_finished"] is True
-        stopped = [c["strategy"] for c in res["halving"][k]["cells"]
+        assert res["halving"]["halving"][k]["full_best"] == ["frozen"]
+        assert res["halving"]["halving"][k]["full_best_finished"] is True
+        stopped = [c["strategy"] for c in res["halving"]["halving"][k]["cells"]
                    if c["status"] == "stopped (halving)"]
         assert stopped == ["finetune"]
     t = res["times"]
@@ -101,19 +101,22 @@ def test_a_stopped_best_cell_is_reported(runs, tmp_path):
                                                                "curve": [0.3]})
          for s in STRATS for k in (0, 1)]
     res = mod.study({"default": d, "tuned": t, "halving": _run(tmp_path, "h2", h)})
-    assert res["halving"][0]["full_best_finished"] is False
+    assert res["halving"]["halving"][0]["full_best_finished"] is False
     assert "| NO (frozen)" in mod.markdown(res)
 
 
 def test_runs_of_different_matrices_are_refused(runs, tmp_path):
     mod = _module()
-    d, t, _ = runs
+    d, t, h = runs
     other = _run(tmp_path, "other", [_rec(s, k, 0.5) for s in STRATS for k in (0, 1)],
                  train={"epochs": 10})
     with pytest.raises(ValueError, match="differ in train"):
         mod.study({"default": d, "tuned": t, "halving": other})
     assert mod.main([str(d), str(t), str(other)]) == 2
     # the same strategies in another order are the same matrix (halving's order matters)
-    rev = _run(tmp_path, "rev", [_rec(s, k, 0.5) for s in STRATS for k in (0, 1)],
+    rev = _run(tmp_path, "rev", [_rec(s, k, 0.5) for s in reversed(STRATS) for k in (0, 1)],
                strategies=list(reversed(STRATS)))
-    assert mod.study({"default": d, "tuned": t, "halving": rev})["halving"][0]["cells"]
+    res = mod.study({"default": d, "tuned": t, "halving": h, "halving-2": rev})
+    assert [c["strategy"] for c in res["halving"]["halving-2"][0]["cells"]] == list(
+        reversed(STRATS))
+    assert "Halving run `halving-2` (rev)" in mod.markdown(res)
