@@ -120,6 +120,8 @@ def tuning_rows(tuned: dict, default: dict) -> list:
                 "trial_seconds": sum(float((t.get("cost") or {}).get("seconds") or 0)
                                      for t in trials),
                 "trial_params": [t.get("params") for t in trials],
+                "trial_untuned": [bool(t.get("untuned")) for t in trials],
+                "best_untuned": bool((tu.get("best") or {}).get("untuned")),
                 "trial_values": [t.get("value") for t in trials],
                 "trial_states": [t.get("state") for t in trials],
                 "best_params": (tu.get("best") or {}).get("params"),
@@ -270,9 +272,12 @@ def markdown(res: dict) -> str:
             trials = f"skipped: {r['skipped']}"
         else:
             trials = "; ".join(
-                f"{_params(p)} -> {_fmt(v)} ({st}, {e})" for p, v, st, e in zip(
-                    r["trial_params"], r["trial_values"], r["trial_states"], r["trial_epochs"]))
-        lines.append(f"| {r['strategy']} | {r['seed']} | {trials} | {_params(r['best_params'])} "
+                f"{'untuned' if u else _params(p)} -> {_fmt(v)} ({st}, {e})"
+                for p, u, v, st, e in zip(r["trial_params"], r["trial_untuned"],
+                                          r["trial_values"], r["trial_states"],
+                                          r["trial_epochs"]))
+        chosen = "untuned" if r["best_untuned"] else _params(r["best_params"])
+        lines.append(f"| {r['strategy']} | {r['seed']} | {trials} | {chosen} "
                      f"| {_fmt(r['best_trial_val'])} | {_fmt(r['retrained_val'])} | "
                      f"{_fmt(r['test'])} | {_fmt(r['default_val'])} | "
                      f"{_fmt(r['default_test'])} | {r['trial_seconds']:.1f} |")

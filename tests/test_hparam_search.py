@@ -57,6 +57,32 @@ def test_search_finds_a_planted_best_learning_rate():
     assert [t["params"] for t in again["trials"]] == [t["params"] for t in out["trials"]]
 
 
+def test_the_untuned_configuration_is_trial_0_and_wins_when_every_draw_is_worse():
+    """bench run's searches start with the cell's untuned configuration (no parameter
+    drawn): when every drawn rate diverges to a chance plateau (the median pruner would
+    otherwise compare healthy slow starters only against those), the search delivers the
+    untuned configuration, never a worse one."""
+    def objective(params, report):
+        if not params:  # the untuned configuration: learns slowly from below chance
+            curve = [0.05, 0.3, 0.5, 0.6]
+        elif params["lr"] > 1e-2:  # diverges: one class predicted, chance
+            curve = [0.1, 0.1, 0.1, 0.1]
+        else:  # would learn, but starts below chance and is compared at epoch 1
+            curve = [0.04, 0.2, 0.4, 0.5]
+        for v in curve:
+            report(v)
+        return curve[-1], {}
+
+    space = (SearchDim("lr", 1e-3, 1.0),)
+    out = search(space, objective, TuneSettings(trials=6), maximize=True, seed=0,
+                 untuned_first=True)
+    first = out["trials"][0]
+    assert first["untuned"] and first["params"] == {} and first["state"] == "complete"
+    assert all("untuned" not in t and set(t["params"]) == {"lr"} for t in out["trials"][1:])
+    assert out["best"] == {"number": 0, "params": {}, "value": 0.6, "untuned": True}
+    assert len(out["trials"]) == 6  # one of the budget's trials, not an extra one
+
+
 def test_failed_trials_are_recorded_and_all_failing_is_an_error():
     def diverges(params, report):
         if params["lr"] > 1e-2:

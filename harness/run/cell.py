@@ -434,7 +434,11 @@ def _tuned(plugins, cfg: CellConfig, task, data: DataSplits, ctx: TrainContext,
             "epochs": len(history.epochs), "steps": history.usage.steps,
             "images": history.usage.images, "train_flops": history.usage.train_flops}
 
-    rec["tuning"] = search(space, objective, tune, task.higher_is_better, cfg.seed, progress)
+    # trial 0 trains the cell as it would run untuned (no parameter drawn): the search
+    # never delivers worse on validation, and the median pruner compares against a curve
+    # that learns (not only against rates that diverged to chance; docs/tuning.md)
+    rec["tuning"] = search(space, objective, tune, task.higher_is_better, cfg.seed, progress,
+                           untuned_first=True)
     torch.set_rng_state(rng)
     s_kw, t_kw = split_params(spec, rec["tuning"]["best"]["params"])
     ctx.settings = TrainSettings(**{**cfg.train, **t_kw, "seed": cfg.seed})

@@ -156,7 +156,8 @@ def _pruner(optuna, settings: TuneSettings):
 
 
 def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: bool,
-           seed: int, progress: Callable[[str], None] = lambda m: None) -> dict:
+           seed: int, progress: Callable[[str], None] = lambda m: None,
+           untuned_first: bool = False) -> dict:
     """Run ``settings.trials`` Optuna trials of ``objective`` over ``space``.
 
     Args:
@@ -168,11 +169,17 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
             cost (seconds, epochs, FLOPs...).
         maximize: the metric is higher-is-better.
         seed: the TPE sampler's seed.
+        untuned_first: trial 0 is the untuned configuration: ``objective({}, report)``,
+            no parameter drawn (``bench run --tune`` does this, so that a search never
+            delivers a configuration worse on validation than the one it replaces, and
+            the pruner's median has a reference that learns; see docs/tuning.md). It is
+            one of the ``settings.trials`` trials, and TPE's start-up trials count it.
 
     Returns:
         The tuning record: settings, the Optuna version, every trial (``number``, ``params``, ``state``
-        ``complete``/``pruned``/``failed``, ``value``, ``curve``, ``cost``, ``error``), and
-        ``best`` (``number``, ``params``, ``value``).
+        ``complete``/``pruned``/``failed``, ``value``, ``curve``, ``cost``, ``error``;
+        ``untuned`` on the untuned trial, whose ``params`` are empty), and ``best``
+        (``number``, ``params``, ``value``, ``untuned``).
 
     Raises:
         BenchError: no trial completed (each one's error is in the message).
@@ -188,7 +195,9 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
     trials = []
     for i in range(settings.trials):
         trial = study.ask()
-        params = {d.name: trial.suggest_float(d.name, d.low, d.high, log=d.log) for d in space}
+        untuned = untuned_first and i == 0
+        params = {} if untuned else {
+            d.name: trial.suggest_float(d.name, d.low, d.high, log=d.log) for d in space}
         curve: list = []
 
         def report(value: float, trial=trial, curve=curve) -> None:
@@ -197,9 +206,12 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
             if trial.should_prune():
                 raise Stopped(f"pruned after epoch {len(curve)}")
 
-        shown = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
+        shown = ("untuned configuration" if untuned
+                 else ", ".join(f"{k}={v:.3g}" for k, v in params.items()))
         progress(f"trial {i + 1}/{settings.trials} {shown}")
         row: dict[str, Any] = {"number": trial.number, "params": params, "curve": curve}
+        if untuned:
+            row["untuned"] = True
         t0 = time.perf_counter()
         try:
             value, cost = objective(params, report)
@@ -229,7 +241,8 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
             "pruner": settings.pruner, "direction": study.direction.name.lower(),
             "objective": "validation metric of the delivered model", "trials": trials,
             "best": {"number": best.number, "params": dict(best.params),
-                     "value": float(best.value)},
+                     "value": float(best.value),
+                     "untuned": bool(trials[best.number].get("untuned"))},
             "counts": {s: sum(t["state"] == s for t in trials)
                        for s in ("complete", "pruned", "failed")}}
 
