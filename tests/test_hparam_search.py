@@ -298,6 +298,11 @@ def test_tuning_a_cell_finds_a_working_rate_and_never_sees_the_test_split(
     val_id, test_id = _Spy.fits[-1]["ids"]
     assert evaluated == [val_id] * (tuning["counts"]["complete"] + 1) + [test_id]
     best = tuning["best"]["params"]
+    # trial 0 is the untuned configuration; every trial's fit draws what the final fit
+    # draws, so the retrained best trial is the trial it was chosen by, epoch for epoch
+    assert tuning["trials"][0]["untuned"] and tuning["trials"][0]["params"] == {}
+    chosen = tuning["trials"][tuning["best"]["number"]]
+    assert [e["val_metric"] for e in rec["history"]["epochs"]] == chosen["curve"]
     assert _Spy.fits[-1]["lr"] == pytest.approx(best["lr"])
     assert _Spy.fits[-1]["weight_decay"] == pytest.approx(best["weight_decay"])
     # the run's rate (1e-6) cannot learn in 3 epochs: the tuned rate does, on the test split
