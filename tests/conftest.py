@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -24,6 +25,14 @@ torch.set_num_threads(2)
 # (examples/transfer-bench-efficientnet) and those a test installs itself (make_dist in
 # test_plugins.py adds their names).
 os.environ["TRANSFER_BENCH_ONLY_PLUGINS"] = "efficientnet"
+
+# Hermetic about signals too: a suite started in the background by a non-interactive shell
+# (`make test &`, nohup, some CI runners) inherits SIGINT ignored, and so would every child
+# it starts, so the tests that press Ctrl-C on a run would wait for an exit that never comes
+# (an ignored signal stays ignored across exec; a handler is reset to the default). With a
+# handler here, children start with Python's own KeyboardInterrupt, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):
