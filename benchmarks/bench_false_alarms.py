@@ -202,6 +202,8 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=rg.RoundSettings().calls)
     ap.add_argument("--max-rounds", type=int, default=rg.CheckSettings().max_rounds)
     ap.add_argument("--noise", type=float, default=rg.CheckSettings().noise)
+    ap.add_argument("--processes", type=int, default=rg.CheckSettings().processes,
+                    help="worker processes per side (bench check --processes)")
     ap.add_argument("--backbone", default="fa_cnn",
                     help="a registered backbone instead of the benchmark's CNN (e.g. "
                          "mobilenetv2_100: a sub-millisecond ONNX Runtime call at 32 px); "
@@ -213,7 +215,8 @@ def main() -> int:
                     help="normalize rounds by the probe (bench check --against's default: off)")
     args = ap.parse_args()
     TARGET.update(backbone=args.backbone, profile=args.profile, image_size=args.image_size)
-    cs = rg.CheckSettings(max_rounds=args.max_rounds, noise=args.noise)
+    cs = rg.CheckSettings(max_rounds=args.max_rounds, noise=args.noise,
+                          processes=args.processes)
     rule = cs.sequential()
     rs = rg.RoundSettings(calls=args.calls, calibrate=args.calibrate)
     effects = [float(e) for e in args.effects.split(",") if e]
@@ -240,6 +243,7 @@ def main() -> int:
           f"alpha {cs.alpha}, sized for power {cs.power} at x{cs.effect:g} under paired noise "
           f"{cs.noise:g} (p1 {rule.p1:.3f}, beta {rule.beta:.3f}, at most {rule.max_rounds} "
           "rounds); "
+          f"{cs.processes} worker process(es) per side; "
           f"{args.checks} checks per runtime, kind and effect", flush=True)
     from harness.regression.counters import instruction_counter
     print(f"instructions: {instruction_counter()[1] or 'counted'}", flush=True)

@@ -245,14 +245,18 @@ def check_command(matrix_options):
     @click.option("--max-rounds", type=int, default=None, show_default="200",
                   help="Cap on rounds: paired rounds of --against (a test still undecided "
                        "then says so, exit 2) and fresh rounds against a stored baseline.")
+    @click.option("--processes", type=click.IntRange(min=1), default=None, show_default="1",
+                  help="--against: worker processes per side; rounds rotate over every "
+                       "base/candidate pairing, so one process slower or faster than its twin "
+                       "moves only its share of the rounds (start-up x K).")
     @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary.")
     @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
     @matrix_options
     @_round_options
     @click.pass_context
     def check(ctx, baseline_path, against, run, retrain, no_latency, latency_tolerance,
-              accuracy_drop, alpha, min_effect, power, noise, max_rounds, markdown, junit,
-              rounds, calls, calibrate, statistic, quiet, **matrix_opts):
+              accuracy_drop, alpha, min_effect, power, noise, max_rounds, processes, markdown,
+              junit, rounds, calls, calibrate, statistic, quiet, **matrix_opts):
         """Re-measure a baseline's cells (or measure REV beside this code) and say whether
         they got slower or less accurate."""
         from harness.api.errors import BenchError
@@ -264,7 +268,8 @@ def check_command(matrix_options):
                                matrix_opts, {"latency_tolerance": latency_tolerance,
                                              "accuracy_drop": accuracy_drop, "alpha": alpha,
                                              "min_effect": min_effect, "power": power,
-                                             "noise": noise, "max_rounds": max_rounds},
+                                             "noise": noise, "max_rounds": max_rounds,
+                                             "processes": processes},
                                (rounds, calls, calibrate, statistic))
             for w in plan["warnings"]:
                 click.echo(f"warning: {w}", err=True)
@@ -318,6 +323,9 @@ def _check_plan(plugins, baseline_path, against, run, retrain, no_latency, matri
         raise BenchError("--against adds paired rounds until one sequential test decides: "
                          "--rounds is for a stored baseline (--baseline); bound the paired "
                          "rounds with --max-rounds")
+    if not against and overrides.get("processes") is not None:
+        raise BenchError("--processes sets the worker processes per side of a paired check "
+                         "(--against REV); a stored baseline's fresh rounds run in one worker")
     if not against and overrides.get("noise") is not None:
         raise BenchError("--noise sizes the paired check's sequential test (--against REV); "
                          "a stored baseline's rounds are sized from its own stored noise")

@@ -352,6 +352,51 @@ def test_against_compares_unnormalized_rounds_unless_told(tiny, monkeypatch, giv
     assert rg.RoundSettings().calibrate is True and rg.PAIRED_CALIBRATE is False
 
 
+def test_pairing_visits_every_base_and_candidate_process_pair_evenly():
+    from harness.regression.paired import pairing
+    assert [pairing(r, 1) for r in range(3)] == [(0, 0)] * 3
+    for k in (2, 3, 4):
+        block = [pairing(r, k) for r in range(k * k)]
+        assert sorted(block) == [(b, c) for b in range(k) for c in range(k)]
+        assert [pairing(r, k) for r in range(k * k, 2 * k * k)] == block
+
+
+class _FakeSession:
+    """A worker session whose every round reads ``ms`` (one target, one key)."""
+
+    def __init__(self, ms: float):
+        self.ms, self.targets, self.keys, self.used = ms, [("c", "rt", "p")], [["rt/p/fp32"]], 0
+
+    def block(self, i, keys=None):
+        self.used += 1
+        return {"rt/p/fp32": {"round_ms": self.ms, "statistic": "cpu"}}
+
+
+def test_one_slow_process_moves_only_its_share_of_the_paired_rounds():
+    """A/A with one candidate process that runs x1.5 for reasons of its own: with one
+    process a side every round reads x1.5 (a false regression); with three a side, a third."""
+    rule = rg.CheckSettings().sequential()
+    one = rg.paired_rounds([_FakeSession(1.0)], [_FakeSession(1.5)], rule, False)
+    (b, c), = one.values()
+    assert rg.compare_paired("c", "rt/p/fp32", b, c, rg.CheckSettings(), False).status == \
+        "regression"
+    bases = [_FakeSession(1.0) for _ in range(3)]
+    cands = [_FakeSession(1.5), _FakeSession(1.0), _FakeSession(1.0)]
+    (b, c), = rg.paired_rounds(bases, cands, rule, False).values()
+    ratios = [y["round_ms"] / x["round_ms"] for x, y in zip(b, c)]
+    assert sum(r > 1.1 for r in ratios) == pytest.approx(len(ratios) / 3, abs=1)
+    assert all(s.used >= len(ratios) // 3 - 1 for s in bases + cands)  # every process used
+    assert rg.compare_paired("c", "rt/p/fp32", b, c, rg.CheckSettings(), False).status == \
+        "pass"
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        rg.CheckSettings(processes=0)
+
+
+def test_processes_is_an_option_of_the_paired_check_only(tiny):
+    r = bench("check", "--baseline", tiny / "none.json", "--processes", "2")
+    assert r.exit_code == 2 and "--processes" in r.output and "--against" in r.output
+
+
 def test_measuring_workers_keep_openmp_threads_from_spinning_unless_the_user_says():
     """Spinning OpenMP threads are CPU time of the worker that lands in whatever is timed
     next (a probe, an ONNX Runtime call): workers run passive unless OMP_WAIT_POLICY is set."""

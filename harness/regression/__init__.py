@@ -47,7 +47,8 @@ from .check import (attach_latency, entries_from_matrix, entries_from_run,
                     fresh_metrics_from_run, fresh_round_plan, run_check)
 from .measure import Session, latency_key, probe
 from .rounds import measure_latency
-from .paired import PAIRED_CALIBRATE, base_tree, compare_paired, paired_check, run_paired
+from .paired import (PAIRED_CALIBRATE, base_tree, compare_paired, paired_check, paired_rounds,
+                     run_paired)
 from .rebuild import build_architecture, cell_config, cell_identity
 from .sequential import (SignSPRT, noise_limit, operating_characteristic, paired_decision,
                          paired_noise, predict, round_probability, size_rule)
@@ -62,7 +63,8 @@ __all__ = [
     "FORMAT", "VERSION", "BaselineError", "CheckSettings", "RoundSettings", "Session", "Verdict",
     "SignSPRT", "operating_characteristic", "paired_decision", "round_probability",
     "size_rule", "predict", "paired_noise", "noise_limit", "fresh_rounds", "mwu_power", "stored_decision",
-    "PAIRED_CALIBRATE", "base_tree", "compare_paired", "paired_check", "run_paired",
+    "PAIRED_CALIBRATE", "base_tree", "compare_paired", "paired_check", "paired_rounds",
+    "run_paired",
     "attach_latency", "build_architecture", "cell_config", "cell_identity", "compare_latency",
     "compare_metric", "entries_from_matrix", "entries_from_run", "exit_code",
     "drift_reasons", "fresh_metrics_from_run", "fresh_round_plan", "junit_xml", "latency_key",

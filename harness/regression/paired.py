@@ -24,6 +24,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -163,25 +164,43 @@ def _done(b: list[dict], c: list[dict], rule: SignSPRT, calibrate: bool) -> bool
     return paired_decision(_log_ratios(b, c, calibrate)[0], rule)[0] != "running"
 
 
+def pairing(r: int, k: int) -> tuple[int, int]:
+    """``(base process, candidate process)`` of round ``r`` with ``k`` processes a side:
+    every one of the ``k * k`` pairings once in each ``k * k`` consecutive rounds."""
+    return r % k, (r + r // k) % k
+
+
 def paired_rounds(base, cand, rule: SignSPRT, calibrate: bool,
                   progress: Callable[[str], None] = lambda m: None,
                   seconds: Optional[dict] = None) -> dict:
     """``{(cell id, latency key): ([base samples], [candidate samples])}``, round by round,
     until every key's sequential test decided or ``rule.max_rounds`` rounds.
 
-    ``base`` and ``cand`` are sessions with the same targets; in round ``r`` every target
-    with an undecided key is measured by both (only its undecided keys), the base first in
-    even rounds and the candidate first in odd ones. ``seconds``, when given, receives
-    ``{target index: [wall seconds of each of its paired rounds]}``.
+    ``base`` and ``cand`` are sessions with the same targets, or lists of ``k`` such
+    sessions each (worker processes of one side): round ``r`` uses the pair
+    :func:`pairing` gives, so a process that runs slower or faster than its twin for
+    reasons of its own (its memory layout, its threads' placement) moves only its share of
+    the rounds. In round ``r`` every target with an undecided key is measured by both (only
+    its undecided keys), the base first in even rounds and the candidate first in odd ones.
+    ``seconds``, when given, receives ``{target index: [wall seconds of each of its paired
+    rounds]}``.
     """
-    if base.targets != cand.targets:
-        raise BenchError("the base and the candidate revision measure different targets "
-                         f"({base.targets} against {cand.targets}); a runtime or profile is "
-                         "missing on one side")
-    pending = {i: [k for k in cand.keys[i] if k in base.keys[i]]
+    bases = list(base) if isinstance(base, (list, tuple)) else [base]
+    cands = list(cand) if isinstance(cand, (list, tuple)) else [cand]
+    if len(bases) != len(cands) or not bases:
+        raise ValueError("paired rounds need as many base as candidate processes")
+    base, cand = bases[0], cands[0]
+    for s in bases + cands:
+        if s.targets != base.targets:
+            raise BenchError("the base and the candidate revision measure different targets "
+                             f"({base.targets} against {s.targets}); a runtime or profile "
+                             "is missing on one side")
+    pending = {i: [k for k in cand.keys[i] if all(k in s.keys[i] for s in bases + cands)]
                for i in range(len(base.targets))}
     out: dict = {}
     for r in range(rule.max_rounds):
+        bi, ci = pairing(r, len(bases))
+        base, cand = bases[bi], cands[ci]
         active = [i for i in sorted(pending) if pending[i]]
         if not active:
             break
@@ -241,31 +260,38 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
 
     rule = cs.sequential()
     labels = {e["id"]: e["label"] for e in entries}
-    progress(f"starting the base worker ({tree}) and the candidate worker")
+    k = cs.processes
+    progress(f"starting {k} base worker(s) ({tree}) and {k} candidate worker(s)")
     t0 = time.perf_counter()
     seconds: dict = {}
-    with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp, ExitStack() as stack:
         if plugins is None:  # recipes only: the cells' data come from the default plugins
             from ..api.manager import get_plugins
             plugins_for_data = get_plugins()
         else:
             plugins_for_data = plugins
         calib = calibration_files(plugins_for_data, entries, Path(tmp))
-        with WorkerSession(entries, rs, plugins=plugins, tree=tree, recipe=base_recipe,
-                           calibration=calib) as base, \
-                WorkerSession(entries, rs, plugins=plugins, probe_reps=base.probe_reps,
-                              recipe=cand_recipe, tree=cand_tree,
-                              calibration=calib) as cand:  # the same probe on both sides
-            startup = time.perf_counter() - t0
-            rounds = paired_rounds(base, cand, rule, rs.calibrate, progress=progress,
-                                   seconds=seconds)
-            verdicts = [compare_paired(labels[cid], key, b, c, cs, rs.calibrate)
-                        for (cid, key), (b, c) in rounds.items()]
-            static = _static_verdicts(labels, base, cand)
-            counters = cand.counter or base.counter
+        bases: list = []
+        cands: list = []
+        for _ in range(k):  # the first base sizes the probe; every other process takes it
+            reps = bases[0].probe_reps if bases else None
+            bases.append(stack.enter_context(WorkerSession(
+                entries, rs, plugins=plugins, tree=tree, recipe=base_recipe,
+                probe_reps=reps, calibration=calib)))
+            cands.append(stack.enter_context(WorkerSession(
+                entries, rs, plugins=plugins, probe_reps=bases[0].probe_reps,
+                recipe=cand_recipe, tree=cand_tree, calibration=calib)))
+        base, cand = bases[0], cands[0]
+        startup = time.perf_counter() - t0
+        rounds = paired_rounds(bases, cands, rule, rs.calibrate, progress=progress,
+                               seconds=seconds)
+        verdicts = [compare_paired(labels[cid], key, b, c, cs, rs.calibrate)
+                    for (cid, key), (b, c) in rounds.items()]
+        static = _static_verdicts(labels, base, cand)
+        counters = cand.counter or base.counter
     out = static + verdicts
     timing = {"startup_s": startup, "total_s": time.perf_counter() - t0,
-              "max_rounds": rule.max_rounds,
+              "max_rounds": rule.max_rounds, "processes": k,
               "round_s": {f"{labels[base.targets[i][0]]} {'/'.join(base.targets[i][1:])}":
                           sum(v) / len(v) for i, v in seconds.items() if v}}
     # the worst case: every target undecided until the last round
@@ -286,5 +312,5 @@ def paired_check(entries: list[dict], against: str, cs: CheckSettings, rs: Round
         return run_paired(entries, cs, rs, tree, plugins=plugins, progress=progress)
 
 
-__all__ = ["PAIRED_CALIBRATE", "base_tree", "compare_paired", "paired_rounds", "run_paired",
-           "paired_check"]
+__all__ = ["PAIRED_CALIBRATE", "base_tree", "compare_paired", "pairing", "paired_rounds",
+           "run_paired", "paired_check"]

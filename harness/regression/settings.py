@@ -42,6 +42,14 @@ class CheckSettings:
             A stored baseline's rule is sized from the noise of its own stored samples instead.
         max_rounds: the cap on rounds: paired rounds of ``--against`` (the rule sized within
             it) and fresh rounds against a stored baseline.
+        processes: worker processes per side of a paired check; its rounds rotate over every
+            pairing of a base and a candidate process
+            (:func:`harness.regression.paired.pairing`). One process can run a few % to
+            x1.45 slower or faster than its twin for the whole check (its memory layout, its
+            threads' placement: idle A/A medians of single process pairs read x0.80-x1.10
+            with OpenVINO and x0.88-x1.45 with ONNX Runtime, docs/ci-check.md), which a
+            sign test over rounds of that one pair reads as a real change; with ``k`` a side
+            it moves 1/k of the rounds. Each process loads every target (start-up x k).
     """
 
     latency_tolerance: float = 0.10
@@ -51,6 +59,7 @@ class CheckSettings:
     power: float = 0.95
     noise: float = 0.30
     max_rounds: int = 200
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not self.latency_tolerance >= 0 or not self.accuracy_drop >= 0:
@@ -59,6 +68,8 @@ class CheckSettings:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
         if self.max_rounds < 3:
             raise ValueError(f"max_rounds must be >= 3, got {self.max_rounds}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
         self.sequential()  # validates min_effect, power and noise with the sizing's message
 
     def sequential(self) -> SignSPRT:
