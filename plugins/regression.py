@@ -245,7 +245,7 @@ def check_command(matrix_options):
     @click.option("--max-rounds", type=int, default=None, show_default="200",
                   help="Cap on rounds: paired rounds of --against (a test still undecided "
                        "then says so, exit 2) and fresh rounds against a stored baseline.")
-    @click.option("--processes", type=click.IntRange(min=1), default=None, show_default="1",
+    @click.option("--processes", type=click.IntRange(min=1), default=None, show_default="3",
                   help="--against: worker processes per side; rounds rotate over every "
                        "base/candidate pairing, so one process slower or faster than its twin "
                        "moves only its share of the rounds (start-up x K).")

@@ -390,6 +390,7 @@ def test_one_slow_process_moves_only_its_share_of_the_paired_rounds():
         "pass"
     with pytest.raises(ValueError, match="processes must be >= 1"):
         rg.CheckSettings(processes=0)
+    assert rg.CheckSettings().processes == 3  # the default: one odd process moves a third
 
 
 def test_processes_is_an_option_of_the_paired_check_only(tiny):
@@ -423,8 +424,9 @@ def test_against_measures_base_and_candidate_side_by_side(tiny, plugin_system, t
     md = tmp_path / "c.md"
     r = bench("check", "--against", root, "-m", tiny / "m.toml", "-q", "--rounds", "8")
     assert r.exit_code == 2 and "--max-rounds" in r.output  # paired rounds are sequential
+    # two worker processes a side (the real rotation path; the default 3 costs start-up)
     r = bench("check", "--against", root, "-m", tiny / "m.toml", "-q", "--markdown", md,
-              "--max-rounds", "30", "--calls", "5")
+              "--max-rounds", "30", "--calls", "5", "--processes", "2")
     assert r.exit_code in (0, 1, 2), r.output
     assert "paired with the base in this job" in md.read_text()
     entries = rg.entries_from_matrix(plugin_system, _matrix(plugin_system, tiny), train=False)
@@ -434,7 +436,7 @@ def test_against_measures_base_and_candidate_side_by_side(tiny, plugin_system, t
     plugin_system.unregister(provider)
     plugin_system.register(slowed, name="slow-pytorch", origin="test")
     plugin_system.rebuild()
-    (v,) = [v for v in rg.run_paired(entries, rg.CheckSettings(max_rounds=30),
+    (v,) = [v for v in rg.run_paired(entries, rg.CheckSettings(max_rounds=30, processes=1),
                                       rg.RoundSettings(calls=5),
                                       root, base_recipe=base_recipe,
                                       cand_recipe=recipe_for(plugin_system))
@@ -458,7 +460,7 @@ def test_against_measures_onnxruntime_int8_in_both_trees(tiny, tmp_path):
     root = Path(rg.__file__).resolve().parents[2]  # the base: this very code (A/A)
     md = tmp_path / "c.md"
     r = bench("check", "--against", root, "-m", tiny / "ort.toml", "-q", "--markdown", md,
-              "--calls", "5", "--max-rounds", "30")
+              "--calls", "5", "--max-rounds", "30", "--processes", "1")
     text = md.read_text()
     assert "calibration images" not in r.output, r.output
     for prec in ("fp32", "int8", "int8-dynamic"):
