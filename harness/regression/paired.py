@@ -1,10 +1,12 @@
 """``bench check --against REV``: base and candidate measured side by side, in the same job.
 
 The base revision's code (``git archive REV``, or a source folder) and the candidate's (the
-code running now, or another source folder) each get a fresh worker process
-(:mod:`harness.regression.worker`) that loads every target's model once; the driver asks them
-for one block of every target in turn, alternating which goes first from round to round
-(A B, B A, ...), so both see the same machine, the same load and the same moment. This is
+code running now, or another source folder) each get fresh worker processes
+(:mod:`harness.regression.worker`; ``CheckSettings.processes``, 3 a side by default) that
+load every target's model once; the driver asks a base and a candidate process for one block
+of every target in turn, alternating which goes first from round to round (A B, B A, ...) and
+rotating over every pairing of processes (:func:`pairing`), so both see the same machine, the
+same load and the same moment, and no single process's own speed decides. This is
 asv's ``continuous`` idea; it cancels the variation between processes, days and machines
 that a stored baseline cannot.
 
