@@ -458,12 +458,8 @@ def test_gpu_check_refuses_without_a_gpu_saying_why(tmp_path):
 
 
 def test_gpu_check_training_variants_cover_fp32_amp_layout_and_cudnn():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from script_module import load_script
+    mod = load_script("gpu_check")
     cpu = mod.train_variants("cpu")
     assert [v["amp"] for v in cpu] == ["off", "bf16"] and cpu[1]["channels_last"]
     rows = [{"model": "m", "variant": "fp32", "images_per_s": 10.0, "error": ""}]

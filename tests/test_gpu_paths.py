@@ -164,13 +164,8 @@ def test_gpu_and_cpu_rows_are_recommended_in_separate_pools_unless_asked():
 
 
 def _gpu_check():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check_script", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from script_module import load_script
+    return load_script("gpu_check")
 
 
 def test_gpu_check_fails_when_any_gpu_row_fails_and_says_what_it_verified(capsys):

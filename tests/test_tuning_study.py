@@ -2,22 +2,17 @@
 halving verdict come from the three runs' records, on run folders written here by hand."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 STRATS = ("scratch", "frozen", "finetune")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("tuning_study",
-                                                  ROOT / "scripts" / "tuning_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tuning_study")
 
 
 def _rec(strategy, seed, acc, status="ok", **extra):

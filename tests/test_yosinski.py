@@ -3,7 +3,6 @@ a weights axis for the A and B base networks, the preset, and the Fig. 2 classif
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import struct
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import torch
 
 from harness.run.config import MatrixConfig
 from plugins.datasets.offline import load_fashion_mnist, parse_classes
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_module import load_script
 
 
 def _idx(path: Path, arr: torch.Tensor) -> None:
@@ -89,11 +87,7 @@ def test_yosinski_preset_is_the_papers_design(plugin_system):
 
 
 def _plot_module():
-    spec = importlib.util.spec_from_file_location("plot_yosinski",
-                                                  ROOT / "scripts" / "plot_yosinski.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("plot_yosinski")
 
 
 def _cell(strategy, source_classes, acc, seed=0):
