@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STOPPED = "stopped (halving)"
+from harness.run.hparam_search import STOPPED  # noqa: E402  (the status a halved cell gets)
 
 
 def _fmt(v, digits=3) -> str:

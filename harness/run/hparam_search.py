@@ -176,10 +176,10 @@ def search(space: tuple, objective: Callable, settings: TuneSettings, maximize: 
             one of the ``settings.trials`` trials, and TPE's start-up trials count it.
 
     Returns:
-        The tuning record: settings, the Optuna version, every trial (``number``, ``params``, ``state``
-        ``complete``/``pruned``/``failed``, ``value``, ``curve``, ``cost``, ``error``;
-        ``untuned`` on the untuned trial, whose ``params`` are empty), and ``best``
-        (``number``, ``params``, ``value``, ``untuned``).
+        The tuning record: settings, the Optuna version, every trial (``number``,
+        ``params``, ``state`` ``complete``/``pruned``/``failed``, ``value``, ``curve``,
+        ``cost``, ``error``; ``untuned`` on the untuned trial, whose ``params`` are empty),
+        and ``best`` (``number``, ``params``, ``value``, ``untuned``).
 
     Raises:
         BenchError: no trial completed (each one's error is in the message).
