@@ -89,6 +89,9 @@ def _cell_files(art) -> dict:
         import torch
         files["model"] = str(folder / "model.pt")
         torch.save(art.model, files["model"])
+        # what unpickling it imports: a warm zygote imports these before it forks the jobs
+        files["modules"] = sorted({type(m).__module__ for m in art.model.modules()}
+                                  - {"__main__"})
     for key in ("calibration", "test_images"):
         arr = _as_numpy(getattr(art, key, None))
         if arr is not None:
@@ -180,17 +183,49 @@ def measure_in_worker(measure_fn: Callable, art, profile: ProfileSpec,
     # The worker must import what the parent imported (plugins from tests, editable paths).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     started = time.time()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "harness.measure.isolate", str(folder)], env=env,
-                              capture_output=True, text=True, timeout=settings.worker_timeout_s)
-    except subprocess.TimeoutExpired:
-        raise WorkerError(f"timeout: the {label} worker did not finish within "
-                          f"{settings.worker_timeout_s:.0f} s ([latency] worker_timeout_s)") from None
+    launch = _launch(folder, env, art, settings, label)
     if not (folder / "result.json").exists():
-        raise WorkerError(f"the {label} worker exited with code {proc.returncode} and no result"
-                          f"; its stderr ends:\n{proc.stderr[-2000:]}")
+        raise WorkerError(f"the {label} worker exited with code {launch.pop('rc')} and no result"
+                          f"; its stderr ends:\n{launch.pop('log')[-2000:]}")
     rows, spent = _read_result(folder), _spent(folder, started, time.time(), label)
+    spent.update((k, v) for k, v in launch.items() if k not in ("rc", "log"))
     return [{**r, "isolation": "process", "worker": spent} for r in rows]
+
+
+def _launch(folder: Path, env: dict, art, settings: MeasureSettings, label: str) -> dict:
+    """Run the job in ``folder`` in a new process: forked from this process's warm zygote
+    (:mod:`harness.measure.zygote`; ``[latency] warm_workers``), else started from scratch
+    (``python -m harness.measure.isolate``). ``{"launch", "rc", "log"}``, with
+    ``launch_note`` when the zygote failed and the worker was started from scratch instead.
+
+    Raises:
+        WorkerError: the worker did not finish within ``settings.worker_timeout_s``.
+    """
+    timeout = (f"timeout: the {label} worker did not finish within "
+               f"{settings.worker_timeout_s:.0f} s ([latency] worker_timeout_s)")
+    note = None
+    if settings.warm_workers:
+        from .zygote import ZygoteError, zygote_for
+        try:
+            z = zygote_for(env, sys.path)
+            z.preload(_cell_files(art).get("modules", ()))
+            res = z.run(folder, env, sys.path, settings.worker_timeout_s)
+        except ZygoteError as exc:
+            note = f"started from scratch: the warm process failed ({exc})"
+        else:
+            if res["timed_out"]:
+                raise WorkerError(timeout)
+            return {"launch": "fork", "rc": res["rc"], "log": res["log"]}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "harness.measure.isolate", str(folder)],
+                              env=env, capture_output=True, text=True,
+                              timeout=settings.worker_timeout_s)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(timeout) from None
+    out = {"launch": "spawn", "rc": proc.returncode, "log": proc.stderr}
+    if note:
+        out["launch_note"] = note
+    return out
 
 
 def _spent(folder: Path, started: float, ended: float, label: str) -> dict:

@@ -50,6 +50,10 @@ class MeasureSettings:
         isolate: measure each runtime in its own worker process (see
             :mod:`harness.measure.isolate`); ONNX Runtime's spinning threads can slow PyTorch in
             the same process up to 50x (onnxruntime issue 13808).
+        warm_workers: start each worker by forking a warm process that has imported torch
+            and the model's modules once (:mod:`harness.measure.zygote`), instead of a new
+            interpreter importing them again (seconds per worker, tens of workers per run).
+            Each worker is still a fresh process for one job. Off: a new interpreter each.
         worker_timeout_s: a worker that has not answered after this long is stopped and
             its runtime recorded as failed with ``timeout``.
         tf32: let the GPU runtimes' fp32 rows use TF32 tensor cores (Ampere and newer:
@@ -76,6 +80,7 @@ class MeasureSettings:
     min_s: float = 1.0
     max_s: float = 60.0
     isolate: bool = True
+    warm_workers: bool = True
     worker_timeout_s: float = 900.0
     tf32: bool = True
     max_iqr_rel: float = 0.10
