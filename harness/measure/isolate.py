@@ -209,7 +209,8 @@ def _launch(folder: Path, env: dict, art, settings: MeasureSettings, label: str)
         try:
             z = zygote_for(env, sys.path)
             z.preload(_cell_files(art).get("modules", ()))
-            res = z.run(folder, env, sys.path, settings.worker_timeout_s)
+            res = z.run(f"{__name__}:_worker", folder, env, sys.path,
+                        settings.worker_timeout_s)
         except ZygoteError as exc:
             note = f"started from scratch: the warm process failed ({exc})"
         else:

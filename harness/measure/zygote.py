@@ -24,8 +24,8 @@ zygote. Modules the pickled model needs (its classes' modules, named by the pare
 imported into the zygote before the job's fork, so the next cells fork with them loaded.
 
 Protocol (one JSON object per line): the parent sends ``{"import": [modules]}`` (answer
-``{"imported": [...], "failed": {module: error}}``) or ``{"job": folder, "env": {...},
-"path": [...], "cwd": dir}`` (answers ``{"pid": N}`` at the fork, then ``{"exit": N,
+``{"imported": [...], "failed": {module: error}}``) or ``{"job": folder, "entry":
+"module:function", "env": {...}, "path": [...], "cwd": dir}`` (answers ``{"pid": N}`` at the fork, then ``{"exit": N,
 "rc": code}``). The zygote ends at end of input or when ``bench`` dies.
 """
 from __future__ import annotations
@@ -129,7 +129,8 @@ class Zygote:
     # -- requests ------------------------------------------------------------------------------
     def preload(self, modules) -> dict:
         """Import ``modules`` into the zygote (those not yet there); ``{module: error}`` for
-        the ones that failed (the job's child then imports them itself, and fails there if it must)."""
+        the ones that failed (the job's child then imports them itself, and fails there if
+        it must)."""
         new = sorted(set(modules) - self.modules)
         if not new:
             return {}
@@ -142,12 +143,14 @@ class Zygote:
         self.modules.update(new)  # a failed one is not tried again
         return reply.get("failed", {})
 
-    def run(self, folder: Path, env: dict, path: list, timeout: float) -> dict:
-        """Fork a child for the job in ``folder``; wait for it at most ``timeout`` seconds
+    def run(self, entry: str, folder: Path, env: dict, path: list, timeout: float) -> dict:
+        """Fork a child that runs ``entry`` (``module:function``, called with the job
+        ``folder``, returning the exit code); wait for it at most ``timeout`` seconds
         (then kill it). ``{"pid", "rc", "timed_out", "log"}``: ``log`` is the tail of what it
         printed."""
         with self.lock:
-            self._send({"job": str(folder), "env": env, "path": list(path), "cwd": os.getcwd()})
+            self._send({"job": str(folder), "entry": entry, "env": env, "path": list(path),
+                        "cwd": os.getcwd()})
             forked = self._read(60.0)
             if not forked or "pid" not in forked:
                 raise ZygoteError(f"the warm worker process did not fork the job "
@@ -255,8 +258,8 @@ def _child(msg: dict) -> None:
         from . import lifetime
         lifetime._ARMED.clear()  # the zygote's binding is not this process's
         lifetime.die_with_parent(os.getppid())
-        from .isolate import _worker
-        rc = _worker(folder)
+        module, name = msg["entry"].split(":")  # the caller's worker function, by name
+        rc = getattr(importlib.import_module(module), name)(folder)
     except BaseException:  # noqa: BLE001 - into worker.log, read by the parent
         traceback.print_exc()
     finally:
