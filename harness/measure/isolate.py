@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..api.files import atomic_write_text
+from ..api.lazy import LazyCallable
 from .latency import MeasureSettings
 from .lifetime import die_with_parent, worker_env
 from ..api.specs import ProfileSpec
@@ -62,11 +63,7 @@ def _qualified_name(fn: Callable) -> Optional[str]:
 
 
 def _resolve(name: str) -> Callable:
-    mod, qual = name.split(":", 1)
-    obj: Any = importlib.import_module(mod)
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return LazyCallable(name).resolve()
 
 
 def _as_numpy(x) -> Optional[np.ndarray]:
@@ -208,7 +205,7 @@ def _launch(folder: Path, env: dict, art, settings: MeasureSettings, label: str)
         from .zygote import ZygoteError, zygote_for
         try:
             z = zygote_for(env, sys.path)
-            z.preload(_cell_files(art).get("modules", ()))
+            z.preload([__name__, *_cell_files(art).get("modules", ())])
             res = z.run(f"{__name__}:_worker", folder, env, sys.path,
                         settings.worker_timeout_s)
         except ZygoteError as exc:

@@ -4,10 +4,10 @@ A latency worker is a fresh process per (cell, runtime, profile) (:mod:`harness.
 and most of its life used to be imports: torch (about 2-3 s on 2 cores) and the modules of
 the pickled model (timm, about 2 s more) before it measured anything; a default ``bench
 run`` starts 37 of them (issue 29). Here a *zygote* - started once per ``bench`` process
-with ``python -m harness.measure.zygote`` - imports numpy, torch and the latency worker
-once and then ``fork()``\\ s one child per job. Each child is still a fresh process that
-runs one job and exits (its own runtime sessions, thread pools and allocator arenas, none
-left from another job), as before; only the imports are inherited.
+with ``python -m harness.measure.zygote`` - imports numpy, torch and (with the first job)
+the caller's worker module once, then ``fork()``\\ s one child per job. Each child is still
+a fresh process that runs one job and exits (its own runtime sessions, thread pools and
+allocator arenas, none left from another job), as before; only the imports are inherited.
 
 Why forking there is safe: the zygote runs no torch operation, so no OpenMP pool or CUDA
 context exists to be copied half-alive (the reason ``fork`` is unsafe after parallel
@@ -25,8 +25,8 @@ imported into the zygote before the job's fork, so the next cells fork with them
 
 Protocol (one JSON object per line): the parent sends ``{"import": [modules]}`` (answer
 ``{"imported": [...], "failed": {module: error}}``) or ``{"job": folder, "entry":
-"module:function", "env": {...}, "path": [...], "cwd": dir}`` (answers ``{"pid": N}`` at the fork, then ``{"exit": N,
-"rc": code}``). The zygote ends at end of input or when ``bench`` dies.
+"module:function", "env": {...}, "path": [...], "cwd": dir}`` (answers ``{"pid": N}`` at
+the fork, then ``{"exit": N, "rc": code}``). The zygote ends at end of input or when ``bench`` dies.
 """
 from __future__ import annotations
 
@@ -46,10 +46,13 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from ..api.lazy import LazyCallable
+from . import lifetime
+
 #: what every zygote imports before its first fork (the core's own dependencies)
-PRELOAD = ("numpy", "torch", "harness.measure.isolate")
+PRELOAD = ("numpy", "torch")
 #: variables set per job (they are read after the fork, or only name processes)
-PER_JOB = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "TRANSFER_BENCH_PARENT_PID")
+PER_JOB = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", lifetime.PARENT_ENV)
 #: seconds to wait for a zygote's imports before giving up on it
 START_TIMEOUT_S = 300.0
 LOG = "worker.log"
@@ -76,7 +79,6 @@ class Zygote:
         self.lock = threading.Lock()
         self.modules: set = set()
         self._buf = b""
-        t0 = time.perf_counter()
         self.errors = tempfile.TemporaryFile()  # its stderr: a pipe nobody reads could fill
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harness.measure.zygote", str(os.getpid())],
@@ -89,7 +91,6 @@ class Zygote:
             self.close()
             raise ZygoteError(f"the warm worker process did not start: {ready or err}")
         self.modules.update(ready["ready"])
-        self.start_s = round(time.perf_counter() - t0, 3)
 
     # -- the pipe ------------------------------------------------------------------------------
     def _send(self, msg: dict) -> None:
@@ -204,8 +205,6 @@ def zygote_for(env: dict, path: list) -> Zygote:
             return z
         if z is not None:
             z.close()
-        elif not _CURRENT:
-            atexit.register(stop)
         _CURRENT["zygote"] = z = Zygote(env, path)
         return z
 
@@ -216,6 +215,9 @@ def stop() -> None:
         z = _CURRENT.pop("zygote", None)
     if z is not None:
         z.close()
+
+
+atexit.register(stop)
 
 
 # -- inside the zygote -----------------------------------------------------------------------
@@ -252,14 +254,12 @@ def _child(msg: dict) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.clear()
         os.environ.update(msg["env"])
-        os.environ.pop("TRANSFER_BENCH_PARENT_PID", None)
+        os.environ.pop(lifetime.PARENT_ENV, None)
         sys.path[:] = msg["path"]
         os.chdir(msg["cwd"])
-        from . import lifetime
         lifetime._ARMED.clear()  # the zygote's binding is not this process's
         lifetime.die_with_parent(os.getppid())
-        module, name = msg["entry"].split(":")  # the caller's worker function, by name
-        rc = getattr(importlib.import_module(module), name)(folder)
+        rc = LazyCallable(msg["entry"])(folder)  # the caller's worker function, by name
     except BaseException:  # noqa: BLE001 - into worker.log, read by the parent
         traceback.print_exc()
     finally:
@@ -271,8 +271,7 @@ def _child(msg: dict) -> None:
 
 
 def main(parent: int) -> int:
-    from .lifetime import _set_pdeathsig
-    _set_pdeathsig(signal.SIGKILL)  # bench died: so do we (a running child follows us)
+    lifetime._set_pdeathsig(signal.SIGKILL)  # bench died: so do we (a running child follows us)
     if os.getppid() != parent:
         return 1
     _PROTOCOL["fd"] = os.dup(1)
