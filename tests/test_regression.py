@@ -361,6 +361,35 @@ def test_pairing_visits_every_base_and_candidate_process_pair_evenly():
         assert [pairing(r, k) for r in range(k * k, 2 * k * k)] == block
 
 
+class _SettingUp:
+    """A worker that is setting up until :meth:`ready`; the log says who overlapped."""
+
+    def __init__(self, name, log):
+        self.name, self.log, self.is_ready = name, log, False
+        log.setdefault("busy", set()).add(name)
+        log["most"] = max(log.get("most", 0), len(log["busy"]))
+
+    def ready(self):
+        self.log["busy"].discard(self.name)
+        self.is_ready = True
+        return self
+
+
+@pytest.mark.parametrize("at_once", [1, 2, 4, 10])
+def test_workers_set_up_side_by_side_at_most_so_many_at_once(at_once):
+    """A check's workers set up concurrently (imports, export, compilation: none of it is
+    measured), never more than ``at_once`` at a time; all come back ready, in order."""
+    from harness.regression.paired import start_workers
+    log: dict = {}
+    first = _SettingUp("b0", log)
+    names = ["c0", "b1", "c1", "b2", "c2"]
+    out = start_workers([lambda n=n: _SettingUp(n, log) for n in names], at_once=at_once,
+                        started=[first])
+    assert [w.name for w in out] == ["b0"] + names
+    assert all(w.is_ready for w in out) and not log["busy"]
+    assert log["most"] == min(at_once, 6)
+
+
 class _FakeSession:
     """A worker session whose every round reads ``ms`` (one target, one key)."""
 

@@ -26,12 +26,14 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..api.archives import safe_extractall
 from ..api.errors import BenchError
+from ..measure.latency import usable_cpus
 from .sequential import SignSPRT, paired_decision, paired_noise, predict
 from .settings import CheckSettings, RoundSettings
 from .verdict import Verdict
@@ -117,7 +119,8 @@ def compare_paired(cell: str, key: str, base: list[dict], cand: list[dict],
     :func:`harness.regression.sequential.paired_decision` with ``cs``'s rule."""
     rule = cs.sequential()
     name = f"latency {key}"
-    limit = f"SPRT: x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}, <= {rule.max_rounds} rounds"
+    limit = (f"SPRT: x{1 + cs.latency_tolerance:.2f}, alpha {cs.alpha:g}, "
+             f"<= {rule.max_rounds} rounds")
     for src, got in (("base", base), ("candidate", cand)):
         bad = next((s for s in got if "round_ms" not in s), None)
         if bad is not None:
@@ -248,6 +251,24 @@ def _static_verdicts(labels: dict, base, cand) -> list[Verdict]:
     return out
 
 
+def start_workers(makers: list[Callable], at_once: int, started: Sequence = ()) -> list:
+    """Start a worker with each of ``makers`` (``WorkerSession(..., wait=False)``), with at
+    most ``at_once`` of them setting up at the same time (their set-up is CPU work: imports,
+    export, conversion, compilation), and return ``started`` and them, all ready, in order.
+    Set-up is not measured, so workers setting up side by side change no figure; a check of
+    3 processes a side on 2 cores starts in about half the time of one after another."""
+    out = list(started)
+    setting_up = deque(out)  # ready() of a ready worker returns at once
+    for make in makers:
+        while len(setting_up) >= max(1, at_once):
+            setting_up.popleft().ready()
+        out.append(make())
+        setting_up.append(out[-1])
+    for w in setting_up:
+        w.ready()
+    return out
+
+
 def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: Path,
                plugins=None, base_recipe=None, cand_recipe=None,
                progress: Callable[[str], None] = lambda m: None,
@@ -263,7 +284,8 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
     rule = cs.sequential()
     labels = {e["id"]: e["label"] for e in entries}
     k = cs.processes
-    progress(f"starting {k} base worker(s) ({tree}) and {k} candidate worker(s)")
+    progress(f"starting {k} base worker(s) ({tree}) and {k} candidate worker(s), "
+             f"{min(usable_cpus(), 2 * k)} at a time")
     t0 = time.perf_counter()
     seconds: dict = {}
     with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp, ExitStack() as stack:
@@ -273,16 +295,21 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
         else:
             plugins_for_data = plugins
         calib = calibration_files(plugins_for_data, entries, Path(tmp))
-        bases: list = []
-        cands: list = []
-        for _ in range(k):  # the first base sizes the probe; every other process takes it
-            reps = bases[0].probe_reps if bases else None
-            bases.append(stack.enter_context(WorkerSession(
-                entries, rs, plugins=plugins, tree=tree, recipe=base_recipe,
-                probe_reps=reps, calibration=calib)))
-            cands.append(stack.enter_context(WorkerSession(
-                entries, rs, plugins=plugins, probe_reps=bases[0].probe_reps,
-                recipe=cand_recipe, tree=cand_tree, calibration=calib)))
+
+        def worker(side: str, reps: Optional[dict]) -> WorkerSession:
+            tree_, recipe = (tree, base_recipe) if side == "base" else (cand_tree, cand_recipe)
+            return stack.enter_context(WorkerSession(
+                entries, rs, plugins=plugins, tree=tree_, recipe=recipe, probe_reps=reps,
+                calibration=calib, wait=False))
+
+        first = worker("base", None)
+        # the first base sizes the probe and every other process takes it; without the probe
+        # (the paired default) there is nothing to wait for
+        reps = first.ready().probe_reps if rs.calibrate else None
+        workers = start_workers([lambda s=side: worker(s, reps)
+                                 for side in ["cand"] + ["base", "cand"] * (k - 1)],
+                                at_once=usable_cpus(), started=[first])
+        bases, cands = workers[0::2], workers[1::2]
         base, cand = bases[0], cands[0]
         startup = time.perf_counter() - t0
         rounds = paired_rounds(bases, cands, rule, rs.calibrate, progress=progress,
@@ -315,4 +342,4 @@ def paired_check(entries: list[dict], against: str, cs: CheckSettings, rs: Round
 
 
 __all__ = ["PAIRED_CALIBRATE", "base_tree", "compare_paired", "pairing", "paired_rounds",
-           "run_paired", "paired_check"]
+           "run_paired", "paired_check", "start_workers"]

@@ -68,11 +68,14 @@ class WorkerSession:
         tree: a source tree (with ``harness/`` and ``plugins/``) whose code the worker runs;
             ``None``: the code this process runs.
         recipe: a :class:`harness.run.executor.PluginRecipe` to use instead of ``plugins``'.
+        wait: wait for the worker's set-up here; ``False`` returns as soon as the set-up is
+            sent, so several workers set up at once, and :meth:`ready` waits for it (the
+            attributes below exist only then).
     """
 
     def __init__(self, entries: list[dict], rs, only: Optional[set] = None,
                  probe_reps: Optional[dict] = None, plugins=None, tree: Optional[Path] = None,
-                 recipe=None, calibration: Optional[dict] = None):
+                 recipe=None, calibration: Optional[dict] = None, wait: bool = True):
         from ..run.executor import recipe_for
 
         if recipe is None:
@@ -86,29 +89,49 @@ class WorkerSession:
             [sys.executable, "-m", "harness.regression.worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._err, text=True, env=env,
             cwd=str(tree) if tree is not None else None)
-        reply = self._call({"cmd": "setup", "protocol": PROTOCOL, "entries": entries,
-                            "rs": asdict(rs), "only": [list(t) for t in only or ()],
-                            "all": only is None, "probe_reps": _reps_out(probe_reps or {}),
-                            "calibration": {k: str(v) for k, v in (calibration or {}).items()},
-                            "recipe": base64.b64encode(pickle.dumps(recipe)).decode()})
-        self.targets = [tuple(t) for t in reply["targets"]]
-        self.static = reply["static"]
-        self.counter = reply["counter"]
-        self.probe_reps = _reps_in(reply["probe_reps"])
-        self.code = reply["code"]
-        self.keys = reply["keys"]
+        self._ready = False
+        self._send({"cmd": "setup", "protocol": PROTOCOL, "entries": entries,
+                    "rs": asdict(rs), "only": [list(t) for t in only or ()],
+                    "all": only is None, "probe_reps": _reps_out(probe_reps or {}),
+                    "calibration": {k: str(v) for k, v in (calibration or {}).items()},
+                    "recipe": base64.b64encode(pickle.dumps(recipe)).decode()})
+        if wait:
+            self.ready()
 
-    def _call(self, request: dict) -> dict:
+    def ready(self) -> "WorkerSession":
+        """Wait for the worker's set-up (once) and take its answer: targets, static facts,
+        probe repetitions, code and keys."""
+        if not self._ready:
+            reply = self._receive("setup")
+            self._ready = True
+            self.targets = [tuple(t) for t in reply["targets"]]
+            self.static = reply["static"]
+            self.counter = reply["counter"]
+            self.probe_reps = _reps_in(reply["probe_reps"])
+            self.code = reply["code"]
+            self.keys = reply["keys"]
+        return self
+
+    def _send(self, request: dict) -> None:
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
         except (BrokenPipeError, OSError):
+            pass  # the worker is gone: _receive says so, with its stderr
+
+    def _call(self, request: dict) -> dict:
+        self._send(request)
+        return self._receive(request["cmd"])
+
+    def _receive(self, cmd: str) -> dict:
+        try:
+            line = self._proc.stdout.readline()
+        except OSError:
             line = ""
         if not line:
             self._proc.wait()
             raise WorkerError(f"the measuring worker exited (status {self._proc.returncode}) "
-                              f"during {request['cmd']}: {self._stderr_tail()}")
+                              f"during {cmd}: {self._stderr_tail()}")
         reply = json.loads(line)
         if "error" in reply:
             raise WorkerError(f"measuring worker: {reply['error']}\n{reply.get('traceback', '')}")
@@ -122,6 +145,9 @@ class WorkerSession:
         return self._call({"cmd": "block", "target": i, "keys": keys})["samples"]
 
     def close(self) -> None:
+        if self._proc.poll() is None and not self._ready:  # still setting up: nothing to keep
+            self._proc.kill()
+            self._proc.wait()
         if self._proc.poll() is None:
             try:
                 self._call({"cmd": "quit"})
