@@ -390,6 +390,18 @@ def test_workers_set_up_side_by_side_at_most_so_many_at_once(at_once):
     assert log["most"] == min(at_once, 6)
 
 
+def test_a_worker_still_setting_up_is_killed_when_the_check_ends(tiny, plugin_system):
+    """A check that fails while other workers are still setting up does not wait for them
+    (an ExecuTorch lowering takes minutes): they are killed, not asked to quit."""
+    import signal
+
+    from harness.regression.worker import WorkerSession
+    entries = rg.entries_from_matrix(plugin_system, _matrix(plugin_system, tiny), train=False)
+    w = WorkerSession(entries, rg.RoundSettings(), plugins=plugin_system, wait=False)
+    w.close()  # long before its set-up (torch's import alone) can be done
+    assert w._proc.returncode == -signal.SIGKILL
+
+
 class _FakeSession:
     """A worker session whose every round reads ``ms`` (one target, one key)."""
 
