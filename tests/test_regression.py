@@ -434,6 +434,31 @@ def test_one_slow_process_moves_only_its_share_of_the_paired_rounds():
     assert rg.CheckSettings().processes == 3  # the default: one odd process moves a third
 
 
+def test_a_planted_busy_wait_is_work_of_the_calling_thread_not_of_a_spinning_pool(
+        monkeypatch):
+    """The benchmark's ``busy`` plant adds ``extra`` x the call's process CPU time as work of
+    the calling thread: a thread pool still spinning after the call (XNNPACK's pthreadpool
+    does, under ExecuTorch) must not count toward it, or the plant ends early and adds less.
+    The pool is simulated: the process clock runs 3x this thread's CPU time (two more
+    threads spinning beside it), whatever the machine's load."""
+    import time
+
+    from plugins.regression import BusyWait
+    thread_time = time.thread_time
+    monkeypatch.setattr(time, "process_time", lambda: 3 * thread_time())
+
+    def call():  # 20 ms of the caller's own CPU time: 60 ms of the process's
+        t0 = thread_time()
+        while thread_time() - t0 < 0.02:
+            pass
+
+    t0 = thread_time()
+    BusyWait(call, 0.5)()
+    mine = thread_time() - t0
+    # the call, then half of its process CPU time (>= 30 ms) spun by this thread
+    assert mine >= 0.02 + 0.5 * 0.06 * 0.99
+
+
 def test_processes_is_an_option_of_the_paired_check_only(tiny):
     r = bench("check", "--baseline", tiny / "none.json", "--processes", "2")
     assert r.exit_code == 2 and "--processes" in r.output and "--against" in r.output
