@@ -283,9 +283,9 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
 
     rule = cs.sequential()
     labels = {e["id"]: e["label"] for e in entries}
-    k = cs.processes
+    k, at_once = cs.processes, usable_cpus()
     progress(f"starting {k} base worker(s) ({tree}) and {k} candidate worker(s), "
-             f"{min(usable_cpus(), 2 * k)} at a time")
+             f"{min(at_once, 2 * k)} at a time")
     t0 = time.perf_counter()
     seconds: dict = {}
     with tempfile.TemporaryDirectory(prefix="tb-calib-") as tmp, ExitStack() as stack:
@@ -308,7 +308,7 @@ def run_paired(entries: list[dict], cs: CheckSettings, rs: RoundSettings, tree: 
         reps = first.ready().probe_reps if rs.calibrate else None
         workers = start_workers([lambda s=side: worker(s, reps)
                                  for side in ["cand"] + ["base", "cand"] * (k - 1)],
-                                at_once=usable_cpus(), started=[first])
+                                at_once=at_once, started=[first])
         bases, cands = workers[0::2], workers[1::2]
         base, cand = bases[0], cands[0]
         startup = time.perf_counter() - t0
